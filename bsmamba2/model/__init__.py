@@ -1,0 +1,7 @@
+"""The BSMamba2 network and its STFT front end."""
+
+from bsmamba2.model.bsmamba2 import BSMamba2
+from bsmamba2.model.config import PAPER_BANDS, BSMamba2Config
+from bsmamba2.model.stft import istft, stft
+
+__all__ = ["PAPER_BANDS", "BSMamba2", "BSMamba2Config", "istft", "stft"]

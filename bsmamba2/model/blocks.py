@@ -1,0 +1,42 @@
+"""Residual Mamba-2 blocks and the bidirectional module that runs them both ways."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bsmamba2.model.config import BSMamba2Config
+from bsmamba2.model.mamba2 import Mamba2
+from bsmamba2.model.norms import RMSNorm
+
+
+class MambaBlock(nn.Module):
+    """x ↦ mixer(norm(x)) + x."""
+
+    def __init__(self, cfg: BSMamba2Config) -> None:
+        super().__init__()
+        self.norm = RMSNorm(cfg.dim)
+        self.mixer = Mamba2(cfg.dim, cfg.d_state, cfg.d_conv, cfg.expand, cfg.headdim, cfg.ngroups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mixer(self.norm(x)) + x
+
+
+class BidirectionalMamba(nn.Module):
+    """x + merge([fwd(x), flip(bwd(flip(x)))]) over the sequence axis of (batch, length, dim).
+
+    The merge is the official 1×1 ConvTranspose1d (weight [2·dim, dim, 1]), applied as a
+    matrix product.
+    """
+
+    def __init__(self, cfg: BSMamba2Config) -> None:
+        super().__init__()
+        self.forward_blocks = nn.ModuleList([MambaBlock(cfg)])
+        self.backward_blocks = nn.ModuleList([MambaBlock(cfg)])
+        self.linear = nn.ConvTranspose1d(2 * cfg.dim, cfg.dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fwd = self.forward_blocks[0](x)
+        bwd = self.backward_blocks[0](x.flip(1)).flip(1)
+        merged = torch.cat([fwd, bwd], dim=-1)
+        return x + nn.functional.linear(merged, self.linear.weight[:, :, 0].t(), self.linear.bias)

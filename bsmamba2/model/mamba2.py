@@ -1,0 +1,70 @@
+"""The Mamba-2 mixer, with the official parameter names, shapes and order."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from bsmamba2 import ops
+from bsmamba2.model.norms import GatedRMSNorm
+
+
+class Mamba2(nn.Module):
+    """in_proj → causal conv + SiLU → SSD scan (+D) → gated RMSNorm → out_proj.
+
+    ``in_proj`` yields z | x | B | C | dt; B and C are shared by the heads of a group.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 4,
+        headdim: int = 64,
+        ngroups: int = 1,
+    ) -> None:
+        super().__init__()
+        self.d_inner = expand * d_model
+        self.d_state = d_state
+        self.headdim = headdim
+        self.ngroups = ngroups
+        self.nheads = self.d_inner // headdim
+        conv_dim = self.d_inner + 2 * ngroups * d_state
+        # Registration order matters: it is the official state_dict / parameters() order.
+        self.dt_bias = nn.Parameter(_init_dt_bias(self.nheads))
+        self.A_log = nn.Parameter(torch.empty(self.nheads).uniform_(1, 16).log())
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * ngroups * d_state + self.nheads, bias=False)
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1)
+        self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // ngroups)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u (batch, length, d_model) → (batch, length, d_model)."""
+        b, length, _ = u.shape
+        gn = self.ngroups * self.d_state
+        z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * gn, self.nheads], -1)
+        xbc = ops.causal_conv1d(xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
+        x, B, C = torch.split(xbc, [self.d_inner, gn, gn], -1)
+        y = ops.ssd_scan(
+            x.reshape(b, length, self.nheads, self.headdim),
+            dt,
+            -torch.exp(self.A_log.float()),
+            B.reshape(b, length, self.ngroups, self.d_state),
+            C.reshape(b, length, self.ngroups, self.d_state),
+            self.D,
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
+        )
+        y = self.norm(y.reshape(b, length, self.d_inner), z)
+        return self.out_proj(y)
+
+
+def _init_dt_bias(nheads: int, dt_min: float = 1e-3, dt_max: float = 1e-1) -> torch.Tensor:
+    """Inverse softplus of Δ ~ exp(U(log dt_min, log dt_max)), Δ ≥ 1e-4 (Mamba-2's init)."""
+    dt = torch.exp(torch.rand(nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=1e-4)
+    return dt + torch.log(-torch.expm1(-dt))
