@@ -1,0 +1,222 @@
+"""Read every BSMamba2 checkpoint layout in the wild; write our own.
+
+Layouts read:
+- the official Lightning ``.ckpt``: ``state_dict`` with ``model.``-prefixed weights (plus
+  STFT window buffers), EMA weights as a tuple in ``optimizer_states[0]["ema"]``;
+- plain state dicts (``.pt``/``.pth``/``.ckpt``), with or without the ``model.`` prefix;
+- ``.safetensors``, and our own format: safetensors whose metadata holds the config.
+
+Pickled files go through :mod:`bsmamba2.checkpoint.safe_pickle`, so loading never runs
+code. Every failure is a :class:`CheckpointError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from bsmamba2.checkpoint.safe_pickle import torch_load
+from bsmamba2.errors import BSMamba2Error
+from bsmamba2.model.bsmamba2 import BSMamba2
+from bsmamba2.model.config import BSMamba2Config
+
+FORMAT_NAME = "bsmamba2"
+FORMAT_VERSION = "1"
+_PREFIX = "model."
+_MIXER = "layers.0.0.forward_blocks.0.mixer."
+
+
+class CheckpointError(BSMamba2Error, ValueError):
+    """A checkpoint that cannot be used; the message is one line and names the file."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _is_safetensors(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    header_len = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < header_len <= path.stat().st_size - 8
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({_one_line(exc)})") from None
+
+
+def _tensor_mapping(obj: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, Mapping) and obj and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        return dict(obj)
+    return None
+
+
+def _model_weights(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip the Lightning ``model.`` prefix; other top-level entries (STFT windows) are not ours."""
+    if any(k.startswith(_PREFIX) for k in raw):
+        return {k[len(_PREFIX) :]: v for k, v in raw.items() if k.startswith(_PREFIX)}
+    return raw
+
+
+def _ema_weights(path: Path, obj: Any, raw: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    try:
+        ema = obj["optimizer_states"][0]["ema"]
+    except (KeyError, IndexError, TypeError):
+        raise CheckpointError(f"{path}: no EMA weights (optimizer_states[0]['ema']) in this checkpoint") from None
+    if not isinstance(ema, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in ema):
+        raise CheckpointError(f"{path}: the EMA entry is not a sequence of tensors")
+    return list(ema)
+
+
+def read_weights(path: str | os.PathLike, ema: bool = False) -> tuple[dict[str, torch.Tensor], BSMamba2Config | None, Any]:
+    """The model's state dict from any supported layout, its stored config (ours only), and
+    the EMA tensors (a list in parameter order) when ``ema`` is set.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes); download it again")
+    if _is_safetensors(path):
+        weights, meta = _read_safetensors(path)
+        if ema:
+            raise CheckpointError(f"{path}: safetensors files hold one set of weights; drop --ema")
+        config = None
+        if meta.get("format") == FORMAT_NAME:
+            config = BSMamba2Config.from_dict(json.loads(meta["config"]))
+        return _model_weights(weights), config, None
+    try:
+        obj = torch_load(str(path))
+    except Exception as exc:  # torch raises many types for damaged files
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_one_line(exc)})") from None
+    raw = _tensor_mapping(obj)
+    if raw is None and isinstance(obj, Mapping):
+        raw = _tensor_mapping(obj.get("state_dict")) or _tensor_mapping(obj.get("model"))
+    if raw is None:
+        raise CheckpointError(f"{path}: unknown checkpoint layout (no state dict of tensors found)")
+    return _model_weights(raw), None, (_ema_weights(path, obj, raw) if ema else None)
+
+
+def _count(weights: Mapping[str, torch.Tensor], pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in weights if (m := rx.fullmatch(k))})
+
+
+def infer_config(weights: Mapping[str, torch.Tensor], ngroups: int = 1) -> BSMamba2Config:
+    """The architecture from tensor shapes (ngroups cannot be seen in them: default 1)."""
+    try:
+        dim = weights["final_norm.gamma"].shape[0]
+        depth = _count(weights, r"layers\.(\d+)\.0\.linear\.bias")
+        n_stems = _count(weights, r"mask_estimators\.(\d+)\.to_freqs\.0\.0\.0\.weight")
+        n_bands = _count(weights, r"band_split\.to_features\.(\d+)\.0\.gamma")
+        widths = [weights[f"band_split.to_features.{k}.0.gamma"].shape[0] for k in range(n_bands)]
+        d_inner = weights[_MIXER + "norm.weight"].shape[0]
+        nheads = weights[_MIXER + "A_log"].shape[0]
+        conv_dim, _, d_conv = weights[_MIXER + "conv1d.weight"].shape
+        hidden = weights["mask_estimators.0.to_freqs.0.0.0.weight"].shape[0]
+    except KeyError as exc:
+        raise CheckpointError(f"not a BSMamba2 state dict: missing key {exc.args[0]!r}") from None
+    bins_total = BSMamba2Config.n_fft // 2 + 1
+    channels = next((c for c in (2, 1) if all(w % (2 * c) == 0 for w in widths) and sum(widths) == 2 * c * bins_total), 0)
+    if not channels:
+        raise CheckpointError(f"unknown BSMamba2 layout: {len(widths)} bands of {sum(widths)} features match no {bins_total}-bin STFT")
+    try:
+        return BSMamba2Config(
+            dim=dim,
+            depth=depth,
+            expand=d_inner // dim,
+            headdim=d_inner // nheads,
+            d_state=(conv_dim - d_inner) // (2 * ngroups),
+            ngroups=ngroups,
+            d_conv=d_conv,
+            mask_mlp_expansion=hidden // dim,
+            n_stems=n_stems,
+            stereo=channels == 2,
+            bands=tuple(w // (2 * channels) for w in widths),
+        )
+    except ValueError as exc:
+        raise CheckpointError(f"unknown BSMamba2 layout: {exc}") from None
+
+
+def check_compatible(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    """One-line errors naming the first missing, unexpected or mis-shaped key."""
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in weights:
+            raise CheckpointError(f"missing key {key!r} (unknown checkpoint layout)")
+        if weights[key].shape != tensor.shape:
+            raise CheckpointError(
+                f"shape mismatch for {key!r}: checkpoint {list(weights[key].shape)}, model {list(tensor.shape)}"
+            )
+    extra = [k for k in weights if k not in expected]
+    if extra:
+        raise CheckpointError(f"unexpected key {extra[0]!r} (unknown checkpoint layout)")
+
+
+def load_model(
+    path: str | os.PathLike,
+    ema: bool = False,
+    device: str | torch.device = "cpu",
+    config: BSMamba2Config | None = None,
+) -> BSMamba2:
+    """A BSMamba2 in eval mode with the weights of any supported checkpoint.
+
+    ``ema=True`` takes the EMA weights of an official Lightning checkpoint. The architecture
+    comes from ``config``, from our format's metadata, or from the tensor shapes.
+    """
+    weights, stored, ema_tensors = read_weights(path, ema=ema)
+    cfg = config or stored or infer_config(weights)
+    model = BSMamba2(cfg)
+    try:
+        check_compatible(model, weights)
+        if ema_tensors is not None:
+            params = [name for name, _ in model.named_parameters()]
+            if len(ema_tensors) != len(params):
+                raise CheckpointError(f"{len(ema_tensors)} EMA tensors for {len(params)} model parameters")
+            weights = {**weights, **dict(zip(params, ema_tensors))}
+            check_compatible(model, weights)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    model.load_state_dict(weights, strict=True)
+    return model.to(device).eval()
+
+
+def save_model(model: BSMamba2, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write our format (safetensors + config in the metadata), atomically."""
+    path = Path(path)
+    meta = {
+        **(metadata or {}),
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(model.config.to_dict()),
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

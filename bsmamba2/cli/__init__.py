@@ -1,0 +1,1 @@
+"""The ``bsmamba2`` command line."""

@@ -1,0 +1,57 @@
+"""``bsmamba2 info``: versions, devices and the active kernel backend, for bug reports."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import torch
+
+from bsmamba2 import __version__, ops
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "not installed"
+    return triton.__version__
+
+
+def report() -> list[tuple[str, str]]:
+    """(label, value) rows describing this installation."""
+    rows = [
+        ("bsmamba2", __version__),
+        ("python", f"{platform.python_version()} ({sys.executable})"),
+        ("torch", torch.__version__),
+        ("triton", _triton_version()),
+        ("cpu", f"{platform.machine()}, {torch.get_num_threads()} threads"),
+    ]
+    for i in range(torch.cuda.device_count()):
+        prop = torch.cuda.get_device_properties(i)
+        rows.append((f"cuda:{i}", f"{prop.name}, {prop.total_memory / 2**30:.1f} GiB"))
+    if not torch.cuda.is_available():
+        rows.append(("cuda", "not available"))
+    rows.append(("BSMAMBA2_KERNELS", ops.requested_backend()))
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    for dev in devices:
+        try:
+            backend = ops.active_backend(dev)
+        except RuntimeError as exc:
+            backend = f"unavailable ({exc})"
+        rows.append((f"kernels on {dev}", backend))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = report()
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("info", help="show versions, devices and the kernel backend")
+    parser.set_defaults(func=run)

@@ -1,0 +1,50 @@
+"""Entry point of the ``bsmamba2`` command: one sub-command per module of this package.
+
+A sub-command module provides ``register(subparsers)``, which adds its parser and sets
+``func`` (called with the parsed arguments, returning the exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bsmamba2 import __version__
+from bsmamba2.cli import info
+from bsmamba2.errors import BSMamba2Error
+
+COMMANDS = (info,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="bsmamba2",
+        description="BSMamba2 music source separation (Mamba-2 band-split vocals model).",
+    )
+    parser.add_argument("--version", action="version", version=f"bsmamba2 {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; user errors become one line on stderr and exit code 1."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except BSMamba2Error as exc:
+        print(f"bsmamba2: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bsmamba2: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
