@@ -48,6 +48,10 @@ class Opaque:
         self.state: Any = None
         self.items: list[Any] = []
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Opaque:
+        """A stand-in used as a callable (``getattr(x, "f")(...)``) yields another stand-in."""
+        return type(self)(*args, **kwargs)
+
     def __setstate__(self, state: Any) -> None:
         self.state = state
 

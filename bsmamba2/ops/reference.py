@@ -20,19 +20,6 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def segsum(a: torch.Tensor) -> torch.Tensor:
-    """Stable segment sums: out[..., i, j] = sum(a[..., j+1 : i+1]) for j <= i, -inf above.
-
-    Built by a masked cumulative sum rather than a difference of prefix sums, so long
-    decays keep their precision in float32.
-    """
-    n = a.shape[-1]
-    rep = a.unsqueeze(-1).expand(*a.shape, n)  # rep[..., i, j] = a[..., i]
-    strict = torch.ones(n, n, dtype=torch.bool, device=a.device).tril(-1)
-    out = rep.masked_fill(~strict, 0).cumsum(dim=-2)
-    return out.masked_fill(~strict.logical_or(torch.eye(n, dtype=torch.bool, device=a.device)), float("-inf"))
-
-
 def prepare_dt(
     dt: torch.Tensor, dt_bias: torch.Tensor | None, dt_softplus: bool, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -62,6 +49,11 @@ def ssd_scan(
     Computes H_t = exp(Δ_t A) H_{t-1} + Δ_t x_t ⊗ B_t and y_t = H_t C_t + D x_t per head,
     with H_{-1} = initial_state (b,h,p,n) or zeros. Returns y (b,l,h,p) and, when asked,
     the final state (b,h,p,n) in the compute dtype.
+
+    Within a chunk of q steps: y_t = Σ_{s<=t} (C_t·B_s) exp(S_t − S_s) Δ_s x_s (S = cumulative
+    Δ·A), one batched matrix product for all chunks and heads. Across chunks only the
+    (h, p, n) states travel, in a loop over chunks (not time steps) that never holds more
+    than one state per sequence; a sequence that fits in one chunk skips it entirely.
     """
     b, length, h, p = x.shape
     g, n = B.shape[-2:]
@@ -69,55 +61,72 @@ def ssd_scan(
         raise ValueError(f"nheads ({h}) must be a multiple of ngroups ({g})")
     hg = h // g
     cdt = compute_dtype(x)
-    out_dtype = x.dtype
     delta = prepare_dt(dt, dt_bias, dt_softplus, cdt)  # (b,l,h)
     xs, Bs, Cs = x.to(cdt), B.to(cdt), C.to(cdt)
 
-    q = length if length <= chunk_size else chunk_size
+    q = min(length, chunk_size)
     nc = -(-length // q)
     pad = nc * q - length
     if pad:  # Δ = 0 in the padding: no decay and no input, the state passes through.
         xs, Bs, Cs = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xs, Bs, Cs))
         delta = F.pad(delta, (0, 0, 0, pad))
+    delta = delta.view(b, nc, q, h)
+    a_cs = (delta * A.to(cdt)).cumsum(2)  # S_t within each chunk, (b,nc,q,h)
+    xs = xs.view(b, nc, q, h, p)
+    Bc = Bs.view(b, nc, q, g, n).permute(0, 3, 1, 2, 4)  # (b,g,nc,q,n)
+    Cc = Cs.view(b, nc, q, g, n).permute(0, 3, 1, 2, 4)
 
-    a = (delta * A.to(cdt)).view(b, nc, q, h).permute(0, 3, 1, 2)  # (b,h,nc,q)
-    a_cs = a.cumsum(-1)
-    xdt = (xs * delta.unsqueeze(-1)).view(b, nc, q, g, hg, p)  # Δ_s x_s
-    Bc = Bs.view(b, nc, q, g, n)
-    Cc = Cs.view(b, nc, q, g, n)
+    # Intra-chunk part, per head: (C_t·B_s) exp(S_t − S_s) for s <= t, times Δ_s x_s.
+    cb = Cc @ Bc.transpose(-1, -2)  # (b,g,nc,q,q), shared by the heads of a group
+    cs = a_cs.permute(0, 3, 1, 2)  # (b,h,nc,q)
+    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    decay = torch.exp((cs.unsqueeze(-1) - cs.unsqueeze(-2)).masked_fill(~causal, float("-inf")))
+    scores = decay.view(b, g, hg, nc, q, q) * cb.unsqueeze(2)
+    xdt = (xs * delta.unsqueeze(-1)).permute(0, 3, 1, 2, 4)  # (b,h,nc,q,p)
+    y = (scores.view(b, h, nc, q, q) @ xdt).permute(0, 2, 3, 1, 4)  # (b,nc,q,h,p)
 
-    # Intra-chunk ("diagonal") part: y_t = Σ_{s<=t} (C_t·B_s) exp(S_t - S_s) Δ_s x_s.
-    cb = torch.einsum("bcqgn,bcsgn->bcgqs", Cc, Bc)  # shared by the heads of a group
-    decay = torch.exp(segsum(a)).view(b, g, hg, nc, q, q).permute(0, 3, 1, 2, 4, 5)
-    scores = cb.unsqueeze(3) * decay  # (b,nc,g,hg,q,s)
-    y = torch.einsum("bcgjqs,bcsgjp->bcqgjp", scores, xdt)
-
-    # State each chunk adds at its end: Σ_s exp(S_end - S_s) Δ_s x_s ⊗ B_s.
-    to_end = torch.exp(a_cs[..., -1:] - a_cs).view(b, g, hg, nc, q).permute(0, 3, 4, 1, 2)
-    states = torch.einsum("bcsgjp,bcsgn->bcgjpn", xdt * to_end.unsqueeze(-1), Bc)
-    states = states.reshape(b, nc, h, p, n)
-
-    # Inter-chunk recurrence in matrix form: H_c = Σ_{k<=c} exp(Σ_{k<j<=c} a_j) states_k.
-    if initial_state is None:
-        init = states.new_zeros(b, 1, h, p, n)
-    else:
-        init = initial_state.to(cdt).unsqueeze(1)
-    states = torch.cat([init, states], dim=1)  # (b,nc+1,h,p,n)
-    chunk_decay = F.pad(a_cs[..., -1], (1, 0))  # (b,h,nc+1)
-    across = torch.exp(segsum(chunk_decay))  # (b,h,nc+1,nc+1)
-    carried = torch.einsum("bhck,bkhpn->bchpn", across, states)
-    prev, final = carried[:, :-1], carried[:, -1]
-
-    # Contribution of the state entering each chunk: exp(S_t) C_t·H_prev.
-    prev = prev.view(b, nc, g, hg, p, n)
-    from_start = torch.exp(a_cs).view(b, g, hg, nc, q).permute(0, 3, 4, 1, 2)
-    y = y + torch.einsum("bcqgn,bcgjpn->bcqgjp", Cc, prev) * from_start.unsqueeze(-1)
-
+    final = None
+    if nc > 1 or initial_state is not None or return_final_state:
+        y_off, final = _inter_chunk(xs, delta, a_cs, Bc, Cc, initial_state)
+        y = y + y_off
     y = y.reshape(b, nc * q, h, p)[:, :length]
     if D is not None:
-        y = y + xs[:, :length] * D.to(cdt).view(h, 1)
-    y = y.to(out_dtype)
+        y = y + xs.view(b, nc * q, h, p)[:, :length] * D.to(cdt).view(h, 1)
+    y = y.to(x.dtype)
     return (y, final) if return_final_state else y
+
+
+def _inter_chunk(
+    xs: torch.Tensor,
+    delta: torch.Tensor,
+    a_cs: torch.Tensor,
+    Bc: torch.Tensor,
+    Cc: torch.Tensor,
+    initial_state: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the state entering each chunk adds to its outputs, and the final state.
+
+    xs (b,nc,q,h,p), delta and a_cs (b,nc,q,h), Bc/Cc (b,g,nc,q,n). The state is kept as
+    (b, g, heads_per_group·p, n) so that both products per chunk are plain batched matmuls.
+    """
+    b, nc, q, h, p = xs.shape
+    g, n = Bc.shape[1], Bc.shape[-1]
+    hg = h // g
+    to_end = torch.exp(a_cs[:, :, -1:] - a_cs)  # exp(S_end − S_s)
+    xw = (xs * (delta * to_end).unsqueeze(-1)).view(b, nc, q, g, hg * p)
+    chunk_decay = torch.exp(a_cs[:, :, -1]).view(b, nc, g, hg, 1, 1)
+    state = None if initial_state is None else initial_state.to(xs.dtype).reshape(b, g, hg * p, n)
+    outs = []
+    for c in range(nc):
+        if state is None:
+            outs.append(xs.new_zeros(b, g, q, hg * p))
+            state = xw[:, c].permute(0, 2, 3, 1) @ Bc[:, :, c]
+            continue
+        outs.append(Cc[:, :, c] @ state.transpose(-1, -2))
+        decayed = (state.view(b, g, hg, p, n) * chunk_decay[:, c]).view(b, g, hg * p, n)
+        state = decayed + xw[:, c].permute(0, 2, 3, 1) @ Bc[:, :, c]
+    y_off = torch.stack(outs, dim=1).permute(0, 1, 3, 2, 4).reshape(b, nc, q, h, p)
+    return y_off * torch.exp(a_cs).unsqueeze(-1), state.view(b, h, p, n)
 
 
 def ssd_scan_sequential(
@@ -176,13 +185,13 @@ def causal_conv1d(
     if activation not in (None, "silu"):
         raise ValueError(f"unsupported activation {activation!r}")
     cdt = compute_dtype(x)
-    length = x.shape[1]
     width = weight.shape[-1]
-    xs = F.pad(x.to(cdt), (0, 0, width - 1, 0))
-    w = weight.to(cdt)
-    y = xs[:, width - 1 :] * w[:, -1]
+    xs, w = x.to(cdt), weight.to(cdt)
+    y = xs * w[:, -1]
     for k in range(width - 1):
-        y = y + xs[:, k : k + length] * w[:, k]
+        shift = width - 1 - k  # tap k sees x_{t-shift}; earlier samples are zero
+        if shift < xs.shape[1]:
+            y[:, shift:].addcmul_(xs[:, :-shift], w[:, k])
     if bias is not None:
         y = y + bias.to(cdt)
     if activation == "silu":

@@ -1,0 +1,42 @@
+"""The bsmamba2 command: --version, info, errors as one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import bsmamba2
+from bsmamba2.cli.main import main
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"bsmamba2 {bsmamba2.__version__}"
+
+
+def test_info_lists_versions_and_backend(capsys, monkeypatch):
+    monkeypatch.setenv("BSMAMBA2_KERNELS", "torch")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for label in ("bsmamba2", "torch", "triton", "BSMAMBA2_KERNELS", "kernels on cpu"):
+        assert label in out
+    assert "kernels on cpu    torch" in out
+
+
+def test_console_script_and_bad_backend_is_one_line():
+    env_run = subprocess.run(
+        [sys.executable, "-m", "bsmamba2.cli.main", "info"],
+        capture_output=True, text=True, env={"BSMAMBA2_KERNELS": "bogus", "PATH": ""},
+    )
+    assert env_run.returncode == 1
+    assert env_run.stderr.count("\n") == 1 and "BSMAMBA2_KERNELS='bogus'" in env_run.stderr
+    assert "Traceback" not in env_run.stderr
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "usage: bsmamba2" in capsys.readouterr().out

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Forward time of BSMamba2 on one clip: seconds and × real time, per precision.
+
+Example (the issue-2 measurement): ``python tools/bench_model.py --seconds 8 --json bench_model.json``
+Prints a table and writes JSON. Random weights and audio: the cost does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import bsmamba2
+from bsmamba2.model import BSMamba2, BSMamba2Config, stft
+
+
+def time_forward(model: BSMamba2, spec: torch.Tensor, precision: str, repeats: int) -> list[float]:
+    """Wall times of ``repeats`` forward passes (after one warm-up)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    ctx = torch.autocast(spec.device.type, dtype=dtype) if dtype else nullcontext()
+    times = []
+    with torch.inference_mode(), ctx:
+        for i in range(repeats + 1):
+            if spec.is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(spec)
+            if spec.is_cuda:
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/bsmamba2.yaml", help="model config (YAML)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="clip length")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32,bf16,fp16")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", type=Path, default=None, help="write results here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = BSMamba2Config.from_yaml(args.config)
+    torch.manual_seed(0)
+    model = BSMamba2(cfg).eval().to(args.device)
+    audio = torch.randn(cfg.channels, int(args.seconds * cfg.sample_rate), device=args.device) * 0.1
+    spec = stft(audio, cfg)[None]
+    rows = []
+    for precision in args.precisions.split(","):
+        times = time_forward(model, spec, precision, args.repeats)
+        best = min(times)
+        rows.append({"precision": precision, "seconds": best, "x_real_time": args.seconds / best,
+                     "times": times})
+    print(f"BSMamba2 forward, {args.config}, {args.seconds:g} s stereo clip, device {args.device}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'precision':<10} {'seconds':>9} {'x real time':>12} {'time / audio':>13}")
+    for r in rows:
+        print(f"{r['precision']:<10} {r['seconds']:>9.2f} {r['x_real_time']:>12.3f} "
+              f"{r['seconds'] / args.seconds:>12.2f}x")
+    if args.json:
+        meta = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "bsmamba2": bsmamba2.__version__, "torch": torch.__version__,
+            "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "config": args.config, "seconds_audio": args.seconds,
+            "device": args.device,
+        }
+        args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
