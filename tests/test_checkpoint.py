@@ -46,9 +46,9 @@ def test_official_ckpt_raw_and_ema_differ(data_dir):
     plain = load_model(data_dir / "tiny_plain.pt")
     assert (raw.config.dim, raw.config.depth, raw.config.n_stems, raw.config.stereo) == (32, 2, 1, True)
     assert not raw.training
-    for (k, a), b in zip(raw.state_dict().items(), plain.state_dict().values()):
+    for (k, a), b in zip(raw.state_dict().items(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    assert any(not torch.equal(a, b) for a, b in zip(raw.parameters(), ema.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(raw.parameters(), ema.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("layout", ["plain", "prefixed", "wrapped", "safetensors", "ours"])

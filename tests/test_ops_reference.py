@@ -101,7 +101,7 @@ def test_ssd_gradients_match_sequential_at_real_length():
                  initial_state=t["initial_state"])
         y = out[0] if isinstance(out, tuple) else out
         grads.append(torch.autograd.grad((y * w).sum(), [t[k] for k in names]))
-    for name, g1, g2 in zip(names, *grads):
+    for name, g1, g2 in zip(names, *grads, strict=True):
         assert rel(g1, g2) <= 1e-10, name
 
 

@@ -57,7 +57,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
+            return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({_one_line(exc)})") from None
 
@@ -81,13 +81,17 @@ def _ema_weights(path: Path, obj: Any, raw: dict[str, torch.Tensor]) -> list[tor
     try:
         ema = obj["optimizer_states"][0]["ema"]
     except (KeyError, IndexError, TypeError):
-        raise CheckpointError(f"{path}: no EMA weights (optimizer_states[0]['ema']) in this checkpoint") from None
+        raise CheckpointError(
+            f"{path}: no EMA weights (optimizer_states[0]['ema']) in this checkpoint"
+        ) from None
     if not isinstance(ema, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in ema):
         raise CheckpointError(f"{path}: the EMA entry is not a sequence of tensors")
     return list(ema)
 
 
-def read_weights(path: str | os.PathLike, ema: bool = False) -> tuple[dict[str, torch.Tensor], BSMamba2Config | None, Any]:
+def read_weights(
+    path: str | os.PathLike, ema: bool = False
+) -> tuple[dict[str, torch.Tensor], BSMamba2Config | None, list[torch.Tensor] | None]:
     """The model's state dict from any supported layout, its stored config (ours only), and
     the EMA tensors (a list in parameter order) when ``ema`` is set.
     """
@@ -107,7 +111,9 @@ def read_weights(path: str | os.PathLike, ema: bool = False) -> tuple[dict[str, 
     try:
         obj = torch_load(str(path))
     except Exception as exc:  # torch raises many types for damaged files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_one_line(exc)})") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_one_line(exc)})"
+        ) from None
     raw = _tensor_mapping(obj)
     if raw is None and isinstance(obj, Mapping):
         raw = _tensor_mapping(obj.get("state_dict")) or _tensor_mapping(obj.get("model"))
@@ -136,9 +142,15 @@ def infer_config(weights: Mapping[str, torch.Tensor], ngroups: int = 1) -> BSMam
     except KeyError as exc:
         raise CheckpointError(f"not a BSMamba2 state dict: missing key {exc.args[0]!r}") from None
     bins_total = BSMamba2Config.n_fft // 2 + 1
-    channels = next((c for c in (2, 1) if all(w % (2 * c) == 0 for w in widths) and sum(widths) == 2 * c * bins_total), 0)
+    channels = next(
+        (c for c in (2, 1) if all(w % (2 * c) == 0 for w in widths) and sum(widths) == 2 * c * bins_total),
+        0,
+    )
     if not channels:
-        raise CheckpointError(f"unknown BSMamba2 layout: {len(widths)} bands of {sum(widths)} features match no {bins_total}-bin STFT")
+        raise CheckpointError(
+            f"unknown BSMamba2 layout: {len(widths)} bands of {sum(widths)} features "
+            f"match no {bins_total}-bin STFT"
+        )
     try:
         return BSMamba2Config(
             dim=dim,
@@ -165,7 +177,8 @@ def check_compatible(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]
             raise CheckpointError(f"missing key {key!r} (unknown checkpoint layout)")
         if weights[key].shape != tensor.shape:
             raise CheckpointError(
-                f"shape mismatch for {key!r}: checkpoint {list(weights[key].shape)}, model {list(tensor.shape)}"
+                f"shape mismatch for {key!r}: checkpoint {list(weights[key].shape)}, "
+                f"model {list(tensor.shape)}"
             )
     extra = [k for k in weights if k not in expected]
     if extra:
@@ -192,12 +205,24 @@ def load_model(
             params = [name for name, _ in model.named_parameters()]
             if len(ema_tensors) != len(params):
                 raise CheckpointError(f"{len(ema_tensors)} EMA tensors for {len(params)} model parameters")
-            weights = {**weights, **dict(zip(params, ema_tensors))}
+            weights = {**weights, **dict(zip(params, ema_tensors, strict=True))}
             check_compatible(model, weights)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     model.load_state_dict(weights, strict=True)
+    names = _stem_names(Path(path))
+    if names and len(names) == cfg.n_stems:
+        model.stem_names = names  # what `bsmamba2 train` stored: its targets, in output order
     return model.to(device).eval()
+
+
+def _stem_names(path: Path) -> list[str] | None:
+    """The ``targets`` metadata of our safetensors files (written by training), if any."""
+    if not _is_safetensors(path):
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        names = (f.metadata() or {}).get("targets")
+    return names.split(",") if names else None
 
 
 def save_model(model: BSMamba2, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:

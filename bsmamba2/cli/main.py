@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from bsmamba2 import __version__
-from bsmamba2.cli import info
+from bsmamba2.cli import evaluate, info, prepare, separate, train
 from bsmamba2.errors import BSMamba2Error
 
-COMMANDS = (info,)
+COMMANDS = (info, evaluate, prepare, train, separate)
 
 
 def build_parser() -> argparse.ArgumentParser:

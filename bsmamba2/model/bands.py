@@ -25,7 +25,7 @@ class BandSplit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = x.split(self.widths, dim=-1)
-        return torch.stack([f(p) for f, p in zip(self.to_features, parts)], dim=-2)
+        return torch.stack([f(p) for f, p in zip(self.to_features, parts, strict=True)], dim=-2)
 
 
 class MaskEstimator(nn.Module):

@@ -1,0 +1,427 @@
+#!/usr/bin/env python
+"""Benchmark the Mamba-2 layers of BSMamba2 across kernel backends.
+
+Levels: op (SSD scan on the time and band axes, causal conv1d, gated RMSNorm; forward and
+forward+backward), block (one bidirectional Mamba-2 block on each axis, forward+backward)
+and model (a training step of batch 5 × 8 s, separating 60 s of stereo audio in one pass).
+Backends: ``triton`` (our kernels), ``torch`` (the PyTorch reference) and, when importable,
+``mamba_ssm`` / ``causal_conv1d`` (op level). Prints a table (median ms, speed-up over
+``torch``, achieved GB/s and TFLOP/s and their share of the card's measured peaks) and
+writes JSON.
+
+    python benchmark_mamba_ssm.py                      # paper shapes, bf16, on the GPU
+    python benchmark_mamba_ssm.py --device cpu --quick # smoke run (fallback only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from bsmamba2.model import BSMamba2, BSMamba2Config, istft, stft
+from bsmamba2.model.blocks import BidirectionalMamba
+from bsmamba2.ops import dispatch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# name: (batch·bands for the time axis, frames, batch·frames for the band axis, bands, config)
+SHAPES = {
+    "paper": dict(time=(5 * 62, 801), band=(5 * 801, 62), cfg=BSMamba2Config(),
+                  train_batch=5, train_seconds=8.0, sep_seconds=60.0),
+    "small": dict(time=(2 * 62, 101), band=(2 * 101, 62),
+                  cfg=BSMamba2Config(dim=32, depth=1, expand=2, headdim=16, d_state=16),
+                  train_batch=1, train_seconds=1.0, sep_seconds=2.0),
+    "tiny": dict(time=(62, 24), band=(24, 62),
+                 cfg=BSMamba2Config(dim=16, depth=1, expand=2, headdim=16, d_state=8),
+                 train_batch=1, train_seconds=0.1, sep_seconds=0.2),
+}
+
+
+@dataclass
+class Row:
+    level: str
+    name: str
+    backend: str
+    ms: float | None = None
+    speedup: float | None = None
+    gbps: float | None = None
+    tflops: float | None = None
+    peak_gb: float | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Timer:
+    """Median wall time of a callable: CUDA events on a GPU, perf_counter on a CPU."""
+
+    def __init__(self, device: torch.device, quick: bool) -> None:
+        self.cuda = device.type == "cuda"
+        self.warmup, self.reps = (1, 2) if quick else (3, 15)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        for _ in range(self.warmup):
+            fn()
+        self.sync()
+        times = []
+        for _ in range(self.reps):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+
+@contextlib.contextmanager
+def backend(name: str):
+    old = os.environ.get("BSMAMBA2_KERNELS")
+    os.environ["BSMAMBA2_KERNELS"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("BSMAMBA2_KERNELS")
+        else:
+            os.environ["BSMAMBA2_KERNELS"] = old
+
+
+def measure_peaks(device: torch.device) -> dict[str, float]:
+    """The card's copy bandwidth (GB/s, read + write) and bf16 matmul rate (TFLOP/s)."""
+    if device.type != "cuda":
+        return {}
+    timer = Timer(device, quick=False)
+    src = torch.empty(2**30, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    mm = timer(lambda: a @ b)
+    del src, dst, a, b
+    return {"copy_gbps": 2 * 2**30 / ms / 1e6, "bf16_tflops": 2 * 8192**3 / mm / 1e9}
+
+
+# ---- operation inputs -------------------------------------------------------------------
+
+
+def ssd_inputs(seqs: int, length: int, cfg: BSMamba2Config, device, dtype, grad: bool):
+    h, p, n = cfg.nheads, cfg.headdim, cfg.d_state
+    g = cfg.ngroups
+    # Model layout: x, B, C are views of one conv output; dt a slice of in_proj's output.
+    xbc = torch.randn(seqs, length, h * p + 2 * g * n, device=device, dtype=dtype)
+    x, B, C = torch.split(xbc, [h * p, g * n, g * n], -1)
+    x, B, C = (t.detach().requires_grad_(grad) for t in (x.reshape(seqs, length, h, p),
+                                                        B.reshape(seqs, length, g, n),
+                                                        C.reshape(seqs, length, g, n)))
+    dt = (torch.randn(seqs, length, h, device=device, dtype=dtype) - 2).requires_grad_(grad)
+    A = (-torch.rand(h, device=device) * 15 - 1).requires_grad_(grad)
+    D = torch.ones(h, device=device, requires_grad=grad)
+    bias = torch.randn(h, device=device).requires_grad_(grad)
+    return (x, dt, A, B, C, D), dict(dt_bias=bias, dt_softplus=True)
+
+
+def ssd_cost(seqs: int, length: int, cfg: BSMamba2Config, elt: int, bwd: bool) -> tuple[float, float]:
+    """(bytes, flops) of the SSD scan: each input read and output written once; the flops of
+    the chunked form with 64-step chunks (backward counted as 3× the forward)."""
+    h, p, n, g = cfg.nheads, cfg.headdim, cfg.d_state, cfg.ngroups
+    q = min(64, length)
+    chunks = seqs * math.ceil(length / q)
+    io = seqs * length * (2 * h * p + h + 2 * g * n) * elt
+    flops = chunks * (g * 2 * q * q * n + h * (2 * q * q * p + 4 * q * n * p))
+    return (io * 2.5, flops * 4) if bwd else (io, flops)
+
+
+def op_cases(shapes: dict, cfg: BSMamba2Config, device, dtype):
+    """(name, make_inputs(grad) -> (fn, args), bytes_fwd, flops_fwd, bytes_bwd, flops_bwd)."""
+    elt = torch.tensor([], dtype=dtype).element_size()
+    cases = []
+    for axis in ("time", "band"):
+        seqs, length = shapes[axis]
+
+        def make(grad, seqs=seqs, length=length):
+            args, kw = ssd_inputs(seqs, length, cfg, device, dtype, grad)
+            return (lambda impl: impl.ssd_scan(*args, **kw)), args
+
+        cases.append((f"ssd_scan {axis} ({seqs}×{length})", make,
+                      ssd_cost(seqs, length, cfg, elt, False), ssd_cost(seqs, length, cfg, elt, True)))
+    seqs, length = shapes["time"]
+    ch = cfg.d_inner + 2 * cfg.ngroups * cfg.d_state
+    conv_elems = seqs * length * ch
+
+    def make_conv(grad):
+        x = torch.randn(seqs, length, ch, device=device, dtype=dtype, requires_grad=grad)
+        w = torch.randn(ch, cfg.d_conv, device=device, requires_grad=grad)
+        b = torch.randn(ch, device=device, requires_grad=grad)
+        return (lambda impl: impl.causal_conv1d(x, w, b, "silu")), (x, w, b)
+
+    cases.append((f"causal_conv1d ({ch} ch, {seqs}×{length})", make_conv,
+                  (2 * conv_elems * elt, 2 * cfg.d_conv * conv_elems),
+                  (5 * conv_elems * elt, 6 * cfg.d_conv * conv_elems)))
+    norm_elems = seqs * length * cfg.d_inner
+
+    def make_norm(grad):
+        x = torch.randn(seqs, length, cfg.d_inner, device=device, dtype=dtype, requires_grad=grad)
+        z = torch.randn_like(x, requires_grad=grad)
+        w = torch.rand(cfg.d_inner, device=device, requires_grad=grad)
+        return (lambda impl: impl.gated_rms_norm(x, z, w, 1e-5, None)), (x, z, w)
+
+    cases.append((f"gated_rms_norm ({cfg.d_inner} ch, {seqs}×{length})", make_norm,
+                  (3 * norm_elems * elt, 8 * norm_elems), (7 * norm_elems * elt, 20 * norm_elems)))
+    return cases
+
+
+def external_impl(name: str):
+    """An adapter exposing mamba_ssm / causal_conv1d with our op signatures, or None."""
+    if name != "mamba_ssm":
+        return None
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception:
+        return None
+
+    class Adapter:
+        @staticmethod
+        def ssd_scan(x, dt, A, B, C, D, dt_bias, dt_softplus):
+            return mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=dt_bias,
+                                             dt_softplus=dt_softplus)
+
+    try:
+        from causal_conv1d import causal_conv1d_fn
+
+        Adapter.causal_conv1d = staticmethod(
+            lambda x, w, b, act: causal_conv1d_fn(x.transpose(1, 2), w, b, act).transpose(1, 2))
+    except Exception:
+        pass
+    return Adapter
+
+
+def run_ops(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
+    from bsmamba2 import ops
+
+    rows = []
+    for name, make, cost_f, cost_b in op_cases(shapes, cfg, device, dtype):
+        for bwd in (False, True):
+            label = name + (" fwd+bwd" if bwd else " fwd")
+            for be in args.backends:
+                impl = ops if be in ("triton", "torch") else external_impl(be)
+                op_name = name.split()[0]
+                if impl is None or not hasattr(impl, op_name):
+                    rows.append(Row("op", label, be, note="not available"))
+                    continue
+                fn, inputs = make(bwd)
+                leaves = [t for t in inputs if t.requires_grad]
+
+                def step(fn=fn, impl=impl, leaves=leaves, bwd=bwd):
+                    out = fn(impl)
+                    if bwd:
+                        torch.autograd.backward(out, torch.ones_like(out))
+                        for t in leaves:
+                            t.grad = None
+
+                with backend(be if be in ("triton", "torch") else "torch"):
+                    rows.append(timed(Row("op", label, be), step, timer, cost_b if bwd else cost_f, peaks))
+    return rows
+
+
+def timed(row: Row, step, timer: Timer, cost, peaks) -> Row:
+    try:
+        row.ms = timer(step)
+    except Exception as exc:  # one failing backend must not hide the others' numbers
+        row.note = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+        return row
+    if cost:
+        row.gbps = cost[0] / row.ms / 1e6
+        row.tflops = cost[1] / row.ms / 1e9
+    return row
+
+
+def run_blocks(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
+    rows = []
+    block = BidirectionalMamba(cfg).to(device)
+    for axis in ("time", "band"):
+        seqs, length = shapes[axis]
+        x = torch.randn(seqs, length, cfg.dim, device=device, requires_grad=True)
+
+        def step(x=x):
+            with autocast(device, dtype):
+                out = block(x)
+            out.float().sum().backward()
+            block.zero_grad(set_to_none=True)
+            x.grad = None
+
+        for be in args.backends:
+            if be not in ("triton", "torch"):
+                continue
+            with backend(be):
+                rows.append(timed(Row("block", f"bidirectional block {axis} ({seqs}×{length}) fwd+bwd", be),
+                                  step, timer, None, peaks))
+    return rows
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def run_model(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
+    rows = []
+    model = BSMamba2(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    sr = cfg.sample_rate
+    mix = torch.randn(shapes["train_batch"], 2, int(shapes["train_seconds"] * sr), device=device)
+    target = torch.randn_like(mix)
+    spec_mix = stft(mix, cfg)
+    spec_target = stft(target, cfg)
+
+    def train_step():
+        with autocast(device, dtype):
+            out = model(spec_mix)[:, 0]
+        loss = (torch.view_as_real(out) - torch.view_as_real(spec_target)).abs().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    audio = torch.randn(2, int(shapes["sep_seconds"] * sr), device=device)
+
+    def separate():
+        with torch.inference_mode(), autocast(device, dtype):
+            spec = stft(audio, cfg)[None]
+            out = model(spec)[0, 0]
+            return istft(out.to(spec.dtype), cfg, length=audio.shape[-1])
+
+    secs = shapes["train_seconds"]
+    for name, step in ((f"training step, batch {shapes['train_batch']} × {secs:g} s", train_step),
+                       (f"separate {shapes['sep_seconds']:g} s stereo, one pass", separate)):
+        for be in args.backends:
+            if be not in ("triton", "torch"):
+                continue
+            with backend(be):
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                first = time.perf_counter()
+                try:
+                    step()
+                    timer.sync()
+                except Exception as exc:
+                    rows.append(Row("model", name, be, note=f"failed: {type(exc).__name__}"))
+                    continue
+                first = time.perf_counter() - first
+                row = timed(Row("model", name, be), step, timer, None, peaks)
+                row.extra["first_call_s"] = round(first, 2)
+                if device.type == "cuda":
+                    row.peak_gb = torch.cuda.max_memory_allocated() / 1e9
+                rows.append(row)
+    return rows
+
+
+def fill_speedups(rows: list[Row]) -> None:
+    base = {(r.level, r.name): r.ms for r in rows if r.backend == "torch" and r.ms}
+    for r in rows:
+        ref = base.get((r.level, r.name))
+        if r.ms and ref:
+            r.speedup = ref / r.ms
+
+
+def table(rows: list[Row], peaks: dict) -> str:
+    head = f"{'level':<6} {'what':<58} {'backend':<9} {'ms':>9} {'×torch':>7} {'GB/s':>7} {'TFLOP/s':>8} {'peak GB':>8}"
+    lines = [head, "-" * len(head)]
+
+    def fmt(v, spec):
+        return format(v, spec) if v is not None else "-"
+
+    for r in rows:
+        line = (f"{r.level:<6} {r.name[:58]:<58} {r.backend:<9} {fmt(r.ms, '9.3f')} "
+                f"{fmt(r.speedup, '7.1f')} {fmt(r.gbps, '7.0f')} {fmt(r.tflops, '8.1f')} "
+                f"{fmt(r.peak_gb, '8.1f')}")
+        if r.note or r.extra:
+            line += "  " + " ".join([r.note] + [f"{k}={v}" for k, v in r.extra.items()]).strip()
+        lines.append(line)
+    if peaks:
+        lines.append(f"card peaks (measured): copy {peaks['copy_gbps']:.0f} GB/s, "
+                     f"bf16 matmul {peaks['bf16_tflops']:.0f} TFLOP/s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="bf16 on a GPU, fp32 on a CPU by default")
+    parser.add_argument("--shapes", choices=sorted(SHAPES), default=None,
+                        help="paper (default on a GPU), small (default on a CPU) or tiny (smoke tests)")
+    parser.add_argument("--backends", default=None,
+                        help="comma list of triton, torch, mamba_ssm (default: all usable here)")
+    parser.add_argument("--levels", default="op,block,model", help="comma list of op, block, model")
+    parser.add_argument("--json", default="benchmark_mamba_ssm.json", help="where to write the results")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    dtype = DTYPES[args.dtype or ("bf16" if on_gpu else "fp32")]
+    shapes = SHAPES[args.shapes or ("paper" if on_gpu else "small")]
+    default = ["triton", "torch", "mamba_ssm"] if on_gpu else ["torch"]
+    args.backends = args.backends.split(",") if args.backends else default
+    for be in args.backends:
+        if be == "triton":
+            with backend("triton"):
+                dispatch.active_backend(device, dtype)  # a clear error instead of a silent fallback
+        elif be not in ("torch", "mamba_ssm"):
+            parser.error(f"unknown backend {be!r}")
+    cfg = shapes["cfg"]
+    timer = Timer(device, args.quick)
+    peaks = measure_peaks(device)
+    rows: list[Row] = []
+    levels = args.levels.split(",")
+    for level, fn in (("op", run_ops), ("block", run_blocks), ("model", run_model)):
+        if level in levels:
+            rows += fn(args, shapes, cfg, device, dtype, timer, peaks)
+            print(f"[{level} level done]", flush=True)
+    fill_speedups(rows)
+    print(table(rows, peaks))
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or "cpu",
+        "torch": torch.__version__, "triton": triton_version, "python": platform.python_version(),
+        "dtype": str(dtype), "shapes": args.shapes or ("paper" if on_gpu else "small"),
+        "peaks": peaks, "command": "python benchmark_mamba_ssm.py " + " ".join(argv or []),
+    }
+    tmp = args.json + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"meta": meta, "rows": [asdict(r) for r in rows]}, f, indent=1)
+    os.replace(tmp, args.json)
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,26 @@
+"""Audio input/output (soundfile, ffmpeg fallback), validation and resampling (soxr)."""
+
+from bsmamba2.audio.io import (
+    AudioError,
+    AudioSource,
+    AudioWriter,
+    check_channels,
+    check_finite,
+    open_audio,
+    read_audio,
+    subtype_for,
+)
+from bsmamba2.audio.resample import StreamResampler, resample
+
+__all__ = [
+    "AudioError",
+    "AudioSource",
+    "AudioWriter",
+    "StreamResampler",
+    "check_channels",
+    "check_finite",
+    "open_audio",
+    "read_audio",
+    "resample",
+    "subtype_for",
+]

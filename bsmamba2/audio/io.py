@@ -1,0 +1,269 @@
+"""Audio files in and out, block by block, so hour-long files never sit in memory whole.
+
+Reading goes through soundfile (wav, flac, ogg, mp3, aiff, ...); anything libsndfile does
+not know (m4a, aac, opus, wma, video containers) is decoded by the ``ffmpeg`` binary when it
+is installed, streamed through a pipe. Every problem with an input is an :class:`AudioError`
+with a one-line message naming the file. Writing is atomic: a hidden temporary file in the
+destination folder, renamed over the final name only once complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from bsmamba2.errors import BSMamba2Error
+
+BLOCK = 1 << 16  # samples per block read (~1.5 s at 44.1 kHz)
+FORMATS = ("wav", "flac")
+BIT_DEPTHS = ("16", "24", "float")
+_SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "float": "FLOAT"}
+
+
+class AudioError(BSMamba2Error):
+    """Unreadable, empty, NaN-carrying or unsupported audio; the message names the file."""
+
+
+def _one_line(text: object) -> str:
+    """The last non-empty line of a tool's message (where libsndfile and ffmpeg put the cause)."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def check_channels(channels: int, where: str) -> None:
+    """Only mono and stereo: the model is a stereo model and 5.1 has no obvious mapping."""
+    if channels < 1:
+        raise AudioError(f"{where}: no audio channels")
+    if channels > 2:
+        raise AudioError(
+            f"{where}: {channels} channels; only mono and stereo are supported (downmix it first)"
+        )
+
+
+def check_finite(block: np.ndarray, where: str, offset: int, samplerate: int) -> None:
+    """(channels, n) ``block`` starting at sample ``offset``: NaN or infinite samples would
+    silently poison every segment they touch."""
+    if not np.isfinite(block).all():
+        bad = int(np.flatnonzero(~np.isfinite(block).all(axis=0))[0]) + offset
+        raise AudioError(f"{where}: NaN or infinite sample at {bad / samplerate:.3f} s")
+
+
+class AudioSource:
+    """An opened input: ``samplerate``, ``channels``, ``frames`` (None when unknown up front)
+    and :meth:`blocks`, which yields validated float32 arrays shaped (channels, n).
+    """
+
+    def __init__(self, path: Path, samplerate: int, channels: int, frames: int | None) -> None:
+        self.path = path
+        self.samplerate = samplerate
+        self.channels = channels
+        self.frames = frames
+        check_channels(channels, str(path))
+        if frames == 0:
+            raise AudioError(f"{path}: zero-length audio (0 samples)")
+
+    def _raw_blocks(self, blocksize: int) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def blocks(self, blocksize: int = BLOCK) -> Iterator[np.ndarray]:
+        """(channels, n) float32 blocks; errors on NaN/inf samples and on no samples at all."""
+        done = 0
+        for block in self._raw_blocks(blocksize):
+            if not len(block):
+                continue
+            block = np.ascontiguousarray(block.T)
+            check_finite(block, str(self.path), done, self.samplerate)
+            done += block.shape[1]
+            yield block
+        if done == 0:
+            raise AudioError(f"{self.path}: zero-length audio (no samples decoded)")
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.frames is None else self.frames / self.samplerate
+
+    def close(self) -> None:
+        """Release the file or the decoder process."""
+
+    def __enter__(self) -> AudioSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _SoundFileSource(AudioSource):
+    def __init__(self, path: Path, handle: sf.SoundFile) -> None:
+        self._handle = handle
+        try:
+            super().__init__(path, handle.samplerate, handle.channels, handle.frames)
+        except AudioError:
+            handle.close()
+            raise
+
+    def _raw_blocks(self, blocksize: int) -> Iterator[np.ndarray]:
+        self._handle.seek(0)
+        try:
+            while True:
+                block = self._handle.read(blocksize, dtype="float32", always_2d=True)
+                if not len(block):
+                    return
+                yield block
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(f"{self.path}: decoding failed ({_one_line(exc)})") from None
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class _FFmpegSource(AudioSource):
+    """Decoded by ffmpeg to 32-bit float PCM on a pipe; the length is only an estimate."""
+
+    def __init__(self, path: Path, samplerate: int, channels: int, duration: float | None) -> None:
+        frames = None if duration is None else max(1, round(duration * samplerate))
+        super().__init__(path, samplerate, channels, frames)
+        self._proc: subprocess.Popen | None = None
+
+    def _raw_blocks(self, blocksize: int) -> Iterator[np.ndarray]:
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(self.path)]
+        cmd += ["-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+        with tempfile.TemporaryFile() as errors:
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors)
+            stride = 4 * self.channels
+            pending = b""
+            while chunk := self._proc.stdout.read(blocksize * stride):
+                pending += chunk
+                usable = len(pending) - len(pending) % stride
+                yield np.frombuffer(pending[:usable], np.float32).reshape(-1, self.channels)
+                pending = pending[usable:]
+            if self._proc.wait() != 0:
+                errors.seek(0)
+                message = _one_line(errors.read().decode(errors="replace"))
+                raise AudioError(f"{self.path}: ffmpeg could not decode it ({message})")
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc is not None:
+            self._proc.stdout.close()
+
+
+def ffmpeg_available() -> bool:
+    return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+def _ffprobe(path: Path) -> tuple[int, int, float | None]:
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-of", "json", str(path)]
+    cmd += ["-show_entries", "stream=sample_rate,channels,duration:format=duration"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    info = json.loads(proc.stdout or "{}") if proc.returncode == 0 else {}
+    streams = info.get("streams") or []
+    if not streams:
+        reason = _one_line(proc.stderr) if proc.returncode else "no audio stream"
+        raise AudioError(f"{path}: not a readable audio file ({reason})")
+    stream = streams[0]
+    duration = stream.get("duration") or info.get("format", {}).get("duration")
+    duration = float(duration) if duration not in (None, "N/A") else None
+    return int(stream["sample_rate"]), int(stream["channels"]), duration
+
+
+def open_audio(path: str | os.PathLike) -> AudioSource:
+    """Open an input for block-wise reading (soundfile first, then ffmpeg if installed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: the file is empty (0 bytes)")
+    try:
+        return _SoundFileSource(path, sf.SoundFile(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        reason = _one_line(getattr(exc, "error_string", "") or exc)
+    if not ffmpeg_available():
+        raise AudioError(f"{path}: not a readable audio file ({reason}); install ffmpeg for more formats")
+    samplerate, channels, duration = _ffprobe(path)
+    return _FFmpegSource(path, samplerate, channels, duration)
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """A whole file as float32 (channels, samples) and its sample rate (for short files)."""
+    with open_audio(path) as source:
+        return np.concatenate(list(source.blocks()), axis=1), source.samplerate
+
+
+def subtype_for(fmt: str, bit_depth: str | None) -> str:
+    """soundfile subtype for ``--format``/``--bit-depth``; default float WAV, 24-bit FLAC."""
+    if fmt not in FORMATS:
+        raise AudioError(f"unknown output format {fmt!r} (choose from {', '.join(FORMATS)})")
+    depth = bit_depth or ("float" if fmt == "wav" else "24")
+    if depth not in BIT_DEPTHS:
+        raise AudioError(f"unknown bit depth {depth!r} (choose from {', '.join(BIT_DEPTHS)})")
+    if fmt == "flac" and depth == "float":
+        raise AudioError("FLAC stores integers only: use --bit-depth 16 or 24, or --format wav")
+    return _SUBTYPES[depth]
+
+
+class AudioWriter:
+    """Block-wise, atomic writing: a hidden ``.part`` file renamed on :meth:`commit`.
+
+    Integer subtypes are clipped to full scale; :attr:`peak` records the largest absolute
+    sample seen so the caller can warn about it (float files keep every value as is).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, samplerate: int, channels: int, subtype: str = "FLOAT"
+    ) -> None:
+        self.path = Path(path)
+        self.subtype = subtype
+        self.peak = 0.0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        fmt = self.path.suffix.lstrip(".").upper() or "WAV"
+        try:
+            self._file = sf.SoundFile(self._tmp, "w", samplerate, channels, subtype=subtype, format=fmt)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise AudioError(f"{self.path}: cannot write ({_one_line(exc)})") from None
+
+    @property
+    def clipped(self) -> bool:
+        return self.subtype != "FLOAT" and self.peak > 1.0
+
+    def write(self, block: np.ndarray) -> None:
+        """Append (channels, n) samples."""
+        if block.size:
+            self.peak = max(self.peak, float(np.abs(block).max()))
+        if self.subtype != "FLOAT":
+            block = np.clip(block, -1.0, 1.0)
+        self._file.write(block.T)
+
+    def commit(self) -> Path:
+        """Finish the file and move it into place."""
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file; the destination is left as it was."""
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def peak_warning(writer: AudioWriter) -> str:
+    """The message for a clipped integer output, naming its peak."""
+    depth = writer.subtype.replace("PCM_", "") + "-bit"
+    return (
+        f"{writer.path}: peak {writer.peak:.3f} ({20 * math.log10(writer.peak):+.2f} dBFS) "
+        f"exceeds full scale and was clipped in the {depth} file; use --bit-depth float to keep it"
+    )

@@ -1,0 +1,214 @@
+"""``bsmamba2 separate``: files and folders in, one folder of stems per track out.
+
+Each input is separated on its own: a bad file is reported on one line and the others go
+on; the exit code is 1 if any failed. Existing outputs are skipped unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import soundfile as sf
+from tqdm.auto import tqdm
+
+from bsmamba2.audio.io import BIT_DEPTHS, FORMATS, subtype_for
+from bsmamba2.errors import BSMamba2Error
+from bsmamba2.separation import OutputExistsError, Separator
+from bsmamba2.separation.registry import KNOWN, resolve_weights
+from bsmamba2.separation.separator import DEFAULT_TEMPLATE, PRECISIONS
+
+AUDIO_SUFFIXES = {
+    ".wav",
+    ".flac",
+    ".mp3",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".m4a",
+    ".aac",
+    ".aif",
+    ".aiff",
+    ".wma",
+    ".mp4",
+    ".mkv",
+    ".webm",
+    ".mka",
+    ".caf",
+    ".w64",
+    ".wv",
+    ".ape",
+}
+
+
+def find_inputs(inputs: list[str], pattern: str | None, outdir: Path) -> tuple[list[Path], list[str]]:
+    """Files named directly, and files under the folders (recursively, matching ``pattern``
+    or any audio suffix); never hidden files or anything already under ``outdir``.
+    Returns (files, one-line errors for inputs that do not exist).
+    """
+    files, errors = [], []
+    out = outdir.resolve()
+    for item in inputs:
+        path = Path(item)
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            for found in sorted(path.rglob("*")):
+                relative = found.relative_to(path).parts
+                if not found.is_file() or any(p.startswith(".") for p in relative):
+                    continue
+                if found.resolve().is_relative_to(out):
+                    continue
+                if (
+                    fnmatch.fnmatch(found.name, pattern)
+                    if pattern
+                    else found.suffix.lower() in AUDIO_SUFFIXES
+                ):
+                    files.append(found)
+        else:
+            errors.append(f"{path}: no such file or directory")
+    unique = list(dict.fromkeys(p.resolve() for p in files))
+    return [Path(p) for p in unique], errors
+
+
+def _summary(path: Path, outputs: dict[str, Path], seconds: float) -> str:
+    first = outputs[next(iter(outputs))]
+    duration = sf.info(str(first)).duration
+    names = ", ".join(p.name for p in outputs.values())
+    return (
+        f"{path.name}: {duration:.1f} s of audio in {seconds:.1f} s ({duration / seconds:.2f}× real time) "
+        f"→ {first.parent}/ [{names}]"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    outdir = Path(args.outdir)
+    stems = [s for item in args.stems or [] for s in item.split(",") if s] or None
+    files, missing = find_inputs(args.inputs, args.glob, outdir)
+    for message in missing:
+        print(f"bsmamba2: error: {message}", file=sys.stderr)
+    if not files:
+        raise BSMamba2Error(
+            "no audio files found in the inputs" + (f" matching {args.glob!r}" if args.glob else "")
+        )
+    subtype_for(args.format, args.bit_depth)  # bad combinations fail before any work
+    weights = resolve_weights(args.checkpoint, args.model, progress=not args.quiet)
+    separator = Separator(
+        weights,
+        device=args.device,
+        segment=args.segment,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        progress=not args.quiet,
+        ema=args.ema,
+        official=args.official,
+    )
+    # Template and stems too.
+    separator.output_paths(files[0], outdir, stems, args.filename, args.format)
+    failed, skipped, planned = len(missing), 0, {}
+    say = (lambda *a, **k: None) if args.quiet else tqdm.write
+    for path in tqdm(
+        files, desc="files", unit="file", disable=args.quiet or len(files) < 2, dynamic_ncols=True
+    ):
+        start = time.perf_counter()
+        try:
+            targets = separator.output_paths(path, outdir, stems, args.filename, args.format)
+            clash = next((t for t in targets.values() if t in planned), None)
+            if clash:
+                raise BSMamba2Error(
+                    f"{path}: {clash} is also the output of {planned[clash]}; use --filename with more fields"
+                )
+            planned.update(dict.fromkeys(targets.values(), path))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                outputs = separator.separate_file(
+                    path,
+                    outdir,
+                    stems=stems,
+                    filename=args.filename,
+                    fmt=args.format,
+                    bit_depth=args.bit_depth,
+                    sample_rate=args.sample_rate,
+                    overwrite=args.overwrite,
+                    plot=args.plot,
+                )
+            for warning in caught:
+                print(f"bsmamba2: warning: {warning.message}", file=sys.stderr)
+        except OutputExistsError as exc:
+            skipped += 1
+            say(f"{exc}")
+        except (BSMamba2Error, OSError) as exc:
+            failed += 1
+            tqdm.write(f"bsmamba2: error: {exc}", file=sys.stderr)
+        else:
+            say(
+                _summary(path, {k: v for k, v in outputs.items() if k != "plot"}, time.perf_counter() - start)
+            )
+    done = len(files) - skipped - (failed - len(missing))
+    if not args.quiet or failed:
+        print(
+            f"{done} separated, {skipped} skipped, {failed} failed", file=sys.stderr if failed else sys.stdout
+        )
+    return 1 if failed else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "separate",
+        help="separate audio files into vocals and accompaniment",
+        description="Separate audio files (or every audio file under folders) into stems.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")
+    p.add_argument("-o", "--outdir", default="separated", help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--glob", help="file name pattern for folders, e.g. '*.flac' (default: common audio suffixes)"
+    )
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", metavar="PATH", help="weights: any checkpoint bsmamba2 reads")
+    weights.add_argument(
+        "--model", choices=sorted(KNOWN), help="weights: a known checkpoint, downloaded on first use"
+    )
+    p.add_argument(
+        "--ema", action="store_true", help="use the EMA weights of an official Lightning checkpoint"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", *PRECISIONS],
+        help="autocast precision; auto = bf16 on CUDA, fp32 on the CPU",
+    )
+    p.add_argument("--segment", type=float, default=8.0, help="seconds per model call (default: %(default)s)")
+    p.add_argument(
+        "--overlap", type=float, default=0.25, help="cross-faded fraction of a segment (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=1, help="segments per forward pass (default: %(default)s)"
+    )
+    p.add_argument("--official", action="store_true", help="the official protocol: 8 s segments, no overlap")
+    p.add_argument("--stems", action="append", metavar="NAME[,NAME]", help="stems to write (default: all)")
+    p.add_argument(
+        "--filename",
+        default=DEFAULT_TEMPLATE,
+        help="output path template under OUTDIR with {track} {stem} {ext} {model} (default: %(default)s)",
+    )
+    p.add_argument("--format", default="wav", choices=FORMATS, help="output format (default: %(default)s)")
+    p.add_argument(
+        "--bit-depth", choices=BIT_DEPTHS, help="16, 24 or float (default: float WAV, 24-bit FLAC)"
+    )
+    p.add_argument("--sample-rate", type=int, help="output sample rate (default: the input's)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs (default: skip the track)"
+    )
+    p.add_argument(
+        "--plot", action="store_true", help="also write a PNG of the spectrograms of mixture and stems"
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars or summaries, only warnings and errors"
+    )
+    p.set_defaults(func=run)

@@ -1,0 +1,110 @@
+"""MUSDB18-HQ (wav folders) and MUSDB18 (``.stem.mp4``) tracks, listed by musdb.
+
+musdb gives the track lists and the official train / validation split (14 validation songs);
+wav stems are then read with soundfile (random access to a window without decoding the
+file), ``.stem.mp4`` windows through musdb's ffmpeg reader (slower: convert them with
+``musdbconvert`` for long trainings).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from bsmamba2.errors import BSMamba2Error
+
+SAMPLE_RATE = 44100
+#: The four MUSDB18 sources, in the order the mixing dataset sums them.
+STEMS: tuple[str, ...] = ("vocals", "drums", "bass", "other")
+#: Our subset names: musdb's ``train`` split into ``train`` (86 songs) and ``valid`` (14), and ``test``.
+SUBSETS: tuple[str, ...] = ("train", "valid", "test")
+
+
+class DatasetError(BSMamba2Error):
+    """A missing, incomplete or unreadable MUSDB18 folder or index."""
+
+
+@dataclass
+class Track:
+    """One song: where its audio is and how long it is (in samples at 44.1 kHz)."""
+
+    name: str
+    subset: str
+    length: int
+    is_wav: bool
+    paths: dict[str, str]  # "mixture" and every stem → file
+    stem_ids: dict[str, int]  # stream index inside a .stem.mp4 (unused for wav)
+
+    def read(self, stem: str, start: int = 0, frames: int | None = None) -> np.ndarray:
+        """``stem`` ("mixture" or a source) as float32 ``(channels, frames)``, zero-padded past the end."""
+        frames = self.length - start if frames is None else frames
+        path = self.paths[stem]
+        try:
+            if self.is_wav:
+                audio, rate = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
+            else:
+                audio, rate = _read_stem_mp4(path, self.stem_ids[stem], start, frames)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise DatasetError(f"{path}: unreadable audio ({str(exc).strip().splitlines()[0]})") from None
+        if rate != SAMPLE_RATE:
+            raise DatasetError(f"{path}: sample rate {rate} Hz, MUSDB18 is {SAMPLE_RATE} Hz")
+        if audio.shape[1] != 2:
+            raise DatasetError(f"{path}: {audio.shape[1]} channels, MUSDB18 is stereo")
+        audio = audio[:frames].T
+        if audio.shape[1] < frames:
+            audio = np.pad(audio, ((0, 0), (0, frames - audio.shape[1])))
+        return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _read_stem_mp4(path: str, stem_id: int, start: int, frames: int) -> tuple[np.ndarray, int]:
+    import stempeg  # musdb's decoder (ffmpeg); imported here so wav users never need ffmpeg
+
+    return stempeg.read_stems(
+        path,
+        stem_id=stem_id,
+        start=start / SAMPLE_RATE,
+        duration=frames / SAMPLE_RATE,
+        dtype=np.float32,
+        ffmpeg_format="f32le",
+    )
+
+
+def _musdb_tracks(root: Path, subset: str, is_wav: bool) -> list[Any]:
+    import musdb
+
+    if subset not in SUBSETS:
+        raise DatasetError(f"unknown subset {subset!r}; choose from {', '.join(SUBSETS)}")
+    folder = root / ("test" if subset == "test" else "train")
+    if not folder.is_dir():
+        raise DatasetError(f"{root}: no '{folder.name}' folder; is this a MUSDB18 root?")
+    split = None if subset == "test" else subset
+    db = musdb.DB(root=str(root), subsets="test" if subset == "test" else "train", split=split, is_wav=is_wav)
+    return list(db.tracks)
+
+
+def list_tracks(root: str | os.PathLike, subset: str, is_wav: bool = True) -> list[Track]:
+    """The songs of ``subset`` (``train``, ``valid`` or ``test``) under a MUSDB18(-HQ) root."""
+    root = Path(root)
+    tracks = []
+    for mt in _musdb_tracks(root, subset, is_wav):
+        missing = [s for s in STEMS if s not in mt.sources]
+        if missing:
+            raise DatasetError(f"{mt.name}: missing stems {', '.join(missing)}")
+        paths = {"mixture": mt.path, **{s: mt.sources[s].path for s in STEMS}}
+        stem_ids = {"mixture": mt.stem_id, **{s: mt.sources[s].stem_id for s in STEMS}}
+        if is_wav:
+            try:
+                length = min(sf.info(paths[s]).frames for s in ("mixture", *STEMS))
+            except (RuntimeError, OSError) as exc:
+                raise DatasetError(
+                    f"{mt.name}: unreadable wav ({str(exc).strip().splitlines()[0]})"
+                ) from None
+        else:
+            length = int(mt.samples)
+        tracks.append(Track(mt.name, subset, length, is_wav, paths, stem_ids))
+    return tracks

@@ -1,0 +1,49 @@
+"""Helpers shared by the Triton kernels: interpreter detection, launch configs, math."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+"""Kernels run in Triton's CPU interpreter (decided at import time, as Triton does)."""
+
+TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def dot_dtype(dtype: torch.dtype):
+    """Operand dtype of tl.dot: the input dtype on a GPU (tensor cores, fp32 accumulation);
+    float32 in the interpreter, whose bf16/fp16 dots return garbage."""
+    if dtype not in TL_DTYPES:
+        raise TypeError(f"Triton kernels take float32, float16 or bfloat16 tensors, not {dtype}")
+    return tl.float32 if INTERPRET else TL_DTYPES[dtype]
+
+
+def configs(*specs: tuple, interpret: dict | None = None) -> list[triton.Config]:
+    """Autotune candidates as (num_warps, num_stages[, meta]) tuples. The interpreter, where
+    autotuning across several needs a GPU, gets one: ``interpret`` (a meta dict), or the first."""
+    if INTERPRET:
+        return [triton.Config(interpret if interpret is not None else (specs[0][2:] or ({},))[0])]
+    return [triton.Config(*(spec[2:] or ({},)), num_warps=spec[0], num_stages=spec[1]) for spec in specs]
+
+
+def block(n: int, least: int = 16) -> int:
+    """The power-of-two tile covering n (at least ``least``: tl.dot needs 16)."""
+    return max(least, triton.next_power_of_2(n))
+
+
+@triton.jit
+def softplus(u):
+    """log(1 + e^u), accurate for every u (log1p through the (1+v)-1 correction)."""
+    v = tl.exp(-tl.abs(u))
+    w = 1.0 + v
+    log1p = tl.where(w == 1.0, v, tl.log(w) * (v / (w - 1.0)))
+    return tl.maximum(u, 0.0) + log1p
+
+
+@triton.jit
+def sigmoid(u):
+    return 1.0 / (1.0 + tl.exp(-u))

@@ -1,0 +1,486 @@
+"""SSD (Mamba-2 selective scan) in Triton: forward and backward, dt_bias + softplus fused.
+
+Two kernel families compute the same function:
+
+* **chunked** — one program per (sequence, head) walks the chunks of ``CHUNK`` steps in
+  order, carrying the fp32 state in registers: inside a chunk the scan is a masked
+  "attention" product, across chunks the state is passed on. The backward walks the chunks
+  in reverse, carrying the state gradient; the chunk-entry states it needs are recomputed
+  by the forward kernel into a transient fp32 buffer. dB and dC (shared by the heads of a
+  group) are accumulated with fp32 atomics.
+* **short** — sequences of at most ``CHUNK`` steps (the band axis: 62 bands) fit in one
+  chunk: one program per (sequence, group) computes C·Bᵀ once, loops over the heads of the
+  group with one quadratic block each and no state at all, and accumulates dB/dC in
+  registers (no atomics, no state buffer).
+
+Decays are fp32 and every exponent is clamped to ≤ 0 (masked lanes never overflow). The
+dot operands are the input dtype (fp32 accumulation); no dot accumulator is ever
+transposed into another dot (Triton 3.4–3.7 miscompile that on Hopper): each orientation
+a product needs is computed by its own dot from loaded tiles.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from bsmamba2.ops.triton.common import INTERPRET, block, configs, dot_dtype, sigmoid, softplus
+
+CHUNK = 64
+# Head dims per program of the chunked kernels. The kernels also run with the head split in
+# blocks (each block's dt-gradient parts are summed with atomics; tested in the interpreter),
+# but on the H100 with Triton 3.6 a split launch (32 of 64 dims) hit an illegal memory
+# access, so a program takes the whole head there; the interpreter tests use 16 to keep the
+# split path covered.
+HEAD_BLOCK = 16 if INTERPRET else None
+
+
+def _chunked_common(common: dict) -> dict:
+    """Launch constants of the chunked kernels: the short kernels' with the head block."""
+    return {**common, "BLOCK_P": HEAD_BLOCK or common["BLOCK_P"]}
+
+
+@triton.jit
+def _chunk_decay(dt_ptrs, mask, A, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Δ (0 on masked lanes), the pre-softplus value u, and the in-chunk cumulative decay."""
+    u = tl.load(dt_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        u += bias
+    delta = softplus(u) if SOFTPLUS else u
+    delta = tl.where(mask, delta, 0.0)
+    a = delta * A
+    return u, delta, tl.cumsum(a, 0), tl.sum(a, 0)
+
+
+@triton.jit
+def _intra_fwd(G, cs, delta, X, causal, DOT: tl.constexpr, PREC: tl.constexpr):
+    """Σ_{s≤t} (C_t·B_s) e^{cs_t−cs_s} Δ_s x_s for the rows t of one chunk."""
+    seg = cs[:, None] - cs[None, :]
+    M = tl.where(causal, G * tl.exp(tl.minimum(seg, 0.0)), 0.0) * delta[None, :]
+    return tl.dot(M.to(DOT), X.to(DOT), input_precision=PREC)
+
+
+@triton.jit
+def _intra_bwd(GT, cs, delta, X, dY, causal, DOT: tl.constexpr, PREC: tl.constexpr):
+    """Gradients of the in-chunk product. GT[s, t] = B_s·C_t.
+
+    Returns dX (in-chunk part), dGT[s, t] (for dB = dGT·C), dG[t, s] (for dC = dG·B),
+    the direct dΔ_s and the gradient of the cumulative decays.
+    """
+    causal_t = tl.trans(causal)
+    seg = cs[:, None] - cs[None, :]
+    decay = tl.where(causal, tl.exp(tl.minimum(seg, 0.0)), 0.0)  # [t, s]
+    decay_t = tl.where(causal_t, tl.exp(tl.minimum(-seg, 0.0)), 0.0)  # [s, t]
+    Xd = X.to(DOT)
+    dYd = dY.to(DOT)
+    dyx_t = tl.dot(Xd, tl.trans(dYd), input_precision=PREC)  # [s, t] = x_s·dy_t
+    dyx = tl.dot(dYd, tl.trans(Xd), input_precision=PREC)  # [t, s]
+    MT = GT * decay_t
+    dX = delta[:, None] * tl.dot(MT.to(DOT), dYd, input_precision=PREC)
+    dGT = decay_t * dyx_t * delta[:, None]
+    dG = decay * dyx * delta[None, :]
+    prod = MT * dyx_t
+    ddelta = tl.sum(prod, 1)
+    W = prod * delta[:, None]
+    dcs = tl.sum(W, 0) - tl.sum(W, 1)
+    return dX, dGT, dG, ddelta, dcs
+
+
+@triton.jit
+def _dt_grads(ddelta, dcs, dcs_last, u, delta, mask, A, SOFTPLUS: tl.constexpr):
+    """Chain rule from (direct dΔ, d cumsum) to the raw dt; also the dA contribution."""
+    # cs_t = Σ_{k≤t} a_k and cs_last = Σ_k a_k, so da_k = Σ_{t≥k} dcs_t + dcs_last.
+    da = tl.sum(dcs, 0) - tl.cumsum(dcs, 0) + dcs + dcs_last
+    dd = ddelta + da * A
+    du = dd * sigmoid(u) if SOFTPLUS else dd
+    return tl.where(mask, du, 0.0), tl.sum(da * delta, 0)
+
+
+@triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N", "COMPUTE_Y"])
+@triton.jit
+def _chunked_fwd(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, y_ptr, hout_ptr, states_ptr,
+    L, H, HG, P, N,
+    sxb, sxl, sxh, sxp, sdb, sdl, sdh, sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, syb, syl, syh, syp,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+    STORE_FINAL: tl.constexpr, STORE_STATES: tl.constexpr, COMPUTE_Y: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    bi = pid // H
+    hi = pid % H
+    gi = hi // HG
+    oq = tl.arange(0, BLOCK_Q)
+    op = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)  # this program's block of head dims
+    on = tl.arange(0, BLOCK_N)
+    mp = op < P
+    mn = on < N
+    A = tl.load(A_ptr + hi).to(tl.float32)
+    bias = tl.load(bias_ptr + hi).to(tl.float32) if HAS_BIAS else 0.0
+    Dh = tl.load(D_ptr + hi).to(tl.float32) if HAS_D else 0.0
+    causal = oq[:, None] >= oq[None, :]
+    state_off = pid * P * N
+    nt_off = on[:, None] + op[None, :] * N  # (n, p) view of a (p, n) row-major state
+    nt_mask = mn[:, None] & mp[None, :]
+    if HAS_H0:
+        HT = tl.load(h0_ptr + state_off + nt_off, mask=nt_mask, other=0.0).to(tl.float32)
+    else:
+        HT = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
+    nchunks = tl.cdiv(L, BLOCK_Q)
+    for c in range(nchunks):
+        t = c * BLOCK_Q + oq
+        mq = t < L
+        u, delta, cs, cs_last = _chunk_decay(
+            dt_ptr + bi * sdb + t * sdl + hi * sdh, mq, A, bias, HAS_BIAS, SOFTPLUS)
+        X = tl.load(x_ptr + bi * sxb + hi * sxh + t[:, None] * sxl + op[None, :] * sxp,
+                    mask=mq[:, None] & mp[None, :], other=0.0)
+        Bm = tl.load(B_ptr + bi * sBb + gi * sBg + t[:, None] * sBl + on[None, :] * sBn,
+                     mask=mq[:, None] & mn[None, :], other=0.0).to(DOT)
+        if STORE_STATES:
+            tl.store(states_ptr + (pid * nchunks + c) * P * N + nt_off, HT, mask=nt_mask)
+        if COMPUTE_Y:
+            Cm = tl.load(C_ptr + bi * sCb + gi * sCg + t[:, None] * sCl + on[None, :] * sCn,
+                         mask=mq[:, None] & mn[None, :], other=0.0).to(DOT)
+            G = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
+            y = _intra_fwd(G, cs, delta, X, causal, DOT, PREC)
+            y += tl.exp(cs)[:, None] * tl.dot(Cm, HT.to(DOT), input_precision=PREC)
+            if HAS_D:
+                y += Dh * X.to(tl.float32)
+            tl.store(y_ptr + bi * syb + hi * syh + t[:, None] * syl + op[None, :] * syp,
+                     y.to(y_ptr.dtype.element_ty), mask=mq[:, None] & mp[None, :])
+        w = tl.exp(tl.minimum(cs_last - cs, 0.0)) * delta
+        Xw = (X.to(tl.float32) * w[:, None]).to(DOT)
+        HT = tl.exp(cs_last) * HT + tl.dot(tl.trans(Bm), Xw, input_precision=PREC)
+    if STORE_FINAL:
+        tl.store(hout_ptr + state_off + nt_off, HT, mask=nt_mask)
+
+
+@triton.autotune(configs=configs((8, 1), (8, 2)), key=["H", "P", "N"],
+                 reset_to_zero=["ddt_ptr", "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr", "dbias_ptr"])
+@triton.jit
+def _chunked_bwd(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dfin_ptr,
+    dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dh0_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    L, H, HG, P, N, G,
+    sxb, sxl, sxh, sxp, sdb, sdl, sdh, sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, syb, syl, syh, syp,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+    HAS_DFIN: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    bi = pid // H
+    hi = pid % H
+    gi = hi // HG
+    oq = tl.arange(0, BLOCK_Q)
+    op = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)  # this program's block of head dims
+    on = tl.arange(0, BLOCK_N)
+    mp = op < P
+    mn = on < N
+    A = tl.load(A_ptr + hi).to(tl.float32)
+    bias = tl.load(bias_ptr + hi).to(tl.float32) if HAS_BIAS else 0.0
+    Dh = tl.load(D_ptr + hi).to(tl.float32) if HAS_D else 0.0
+    causal = oq[:, None] >= oq[None, :]
+    state_off = pid * P * N
+    pn_off = op[:, None] * N + on[None, :]
+    pn_mask = mp[:, None] & mn[None, :]
+    nt_off = on[:, None] + op[None, :] * N
+    nt_mask = mn[:, None] & mp[None, :]
+    # The state gradient in both orientations, each updated by its own dot (see module doc).
+    if HAS_DFIN:
+        dH = tl.load(dfin_ptr + state_off + pn_off, mask=pn_mask, other=0.0).to(tl.float32)
+        dHT = tl.load(dfin_ptr + state_off + nt_off, mask=nt_mask, other=0.0).to(tl.float32)
+    else:
+        dH = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+        dHT = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
+    dA_acc = tl.zeros((), dtype=tl.float32)
+    dD_acc = tl.zeros((), dtype=tl.float32)
+    dbias_acc = tl.zeros((), dtype=tl.float32)
+    nchunks = tl.cdiv(L, BLOCK_Q)
+    for cc in range(nchunks):
+        c = nchunks - 1 - cc
+        t = c * BLOCK_Q + oq
+        mq = t < L
+        u, delta, cs, cs_last = _chunk_decay(
+            dt_ptr + bi * sdb + t * sdl + hi * sdh, mq, A, bias, HAS_BIAS, SOFTPLUS)
+        qp = t[:, None] * sxl + op[None, :] * sxp
+        qp_mask = mq[:, None] & mp[None, :]
+        qn_mask = mq[:, None] & mn[None, :]
+        X = tl.load(x_ptr + bi * sxb + hi * sxh + qp, mask=qp_mask, other=0.0)
+        dY = tl.load(dy_ptr + bi * syb + hi * syh + t[:, None] * syl + op[None, :] * syp,
+                     mask=qp_mask, other=0.0)
+        Bm = tl.load(B_ptr + bi * sBb + gi * sBg + t[:, None] * sBl + on[None, :] * sBn,
+                     mask=qn_mask, other=0.0).to(DOT)
+        Cm = tl.load(C_ptr + bi * sCb + gi * sCg + t[:, None] * sCl + on[None, :] * sCn,
+                     mask=qn_mask, other=0.0).to(DOT)
+        Hin = tl.load(states_ptr + (pid * nchunks + c) * P * N + pn_off, mask=pn_mask, other=0.0)
+        GT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)
+        dX, dGT, dG, ddelta, dcs = _intra_bwd(GT, cs, delta, X, dY, causal, DOT, PREC)
+        Xf = X.to(tl.float32)
+        dYf = dY.to(tl.float32)
+        to_end = tl.exp(tl.minimum(cs_last - cs, 0.0))
+        from_start = tl.exp(cs)
+        # Paths through the state leaving the chunk.
+        XdH = tl.dot(X.to(DOT), dH.to(DOT), input_precision=PREC)  # (q, n): x_s·dH[:, n]
+        dX += (to_end * delta)[:, None] * tl.dot(Bm, dHT.to(DOT), input_precision=PREC)
+        if HAS_D:
+            dX += Dh * dYf
+            dD_acc += tl.sum(tl.sum(dYf * Xf, 1), 0)
+        tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dX.to(dx_ptr.dtype.element_ty),
+                 mask=qp_mask)
+        xdhb = tl.sum(XdH * Bm.to(tl.float32), 1)
+        ddelta += to_end * xdhb
+        R = to_end * delta * xdhb
+        dcs -= R
+        dcs_last = tl.exp(cs_last) * tl.sum(tl.sum(dH * Hin, 1), 0) + tl.sum(R, 0)
+        # Paths through the state entering the chunk.
+        dYH = tl.dot(dY.to(DOT), Hin.to(DOT), input_precision=PREC)  # (q, n)
+        dcs += from_start * tl.sum(dYH * Cm.to(tl.float32), 1)
+        dBm = tl.dot(dGT.to(DOT), Cm, input_precision=PREC) + (to_end * delta)[:, None] * XdH
+        dCm = tl.dot(dG.to(DOT), Bm, input_precision=PREC) + from_start[:, None] * dYH
+        gq = (bi * L + t[:, None]) * G * N + gi * N + on[None, :]
+        tl.atomic_add(dB_ptr + gq, dBm, mask=qn_mask, sem="relaxed")
+        tl.atomic_add(dC_ptr + gq, dCm, mask=qn_mask, sem="relaxed")
+        # Every dt-gradient term is linear in this block's head dims: sum the blocks' parts.
+        du, dA_part = _dt_grads(ddelta, dcs, dcs_last, u, delta, mq, A, SOFTPLUS)
+        dA_acc += dA_part
+        dbias_acc += tl.sum(du, 0)
+        tl.atomic_add(ddt_ptr + (bi * L + t) * H + hi, du, mask=mq, sem="relaxed")
+        dYs = (dYf * from_start[:, None]).to(DOT)
+        dH = tl.exp(cs_last) * dH + tl.dot(tl.trans(dYs), Cm, input_precision=PREC)
+        dHT = tl.exp(cs_last) * dHT + tl.dot(tl.trans(Cm), dYs, input_precision=PREC)
+    if HAS_H0:
+        tl.store(dh0_ptr + state_off + pn_off, dH, mask=pn_mask)
+    tl.atomic_add(dA_ptr + pid, dA_acc, sem="relaxed")
+    tl.atomic_add(dD_ptr + pid, dD_acc, sem="relaxed")
+    tl.atomic_add(dbias_ptr + pid, dbias_acc, sem="relaxed")
+
+
+@triton.autotune(configs=configs((4, 2), (8, 2), (4, 1)), key=["BLOCK_Q", "HG", "P", "N"])
+@triton.jit
+def _short_fwd(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr,
+    L, H, HG, P, N, G,
+    sxb, sxl, sxh, sxp, sdb, sdl, sdh, sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, syb, syl, syh, syp,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    bi = pid // G
+    gi = pid % G
+    oq = tl.arange(0, BLOCK_Q)
+    op = tl.arange(0, BLOCK_P)
+    on = tl.arange(0, BLOCK_N)
+    mq = oq < L
+    qp_mask = mq[:, None] & (op < P)[None, :]
+    qn_mask = mq[:, None] & (on < N)[None, :]
+    causal = oq[:, None] >= oq[None, :]
+    Bm = tl.load(B_ptr + bi * sBb + gi * sBg + oq[:, None] * sBl + on[None, :] * sBn,
+                 mask=qn_mask, other=0.0).to(DOT)
+    Cm = tl.load(C_ptr + bi * sCb + gi * sCg + oq[:, None] * sCl + on[None, :] * sCn,
+                 mask=qn_mask, other=0.0).to(DOT)
+    Gm = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)  # shared by the heads of the group
+    for j in range(HG):
+        hi = gi * HG + j
+        A = tl.load(A_ptr + hi).to(tl.float32)
+        bias = tl.load(bias_ptr + hi).to(tl.float32) if HAS_BIAS else 0.0
+        _, delta, cs, _ = _chunk_decay(dt_ptr + bi * sdb + oq * sdl + hi * sdh, mq, A, bias,
+                                       HAS_BIAS, SOFTPLUS)
+        X = tl.load(x_ptr + bi * sxb + hi * sxh + oq[:, None] * sxl + op[None, :] * sxp,
+                    mask=qp_mask, other=0.0)
+        y = _intra_fwd(Gm, cs, delta, X, causal, DOT, PREC)
+        if HAS_D:
+            y += tl.load(D_ptr + hi).to(tl.float32) * X.to(tl.float32)
+        tl.store(y_ptr + bi * syb + hi * syh + oq[:, None] * syl + op[None, :] * syp,
+                 y.to(y_ptr.dtype.element_ty), mask=qp_mask)
+
+
+@triton.autotune(configs=configs((4, 2), (8, 2), (4, 1)), key=["BLOCK_Q", "HG", "P", "N"])
+@triton.jit
+def _short_bwd(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
+    dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    L, H, HG, P, N, G,
+    sxb, sxl, sxh, sxp, sdb, sdl, sdh, sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, syb, syl, syh, syp,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    bi = pid // G
+    gi = pid % G
+    oq = tl.arange(0, BLOCK_Q)
+    op = tl.arange(0, BLOCK_P)
+    on = tl.arange(0, BLOCK_N)
+    mq = oq < L
+    qp_mask = mq[:, None] & (op < P)[None, :]
+    qn_mask = mq[:, None] & (on < N)[None, :]
+    causal = oq[:, None] >= oq[None, :]
+    Bm = tl.load(B_ptr + bi * sBb + gi * sBg + oq[:, None] * sBl + on[None, :] * sBn,
+                 mask=qn_mask, other=0.0).to(DOT)
+    Cm = tl.load(C_ptr + bi * sCb + gi * sCg + oq[:, None] * sCl + on[None, :] * sCn,
+                 mask=qn_mask, other=0.0).to(DOT)
+    GT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)
+    dB_acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+    dC_acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+    for j in range(HG):
+        hi = gi * HG + j
+        A = tl.load(A_ptr + hi).to(tl.float32)
+        bias = tl.load(bias_ptr + hi).to(tl.float32) if HAS_BIAS else 0.0
+        u, delta, cs, _ = _chunk_decay(dt_ptr + bi * sdb + oq * sdl + hi * sdh, mq, A, bias,
+                                       HAS_BIAS, SOFTPLUS)
+        qp = oq[:, None] * sxl + op[None, :] * sxp
+        X = tl.load(x_ptr + bi * sxb + hi * sxh + qp, mask=qp_mask, other=0.0)
+        dY = tl.load(dy_ptr + bi * syb + hi * syh + oq[:, None] * syl + op[None, :] * syp,
+                     mask=qp_mask, other=0.0)
+        dX, dGT, dG, ddelta, dcs = _intra_bwd(GT, cs, delta, X, dY, causal, DOT, PREC)
+        dB_acc += tl.dot(dGT.to(DOT), Cm, input_precision=PREC)
+        dC_acc += tl.dot(dG.to(DOT), Bm, input_precision=PREC)
+        dD_part = tl.zeros((), dtype=tl.float32)
+        if HAS_D:
+            dYf = dY.to(tl.float32)
+            dX += tl.load(D_ptr + hi).to(tl.float32) * dYf
+            dD_part = tl.sum(tl.sum(dYf * X.to(tl.float32), 1), 0)
+        tl.store(dx_ptr + ((bi * L + oq[:, None]) * H + hi) * P + op[None, :], dX.to(dx_ptr.dtype.element_ty),
+                 mask=qp_mask)
+        du, dA_part = _dt_grads(ddelta, dcs, 0.0, u, delta, mq, A, SOFTPLUS)
+        tl.store(ddt_ptr + (bi * L + oq) * H + hi, du, mask=mq)
+        tl.store(dA_ptr + bi * H + hi, dA_part)
+        tl.store(dD_ptr + bi * H + hi, dD_part)
+        tl.store(dbias_ptr + bi * H + hi, tl.sum(du, 0))
+    gq = (bi * L + oq[:, None]) * G * N + gi * N + on[None, :]
+    tl.store(dB_ptr + gq, dB_acc.to(dB_ptr.dtype.element_ty), mask=qn_mask)
+    tl.store(dC_ptr + gq, dC_acc.to(dC_ptr.dtype.element_ty), mask=qn_mask)
+
+
+def _head_blocks(programs: int, p: int, block_p: int) -> tuple[int, int]:
+    """Grid of the chunked kernels: (sequence·head, block of head dims)."""
+    return programs, triton.cdiv(p, block_p)
+
+
+def _chunk(dtype: torch.dtype) -> int:
+    """Chunk length of the chunked kernels: 32 steps for fp32 tiles (shared memory), else 64."""
+    return 32 if dtype == torch.float32 else CHUNK
+
+
+def _strides(*tensors: torch.Tensor) -> list[int]:
+    return [s for t in tensors for s in t.stride()]
+
+
+def _check(x, dt, A, B, C, D, dt_bias, initial_state) -> None:
+    b, length, h, p = x.shape
+    g, n = B.shape[-2:]
+    if dt.shape != (b, length, h) or B.shape != (b, length, g, n) or C.shape != B.shape:
+        raise ValueError(f"ssd_scan shapes: x {tuple(x.shape)}, dt {tuple(dt.shape)}, "
+                         f"B {tuple(B.shape)}, C {tuple(C.shape)}")
+    if h % g:
+        raise ValueError(f"nheads ({h}) must be a multiple of ngroups ({g})")
+    for name, v in (("A", A), ("D", D), ("dt_bias", dt_bias)):
+        if v is not None and v.shape != (h,):
+            raise ValueError(f"{name} must have shape ({h},), got {tuple(v.shape)}")
+    if initial_state is not None and initial_state.shape != (b, h, p, n):
+        raise ValueError(f"initial_state must have shape {(b, h, p, n)}")
+    if length == 0:
+        raise ValueError("ssd_scan needs at least one time step")
+
+
+class SSDScan(torch.autograd.Function):
+    """y (and the final state) of the SSD scan, with the gradients of every input."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, return_final):
+        _check(x, dt, A, B, C, D, dt_bias, initial_state)
+        b, length, h, p = x.shape
+        g, n = B.shape[-2:]
+        short = length <= CHUNK and initial_state is None and not return_final
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        dummy = A  # any tensor: pointer of an absent optional input (never read)
+        common = dict(
+            HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
+            BLOCK_Q=block(length) if short else _chunk(x.dtype), BLOCK_P=block(p), BLOCK_N=block(n),
+            DOT=dot_dtype(x.dtype), PREC="tf32",  # fp32 dots use tf32 on the GPU (exact in the interpreter)
+        )
+        strides = _strides(x, dt, B, C, y)
+        final = None
+        if short:
+            _short_fwd[(b * g,)](
+                x, dt, A, B, C, D if D is not None else dummy, dt_bias if dt_bias is not None else dummy,
+                y, length, h, h // g, p, n, g, *strides, **common)
+        else:
+            final = x.new_empty(b, h, p, n, dtype=torch.float32) if return_final else dummy
+            _chunked_fwd[_head_blocks(b * h, p, HEAD_BLOCK or common['BLOCK_P'])](
+                x, dt, A, B, C, D if D is not None else dummy, dt_bias if dt_bias is not None else dummy,
+                initial_state if initial_state is not None else dummy, y, final, dummy,
+                length, h, h // g, p, n, *strides,
+                HAS_H0=initial_state is not None, STORE_FINAL=return_final, STORE_STATES=False,
+                COMPUTE_Y=True, **_chunked_common(common))
+        ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_state)
+        ctx.dt_softplus = bool(dt_softplus)
+        ctx.short = short
+        ctx.common = common
+        ctx.set_materialize_grads(False)
+        return (y, final) if return_final else y
+
+    @staticmethod
+    def backward(ctx, dy, dfinal=None):
+        x, dt, A, B, C, D, dt_bias, initial_state = ctx.saved_tensors
+        b, length, h, p = x.shape
+        g, n = B.shape[-2:]
+        common = ctx.common
+        dy = torch.zeros_like(x) if dy is None else dy
+        dummy = A
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        # fp32 sums over programs (dA, dD, dbias per (sequence, head) before the batch sum)
+        ddt = x.new_zeros(b, length, h, dtype=torch.float32)
+        part = [x.new_zeros(b * h, dtype=torch.float32) for _ in range(3)]
+        strides = _strides(x, dt, B, C, dy)
+        opt = (D if D is not None else dummy, dt_bias if dt_bias is not None else dummy)
+        dh0 = None
+        if ctx.short:
+            dB = torch.empty(b, length, g, n, dtype=B.dtype, device=B.device)
+            dC = torch.empty(b, length, g, n, dtype=C.dtype, device=C.device)
+            _short_bwd[(b * g,)](
+                x, dt, A, B, C, *opt, dy, dx, ddt, dB, dC, *part,
+                length, h, h // g, p, n, g, *strides, **common)
+        else:
+            nchunks = triton.cdiv(length, common['BLOCK_Q'])
+            states = x.new_empty(b, h, nchunks, p, n, dtype=torch.float32)
+            has_h0 = initial_state is not None
+            fwd_strides = _strides(x, dt, B, C, x)
+            _chunked_fwd[_head_blocks(b * h, p, HEAD_BLOCK or common['BLOCK_P'])](
+                x, dt, A, B, C, *opt, initial_state if has_h0 else dummy, dummy, dummy, states,
+                length, h, h // g, p, n, *fwd_strides,
+                HAS_H0=has_h0, STORE_FINAL=False, STORE_STATES=True, COMPUTE_Y=False,
+                **_chunked_common(common))
+            dB = torch.zeros(b, length, g, n, dtype=torch.float32, device=B.device)
+            dC = torch.zeros(b, length, g, n, dtype=torch.float32, device=C.device)
+            dh0 = x.new_empty(b, h, p, n, dtype=torch.float32) if has_h0 else None
+            dfin = dfinal.contiguous() if dfinal is not None else None
+            _chunked_bwd[_head_blocks(b * h, p, HEAD_BLOCK or common['BLOCK_P'])](
+                x, dt, A, B, C, *opt, dy, states, dfin if dfin is not None else dummy,
+                dx, ddt, dB, dC, dh0 if has_h0 else dummy, *part,
+                length, h, h // g, p, n, g, *strides,
+                HAS_H0=has_h0, HAS_DFIN=dfin is not None, **_chunked_common(common))
+            dB, dC = dB.to(B.dtype), dC.to(C.dtype)
+            dh0 = dh0.to(initial_state.dtype) if has_h0 else None
+        dA, dD, dbias = (t.view(b, h).sum(0) for t in part)
+        return (
+            dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC,
+            dD.to(D.dtype) if D is not None else None,
+            dbias.to(dt_bias.dtype) if dt_bias is not None else None,
+            dh0, None, None,
+        )
+
+
+def ssd_scan(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=False, initial_state=None,
+             return_final_state=False, chunk_size=CHUNK):
+    """Triton SSD scan with the contract of :func:`bsmamba2.ops.reference.ssd_scan`.
+
+    ``chunk_size`` is accepted for that contract and ignored: the kernels pick their own
+    chunking, which changes only rounding.
+    """
+    del chunk_size
+    return SSDScan.apply(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, return_final_state)

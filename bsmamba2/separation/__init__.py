@@ -1,0 +1,5 @@
+"""Separation: the :class:`Separator` (chunking, cross-fades, streaming I/O) and known checkpoints."""
+
+from bsmamba2.separation.separator import ClippingWarning, OutputExistsError, Separator
+
+__all__ = ["ClippingWarning", "OutputExistsError", "Separator"]

@@ -1,0 +1,115 @@
+"""Cutting a stream into overlapping segments and cross-fading the processed ones back.
+
+The input is padded with ``pad`` zeros at both ends so the first and last real samples sit
+in the flat middle of a segment, where the model sees context on both sides, rather than in
+a fade. Segments start every ``hop`` samples; each processed segment is weighted by a
+window that ramps up over the overlap, stays at one, and ramps down, and the sum is divided
+by the summed weights, so the weights at every sample add up to one exactly (no level
+change, no seams), whatever the overlap. With no overlap and no padding this is the
+official protocol: back-to-back segments, the last one zero-padded.
+
+Only the samples that later segments can still touch are kept, so memory stays at a few
+segments however long the stream.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def crossfade_window(segment: int, overlap: int) -> np.ndarray:
+    """Linear ramps of ``overlap`` samples at both ends, ones between; never zero."""
+    window = np.ones(segment, np.float32)
+    if overlap:
+        ramp = (np.arange(overlap, dtype=np.float64) + 0.5) / overlap
+        window[:overlap] = ramp
+        window[-overlap:] = np.minimum(window[-overlap:], ramp[::-1])
+    return window
+
+
+class Chunker:
+    """Streaming segmentation (``feed``/``finish`` give segments) and overlap-add (``add``).
+
+    Segments come out in order as (channels, segment) arrays; the processed results must be
+    given back to :meth:`add` in the same order, as (k, segment) arrays (any leading shape:
+    stems × channels), which returns the (k, n) samples that are final so far, with the
+    padding removed and at most as many samples as were fed.
+    """
+
+    def __init__(self, segment: int, hop: int, pad: int, channels: int) -> None:
+        if not 0 < hop <= segment:
+            raise ValueError(f"hop {hop} must be in (0, segment={segment}]")
+        self.segment, self.hop, self.pad = segment, hop, pad
+        self.window = crossfade_window(segment, segment - hop)
+        self._buffer = np.zeros((channels, pad), np.float32)  # starts at padded position _buf_pos
+        self._buf_pos = 0
+        self._next = 0  # padded position of the next segment to cut
+        self._fed = 0
+        self._finished = False
+        self._acc: np.ndarray | None = None  # weighted sum, from padded position _out_pos
+        self._wsum = np.zeros(0, np.float64)
+        self._out_pos = 0
+        self._added = 0  # segments given back
+
+    @property
+    def fed(self) -> int:
+        """Samples fed so far (the input length once finished)."""
+        return self._fed
+
+    def segments_for(self, samples: int) -> int:
+        """How many segments an input of ``samples`` samples is cut into."""
+        return max(1, math.ceil((2 * self.pad + samples - self.segment) / self.hop) + 1)
+
+    def _cut(self) -> list[np.ndarray]:
+        out = []
+        while self._next + self.segment <= self._buf_pos + self._buffer.shape[1]:
+            start = self._next - self._buf_pos
+            out.append(self._buffer[:, start : start + self.segment].copy())
+            self._next += self.hop
+        drop = min(self._next - self._buf_pos, self._buffer.shape[1])
+        self._buffer = self._buffer[:, drop:]
+        self._buf_pos += drop
+        return out
+
+    def feed(self, block: np.ndarray) -> list[np.ndarray]:
+        """Append (channels, n) samples; returns the segments now complete."""
+        self._fed += block.shape[1]
+        self._buffer = np.concatenate([self._buffer, block.astype(np.float32, copy=False)], axis=1)
+        return self._cut()
+
+    def finish(self) -> list[np.ndarray]:
+        """End of input: zero-pad and return the remaining segments."""
+        self._finished = True
+        total = (self.segments_for(self._fed) - 1) * self.hop + self.segment
+        missing = total - (self._buf_pos + self._buffer.shape[1])
+        if missing > 0:
+            zeros = np.zeros((self._buffer.shape[0], missing), np.float32)
+            self._buffer = np.concatenate([self._buffer, zeros], axis=1)
+        return self._cut()
+
+    def add(self, processed: np.ndarray) -> np.ndarray:
+        """Overlap-add the next processed segment; returns the samples now final."""
+        flat = processed.reshape(-1, self.segment)
+        start = self._added * self.hop - self._out_pos
+        end = start + self.segment
+        if self._acc is None:
+            self._acc = np.zeros((flat.shape[0], 0), np.float32)
+        if end > self._acc.shape[1]:
+            grow = end - self._acc.shape[1]
+            self._acc = np.concatenate([self._acc, np.zeros((flat.shape[0], grow), np.float32)], axis=1)
+            self._wsum = np.concatenate([self._wsum, np.zeros(grow)])
+        self._acc[:, start:end] += flat * self.window
+        self._wsum[start:end] += self.window
+        self._added += 1
+        # Positions before the next segment's start are touched by no later segment.
+        ready = self._added * self.hop - self._out_pos
+        if self._finished and self._added == self.segments_for(self._fed):
+            ready = self._acc.shape[1]
+        done = (self._acc[:, :ready] / self._wsum[:ready]).astype(np.float32)
+        self._acc, self._wsum = self._acc[:, ready:], self._wsum[ready:]
+        first, self._out_pos = self._out_pos, self._out_pos + ready
+        # Keep real samples only: padded positions [pad, pad + fed).
+        lo, hi = max(self.pad - first, 0), max(min(self.pad + self._fed - first, ready), 0)
+        return done[:, lo : max(lo, hi)].reshape(*processed.shape[:-1], -1)

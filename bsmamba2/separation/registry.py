@@ -1,0 +1,74 @@
+"""Known checkpoints (name → URL, size, SHA-256), fetched into the cache on first use,
+and the rule that decides which weights a command uses.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bsmamba2.errors import BSMamba2Error
+from bsmamba2.separation.download import download
+
+
+@dataclass(frozen=True)
+class KnownCheckpoint:
+    name: str
+    url: str
+    size: int
+    sha256: str
+    about: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+KNOWN: dict[str, KnownCheckpoint] = {
+    c.name: c
+    for c in (
+        KnownCheckpoint(
+            name="bs_mamba2_vocals",
+            url="https://github.com/ZFTurbo/Music-Source-Separation-Training/releases/download/v1.0.19/bs_mamba2_vocals.ckpt",
+            size=192_610_602,
+            sha256="fceb733b41742abb8df563092f4cb5bbc9243c6c03e7f34dc44c14e60732c72f",
+            about="vocals; paper-size BSMamba2 trained by ZFTurbo on MUSDB18 (MSST release v1.0.19)",
+        ),
+    )
+}
+
+
+def cache_dir() -> Path:
+    """``$BSMAMBA2_CACHE``, else ``~/.cache/bsmamba2``."""
+    return Path(os.environ.get("BSMAMBA2_CACHE") or "~/.cache/bsmamba2").expanduser()
+
+
+def fetch(name_or_entry: str | KnownCheckpoint, progress: bool = True) -> Path:
+    """The local path of a known checkpoint, downloaded (resumable, verified) if missing."""
+    entry = name_or_entry
+    if isinstance(entry, str):
+        if entry not in KNOWN:
+            raise BSMamba2Error(f"unknown model {entry!r} (known: {', '.join(KNOWN)})")
+        entry = KNOWN[entry]
+    return download(entry.url, cache_dir() / entry.filename, entry.size, entry.sha256, progress)
+
+
+def no_weights_message() -> str:
+    names = ", ".join(f"{c.name} ({c.size / 1e6:.0f} MB)" for c in KNOWN.values())
+    return (
+        "no model weights: pass --checkpoint PATH (any BSMamba2 checkpoint), or --model NAME to download a "
+        f"known one into {cache_dir()} ({names}), or set BSMAMBA2_CHECKPOINT to a path or a known name"
+    )
+
+
+def resolve_weights(checkpoint: str | None = None, model: str | None = None, progress: bool = True) -> Path:
+    """--checkpoint, else --model (downloaded), else ``$BSMAMBA2_CHECKPOINT`` (path or name)."""
+    if checkpoint:
+        return Path(checkpoint)
+    if model:
+        return fetch(model, progress)
+    default = os.environ.get("BSMAMBA2_CHECKPOINT")
+    if default:
+        return fetch(default, progress) if default in KNOWN and not Path(default).exists() else Path(default)
+    raise BSMamba2Error(no_weights_message())

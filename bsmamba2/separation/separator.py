@@ -1,0 +1,386 @@
+"""The :class:`Separator`: audio of any length, rate and channel count in, stems out.
+
+One streaming path serves arrays and files alike: input blocks are resampled to the
+model's rate (soxr), cut into cross-faded segments (:mod:`.chunking`), run through the
+model a batch of segments at a time, overlap-added, resampled to the output rate and
+handed out block by block together with the matching block of the mixture, so a file of
+any length is read and written in blocks with only a few segments alive at once. The
+accompaniment is the mixture minus the vocals, sample by sample, so the two always add up
+to the input (to float32 rounding): nothing is rescaled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bsmamba2.audio import (
+    AudioError,
+    AudioWriter,
+    StreamResampler,
+    check_channels,
+    check_finite,
+    open_audio,
+    subtype_for,
+)
+from bsmamba2.audio.io import BLOCK, peak_warning
+from bsmamba2.checkpoint import load_model
+from bsmamba2.errors import BSMamba2Error
+from bsmamba2.model import istft, stft
+from bsmamba2.separation.chunking import Chunker
+from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
+
+OFFICIAL_SEGMENT = 8.0  # seconds: the training length and the official evaluation chunk
+ACCOMPANIMENT = "accompaniment"
+DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class OutputExistsError(BSMamba2Error):
+    """Outputs already there and ``overwrite`` not set: the file is skipped, nothing changes."""
+
+
+class ClippingWarning(UserWarning):
+    """An integer output file had samples beyond full scale, clipped (the message names the peak)."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` → the first CUDA device if there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise BSMamba2Error(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BSMamba2Error(f"device {device!r} requested but CUDA is not available here")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise BSMamba2Error(
+            f"device {device!r} requested but there are {torch.cuda.device_count()} CUDA devices"
+        )
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` → bf16 autocast on CUDA, fp32 on the CPU."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise BSMamba2Error(f"unknown precision {precision!r} (use auto, fp32, bf16 or fp16)")
+    return precision
+
+
+def stem_names(model: torch.nn.Module) -> list[str]:
+    """The model's stems: ``model.stem_names`` if it has them, ``vocals`` for one stem."""
+    n_stems = model.config.n_stems
+    names = getattr(model, "stem_names", None)
+    if names and len(names) == n_stems:
+        return list(names)
+    return ["vocals"] if n_stems == 1 else [f"stem{i + 1}" for i in range(n_stems)]
+
+
+class _Fifo:
+    """Samples waiting for their counterpart (the mixture waits for the separated stems)."""
+
+    def __init__(self, rows: int) -> None:
+        self.data = np.zeros((rows, 0), np.float32)
+
+    def __len__(self) -> int:
+        return self.data.shape[1]
+
+    def push(self, block: np.ndarray) -> None:
+        if block.shape[-1]:
+            self.data = np.concatenate([self.data, block.reshape(self.data.shape[0], -1)], axis=1)
+
+    def pop(self, n: int) -> np.ndarray:
+        out, self.data = self.data[:, :n], self.data[:, n:]
+        return out
+
+
+class Separator:
+    """Separates audio with a BSMamba2 (or anything :func:`bsmamba2.load_model` reads).
+
+    ``segment`` seconds per model call (default 8 s, the training length), ``overlap`` the
+    cross-faded fraction of a segment, ``batch_size`` segments per forward pass,
+    ``precision`` ``auto|fp32|bf16|fp16`` (autocast; auto = bf16 on CUDA, fp32 on the CPU),
+    ``ema`` takes the EMA weights of an official checkpoint. ``official=True`` (or
+    :meth:`official`) reproduces the official evaluation protocol: back-to-back 8 s
+    segments, no overlap, the last one zero-padded. A module passed in is moved to
+    ``device`` and put in eval mode.
+    """
+
+    def __init__(
+        self,
+        model_or_path: torch.nn.Module | str | os.PathLike,
+        device: str | torch.device = "auto",
+        segment: float = OFFICIAL_SEGMENT,
+        overlap: float = 0.25,
+        batch_size: int = 1,
+        precision: str = "auto",
+        progress: bool = True,
+        ema: bool = False,
+        official: bool = False,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if isinstance(model_or_path, torch.nn.Module):
+            self.model, self.name = model_or_path, "bsmamba2"
+        else:
+            self.model, self.name = load_model(model_or_path, ema=ema), Path(model_or_path).stem
+        self.model.to(self.device).eval()
+        self.config = self.model.config
+        self.stems = stem_names(self.model)
+        if official:
+            segment, overlap = OFFICIAL_SEGMENT, 0.0
+        shortest = self.config.n_fft / self.config.sample_rate  # one STFT window
+        if not segment > shortest:
+            raise BSMamba2Error(
+                f"segment must be longer than {shortest:.3f} s (one STFT window), got {segment}"
+            )
+        if not 0 <= overlap < 1:
+            raise BSMamba2Error(f"overlap must be in [0, 1), got {overlap}")
+        if batch_size < 1:
+            raise BSMamba2Error(f"batch size must be at least 1, got {batch_size}")
+        self.segment_samples = max(1, round(segment * self.config.sample_rate))
+        overlap_samples = min(round(overlap * self.segment_samples), self.segment_samples - 1)
+        self.hop_samples = self.segment_samples - overlap_samples
+        self.pad_samples = overlap_samples  # edge context: first/last samples sit past the fade
+        self.batch_size = batch_size
+        self.progress = progress
+
+    @classmethod
+    def official(cls, model_or_path: torch.nn.Module | str | os.PathLike, **kwargs) -> Separator:
+        """The official evaluation protocol: 8 s back-to-back segments, no overlap."""
+        return cls(model_or_path, official=True, **kwargs)
+
+    @property
+    def outputs(self) -> list[str]:
+        """Every stem name :meth:`separate` returns."""
+        return [*self.stems, ACCOMPANIMENT] if len(self.stems) == 1 else list(self.stems)
+
+    # -- the model on a batch of segments ---------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _run(self, segments: list[np.ndarray]) -> np.ndarray:
+        """(B, C, S) audio → (B, n_stems, C, S) separated audio, C the input's channels."""
+        x = torch.from_numpy(np.stack(segments)).to(self.device)
+        batch, channels, samples = x.shape
+        model_channels = self.config.channels
+        if model_channels == channels:
+            inp = x
+        elif model_channels == 2:  # mono input, stereo model: dual mono
+            inp = x.expand(batch, 2, samples)
+        else:  # mono model: every channel on its own
+            inp = x.reshape(batch * channels, 1, samples)
+        with torch.inference_mode():
+            spec = stft(inp, self.config)
+            with self._autocast():
+                out = self.model(spec)
+            wav = istft(out.to(torch.complex64), self.config, length=samples)  # (B', stems, Cm, S)
+        if model_channels != channels:  # back to the input's channels
+            wav = (
+                wav.mean(dim=2, keepdim=True)
+                if channels == 1
+                else wav.reshape(batch, channels, -1, samples).transpose(1, 2)
+            )
+        return wav.float().cpu().numpy()
+
+    # -- streaming --------------------------------------------------------------------------
+
+    def _stream(
+        self, blocks: Iterable[np.ndarray], in_rate: int, out_rate: int, channels: int, bar: tqdm
+    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """(mixture, {stem: audio}) blocks at ``out_rate`` for (channels, n) input blocks."""
+        rate = self.config.sample_rate
+        n_stems = len(self.stems)
+        to_model = StreamResampler(in_rate, rate, channels)
+        mix_out = StreamResampler(in_rate, out_rate, channels)
+        stems_out = StreamResampler(rate, out_rate, n_stems * channels)
+        chunker = Chunker(self.segment_samples, self.hop_samples, self.pad_samples, channels)
+        mixture, separated = _Fifo(channels), _Fifo(n_stems * channels)
+        pending: list[np.ndarray] = []
+
+        def process(segments: list[np.ndarray], last: bool = False) -> None:
+            pending.extend(segments)
+            while pending and (len(pending) >= self.batch_size or last):
+                batch, pending[:] = pending[: self.batch_size], pending[self.batch_size :]
+                for result in self._run(batch):
+                    done = chunker.add(result)
+                    separated.push(stems_out(done.reshape(n_stems * channels, -1)))
+
+        def ready(final: bool = False) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+            n = len(mixture)
+            if final:  # resampling can leave the stems a sample short or long
+                separated.push(np.zeros((n_stems * channels, max(0, n - len(separated))), np.float32))
+            n = min(n, len(separated))
+            if not n:
+                return
+            mix = mixture.pop(n)
+            stems = separated.pop(n).reshape(n_stems, channels, n)
+            out = {name: stems[i] for i, name in enumerate(self.stems)}
+            if n_stems == 1:
+                out[ACCOMPANIMENT] = mix - stems[0]
+            if (
+                bar.total is not None and bar.n + n / out_rate > bar.total
+            ):  # lengths from ffprobe are estimates
+                bar.total = bar.n + n / out_rate
+            bar.update(n / out_rate)
+            yield mix, out
+
+        for block in blocks:
+            mixture.push(mix_out(block))
+            process(chunker.feed(to_model(block)))
+            yield from ready()
+        mixture.push(mix_out.flush())
+        process(chunker.feed(to_model.flush()))
+        process(chunker.finish(), last=True)
+        separated.push(stems_out.flush())
+        yield from ready(final=True)
+
+    def _bar(self, seconds: float | None, desc: str) -> tqdm:
+        """Seconds of audio done (the total is unknown for some ffmpeg inputs)."""
+        known = "{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]"
+        return tqdm(
+            total=None if seconds is None else round(seconds, 2),
+            desc=desc,
+            leave=False,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            bar_format="{desc}: " + (known if seconds else "{n:.1f} s [{elapsed}]"),
+        )
+
+    # -- public API -------------------------------------------------------------------------
+
+    def separate(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> dict[str, np.ndarray]:
+        """Stems of ``audio`` (channels, samples) or (samples,) at ``sample_rate``.
+
+        Returns {stem: float32 array shaped like ``audio``, at ``sample_rate``}; for a
+        one-stem model, ``vocals`` and ``accompaniment`` (= audio − vocals).
+        """
+        if isinstance(audio, torch.Tensor):
+            audio = audio.detach().cpu().numpy()
+        audio = np.asarray(audio, dtype=np.float32)
+        mono = audio.ndim == 1
+        wav = audio[None] if mono else audio
+        if wav.ndim != 2:
+            raise AudioError(f"audio: expected shape (channels, samples) or (samples,), got {audio.shape}")
+        if wav.shape[0] > 2 and wav.shape[1] <= 2:
+            raise AudioError(f"audio: shape {audio.shape} looks like (samples, channels); pass audio.T")
+        check_channels(wav.shape[0], "audio")
+        if not wav.shape[1]:
+            raise AudioError("audio: zero-length audio (0 samples)")
+        if int(sample_rate) != sample_rate or sample_rate <= 0:
+            raise AudioError(f"audio: invalid sample rate {sample_rate!r}")
+        check_finite(wav, "audio", 0, int(sample_rate))
+        blocks = (wav[:, i : i + BLOCK] for i in range(0, wav.shape[1], BLOCK))
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}
+        with self._bar(wav.shape[1] / sample_rate, "separating") as bar:
+            for _, stems in self._stream(blocks, int(sample_rate), int(sample_rate), wav.shape[0], bar):
+                for name, part in stems.items():
+                    parts[name].append(part)
+        result = {name: np.concatenate(p, axis=1) for name, p in parts.items()}
+        return {name: r[0] if mono else r for name, r in result.items()}
+
+    def output_paths(
+        self,
+        path: str | os.PathLike,
+        outdir: str | os.PathLike,
+        stems: Sequence[str] | None = None,
+        filename: str = DEFAULT_TEMPLATE,
+        fmt: str = "wav",
+    ) -> dict[str, Path]:
+        """Where :meth:`separate_file` writes each selected stem (``filename`` is a template
+        with ``{track} {stem} {ext} {model}``, relative to ``outdir``).
+        """
+        chosen = list(stems) if stems else self.outputs
+        unknown = [s for s in chosen if s not in self.outputs]
+        if unknown:
+            raise BSMamba2Error(f"unknown stem {unknown[0]!r} (this model gives: {', '.join(self.outputs)})")
+        paths = {}
+        for stem in dict.fromkeys(chosen):
+            fields = {"track": Path(path).stem, "stem": stem, "ext": fmt, "model": self.name}
+            try:
+                paths[stem] = Path(outdir) / filename.format(**fields)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise BSMamba2Error(
+                    f"bad --filename template {filename!r} ({type(exc).__name__}: {exc}); "
+                    "fields: {track} {stem} {ext} {model}"
+                ) from None
+        if len(set(paths.values())) < len(paths):
+            raise BSMamba2Error(
+                f"--filename template {filename!r} gives every stem the same file; add {{stem}}"
+            )
+        return paths
+
+    def separate_file(
+        self,
+        path: str | os.PathLike,
+        outdir: str | os.PathLike,
+        stems: Sequence[str] | None = None,
+        filename: str = DEFAULT_TEMPLATE,
+        fmt: str = "wav",
+        bit_depth: str | None = None,
+        sample_rate: int | None = None,
+        overwrite: bool = False,
+        plot: bool = False,
+    ) -> dict[str, Path]:
+        """Separate one file into ``outdir`` (block by block); returns {stem: path}, plus
+        ``"plot"`` for the spectrogram PNG when ``plot`` is set.
+
+        ``fmt`` ``wav|flac``, ``bit_depth`` ``16|24|float`` (default: float WAV, 24-bit FLAC),
+        ``sample_rate`` of the outputs (default: the input's). Existing outputs are kept
+        (:class:`OutputExistsError`) unless ``overwrite``; files appear only when complete.
+        Integer outputs beyond full scale are clipped with a :class:`ClippingWarning`.
+        """
+        subtype = subtype_for(fmt, bit_depth)
+        if sample_rate is not None and sample_rate <= 0:
+            raise BSMamba2Error(f"invalid output sample rate {sample_rate}")
+        paths = self.output_paths(path, outdir, stems, filename, fmt)
+        plot_path = paths[next(iter(paths))].with_name(f"{Path(path).stem}.png") if plot else None
+        targets = [*paths.values(), *([plot_path] if plot_path else [])]
+        source_id = Path(path).resolve()
+        if any(t.resolve() == source_id for t in targets):
+            raise BSMamba2Error(
+                f"{path}: an output would overwrite the input; choose another -o or --filename"
+            )
+        existing = [str(t) for t in targets if t.exists()]
+        if existing and not overwrite:
+            raise OutputExistsError(f"{path}: skipped, {existing[0]} exists (use --overwrite to replace)")
+        with open_audio(path) as source:
+            rate = int(sample_rate or source.samplerate)
+            writers: dict[str, AudioWriter] = {}
+            sketches = {name: SpectrogramSketch(rate) for name in ("mixture", *paths)} if plot else {}
+            try:
+                for stem, target in paths.items():
+                    writers[stem] = AudioWriter(target, rate, source.channels, subtype)
+                with self._bar(source.duration, Path(path).name) as bar:
+                    for mix, out in self._stream(
+                        source.blocks(), source.samplerate, rate, source.channels, bar
+                    ):
+                        for stem, writer in writers.items():
+                            writer.write(out[stem])
+                        for name, sketch in sketches.items():
+                            sketch.update(mix if name == "mixture" else out[name])
+            except BaseException:
+                for writer in writers.values():
+                    writer.abort()
+                raise
+        result = {stem: writer.commit() for stem, writer in writers.items()}
+        for writer in writers.values():
+            if writer.clipped:
+                warnings.warn(peak_warning(writer), ClippingWarning, stacklevel=2)
+        if plot_path:
+            result["plot"] = save_spectrograms(sketches, plot_path, f"{Path(path).name} ({self.name})")
+        return result

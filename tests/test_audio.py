@@ -1,0 +1,216 @@
+"""Audio I/O (soundfile, ffmpeg fallback), validation, atomic writing, resampling, chunking."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bsmamba2.audio import (
+    AudioError,
+    AudioWriter,
+    StreamResampler,
+    open_audio,
+    read_audio,
+    resample,
+    subtype_for,
+)
+from bsmamba2.audio.io import BLOCK, peak_warning
+from bsmamba2.separation.chunking import Chunker, crossfade_window
+
+
+def _noise(channels: int, samples: int, scale: float = 0.3) -> np.ndarray:
+    return (np.random.randn(channels, samples) * scale).astype(np.float32)
+
+
+def test_wav_blocks_round_trip(tmp_path):
+    x = _noise(2, 3 * BLOCK + 123)
+    sf.write(tmp_path / "a.wav", x.T, 44100, subtype="FLOAT")
+    with open_audio(tmp_path / "a.wav") as src:
+        assert (src.samplerate, src.channels, src.frames) == (44100, 2, x.shape[1])
+        blocks = list(src.blocks(BLOCK))
+    assert all(b.shape[0] == 2 and b.dtype == np.float32 for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks, axis=1), x)
+
+
+def test_soundfile_reads_mp3(tmp_path):
+    """Current libsndfile (>= 1.1) decodes MP3 itself: no ffmpeg needed."""
+    if "MP3" not in sf.available_formats():
+        pytest.skip("this libsndfile has no MP3 support")
+    t = np.arange(44100) / 44100
+    x = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.5 * np.sin(2 * np.pi * 660 * t)]).astype(np.float32)
+    sf.write(tmp_path / "a.mp3", x.T, 44100, format="MP3")
+    with open_audio(tmp_path / "a.mp3") as src:
+        assert type(src).__name__ == "_SoundFileSource"
+    y, sr = read_audio(tmp_path / "a.mp3")
+    assert sr == 44100 and y.shape[0] == 2 and abs(y.shape[1] - x.shape[1]) < 4096
+    spectrum = np.abs(np.fft.rfft(y[0, 4096:36864]))
+    assert abs(np.argmax(spectrum) * 44100 / 32768 - 440) < 3  # the right tone in the right channel
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_ffmpeg_fallback_m4a_is_exact_for_lossless_alac(tmp_path):
+    pcm = np.random.randint(-20000, 20000, size=(2, 30000)).astype(np.int16)
+    sf.write(tmp_path / "a.wav", pcm.T, 48000, subtype="PCM_16")
+    x = pcm / 32768.0
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(tmp_path / "a.wav"), "-c:a", "alac", str(tmp_path / "a.m4a")],
+        check=True,
+    )
+    with open_audio(tmp_path / "a.m4a") as src:
+        assert type(src).__name__ == "_FFmpegSource"
+        assert (src.samplerate, src.channels) == (48000, 2)
+        y = np.concatenate(list(src.blocks(4096)), axis=1)
+    np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_ffmpeg_fallback_aac(tmp_path):
+    t = np.arange(44100) / 44100
+    x = np.stack([0.5 * np.sin(2 * np.pi * 440 * t)] * 2).astype(np.float32)
+    sf.write(tmp_path / "a.wav", x.T, 44100)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(tmp_path / "a.wav"), "-c:a", "aac", str(tmp_path / "a.m4a")],
+        check=True,
+    )
+    y, sr = read_audio(tmp_path / "a.m4a")
+    assert sr == 44100 and y.shape[0] == 2 and abs(y.shape[1] - x.shape[1]) < 2048
+    assert abs(np.sqrt(np.mean(y[:, 4096:-4096] ** 2)) - 0.5 / np.sqrt(2)) < 0.02
+
+
+def _bad_files(tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "garbage.wav").write_bytes(np.random.bytes(5000))
+    sf.write(tmp_path / "zero.wav", np.zeros((0, 2), np.float32), 44100, subtype="FLOAT")
+    nan = _noise(2, 1000)
+    nan[1, 700] = np.nan
+    sf.write(tmp_path / "nan.wav", nan.T, 44100, subtype="FLOAT")
+    sf.write(tmp_path / "surround.wav", _noise(6, 1000).T, 44100, subtype="FLOAT")
+    return {
+        "empty.wav": "empty",
+        "garbage.wav": "not a readable audio file",
+        "zero.wav": "zero-length",
+        "nan.wav": "NaN or infinite sample at 0.016 s",
+        "surround.wav": "6 channels",
+        "missing.wav": "no such file",
+    }
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+    for name, expected in _bad_files(tmp_path).items():
+        with pytest.raises(AudioError) as info:
+            read_audio(tmp_path / name)
+        message = str(info.value)
+        assert expected in message and name in message and "\n" not in message
+
+
+def test_writer_is_atomic(tmp_path):
+    target = tmp_path / "out" / "v.wav"
+    writer = AudioWriter(target, 44100, 2)
+    writer.write(_noise(2, 1000))
+    assert not target.exists()
+    writer.abort()
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    target.write_bytes(b"old")
+    writer = AudioWriter(target, 44100, 2)
+    x = _noise(2, 1000)
+    writer.write(x)
+    assert target.read_bytes() == b"old"  # the old file stays until the new one is complete
+    writer.commit()
+    np.testing.assert_array_equal(read_audio(target)[0], x)
+    assert [p.name for p in target.parent.iterdir()] == ["v.wav"]
+
+
+def test_integer_outputs_clip_and_report_the_peak(tmp_path):
+    x = np.array([[0.5, 1.25, -1.5, 0.25]], np.float32)
+    writer = AudioWriter(tmp_path / "a.flac", 44100, 1, subtype_for("flac", "16"))
+    writer.write(x)
+    writer.commit()
+    assert writer.clipped and writer.peak == 1.5
+    assert "peak 1.500 (+3.52 dBFS)" in peak_warning(writer) and "16-bit" in peak_warning(writer)
+    y = read_audio(tmp_path / "a.flac")[0]
+    np.testing.assert_allclose(y, np.clip(x, -1, 1), atol=1 / 32767)
+    float_writer = AudioWriter(tmp_path / "b.wav", 44100, 1, subtype_for("wav", None))
+    float_writer.write(x)
+    float_writer.commit()
+    assert not float_writer.clipped
+    np.testing.assert_array_equal(read_audio(tmp_path / "b.wav")[0], x)  # float keeps everything
+
+
+def test_subtypes():
+    assert subtype_for("wav", None) == "FLOAT" and subtype_for("flac", None) == "PCM_24"
+    assert subtype_for("wav", "16") == "PCM_16" and subtype_for("flac", "24") == "PCM_24"
+    with pytest.raises(AudioError, match="FLAC stores integers"):
+        subtype_for("flac", "float")
+    with pytest.raises(AudioError, match="unknown output format"):
+        subtype_for("mp3", None)
+
+
+@pytest.mark.parametrize(("rate_in", "rate_out"), [(48000, 44100), (22050, 44100), (44100, 44100)])
+def test_stream_resampler_equals_whole_array(rate_in, rate_out):
+    x = _noise(2, 50000)
+    stream = StreamResampler(rate_in, rate_out, 2)
+    sizes = np.random.randint(1, 9000, size=40)
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(stream(x[:, start : start + size]))
+        start += size
+    parts.append(stream.flush())
+    np.testing.assert_array_equal(np.concatenate(parts, axis=1), resample(x, rate_in, rate_out))
+
+
+@pytest.mark.parametrize(("segment", "overlap"), [(100, 25), (100, 50), (100, 0), (64, 1), (90, 60)])
+def test_crossfade_windows_sum_to_one(segment, overlap):
+    w = crossfade_window(segment, overlap)
+    assert w.min() > 0 and w.max() <= 1
+    hop = segment - overlap
+    total = np.zeros(hop * 20 + segment)
+    for k in range(21):
+        total[k * hop : k * hop + segment] += w
+    if 2 * overlap <= segment:  # two windows at a time: the ramps are complementary
+        np.testing.assert_allclose(total[segment:-segment], 1, atol=1e-6)
+    assert total[segment:-segment].min() > 0
+
+
+@pytest.mark.parametrize(
+    ("segment", "hop", "pad"), [(100, 75, 25), (100, 100, 0), (100, 50, 50), (100, 10, 90)]
+)
+@pytest.mark.parametrize("length", [1, 37, 99, 100, 101, 777])
+def test_chunker_reconstructs_any_length(segment, hop, pad, length):
+    x = _noise(2, length)
+    chunker = Chunker(segment, hop, pad, 2)
+    out, cut = [], 0
+    for start in range(0, length, 33):
+        for seg in chunker.feed(x[:, start : start + 33]):
+            out.append(chunker.add(np.stack([seg, 2 * seg])))
+            cut += 1
+    for seg in chunker.finish():
+        out.append(chunker.add(np.stack([seg, 2 * seg])))
+        cut += 1
+    y = np.concatenate(out, axis=-1)
+    assert cut == chunker.segments_for(length) and y.shape == (2, 2, length)
+    np.testing.assert_allclose(y[0], x, atol=1e-6)
+    np.testing.assert_allclose(y[1], 2 * x, atol=1e-6)
+
+
+def test_chunker_official_layout_is_back_to_back_zero_padded():
+    x = _noise(1, 250)
+    chunker = Chunker(100, 100, 0, 1)
+    segments = chunker.feed(x) + chunker.finish()
+    assert len(segments) == 3
+    np.testing.assert_array_equal(np.concatenate(segments, axis=1)[:, :250], x)
+    assert not segments[2][:, 50:].any()
+
+
+def test_chunker_keeps_only_a_few_segments_alive():
+    """Bounded memory: what the chunker holds does not grow with the stream's length."""
+    chunker = Chunker(100, 75, 25, 2)
+    held = 0
+    for _ in range(2000):
+        for seg in chunker.feed(_noise(2, 40)):
+            chunker.add(seg[None])
+            held = max(held, chunker._buffer.shape[1], chunker._acc.shape[1])
+    assert held <= 140

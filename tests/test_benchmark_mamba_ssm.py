@@ -1,0 +1,24 @@
+"""Smoke test of benchmark_mamba_ssm.py on the CPU (fallback backend, tiny shapes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmark_mamba_ssm.py"
+
+
+def test_benchmark_runs_and_writes_json(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("benchmark_mamba_ssm", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--quick", "--shapes", "tiny", "--backends", "torch",
+                       "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert {r["level"] for r in rows} == {"op", "block", "model"}
+    assert all(r["ms"] and r["ms"] > 0 and r["backend"] == "torch" for r in rows), rows
+    assert result["meta"]["torch"] and result["meta"]["dtype"] == "torch.float32"
+    assert "ssd_scan time" in capsys.readouterr().out

@@ -1,0 +1,230 @@
+"""``bsmamba2 separate``: inputs, naming, formats, safety, errors and exit codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from bsmamba2 import BSMamba2, BSMamba2Config, save_model
+from bsmamba2.audio import read_audio
+from bsmamba2.cli.main import main
+
+MICRO = BSMamba2Config(dim=8, depth=1, expand=2, headdim=16, d_state=4, mask_mlp_expansion=1)
+FAST = ["--segment", "0.5", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("weights") / "micro.safetensors"
+    save_model(BSMamba2(MICRO), path)
+    return path
+
+
+def _wav(path, channels=2, seconds=0.6, rate=44100, subtype="FLOAT"):
+    x = (np.random.randn(channels, int(seconds * rate)) * 0.2).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x.T, rate, subtype=subtype)
+    return x
+
+
+def test_default_layout_and_null_test(tmp_path, ckpt, capsys):
+    x = _wav(tmp_path / "in" / "song.wav")
+    code = main(
+        [
+            "separate",
+            str(tmp_path / "in" / "song.wav"),
+            "-o",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(ckpt),
+            "--segment",
+            "0.5",
+        ]
+    )
+    assert code == 0
+    vocals, rate = read_audio(tmp_path / "out" / "song" / "vocals.wav")
+    accompaniment, _ = read_audio(tmp_path / "out" / "song" / "accompaniment.wav")
+    assert rate == 44100 and vocals.shape == x.shape
+    assert sf.info(str(tmp_path / "out" / "song" / "vocals.wav")).subtype == "FLOAT"
+    np.testing.assert_array_equal(accompaniment, x - vocals)
+    assert np.abs(vocals + accompaniment - x).max() <= 2 * np.finfo(np.float32).eps
+    out = capsys.readouterr().out
+    assert (
+        "song.wav: 0.6 s of audio in" in out
+        and "× real time" in out
+        and "1 separated, 0 skipped, 0 failed" in out
+    )
+
+
+def test_templates_stems_flac_and_rates(tmp_path, ckpt):
+    _wav(tmp_path / "a.wav", channels=1, rate=48000)
+    args = [
+        "separate",
+        str(tmp_path / "a.wav"),
+        "-o",
+        str(tmp_path / "out"),
+        "--checkpoint",
+        str(ckpt),
+        *FAST,
+    ]
+    assert (
+        main(
+            [
+                *args,
+                "--filename",
+                "{model}/{track}-{stem}.{ext}",
+                "--stems",
+                "vocals",
+                "--format",
+                "flac",
+                "--bit-depth",
+                "16",
+            ]
+        )
+        == 0
+    )
+    target = tmp_path / "out" / "micro" / "a-vocals.flac"
+    info = sf.info(str(target))
+    assert (info.samplerate, info.channels, info.subtype) == (
+        48000,
+        1,
+        "PCM_16",
+    )  # mono in, mono out, input rate
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a-vocals.flac"]
+    assert main([*args, "--filename", "{track}_{stem}.{ext}", "--sample-rate", "22050"]) == 0
+    assert sf.info(str(tmp_path / "out" / "a_accompaniment.wav")).samplerate == 22050
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--filename", "{track}.{ext}"], "same file"),
+        (["--filename", "{song}/{stem}.{ext}"], "bad --filename template"),
+        (["--stems", "drums"], "unknown stem 'drums'"),
+        (["--format", "flac", "--bit-depth", "float"], "FLAC stores integers"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path, ckpt, capsys, extra, message):
+    _wav(tmp_path / "a.wav")
+    code = main(
+        [
+            "separate",
+            str(tmp_path / "a.wav"),
+            "-o",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(ckpt),
+            *FAST,
+            *extra,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and err.count("\n") == 1
+
+
+def test_overwrite_protection(tmp_path, ckpt, capsys):
+    _wav(tmp_path / "a.wav")
+    args = [
+        "separate",
+        str(tmp_path / "a.wav"),
+        "-o",
+        str(tmp_path / "out"),
+        "--checkpoint",
+        str(ckpt),
+        "--segment",
+        "0.5",
+    ]
+    target = tmp_path / "out" / "a" / "vocals.wav"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"precious")
+    assert main(args) == 0
+    assert target.read_bytes() == b"precious" and not (tmp_path / "out" / "a" / "accompaniment.wav").exists()
+    assert "skipped" in capsys.readouterr().out
+    assert main([*args, "--overwrite"]) == 0
+    assert read_audio(target)[0].shape == (2, int(0.6 * 44100))
+    assert sorted(p.name for p in target.parent.iterdir()) == [
+        "accompaniment.wav",
+        "vocals.wav",
+    ]  # no temp files left
+
+
+def test_bad_file_among_good_ones(tmp_path, ckpt, capsys):
+    _wav(tmp_path / "in" / "one.wav")
+    _wav(tmp_path / "in" / "sub" / "two.flac", subtype="PCM_24")
+    (tmp_path / "in" / "broken.wav").write_bytes(b"RIFF not really a wav file" * 10)
+    (tmp_path / "in" / "notes.txt").write_text("not audio")
+    code = main(
+        [
+            "separate",
+            str(tmp_path / "in"),
+            str(tmp_path / "missing.wav"),
+            "-o",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(ckpt),
+            *FAST,
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one", "two"]
+    assert all((tmp_path / "out" / t / "vocals.wav").exists() for t in ("one", "two"))
+    assert any("broken.wav: not a readable audio file" in line for line in err)
+    assert any("missing.wav: no such file or directory" in line for line in err)
+    assert err[-1] == "2 separated, 0 skipped, 2 failed"
+    assert not list((tmp_path / "out").rglob("*.part"))
+
+
+def test_glob_and_outputs_inside_the_input_folder(tmp_path, ckpt):
+    _wav(tmp_path / "in" / "a.wav")
+    _wav(tmp_path / "in" / "b.flac", subtype="PCM_16")
+    args = [
+        "separate",
+        str(tmp_path / "in"),
+        "-o",
+        str(tmp_path / "in" / "sep"),
+        "--checkpoint",
+        str(ckpt),
+        *FAST,
+    ]
+    assert main([*args, "--glob", "*.flac"]) == 0
+    assert [p.name for p in (tmp_path / "in" / "sep").iterdir()] == ["b"]
+    assert main(args) == 0  # the outputs under the input folder are not inputs themselves
+    assert sorted(p.name for p in (tmp_path / "in" / "sep").iterdir()) == ["a", "b"]
+
+
+def test_weights_from_environment_or_a_clear_message(tmp_path, ckpt, capsys, monkeypatch):
+    _wav(tmp_path / "a.wav")
+    args = ["separate", str(tmp_path / "a.wav"), "-o", str(tmp_path / "out"), *FAST]
+    monkeypatch.delenv("BSMAMBA2_CHECKPOINT", raising=False)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "no model weights" in err and "--checkpoint" in err and "--model" in err and err.count("\n") == 1
+    monkeypatch.setenv("BSMAMBA2_CHECKPOINT", str(ckpt))
+    assert main(args) == 0 and (tmp_path / "out" / "a" / "vocals.wav").exists()
+    monkeypatch.setenv("BSMAMBA2_CHECKPOINT", str(tmp_path / "nope.ckpt"))
+    assert main([*args, "--overwrite"]) == 1
+    assert "nope.ckpt: no such checkpoint file" in capsys.readouterr().err
+
+
+def test_outputs_never_replace_the_input(tmp_path, ckpt, capsys):
+    x = _wav(tmp_path / "vocals.wav")
+    code = main(
+        [
+            "separate",
+            str(tmp_path / "vocals.wav"),
+            "-o",
+            str(tmp_path),
+            "--filename",
+            "{stem}.{ext}",
+            "--checkpoint",
+            str(ckpt),
+            *FAST,
+            "--overwrite",
+        ]
+    )
+    assert code == 1 and "would overwrite the input" in capsys.readouterr().err
+    np.testing.assert_array_equal(read_audio(tmp_path / "vocals.wav")[0], x)

@@ -1,0 +1,237 @@
+"""The Separator: exact reconstruction through the chunking, official protocol parity, the
+null test, rates, channels, precision, batching, file output."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch import nn
+
+from bsmamba2 import BSMamba2, BSMamba2Config, Separator, load_model
+from bsmamba2.audio import AudioError, read_audio
+from bsmamba2.model import istft, stft
+from bsmamba2.separation import ClippingWarning
+from bsmamba2.separation.separator import resolve_precision
+
+MICRO = BSMamba2Config(dim=8, depth=1, expand=2, headdim=16, d_state=4, mask_mlp_expansion=1)
+
+
+class MaskModel(nn.Module):
+    """The BSMamba2 interface (``config``, complex spec in, stems out) with a constant mask."""
+
+    def __init__(self, gain: float = 1.0, stereo: bool = True, n_stems: int = 1) -> None:
+        super().__init__()
+        self.config = BSMamba2Config(
+            dim=8, depth=1, expand=2, headdim=16, d_state=4, stereo=stereo, n_stems=n_stems
+        )
+        self.gain = gain
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return torch.stack([spec * self.gain * (i + 1) for i in range(self.config.n_stems)], dim=1)
+
+
+class SegmentLevelModel(MaskModel):
+    """A mask that depends on the whole segment (its mean magnitude): any mistake in where
+    segments start, end or are padded changes the output."""
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return (spec * (0.5 + spec.abs().mean(dim=(-2, -1), keepdim=True))).unsqueeze(1)
+
+
+def band_limited(channels: int, seconds: float, rate: int) -> np.ndarray:
+    """Random tones below 0.3·rate with smooth ends: survives resampling to 44.1 kHz and back."""
+    n = int(seconds * rate) + 13  # not a multiple of any hop
+    t = np.arange(n) / rate
+    rng = np.random.default_rng(int(seconds * 1000) + rate + channels)
+    x = np.stack(
+        [
+            sum(
+                rng.uniform(0.02, 0.1)
+                * np.sin(2 * np.pi * rng.uniform(40, 0.3 * rate) * t + rng.uniform(0, 6))
+                for _ in range(12)
+            )
+            for _ in range(channels)
+        ]
+    )
+    fade = np.clip(np.minimum(t, t[::-1]) / 0.05, 0, 1)
+    return (x * (0.5 - 0.5 * np.cos(np.pi * fade))).astype(np.float32)
+
+
+SETTINGS = [(1.0, 0.25), (0.5, 0.0), (0.7, 0.6), (8.0, 0.25), (0.3, 0.5)]
+CASES = [(rate, channels, 0.4, 0.25) for rate in (22050, 44100, 48000) for channels in (1, 2)]
+CASES += [(44100, 2, segment, overlap) for segment, overlap in SETTINGS]
+CASES += [(48000, 1, 8.0, 0.25), (22050, 2, 0.3, 0.5)]
+
+
+@pytest.mark.parametrize(("rate", "channels", "segment", "overlap"), CASES)
+def test_unit_mask_reconstructs_input(rate, channels, segment, overlap):
+    """Shorter than a segment (8 s) and longer than several (0.3 s), any hop: no seams, no level change."""
+    x = band_limited(channels, 1.3, rate)
+    audio = x[0] if channels == 1 else x
+    sep = Separator(MaskModel(), device="cpu", segment=segment, overlap=overlap, batch_size=2, progress=False)
+    out = sep.separate(audio, rate)
+    assert set(out) == {"vocals", "accompaniment"}
+    for stem in out.values():
+        assert stem.shape == audio.shape and stem.dtype == np.float32
+    assert np.abs(out["vocals"] - audio).max() < 1e-5
+    assert np.abs(out["accompaniment"]).max() < 1e-5
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_mono_model_reconstructs(channels):
+    x = np.random.randn(channels, 30011).astype(np.float32) * 0.3
+    sep = Separator(MaskModel(stereo=False), device="cpu", segment=0.25, overlap=0.25, progress=False)
+    out = sep.separate(torch.from_numpy(x), 44100)
+    assert np.abs(out["vocals"] - x).max() < 1e-5
+
+
+def test_official_protocol_is_back_to_back_zero_padded_segments():
+    x = np.random.randn(2, int(44100 * 17.5)).astype(np.float32) * 0.2
+    model = SegmentLevelModel()
+    sep = Separator.official(model, device="cpu", progress=False)
+    assert (sep.segment_samples, sep.hop_samples, sep.pad_samples) == (352800, 352800, 0)
+    out = sep.separate(x, 44100)["vocals"]
+    segment = 8 * 44100
+    padded = np.zeros((2, 3 * segment), np.float32)
+    padded[:, : x.shape[1]] = x
+    with torch.inference_mode():
+        chunks = torch.from_numpy(padded).reshape(2, 3, segment).transpose(0, 1)
+        by_hand = istft(model(stft(chunks, model.config))[:, 0], model.config)
+    by_hand = by_hand.transpose(0, 1).reshape(2, -1)[:, : x.shape[1]].numpy()
+    np.testing.assert_allclose(out, by_hand, atol=1e-6)
+    overlapped = Separator(model, device="cpu", segment=8.0, overlap=0.25, progress=False).separate(x, 44100)
+    assert np.abs(overlapped["vocals"] - by_hand).max() > 1e-3  # the test can tell the protocols apart
+
+
+@pytest.mark.slow
+def test_golden_checkpoint_official_equals_chunking_by_hand(data_dir):
+    """The real tiny official checkpoint: one zero-padded 8 s segment, as the official code does."""
+    x, rate = sf.read(data_dir / "input.wav", dtype="float32")
+    x = x.T
+    sep = Separator(data_dir / "tiny.ckpt", device="cpu", official=True, progress=False)
+    out = sep.separate(x, rate)
+    model = load_model(data_dir / "tiny.ckpt")
+    padded = np.zeros((2, 8 * 44100), np.float32)
+    padded[:, : x.shape[1]] = x
+    with torch.inference_mode():
+        spec = stft(torch.from_numpy(padded), model.config)[None]
+        by_hand = istft(model(spec)[0, 0], model.config)[:, : x.shape[1]].numpy()
+    np.testing.assert_allclose(out["vocals"], by_hand, atol=2e-6)
+    assert np.abs(by_hand).max() > 1e-2
+    np.testing.assert_array_equal(out["accompaniment"], x - out["vocals"])
+
+
+def test_golden_checkpoint_matches_the_official_output(data_dir, expected):
+    """input.wav is exactly 2 s: one 2 s segment, no padding, must give the official code's output."""
+    x, rate = sf.read(data_dir / "input.wav", dtype="float32")
+    sep = Separator(data_dir / "tiny.ckpt", device="cpu", segment=2.0, overlap=0.0, progress=False)
+    out = sep.separate(x.T, rate)["vocals"]
+    golden = expected["wav_out"].reshape(out.shape)
+    np.testing.assert_allclose(out, golden, atol=1e-5 * np.abs(golden).max())
+
+
+@pytest.fixture(scope="module")
+def micro_model():
+    torch.manual_seed(7)
+    return BSMamba2(MICRO).eval()
+
+
+def test_null_test_is_exact_in_float(micro_model):
+    x = np.random.randn(2, int(48000 * 1.2)).astype(np.float32) * 0.4
+    out = Separator(micro_model, device="cpu", segment=0.6, progress=False).separate(x, 48000)
+    vocals, accompaniment = out["vocals"], out["accompaniment"]
+    assert np.abs(vocals).max() > 1e-3 and np.abs(vocals - x).max() > 1e-3  # a real separation
+    np.testing.assert_array_equal(accompaniment, x - vocals)  # no rescaling anywhere
+    residual = np.abs((vocals + accompaniment) - x)
+    assert residual.max() <= np.finfo(np.float32).eps * np.maximum(np.abs(x), np.abs(vocals)).max()
+
+
+def test_batch_size_and_block_layout_do_not_change_the_result(micro_model, tmp_path):
+    x = np.random.randn(2, 50000).astype(np.float32) * 0.3
+    one = Separator(micro_model, device="cpu", segment=0.5, batch_size=1, progress=False).separate(x, 44100)
+    three = Separator(micro_model, device="cpu", segment=0.5, batch_size=3, progress=False).separate(x, 44100)
+    np.testing.assert_allclose(three["vocals"], one["vocals"], atol=1e-5)
+    sf.write(tmp_path / "x.wav", x.T, 44100, subtype="FLOAT")
+    sep = Separator(micro_model, device="cpu", segment=0.5, batch_size=2, progress=False)
+    paths = sep.separate_file(tmp_path / "x.wav", tmp_path / "out")
+    np.testing.assert_allclose(read_audio(paths["vocals"])[0], one["vocals"], atol=1e-5)
+    np.testing.assert_array_equal(read_audio(paths["accompaniment"])[0], x - read_audio(paths["vocals"])[0])
+
+
+def test_bf16_autocast_on_cpu_is_close_to_fp32(micro_model):
+    x = np.random.randn(2, 30000).astype(np.float32) * 0.3
+    fp32 = Separator(micro_model, device="cpu", segment=0.5, precision="fp32", progress=False).separate(
+        x, 44100
+    )
+    bf16 = Separator(micro_model, device="cpu", segment=0.5, precision="bf16", progress=False).separate(
+        x, 44100
+    )
+    err = np.abs(bf16["vocals"] - fp32["vocals"]).max() / np.abs(fp32["vocals"]).max()
+    assert 0 < err < 0.1
+
+
+def test_precision_and_device_defaults():
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    with pytest.raises(Exception, match="unknown precision"):
+        resolve_precision("fp8", torch.device("cpu"))
+    with pytest.raises(Exception, match="unknown device"):
+        Separator(MaskModel(), device="tpu", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("audio", "message"),
+    [
+        (np.zeros((3, 1000), np.float32), "3 channels"),
+        (np.zeros((1000, 2), np.float32), "pass audio.T"),
+        (np.zeros((2, 0), np.float32), "zero-length"),
+        (np.zeros((2, 2, 10), np.float32), "expected shape"),
+        (np.array([[0.1, np.nan, 0.2]], np.float32), "NaN"),
+    ],
+)
+def test_bad_arrays_are_one_line_errors(audio, message):
+    with pytest.raises(AudioError, match=message):
+        Separator(MaskModel(), device="cpu", progress=False).separate(audio, 44100)
+
+
+def test_settings_are_validated():
+    for kwargs in ({"segment": 0}, {"segment": 0.04}, {"overlap": 1.0}, {"overlap": -0.1}, {"batch_size": 0}):
+        with pytest.raises(Exception, match=r"segment|overlap|batch"):
+            Separator(MaskModel(), device="cpu", progress=False, **kwargs)
+
+
+def test_multi_stem_models_get_names():
+    x = np.random.randn(2, 5000).astype(np.float32)
+    out = Separator(MaskModel(n_stems=2), device="cpu", segment=0.1, progress=False).separate(x, 44100)
+    assert sorted(out) == ["stem1", "stem2"]
+    np.testing.assert_allclose(out["stem2"], 2 * x, atol=1e-5)
+    named = MaskModel(n_stems=2)
+    named.stem_names = ("vocals", "drums")
+    assert Separator(named, device="cpu", progress=False).outputs == ["vocals", "drums"]
+
+
+def test_clipping_in_integer_files_warns_with_the_peak(tmp_path):
+    x = np.random.uniform(-0.9, 0.9, size=(2, 20000)).astype(np.float32)
+    x[0, 5000] = 0.95
+    sf.write(tmp_path / "loud.wav", x.T, 44100, subtype="FLOAT")
+    sep = Separator(MaskModel(gain=1.5), device="cpu", segment=0.2, progress=False)
+    with pytest.warns(ClippingWarning, match=r"vocals.flac: peak 1\.4\d\d .*dBFS.*16-bit"):
+        sep.separate_file(tmp_path / "loud.wav", tmp_path / "int", fmt="flac", bit_depth="16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = sep.separate_file(tmp_path / "loud.wav", tmp_path / "float")
+    assert np.abs(read_audio(paths["vocals"])[0]).max() > 1.4  # float keeps it
+
+
+def test_plot_writes_a_png(tmp_path):
+    x = np.random.randn(1, 30000).astype(np.float32) * 0.1
+    sf.write(tmp_path / "song.wav", x.T, 22050)
+    paths = Separator(MaskModel(gain=0.5), device="cpu", segment=0.5, progress=False).separate_file(
+        tmp_path / "song.wav", tmp_path / "out", plot=True
+    )
+    assert paths["plot"] == tmp_path / "out" / "song" / "song.png"
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,154 @@
+"""Triton SSD scan vs the float64 sequential recurrence: outputs and every input gradient.
+
+On a CPU the kernels run in Triton's interpreter at small sizes; on a GPU at the paper's
+sizes (16 heads × 64, state 128).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from triton_testing import DEVICE, ON_GPU, assert_close, poisoned_outputs, rel_err
+
+from bsmamba2.ops import reference
+from bsmamba2.ops.triton import ssd_scan
+
+LENGTHS = [1, 7, 62, 63, 256, 257, 801]
+# (batch, heads, headdim, groups, state): small for the interpreter, the paper's on a GPU.
+SHAPE = (3, 16, 64, 1, 128) if ON_GPU else (2, 2, 16, 1, 16)
+SHAPES = (
+    [(5, 16, 64, 1, 128), (3, 8, 32, 2, 64), (2, 4, 48, 1, 96)]
+    if ON_GPU
+    else [(2, 4, 32, 2, 8), (1, 3, 24, 1, 16), (1, 2, 16, 2, 32)]
+)
+
+
+def _inputs(b, length, h, p, g, n, dtype, *, strided=False, decay=1.0):
+    """Fresh random inputs; strided: x, B, C are views of one packed tensor (as in the model)."""
+    if strided:
+        packed = torch.randn(b, length, h * p + 2 * g * n + 5, device=DEVICE, dtype=dtype)
+        x, B, C, _ = torch.split(packed, [h * p, g * n, g * n, 5], -1)
+        x, B, C = x.reshape(b, length, h, p), B.reshape(b, length, g, n), C.reshape(b, length, g, n)
+        x, B, C = (t.detach() for t in (x, B, C))  # leaves that keep the packed strides
+    else:
+        x = torch.randn(b, length, h, p, device=DEVICE, dtype=dtype)
+        B = torch.randn(b, length, g, n, device=DEVICE, dtype=dtype)
+        C = torch.randn(b, length, g, n, device=DEVICE, dtype=dtype)
+    dt = torch.randn(b, length, h, device=DEVICE, dtype=dtype) * 0.5 - 1.0
+    A = -(torch.rand(h, device=DEVICE) * 7 + 1) * decay
+    D = torch.randn(h, device=DEVICE)
+    dt_bias = torch.randn(h, device=DEVICE) * 0.5 - 2.0
+    return [t.requires_grad_() for t in (x, dt, A, B, C, D, dt_bias)]
+
+
+def _check(b, length, h, p, g, n, dtype, *, with_state=False, strided=False, decay=1.0, baseline=False,
+           **kw):
+    """Compare outputs and input gradients with the float64 recurrence. baseline: allow each
+    gradient the error of the fp32 PyTorch reference (strong decays make dA a sum of large
+    cancelling terms, which no fp32 computation resolves to 1e-4)."""
+    x, dt, A, B, C, D, dt_bias = ins = _inputs(b, length, h, p, g, n, dtype, strided=strided, decay=decay)
+    D_arg = D if kw.get("use_d", True) else None
+    bias_arg = dt_bias if kw.get("use_bias", True) else None
+    softplus = kw.get("softplus", True)
+    if not softplus:  # raw Δ must be positive without softplus
+        dt = (dt.detach().abs() * 0.1).requires_grad_()
+        ins[1] = dt
+    h0 = torch.randn(b, h, p, n, device=DEVICE, requires_grad=True) if with_state else None
+    leaves = [t for t in (x, dt, A, B, C, D_arg, bias_arg, h0) if t is not None]
+    names = [nm for nm, t in zip(("x", "dt", "A", "B", "C", "D", "dt_bias", "h0"),
+                                 (x, dt, A, B, C, D_arg, bias_arg, h0)) if t is not None]
+
+    y_true, fin_true = reference.ssd_scan_sequential(
+        x, dt, A, B, C, D_arg, dt_bias=bias_arg, dt_softplus=softplus, initial_state=h0)
+    gy, gf = torch.randn_like(y_true), torch.randn_like(fin_true)
+    with poisoned_outputs():
+        out = ssd_scan(x, dt, A, B, C, D_arg, dt_bias=bias_arg, dt_softplus=softplus,
+                       initial_state=h0, return_final_state=with_state)
+        y, fin = out if with_state else (out, None)
+        loss = (y.double() * gy).sum() + ((fin.double() * gf).sum() if with_state else 0)
+        got = torch.autograd.grad(loss, leaves)
+    loss_true = (y_true * gy).sum() + ((fin_true * gf).sum() if with_state else 0)
+    want = torch.autograd.grad(loss_true, leaves)
+
+    slack = [0.0] * len(leaves)
+    if baseline:
+        y32 = reference.ssd_scan(x, dt, A, B, C, D_arg, dt_bias=bias_arg, dt_softplus=softplus)
+        ref32 = torch.autograd.grad((y32.double() * gy).sum(), leaves)
+        slack = [2 * rel_err(r, w) for r, w in zip(ref32, want)]
+    assert y.dtype == x.dtype
+    assert_close("y", y, y_true, dtype)
+    if with_state:
+        assert_close("final_state", fin, fin_true, torch.float32 if dtype == torch.float32 else dtype)
+    for name, a, w, extra in zip(names, got, want, slack):
+        assert a.dtype == dict(zip(names, leaves))[name].dtype, name
+        assert_close(f"d{name}", a, w, dtype, slack=extra)
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+def test_lengths_fp32(length):
+    _check(*_shape_with(length), torch.float32)
+
+
+@pytest.mark.parametrize("length", [62, 257] + ([801] if ON_GPU else []))
+def test_lengths_bf16(length):
+    _check(*_shape_with(length), torch.bfloat16)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("length", [62, 100])
+def test_shapes(shape, length):
+    b, h, p, g, n = shape
+    _check(b, length, h, p, g, n, torch.float32)
+
+
+@pytest.mark.parametrize("length", [7, 62, 200])
+def test_initial_and_final_state(length):
+    _check(*_shape_with(length), torch.float32, with_state=True)
+
+
+@pytest.mark.parametrize("length", [62, 100])
+def test_strided_views_and_strong_decay(length):
+    _check(*_shape_with(length), torch.float32, strided=True, decay=20.0, baseline=True)
+
+
+@pytest.mark.parametrize("length", [33, 90])
+def test_without_d_bias_softplus(length):
+    _check(*_shape_with(length), torch.float32, use_d=False, use_bias=False, softplus=False)
+
+
+def test_matches_chunked_reference_model_layout():
+    """The dispatch contract: same result as the reference chunked scan (bf16, model layout)."""
+    b, h, p, g, n = SHAPE
+    x, dt, A, B, C, D, dt_bias = _inputs(b, 96, h, p, g, n, torch.bfloat16, strided=True)
+    kw = dict(dt_bias=dt_bias, dt_softplus=True)
+    assert_close("y", ssd_scan(x, dt, A, B, C, D, **kw), reference.ssd_scan(x, dt, A, B, C, D, **kw),
+                 torch.bfloat16)
+
+
+def _shape_with(length):
+    b, h, p, g, n = SHAPE
+    if length > 300 and not ON_GPU:
+        b = 1  # the interpreter and the float64 loop are slow; one long sequence suffices
+    return b, length, h, p, g, n
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs > 2^31-element tensors on a GPU")
+def test_offsets_past_int32():
+    """Band-axis batch past 2^31 elements: the last sequences match a small run of them."""
+    b, length, h, p, n = 34_000, 62, 16, 64, 128
+    assert b * length * h * p > 2**31
+    x = torch.randn(b, length, h, p, device=DEVICE, dtype=torch.bfloat16)
+    dt = torch.randn(b, length, h, device=DEVICE, dtype=torch.bfloat16) - 1
+    B = torch.randn(b, length, 1, n, device=DEVICE, dtype=torch.bfloat16)
+    C = torch.randn_like(B)
+    A = -torch.rand(h, device=DEVICE) * 4 - 1
+    kw = dict(dt_bias=torch.zeros(h, device=DEVICE), dt_softplus=True)
+    x.requires_grad_()
+    y = ssd_scan(x, dt, A, B, C, None, **kw)
+    (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    tail = slice(b - 3, b)
+    xs = x.detach()[tail].clone().requires_grad_()
+    ys = ssd_scan(xs, dt[tail], A, B[tail], C[tail], None, **kw)
+    (dxs,) = torch.autograd.grad(ys, xs, torch.ones_like(ys))
+    assert torch.equal(y[tail], ys)
+    assert torch.equal(dx[tail], dxs)

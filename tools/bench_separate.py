@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Separating whole files: wall time, × real time and peak RAM (RSS) against file length.
+
+Each length runs in a fresh process (so peak RSS is that run's alone) that builds the model,
+then separates a generated stereo WAV file through ``Separator.separate_file`` (the path the
+``bsmamba2 separate`` command takes: block reading, resampling, chunking, block writing).
+``--model identity`` swaps the network for a mask of exactly one, which isolates what the
+streaming pipeline itself costs, so long files can be measured on a slow CPU.
+
+Example: ``python tools/bench_separate.py --config configs/bsmamba2-small.yaml --minutes 1 2 4
+--json bench_separate.json``. Prints a table and writes JSON. Random weights and audio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import nn
+
+import bsmamba2
+from bsmamba2.model import BSMamba2, BSMamba2Config
+
+
+class UnitMask(nn.Module):
+    """The BSMamba2 interface with a mask of exactly one: the pipeline without the network."""
+
+    def __init__(self, config: BSMamba2Config) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return spec.unsqueeze(1)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def write_input(path: Path, minutes: float, rate: int) -> None:
+    """Stereo noise, written in blocks so the benchmark itself stays small."""
+    rng = np.random.default_rng(0)
+    total, block = int(minutes * 60 * rate), 10 * rate
+    with sf.SoundFile(path, "w", rate, 2, subtype="FLOAT") as f:
+        for start in range(0, total, block):
+            f.write((rng.standard_normal((min(block, total - start), 2)) * 0.1).astype(np.float32))
+
+
+def child(args: argparse.Namespace) -> None:
+    """One measurement; prints a JSON line."""
+    cfg = BSMamba2Config.from_yaml(args.config)
+    torch.manual_seed(0)
+    model = UnitMask(cfg) if args.model == "identity" else BSMamba2(cfg)
+    sep = bsmamba2.Separator(
+        model,
+        device="cpu",
+        segment=args.segment,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        progress=False,
+    )
+    baseline = peak_rss_mb()
+    start = time.perf_counter()
+    sep.separate_file(args.child, Path(args.child).parent / "out", overwrite=True)
+    wall = time.perf_counter() - start
+    print(json.dumps({"wall_s": wall, "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb()}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/bsmamba2-small.yaml", help="model config (YAML)")
+    parser.add_argument("--model", choices=["network", "identity"], default="network")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument("--rate", type=int, default=44100, help="sample rate of the generated input")
+    parser.add_argument("--segment", type=float, default=8.0)
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--json", type=Path, default=None, help="write results here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    rows = []
+    settings = ["--config", args.config, "--model", args.model, "--segment", str(args.segment)]
+    settings += ["--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]
+    settings += ["--precision", args.precision]
+    print(f"{'minutes':>8}  {'wall s':>9}  {'x RT':>7}  {'baseline MB':>11}  {'peak MB':>8}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_separate_") as tmp:
+        for minutes in args.minutes:
+            path = Path(tmp) / f"input_{minutes:g}min.wav"
+            write_input(path, minutes, args.rate)
+            cmd = [sys.executable, __file__, *settings, "--child", str(path)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            r = {"minutes": minutes, **json.loads(out.strip().splitlines()[-1])}
+            r["xrt"] = minutes * 60 / r["wall_s"]
+            rows.append(r)
+            path.unlink()
+            line = f"{minutes:8g}  {r['wall_s']:9.1f}  {r['xrt']:7.2f}  {r['baseline_rss_mb']:11.0f}"
+            print(f"{line}  {r['peak_rss_mb']:8.0f}", flush=True)
+    if args.json:
+        meta = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+            "bsmamba2": bsmamba2.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "settings": {k: v for k, v in vars(args).items() if k not in ("json", "child")},
+        }
+        args.json.write_text(json.dumps({**meta, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
