@@ -1,12 +1,20 @@
-"""Shared fixtures: the golden files of the official implementation (see tests/data/README.md)."""
+"""Shared fixtures (golden files of the official implementation, see tests/data/README.md), and
+the Triton interpreter switch for CPU-only machines."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+# Without CUDA the Triton kernel tests run in Triton's interpreter. Triton decides that when
+# a kernel (or triton.language's own jit helpers) is defined, i.e. at import, and Lightning
+# imports triton.language: so the switch must be set before any test module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DATA = Path(__file__).parent / "data"
 

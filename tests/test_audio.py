@@ -11,8 +11,8 @@ import soundfile as sf
 
 from bsmamba2.audio import (
     AudioError,
-    AudioWriter,
     StreamResampler,
+    audio_writer,
     open_audio,
     read_audio,
     resample,
@@ -109,33 +109,32 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
 
 def test_writer_is_atomic(tmp_path):
     target = tmp_path / "out" / "v.wav"
-    writer = AudioWriter(target, 44100, 2)
-    writer.write(_noise(2, 1000))
-    assert not target.exists()
-    writer.abort()
+    with pytest.raises(KeyboardInterrupt), audio_writer(target, 44100, 2) as writer:
+        writer.write(_noise(2, 1000))
+        assert not target.exists()
+        raise KeyboardInterrupt
     assert not target.exists() and list(target.parent.iterdir()) == []
     target.write_bytes(b"old")
-    writer = AudioWriter(target, 44100, 2)
     x = _noise(2, 1000)
-    writer.write(x)
-    assert target.read_bytes() == b"old"  # the old file stays until the new one is complete
-    writer.commit()
+    with audio_writer(target, 44100, 2) as writer:
+        writer.write(x[:, :600])
+        writer.write(x[:, 600:])
+        assert target.read_bytes() == b"old"  # the old file stays until the new one is complete
     np.testing.assert_array_equal(read_audio(target)[0], x)
     assert [p.name for p in target.parent.iterdir()] == ["v.wav"]
+    assert target.stat().st_mode & 0o044  # ordinary permissions, not a private temporary's
 
 
 def test_integer_outputs_clip_and_report_the_peak(tmp_path):
     x = np.array([[0.5, 1.25, -1.5, 0.25]], np.float32)
-    writer = AudioWriter(tmp_path / "a.flac", 44100, 1, subtype_for("flac", "16"))
-    writer.write(x)
-    writer.commit()
+    with audio_writer(tmp_path / "a.flac", 44100, 1, subtype_for("flac", "16")) as writer:
+        writer.write(x)
     assert writer.clipped and writer.peak == 1.5
     assert "peak 1.500 (+3.52 dBFS)" in peak_warning(writer) and "16-bit" in peak_warning(writer)
     y = read_audio(tmp_path / "a.flac")[0]
     np.testing.assert_allclose(y, np.clip(x, -1, 1), atol=1 / 32767)
-    float_writer = AudioWriter(tmp_path / "b.wav", 44100, 1, subtype_for("wav", None))
-    float_writer.write(x)
-    float_writer.commit()
+    with audio_writer(tmp_path / "b.wav", 44100, 1, subtype_for("wav", None)) as float_writer:
+        float_writer.write(x)
     assert not float_writer.clipped
     np.testing.assert_array_equal(read_audio(tmp_path / "b.wav")[0], x)  # float keeps everything
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmark_mamba_ssm.py"
 
 
-def test_benchmark_runs_and_writes_json(tmp_path, capsys):
+def test_benchmark_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location("benchmark_mamba_ssm", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     assert bench.main(["--device", "cpu", "--quick", "--shapes", "tiny", "--backends", "torch",

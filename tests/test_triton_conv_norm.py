@@ -25,7 +25,7 @@ def _compare(fn, ref, inputs, dtype, **kwargs):
     want = torch.autograd.grad((truth * weight).sum(), [t for t in doubles if t is not None])
     assert out.dtype == inputs[0].dtype
     assert_close("out", out, truth, dtype)
-    for i, (g, w, leaf) in enumerate(zip(got, want, leaves)):
+    for i, (g, w, leaf) in enumerate(zip(got, want, leaves, strict=True)):
         assert g.dtype == leaf.dtype
         assert_close(f"grad {i}", g, w, dtype)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from triton_testing import DEVICE, ON_GPU, assert_close, rel_err
+from triton_testing import DEVICE, ON_GPU, TOL, assert_close, rel_err
 
 import bsmamba2
 from bsmamba2 import ops
@@ -65,20 +65,24 @@ def _block() -> BidirectionalMamba:
 
 @pytest.mark.parametrize("length", [7, 70])
 def test_bidirectional_block_matches_reference(monkeypatch, length):
-    """A whole bidirectional Mamba-2 block, forward and every parameter gradient."""
+    """A whole bidirectional Mamba-2 block, forward and every parameter gradient, against the
+    block run in float64 by the reference ops."""
     block = _block().to(DEVICE)
     x = torch.randn(3, length, 16, device=DEVICE)
+    weight = torch.randn(3, length, 16, device=DEVICE, dtype=torch.float64)
     results = {}
-    for backend in ("torch", "triton"):
+    for backend, dtype in (("torch", torch.float64), ("triton", torch.float32)):
         monkeypatch.setenv("BSMAMBA2_KERNELS", backend)
-        xi = x.clone().requires_grad_()
-        out = block(xi)
-        weight = torch.randn(out.shape, generator=torch.Generator(DEVICE).manual_seed(3), device=DEVICE)
-        params = [xi, *block.parameters()]
-        results[backend] = [out, *torch.autograd.grad((out * weight).sum(), params)]
-    for i, (got, want) in enumerate(zip(results["triton"], results["torch"])):
-        # Both are fp32 computations: compare with the tf32-level bound of the issue.
-        assert rel_err(got, want) < 5e-3 * (1 if ON_GPU else 0.02), f"tensor {i}"
+        blk = block.to(dtype)
+        xi = x.to(dtype).requires_grad_()
+        out = blk(xi)
+        results[backend] = [out, *torch.autograd.grad((out.double() * weight).sum(), [xi, *blk.parameters()])]
+    names = ["out", "x", *(n for n, _ in block.named_parameters())]
+    for name, got, want in zip(names, results["triton"], results["torch"], strict=True):
+        # Per-head parameters (A_log, D, dt_bias) collect sums of large cancelling terms: with
+        # the GPU's tf32 dots their error is amplified (measured 5.3e-3 for A_log on the H100).
+        tol = TOL[torch.float32] * (4 if ON_GPU and got.numel() <= 64 else 1)
+        assert rel_err(got, want) < tol, name
 
 
 @pytest.mark.skipif(not ON_GPU, reason="the full model in Triton's interpreter takes minutes")

@@ -46,17 +46,16 @@ def _check(b, length, h, p, g, n, dtype, *, with_state=False, strided=False, dec
     """Compare outputs and input gradients with the float64 recurrence. baseline: allow each
     gradient the error of the fp32 PyTorch reference (strong decays make dA a sum of large
     cancelling terms, which no fp32 computation resolves to 1e-4)."""
-    x, dt, A, B, C, D, dt_bias = ins = _inputs(b, length, h, p, g, n, dtype, strided=strided, decay=decay)
+    x, dt, A, B, C, D, dt_bias = _inputs(b, length, h, p, g, n, dtype, strided=strided, decay=decay)
     D_arg = D if kw.get("use_d", True) else None
     bias_arg = dt_bias if kw.get("use_bias", True) else None
     softplus = kw.get("softplus", True)
     if not softplus:  # raw Δ must be positive without softplus
         dt = (dt.detach().abs() * 0.1).requires_grad_()
-        ins[1] = dt
     h0 = torch.randn(b, h, p, n, device=DEVICE, requires_grad=True) if with_state else None
-    leaves = [t for t in (x, dt, A, B, C, D_arg, bias_arg, h0) if t is not None]
-    names = [nm for nm, t in zip(("x", "dt", "A", "B", "C", "D", "dt_bias", "h0"),
-                                 (x, dt, A, B, C, D_arg, bias_arg, h0)) if t is not None]
+    named = {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D_arg, "dt_bias": bias_arg, "h0": h0}
+    named = {k: t for k, t in named.items() if t is not None}
+    leaves = list(named.values())
 
     y_true, fin_true = reference.ssd_scan_sequential(
         x, dt, A, B, C, D_arg, dt_bias=bias_arg, dt_softplus=softplus, initial_state=h0)
@@ -74,13 +73,13 @@ def _check(b, length, h, p, g, n, dtype, *, with_state=False, strided=False, dec
     if baseline:
         y32 = reference.ssd_scan(x, dt, A, B, C, D_arg, dt_bias=bias_arg, dt_softplus=softplus)
         ref32 = torch.autograd.grad((y32.double() * gy).sum(), leaves)
-        slack = [2 * rel_err(r, w) for r, w in zip(ref32, want)]
+        slack = [2 * rel_err(r, w) for r, w in zip(ref32, want, strict=True)]
     assert y.dtype == x.dtype
     assert_close("y", y, y_true, dtype)
     if with_state:
         assert_close("final_state", fin, fin_true, torch.float32 if dtype == torch.float32 else dtype)
-    for name, a, w, extra in zip(names, got, want, slack):
-        assert a.dtype == dict(zip(names, leaves))[name].dtype, name
+    for (name, leaf), a, w, extra in zip(named.items(), got, want, slack, strict=True):
+        assert a.dtype == leaf.dtype, name
         assert_close(f"d{name}", a, w, dtype, slack=extra)
 
 

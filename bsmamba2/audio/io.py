@@ -3,8 +3,8 @@
 Reading goes through soundfile (wav, flac, ogg, mp3, aiff, ...); anything libsndfile does
 not know (m4a, aac, opus, wma, video containers) is decoded by the ``ffmpeg`` binary when it
 is installed, streamed through a pipe. Every problem with an input is an :class:`AudioError`
-with a one-line message naming the file. Writing is atomic: a hidden temporary file in the
-destination folder, renamed over the final name only once complete.
+with a one-line message naming the file. Writing is atomic (:mod:`bsmamba2.fileio`): a hidden
+temporary file in the destination folder, renamed over the final name only once complete.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from bsmamba2.errors import BSMamba2Error
+from bsmamba2.fileio import atomic_path
 
 BLOCK = 1 << 16  # samples per block read (~1.5 s at 44.1 kHz)
 FORMATS = ("wav", "flac")
@@ -213,28 +215,15 @@ def subtype_for(fmt: str, bit_depth: str | None) -> str:
 
 
 class AudioWriter:
-    """Block-wise, atomic writing: a hidden ``.part`` file renamed on :meth:`commit`.
+    """Appends (channels, n) blocks to an open output; made by :func:`audio_writer`.
 
     Integer subtypes are clipped to full scale; :attr:`peak` records the largest absolute
     sample seen so the caller can warn about it (float files keep every value as is).
     """
 
-    def __init__(
-        self, path: str | os.PathLike, samplerate: int, channels: int, subtype: str = "FLOAT"
-    ) -> None:
-        self.path = Path(path)
-        self.subtype = subtype
+    def __init__(self, handle: sf.SoundFile, path: Path, subtype: str) -> None:
+        self._handle, self.path, self.subtype = handle, path, subtype
         self.peak = 0.0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
-        fmt = self.path.suffix.lstrip(".").upper() or "WAV"
-        try:
-            self._file = sf.SoundFile(self._tmp, "w", samplerate, channels, subtype=subtype, format=fmt)
-        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
-            self._tmp.unlink(missing_ok=True)
-            raise AudioError(f"{self.path}: cannot write ({_one_line(exc)})") from None
 
     @property
     def clipped(self) -> bool:
@@ -246,18 +235,26 @@ class AudioWriter:
             self.peak = max(self.peak, float(np.abs(block).max()))
         if self.subtype != "FLOAT":
             block = np.clip(block, -1.0, 1.0)
-        self._file.write(block.T)
+        self._handle.write(block.T)
 
-    def commit(self) -> Path:
-        """Finish the file and move it into place."""
-        self._file.close()
-        os.replace(self._tmp, self.path)
-        return self.path
 
-    def abort(self) -> None:
-        """Drop the partial file; the destination is left as it was."""
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
+@contextmanager
+def audio_writer(
+    path: str | os.PathLike, samplerate: int, channels: int, subtype: str = "FLOAT"
+) -> Iterator[AudioWriter]:
+    """Block-wise, atomic output: written to a hidden ``.part`` file beside ``path``, which
+    replaces ``path`` only when the block completes; on any exception it is removed and
+    ``path`` is left as it was. The format follows the suffix (``.wav``, ``.flac``).
+    """
+    path = Path(path)
+    with atomic_path(path, suffix=".part") as tmp:
+        fmt = path.suffix.lstrip(".").upper() or "WAV"
+        try:
+            handle = sf.SoundFile(tmp, "w", samplerate, channels, subtype=subtype, format=fmt)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+            raise AudioError(f"{path}: cannot write ({_one_line(exc)})") from None
+        with handle:
+            yield AudioWriter(handle, path, subtype)
 
 
 def peak_warning(writer: AudioWriter) -> str:

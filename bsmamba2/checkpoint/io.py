@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from safetensors.torch import save_file
 
 from bsmamba2.checkpoint.safe_pickle import torch_load
 from bsmamba2.errors import BSMamba2Error
+from bsmamba2.fileio import atomic_path
 from bsmamba2.model.bsmamba2 import BSMamba2
 from bsmamba2.model.config import BSMamba2Config
 
@@ -235,13 +235,6 @@ def save_model(model: BSMamba2, path: str | os.PathLike, metadata: Mapping[str, 
         "config": json.dumps(model.config.to_dict()),
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bsmamba2.data.atomic import atomic_write
 from bsmamba2.data.musdb import SAMPLE_RATE, STEMS, DatasetError, list_tracks
+from bsmamba2.fileio import atomic_write
 
 WINDOW_SECONDS = 8.0
 CHUNKS_PER_WINDOW = 10

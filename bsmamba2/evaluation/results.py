@@ -12,8 +12,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +19,11 @@ import numpy as np
 
 from bsmamba2.evaluation.bsseval import METRICS, require
 from bsmamba2.evaluation.scoring import TargetScores, TrackResult
+from bsmamba2.fileio import atomic_write_text
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 PLOT_PNG = "scores.png"
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def track_path(out: Path, subset: str, name: str) -> Path:
@@ -62,7 +47,7 @@ def write_track(out: Path, result: TrackResult, extra: dict[str, Any]) -> Path:
         "notes": result.notes,
     }
     path = track_path(out, result.subset, result.name)
-    write_atomic(path, store.json)
+    atomic_write_text(path, store.json)
     return path
 
 
@@ -147,7 +132,7 @@ def _json_number(value: Any) -> Any:
 def write_summary(out: Path, summary: dict[str, Any]) -> list[Path]:
     """``summary.json`` (everything) and ``summary.csv`` (one row per track and target)."""
     json_path, csv_path = out / SUMMARY_JSON, out / SUMMARY_CSV
-    write_atomic(json_path, json.dumps(_json_number(summary), indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(_json_number(summary), indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["track", "subset", "target", *summary["metrics"]])
@@ -155,7 +140,7 @@ def write_summary(out: Path, summary: dict[str, Any]) -> list[Path]:
         for target, scores in track["scores"].items():
             row = [f"{scores[m]:.5f}" for m in summary["metrics"]]
             writer.writerow([track["track"], track["subset"], target, *row])
-    write_atomic(csv_path, buffer.getvalue())
+    atomic_write_text(csv_path, buffer.getvalue())
     return [json_path, csv_path]
 
 
@@ -214,5 +199,5 @@ def plot(out: Path, summary: dict[str, Any]) -> Path:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     path = out / PLOT_PNG
-    write_atomic(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
     return path

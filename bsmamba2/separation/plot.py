@@ -8,10 +8,11 @@ of an hour-long file costs a few megabytes, not the whole signal.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from bsmamba2.fileio import atomic_path
 
 
 class SpectrogramSketch:
@@ -73,13 +74,9 @@ def save_spectrograms(sketches: dict[str, SpectrogramSketch], path: str | os.Pat
         ax.label_outer()
     fig.colorbar(img, ax=axes[:, 0].tolist(), format="%+.0f dB", pad=0.01)
     fig.suptitle(title)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".part") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return Path(path)

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from bsmamba2.audio import (
     AudioError,
-    AudioWriter,
     StreamResampler,
+    audio_writer,
     check_channels,
     check_finite,
     open_audio,
@@ -358,26 +358,20 @@ class Separator:
         existing = [str(t) for t in targets if t.exists()]
         if existing and not overwrite:
             raise OutputExistsError(f"{path}: skipped, {existing[0]} exists (use --overwrite to replace)")
-        with open_audio(path) as source:
+        with open_audio(path) as source, contextlib.ExitStack() as outputs:
             rate = int(sample_rate or source.samplerate)
-            writers: dict[str, AudioWriter] = {}
             sketches = {name: SpectrogramSketch(rate) for name in ("mixture", *paths)} if plot else {}
-            try:
-                for stem, target in paths.items():
-                    writers[stem] = AudioWriter(target, rate, source.channels, subtype)
-                with self._bar(source.duration, Path(path).name) as bar:
-                    for mix, out in self._stream(
-                        source.blocks(), source.samplerate, rate, source.channels, bar
-                    ):
-                        for stem, writer in writers.items():
-                            writer.write(out[stem])
-                        for name, sketch in sketches.items():
-                            sketch.update(mix if name == "mixture" else out[name])
-            except BaseException:
-                for writer in writers.values():
-                    writer.abort()
-                raise
-        result = {stem: writer.commit() for stem, writer in writers.items()}
+            writers = {
+                stem: outputs.enter_context(audio_writer(target, rate, source.channels, subtype))
+                for stem, target in paths.items()
+            }  # an exception anywhere removes every partial output
+            with self._bar(source.duration, Path(path).name) as bar:
+                for mix, out in self._stream(source.blocks(), source.samplerate, rate, source.channels, bar):
+                    for stem, writer in writers.items():
+                        writer.write(out[stem])
+                    for name, sketch in sketches.items():
+                        sketch.update(mix if name == "mixture" else out[name])
+        result = dict(paths)
         for writer in writers.values():
             if writer.clipped:
                 warnings.warn(peak_warning(writer), ClippingWarning, stacklevel=2)

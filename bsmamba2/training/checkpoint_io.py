@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from bsmamba2.data.atomic import atomic_write
+from bsmamba2.fileio import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

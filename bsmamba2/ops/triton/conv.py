@@ -116,7 +116,8 @@ def _conv_bwd(
 def _launch_args(x: torch.Tensor, weight: torch.Tensor) -> tuple[int, int, int, int, int]:
     b, length, dc = x.shape
     block_d = min(64, triton.next_power_of_2(dc))
-    return block_d, triton.cdiv(dc, block_d), 64 if length >= 64 else max(16, triton.next_power_of_2(length)), b, dc
+    block_l = 64 if length >= 64 else max(16, triton.next_power_of_2(length))
+    return block_d, triton.cdiv(dc, block_d), block_l, b, dc
 
 
 class CausalConv1d(torch.autograd.Function):

@@ -132,7 +132,7 @@ def _chunked_fwd(
     for c in range(nchunks):
         t = c * BLOCK_Q + oq
         mq = t < L
-        u, delta, cs, cs_last = _chunk_decay(
+        _, delta, cs, cs_last = _chunk_decay(
             dt_ptr + bi * sdb + t * sdl + hi * sdh, mq, A, bias, HAS_BIAS, SOFTPLUS)
         X = tl.load(x_ptr + bi * sxb + hi * sxh + t[:, None] * sxl + op[None, :] * sxp,
                     mask=mq[:, None] & mp[None, :], other=0.0)
