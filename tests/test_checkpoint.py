@@ -72,7 +72,8 @@ def test_layouts_round_trip(tmp_path, small_model, layout):
 
 
 def test_our_format_keeps_config_that_shapes_cannot_show(tmp_path):
-    cfg = BSMamba2Config(dim=16, depth=1, expand=2, headdim=8, d_state=6, ngroups=2)
+    cfg = BSMamba2Config(dim=16, depth=1, expand=2, headdim=8, d_state=6, ngroups=2, n_stems=2,
+                         targets=("vocals", "drums"))
     model = BSMamba2(cfg).eval()
     path = save_model(model, tmp_path / "sub" / "g2.safetensors")
     assert load_model(path).config == cfg

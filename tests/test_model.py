@@ -95,6 +95,12 @@ def test_config_validation_and_yaml(tmp_path):
         BSMamba2Config(bands=(512, 512))
     with pytest.raises(ValueError, match="headdim"):
         BSMamba2Config(dim=20, headdim=64)
+    with pytest.raises(ValueError, match="2 target names for 1 stems"):
+        BSMamba2Config(targets=("vocals", "bass"))
+    assert BSMamba2Config().stem_names == ("vocals",)
+    assert BSMamba2Config(n_stems=2).stem_names == ("stem1", "stem2")
+    named = BSMamba2Config(n_stems=2, targets=["drums", "bass"])
+    assert named.stem_names == ("drums", "bass") and BSMamba2Config.from_dict(named.to_dict()) == named
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  dimm: 3\n")
     with pytest.raises(ValueError, match="unknown BSMamba2 config keys: dimm"):

@@ -23,10 +23,12 @@ MICRO = BSMamba2Config(dim=8, depth=1, expand=2, headdim=16, d_state=4, mask_mlp
 class MaskModel(nn.Module):
     """The BSMamba2 interface (``config``, complex spec in, stems out) with a constant mask."""
 
-    def __init__(self, gain: float = 1.0, stereo: bool = True, n_stems: int = 1) -> None:
+    def __init__(
+        self, gain: float = 1.0, stereo: bool = True, n_stems: int = 1, targets: tuple[str, ...] = ()
+    ) -> None:
         super().__init__()
         self.config = BSMamba2Config(
-            dim=8, depth=1, expand=2, headdim=16, d_state=4, stereo=stereo, n_stems=n_stems
+            dim=8, depth=1, expand=2, headdim=16, d_state=4, stereo=stereo, n_stems=n_stems, targets=targets
         )
         self.gain = gain
 
@@ -209,8 +211,7 @@ def test_multi_stem_models_get_names():
     out = Separator(MaskModel(n_stems=2), device="cpu", segment=0.1, progress=False).separate(x, 44100)
     assert sorted(out) == ["stem1", "stem2"]
     np.testing.assert_allclose(out["stem2"], 2 * x, atol=1e-5)
-    named = MaskModel(n_stems=2)
-    named.stem_names = ("vocals", "drums")
+    named = MaskModel(n_stems=2, targets=("vocals", "drums"))
     assert Separator(named, device="cpu", progress=False).outputs == ["vocals", "drums"]
 
 

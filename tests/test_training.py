@@ -167,7 +167,7 @@ def test_checkpoints_load_and_separate(musdb_root, tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert any(not torch.equal(a, b) for a, b in zip(live.parameters(), ema.parameters(), strict=True))
     best = load_model(ckpt / "best.safetensors")  # the EMA weights at the best validation
-    assert best.stem_names == ["vocals"]  # the training targets, stored in the file
+    assert best.config.targets == ("vocals",)  # the training targets, stored in the file
     best_ema = load_model(ckpt / "best.ckpt", ema=True)
     for a, b in zip(best.state_dict().values(), best_ema.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -210,19 +210,7 @@ def load_model(
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     model.load_state_dict(weights, strict=True)
-    names = _stem_names(Path(path))
-    if names and len(names) == cfg.n_stems:
-        model.stem_names = names  # what `bsmamba2 train` stored: its targets, in output order
     return model.to(device).eval()
-
-
-def _stem_names(path: Path) -> list[str] | None:
-    """The ``targets`` metadata of our safetensors files (written by training), if any."""
-    if not _is_safetensors(path):
-        return None
-    with safe_open(str(path), framework="pt") as f:
-        names = (f.metadata() or {}).get("targets")
-    return names.split(",") if names else None
 
 
 def save_model(model: BSMamba2, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:

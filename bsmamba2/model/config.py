@@ -28,6 +28,8 @@ class BSMamba2Config:
     d_conv: int = 4
     mask_mlp_expansion: int = 4
     n_stems: int = 1
+    # Names of the separated stems, in output order; empty: "vocals" for one stem, else stem1...
+    targets: tuple[str, ...] = ()
     stereo: bool = True
     bands: tuple[int, ...] = field(default=PAPER_BANDS)
     sample_rate: int = 44100
@@ -36,6 +38,9 @@ class BSMamba2Config:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
+        object.__setattr__(self, "targets", tuple(str(t) for t in self.targets))
+        if self.targets and len(self.targets) != self.n_stems:
+            raise ValueError(f"{len(self.targets)} target names for {self.n_stems} stems")
         if sum(self.bands) != self.n_fft // 2 + 1:
             raise ValueError(
                 f"bands cover {sum(self.bands)} bins, the STFT has {self.n_fft // 2 + 1}"
@@ -57,10 +62,18 @@ class BSMamba2Config:
     def channels(self) -> int:
         return 2 if self.stereo else 1
 
+    @property
+    def stem_names(self) -> tuple[str, ...]:
+        """The stems in output order: ``targets``, or ``vocals`` / ``stem1``, ``stem2``..."""
+        if self.targets:
+            return self.targets
+        return ("vocals",) if self.n_stems == 1 else tuple(f"stem{i + 1}" for i in range(self.n_stems))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (JSON/YAML safe)."""
         d = dataclasses.asdict(self)
         d["bands"] = list(self.bands)
+        d["targets"] = list(self.targets)
         return d
 
     @classmethod

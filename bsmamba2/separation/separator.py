@@ -77,15 +77,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def stem_names(model: torch.nn.Module) -> list[str]:
-    """The model's stems: ``model.stem_names`` if it has them, ``vocals`` for one stem."""
-    n_stems = model.config.n_stems
-    names = getattr(model, "stem_names", None)
-    if names and len(names) == n_stems:
-        return list(names)
-    return ["vocals"] if n_stems == 1 else [f"stem{i + 1}" for i in range(n_stems)]
-
-
 class _Fifo:
     """Samples waiting for their counterpart (the mixture waits for the separated stems)."""
 
@@ -136,7 +127,7 @@ class Separator:
             self.model, self.name = load_model(model_or_path, ema=ema), Path(model_or_path).stem
         self.model.to(self.device).eval()
         self.config = self.model.config
-        self.stems = stem_names(self.model)
+        self.stems = list(self.model.config.stem_names)
         if official:
             segment, overlap = OFFICIAL_SEGMENT, 0.0
         shortest = self.config.n_fft / self.config.sample_rate  # one STFT window

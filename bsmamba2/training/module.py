@@ -57,7 +57,9 @@ class BSMamba2Module(pl.LightningModule):
         unknown = [t for t in self.targets if t not in STEMS]
         if unknown:
             raise BSMamba2Error(f"unknown target stems {unknown}; choose from {', '.join(STEMS)}")
-        cfg = BSMamba2Config.from_dict({**(net or BSMamba2Config()).to_dict(), "n_stems": len(self.targets)})
+        cfg = BSMamba2Config.from_dict(
+            {**(net or BSMamba2Config()).to_dict(), "n_stems": len(self.targets), "targets": self.targets}
+        )
         self.save_hyperparameters(
             {
                 "net": cfg.to_dict(),
@@ -68,7 +70,6 @@ class BSMamba2Module(pl.LightningModule):
             }
         )
         self.model = BSMamba2(cfg)
-        self.model.stem_names = list(self.targets)
         self.loss = MultiResolutionLoss()
         self.lr, self.weight_decay = lr, weight_decay
         self.ema_decay, self.max_nonfinite = ema_decay, max_nonfinite
@@ -182,7 +183,7 @@ class BSMamba2Module(pl.LightningModule):
         folder = Path(
             callback.dirpath if callback is not None and callback.dirpath else self.trainer.default_root_dir
         )
-        meta = {"targets": ",".join(self.targets), "step": str(self.global_step), "val_usdr": f"{score:.4f}"}
+        meta = {"step": str(self.global_step), "val_usdr": f"{score:.4f}"}
         save_model(self.model, folder / BEST_EXPORT, metadata=meta)
 
     # -- checkpoints -----------------------------------------------------------------------
