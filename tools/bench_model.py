@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import bsmamba2
+from bsmamba2.allocator import tune_allocator
 from bsmamba2.model import BSMamba2, BSMamba2Config, stft
 
 
@@ -48,7 +49,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc malloc as it is (the CLI tunes it, see bsmamba2/allocator.py)")
     args = parser.parse_args()
+    tuned = False if args.default_malloc else tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -64,7 +68,7 @@ def main() -> None:
         rows.append({"precision": precision, "seconds": best, "x_real_time": args.seconds / best,
                      "times": times})
     print(f"BSMamba2 forward, {args.config}, {args.seconds:g} s stereo clip, device {args.device}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, allocator tuned: {tuned}")
     print(f"{'precision':<10} {'seconds':>9} {'x real time':>12} {'time / audio':>13}")
     for r in rows:
         print(f"{r['precision']:<10} {r['seconds']:>9.2f} {r['x_real_time']:>12.3f} "
@@ -75,7 +79,7 @@ def main() -> None:
             "bsmamba2": bsmamba2.__version__, "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "config": args.config, "seconds_audio": args.seconds,
-            "device": args.device,
+            "device": args.device, "allocator_tuned": tuned,
         }
         args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import bsmamba2
+from bsmamba2.allocator import tune_allocator
 from bsmamba2.model import BSMamba2, BSMamba2Config
 
 
@@ -59,6 +60,8 @@ def write_input(path: Path, minutes: float, rate: int) -> None:
 
 def child(args: argparse.Namespace) -> None:
     """One measurement; prints a JSON line."""
+    if not args.default_malloc:
+        tune_allocator()  # as `bsmamba2 separate` does
     cfg = BSMamba2Config.from_yaml(args.config)
     torch.manual_seed(0)
     model = UnitMask(cfg) if args.model == "identity" else BSMamba2(cfg)
@@ -89,6 +92,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc malloc as it is (the CLI tunes it, see bsmamba2/allocator.py)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -98,7 +103,7 @@ def main() -> None:
     rows = []
     settings = ["--config", args.config, "--model", args.model, "--segment", str(args.segment)]
     settings += ["--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]
-    settings += ["--precision", args.precision]
+    settings += ["--precision", args.precision] + (["--default-malloc"] if args.default_malloc else [])
     print(f"{'minutes':>8}  {'wall s':>9}  {'x RT':>7}  {'baseline MB':>11}  {'peak MB':>8}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_separate_") as tmp:
         for minutes in args.minutes:
