@@ -1,17 +1,19 @@
 """SSD (Mamba-2 selective scan) in Triton: forward and backward, dt_bias + softplus fused.
 
-Two kernel families compute the same function:
+Forward:
 
 * **chunked** — one program per (sequence, head) walks the chunks of ``CHUNK`` steps in
   order, carrying the fp32 state in registers: inside a chunk the scan is a masked
-  "attention" product, across chunks the state is passed on. The backward walks the chunks
-  in reverse, carrying the state gradient; the chunk-entry states it needs are recomputed
-  by the forward kernel into a transient fp32 buffer. dB and dC (shared by the heads of a
-  group) are accumulated with fp32 atomics.
+  "attention" product, across chunks the state is passed on.
 * **short** — sequences of at most ``CHUNK`` steps (the band axis: 62 bands) fit in one
-  chunk: one program per (sequence, group) computes C·Bᵀ once, loops over the heads of the
-  group with one quadratic block each and no state at all, and accumulates dB/dC in
-  registers (no atomics, no state buffer).
+  chunk: one program per (sequence, group) computes C·Bᵀ once and loops over the heads of
+  the group with one quadratic block each and no state at all.
+
+Backward: two cheap serial passes per (sequence, head) store, per chunk, the entering
+state (the forward kernel again) and the gradient of the leaving state (a reverse pass);
+then one program per (sequence, group, chunk) — every chunk in parallel — computes all
+input gradients of its chunk, summing the group's dB/dC over its heads in registers (no
+atomics). Short sequences skip the serial passes: the chunk is the sequence.
 
 Decays are fp32 and every exponent is clamped to ≤ 0 (masked lanes never overflow). The
 dot operands are the input dtype (fp32 accumulation); no dot accumulator is ever
@@ -25,20 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from bsmamba2.ops.triton.common import INTERPRET, block, configs, dot_dtype, sigmoid, softplus
+from bsmamba2.ops.triton.common import block, configs, dot_dtype, sigmoid, softplus
 
 CHUNK = 64
-# Head dims per program of the chunked kernels. The kernels also run with the head split in
-# blocks (each block's dt-gradient parts are summed with atomics; tested in the interpreter),
-# but on the H100 with Triton 3.6 a split launch (32 of 64 dims) hit an illegal memory
-# access, so a program takes the whole head there; the interpreter tests use 16 to keep the
-# split path covered.
-HEAD_BLOCK = 16 if INTERPRET else None
-
-
-def _chunked_common(common: dict) -> dict:
-    """Launch constants of the chunked kernels: the short kernels' with the head block."""
-    return {**common, "BLOCK_P": HEAD_BLOCK or common["BLOCK_P"]}
 
 
 @triton.jit
@@ -113,7 +104,7 @@ def _chunked_fwd(
     hi = pid % H
     gi = hi // HG
     oq = tl.arange(0, BLOCK_Q)
-    op = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)  # this program's block of head dims
+    op = tl.arange(0, BLOCK_P)
     on = tl.arange(0, BLOCK_N)
     mp = op < P
     mn = on < N
@@ -139,7 +130,8 @@ def _chunked_fwd(
         Bm = tl.load(B_ptr + bi * sBb + gi * sBg + t[:, None] * sBl + on[None, :] * sBn,
                      mask=mq[:, None] & mn[None, :], other=0.0).to(DOT)
         if STORE_STATES:
-            tl.store(states_ptr + (pid * nchunks + c) * P * N + nt_off, HT, mask=nt_mask)
+            tl.store(states_ptr + (pid * nchunks + c) * P * N + nt_off,
+                     HT.to(states_ptr.dtype.element_ty), mask=nt_mask)
         if COMPUTE_Y:
             Cm = tl.load(C_ptr + bi * sCb + gi * sCg + t[:, None] * sCl + on[None, :] * sCn,
                          mask=mq[:, None] & mn[None, :], other=0.0).to(DOT)
@@ -157,105 +149,146 @@ def _chunked_fwd(
         tl.store(hout_ptr + state_off + nt_off, HT, mask=nt_mask)
 
 
-@triton.autotune(configs=configs((8, 1), (8, 2)), key=["H", "P", "N"],
-                 reset_to_zero=["ddt_ptr", "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr", "dbias_ptr"])
+@triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N"])
 @triton.jit
-def _chunked_bwd(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dfin_ptr,
-    dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dh0_ptr, dA_ptr, dD_ptr, dbias_ptr,
-    L, H, HG, P, N, G,
-    sxb, sxl, sxh, sxp, sdb, sdl, sdh, sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, syb, syl, syh, syp,
-    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-    HAS_DFIN: tl.constexpr,
+def _state_grads(
+    dt_ptr, A_ptr, C_ptr, bias_ptr, dy_ptr, dfin_ptr, dstates_ptr, dh0_ptr,
+    L, H, HG, P, N, NC,
+    sdb, sdl, sdh, sCb, sCl, sCg, sCn, syb, syl, syh, syp,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DFIN: tl.constexpr, HAS_H0: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT: tl.constexpr, PREC: tl.constexpr,
 ):
+    """Reverse pass over the chunks of one (sequence, head): the gradient of the state
+    leaving each chunk (stored, (p, n) layout), and of the initial state."""
     pid = tl.program_id(0).to(tl.int64)
     bi = pid // H
     hi = pid % H
     gi = hi // HG
     oq = tl.arange(0, BLOCK_Q)
-    op = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)  # this program's block of head dims
+    op = tl.arange(0, BLOCK_P)
     on = tl.arange(0, BLOCK_N)
     mp = op < P
     mn = on < N
     A = tl.load(A_ptr + hi).to(tl.float32)
     bias = tl.load(bias_ptr + hi).to(tl.float32) if HAS_BIAS else 0.0
-    Dh = tl.load(D_ptr + hi).to(tl.float32) if HAS_D else 0.0
-    causal = oq[:, None] >= oq[None, :]
-    state_off = pid * P * N
+    pn_off = op[:, None] * N + on[None, :]
+    pn_mask = mp[:, None] & mn[None, :]
+    if HAS_DFIN:
+        dH = tl.load(dfin_ptr + pid * P * N + pn_off, mask=pn_mask, other=0.0).to(tl.float32)
+    else:
+        dH = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    for cc in range(NC):
+        c = NC - 1 - cc
+        t = c * BLOCK_Q + oq
+        mq = t < L
+        _, _, cs, cs_last = _chunk_decay(dt_ptr + bi * sdb + t * sdl + hi * sdh, mq, A, bias,
+                                         HAS_BIAS, SOFTPLUS)
+        tl.store(dstates_ptr + (pid * NC + c) * P * N + pn_off, dH.to(dstates_ptr.dtype.element_ty),
+                 mask=pn_mask)
+        dY = tl.load(dy_ptr + bi * syb + hi * syh + t[:, None] * syl + op[None, :] * syp,
+                     mask=mq[:, None] & mp[None, :], other=0.0).to(tl.float32)
+        Cm = tl.load(C_ptr + bi * sCb + gi * sCg + t[:, None] * sCl + on[None, :] * sCn,
+                     mask=mq[:, None] & mn[None, :], other=0.0).to(DOT)
+        dYs = (dY * tl.exp(cs)[:, None]).to(DOT)
+        dH = tl.exp(cs_last) * dH + tl.dot(tl.trans(dYs), Cm, input_precision=PREC)
+    if HAS_H0:
+        tl.store(dh0_ptr + pid * P * N + pn_off, dH, mask=pn_mask)
+
+
+@triton.autotune(configs=configs((4, 1), (8, 1), (8, 2)), key=["HG", "P", "N", "BLOCK_Q", "HAS_STATES"])
+@triton.jit
+def _chunk_bwd(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dstates_ptr,
+    dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    L, H, HG, P, N, G, NC,
+    sxb, sxl, sxh, sxp, sdb, sdl, sdh, sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, syb, syl, syh, syp,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_STATES: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """Every input gradient of one chunk of one (sequence, group), all chunks in parallel.
+
+    The heads of the group share B, C and C·Bᵀ, so their dB/dC sum in registers. With
+    HAS_STATES the chunk's entering state and the gradient of its leaving state come from
+    the two serial passes; without, the chunk is the whole sequence (no state at all).
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    c = pid % NC
+    bi = pid // NC // G
+    gi = pid // NC % G
+    oq = tl.arange(0, BLOCK_Q)
+    op = tl.arange(0, BLOCK_P)
+    on = tl.arange(0, BLOCK_N)
+    t = c * BLOCK_Q + oq
+    mq = t < L
+    mp = op < P
+    mn = on < N
+    qp_mask = mq[:, None] & mp[None, :]
+    qn_mask = mq[:, None] & mn[None, :]
     pn_off = op[:, None] * N + on[None, :]
     pn_mask = mp[:, None] & mn[None, :]
     nt_off = on[:, None] + op[None, :] * N
     nt_mask = mn[:, None] & mp[None, :]
-    # The state gradient in both orientations, each updated by its own dot (see module doc).
-    if HAS_DFIN:
-        dH = tl.load(dfin_ptr + state_off + pn_off, mask=pn_mask, other=0.0).to(tl.float32)
-        dHT = tl.load(dfin_ptr + state_off + nt_off, mask=nt_mask, other=0.0).to(tl.float32)
-    else:
-        dH = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
-        dHT = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
-    dA_acc = tl.zeros((), dtype=tl.float32)
-    dD_acc = tl.zeros((), dtype=tl.float32)
-    dbias_acc = tl.zeros((), dtype=tl.float32)
-    nchunks = tl.cdiv(L, BLOCK_Q)
-    for cc in range(nchunks):
-        c = nchunks - 1 - cc
-        t = c * BLOCK_Q + oq
-        mq = t < L
-        u, delta, cs, cs_last = _chunk_decay(
-            dt_ptr + bi * sdb + t * sdl + hi * sdh, mq, A, bias, HAS_BIAS, SOFTPLUS)
-        qp = t[:, None] * sxl + op[None, :] * sxp
-        qp_mask = mq[:, None] & mp[None, :]
-        qn_mask = mq[:, None] & mn[None, :]
-        X = tl.load(x_ptr + bi * sxb + hi * sxh + qp, mask=qp_mask, other=0.0)
+    causal = oq[:, None] >= oq[None, :]
+    Bm = tl.load(B_ptr + bi * sBb + gi * sBg + t[:, None] * sBl + on[None, :] * sBn,
+                 mask=qn_mask, other=0.0).to(DOT)
+    Cm = tl.load(C_ptr + bi * sCb + gi * sCg + t[:, None] * sCl + on[None, :] * sCn,
+                 mask=qn_mask, other=0.0).to(DOT)
+    GT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)  # shared by the heads of the group
+    dB_acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+    dC_acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+    for j in range(HG):
+        hi = gi * HG + j
+        A = tl.load(A_ptr + hi).to(tl.float32)
+        bias = tl.load(bias_ptr + hi).to(tl.float32) if HAS_BIAS else 0.0
+        u, delta, cs, cs_last = _chunk_decay(dt_ptr + bi * sdb + t * sdl + hi * sdh, mq, A, bias,
+                                             HAS_BIAS, SOFTPLUS)
+        X = tl.load(x_ptr + bi * sxb + hi * sxh + t[:, None] * sxl + op[None, :] * sxp,
+                    mask=qp_mask, other=0.0)
         dY = tl.load(dy_ptr + bi * syb + hi * syh + t[:, None] * syl + op[None, :] * syp,
                      mask=qp_mask, other=0.0)
-        Bm = tl.load(B_ptr + bi * sBb + gi * sBg + t[:, None] * sBl + on[None, :] * sBn,
-                     mask=qn_mask, other=0.0).to(DOT)
-        Cm = tl.load(C_ptr + bi * sCb + gi * sCg + t[:, None] * sCl + on[None, :] * sCn,
-                     mask=qn_mask, other=0.0).to(DOT)
-        Hin = tl.load(states_ptr + (pid * nchunks + c) * P * N + pn_off, mask=pn_mask, other=0.0)
-        GT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)
         dX, dGT, dG, ddelta, dcs = _intra_bwd(GT, cs, delta, X, dY, causal, DOT, PREC)
-        Xf = X.to(tl.float32)
-        dYf = dY.to(tl.float32)
-        to_end = tl.exp(tl.minimum(cs_last - cs, 0.0))
-        from_start = tl.exp(cs)
-        # Paths through the state leaving the chunk.
-        XdH = tl.dot(X.to(DOT), dH.to(DOT), input_precision=PREC)  # (q, n): x_s·dH[:, n]
-        dX += (to_end * delta)[:, None] * tl.dot(Bm, dHT.to(DOT), input_precision=PREC)
+        dB_acc += tl.dot(dGT.to(DOT), Cm, input_precision=PREC)
+        dC_acc += tl.dot(dG.to(DOT), Bm, input_precision=PREC)
+        dcs_last = 0.0
+        if HAS_STATES:
+            sidx = ((bi * H + hi) * NC + c) * P * N
+            Hin = tl.load(states_ptr + sidx + pn_off, mask=pn_mask, other=0.0)
+            dH = tl.load(dstates_ptr + sidx + pn_off, mask=pn_mask, other=0.0)
+            dHT = tl.load(dstates_ptr + sidx + nt_off, mask=nt_mask, other=0.0)
+            to_end = tl.exp(tl.minimum(cs_last - cs, 0.0))
+            from_start = tl.exp(cs)
+            # Paths through the state leaving the chunk ...
+            XdH = tl.dot(X.to(DOT), dH.to(DOT), input_precision=PREC)  # (q, n): x_s·dH[:, n]
+            dX += (to_end * delta)[:, None] * tl.dot(Bm, dHT.to(DOT), input_precision=PREC)
+            xdhb = tl.sum(XdH * Bm.to(tl.float32), 1)
+            ddelta += to_end * xdhb
+            R = to_end * delta * xdhb
+            dcs -= R
+            dcs_last = tl.exp(cs_last) * tl.sum(tl.sum(dH.to(tl.float32) * Hin.to(tl.float32), 1), 0)
+            dcs_last += tl.sum(R, 0)
+            dB_acc += (to_end * delta)[:, None] * XdH
+            # ... and through the state entering it.
+            dYH = tl.dot(dY.to(DOT), Hin.to(DOT), input_precision=PREC)  # (q, n)
+            dcs += from_start * tl.sum(dYH * Cm.to(tl.float32), 1)
+            dC_acc += from_start[:, None] * dYH
+        dD_part = tl.zeros((), dtype=tl.float32)
         if HAS_D:
-            dX += Dh * dYf
-            dD_acc += tl.sum(tl.sum(dYf * Xf, 1), 0)
-        tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dX.to(dx_ptr.dtype.element_ty),
-                 mask=qp_mask)
-        xdhb = tl.sum(XdH * Bm.to(tl.float32), 1)
-        ddelta += to_end * xdhb
-        R = to_end * delta * xdhb
-        dcs -= R
-        dcs_last = tl.exp(cs_last) * tl.sum(tl.sum(dH * Hin, 1), 0) + tl.sum(R, 0)
-        # Paths through the state entering the chunk.
-        dYH = tl.dot(dY.to(DOT), Hin.to(DOT), input_precision=PREC)  # (q, n)
-        dcs += from_start * tl.sum(dYH * Cm.to(tl.float32), 1)
-        dBm = tl.dot(dGT.to(DOT), Cm, input_precision=PREC) + (to_end * delta)[:, None] * XdH
-        dCm = tl.dot(dG.to(DOT), Bm, input_precision=PREC) + from_start[:, None] * dYH
-        gq = (bi * L + t[:, None]) * G * N + gi * N + on[None, :]
-        tl.atomic_add(dB_ptr + gq, dBm, mask=qn_mask, sem="relaxed")
-        tl.atomic_add(dC_ptr + gq, dCm, mask=qn_mask, sem="relaxed")
-        # Every dt-gradient term is linear in this block's head dims: sum the blocks' parts.
+            dYf = dY.to(tl.float32)
+            dX += tl.load(D_ptr + hi).to(tl.float32) * dYf
+            dD_part = tl.sum(tl.sum(dYf * X.to(tl.float32), 1), 0)
+        tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
+                 dX.to(dx_ptr.dtype.element_ty), mask=qp_mask)
         du, dA_part = _dt_grads(ddelta, dcs, dcs_last, u, delta, mq, A, SOFTPLUS)
-        dA_acc += dA_part
-        dbias_acc += tl.sum(du, 0)
-        tl.atomic_add(ddt_ptr + (bi * L + t) * H + hi, du, mask=mq, sem="relaxed")
-        dYs = (dYf * from_start[:, None]).to(DOT)
-        dH = tl.exp(cs_last) * dH + tl.dot(tl.trans(dYs), Cm, input_precision=PREC)
-        dHT = tl.exp(cs_last) * dHT + tl.dot(tl.trans(Cm), dYs, input_precision=PREC)
-    if HAS_H0:
-        tl.store(dh0_ptr + state_off + pn_off, dH, mask=pn_mask)
-    tl.atomic_add(dA_ptr + pid, dA_acc, sem="relaxed")
-    tl.atomic_add(dD_ptr + pid, dD_acc, sem="relaxed")
-    tl.atomic_add(dbias_ptr + pid, dbias_acc, sem="relaxed")
+        tl.store(ddt_ptr + (bi * L + t) * H + hi, du, mask=mq)
+        part = (bi * H + hi) * NC + c
+        tl.store(dA_ptr + part, dA_part)
+        tl.store(dD_ptr + part, dD_part)
+        tl.store(dbias_ptr + part, tl.sum(du, 0))
+    gq = (bi * L + t[:, None]) * G * N + gi * N + on[None, :]
+    tl.store(dB_ptr + gq, dB_acc.to(dB_ptr.dtype.element_ty), mask=qn_mask)
+    tl.store(dC_ptr + gq, dC_acc.to(dC_ptr.dtype.element_ty), mask=qn_mask)
 
 
 @triton.autotune(configs=configs((4, 2), (8, 2), (4, 1)), key=["BLOCK_Q", "HG", "P", "N"])
@@ -296,69 +329,6 @@ def _short_fwd(
             y += tl.load(D_ptr + hi).to(tl.float32) * X.to(tl.float32)
         tl.store(y_ptr + bi * syb + hi * syh + oq[:, None] * syl + op[None, :] * syp,
                  y.to(y_ptr.dtype.element_ty), mask=qp_mask)
-
-
-@triton.autotune(configs=configs((4, 2), (8, 2), (4, 1)), key=["BLOCK_Q", "HG", "P", "N"])
-@triton.jit
-def _short_bwd(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
-    dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-    L, H, HG, P, N, G,
-    sxb, sxl, sxh, sxp, sdb, sdl, sdh, sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, syb, syl, syh, syp,
-    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT: tl.constexpr, PREC: tl.constexpr,
-):
-    pid = tl.program_id(0).to(tl.int64)
-    bi = pid // G
-    gi = pid % G
-    oq = tl.arange(0, BLOCK_Q)
-    op = tl.arange(0, BLOCK_P)
-    on = tl.arange(0, BLOCK_N)
-    mq = oq < L
-    qp_mask = mq[:, None] & (op < P)[None, :]
-    qn_mask = mq[:, None] & (on < N)[None, :]
-    causal = oq[:, None] >= oq[None, :]
-    Bm = tl.load(B_ptr + bi * sBb + gi * sBg + oq[:, None] * sBl + on[None, :] * sBn,
-                 mask=qn_mask, other=0.0).to(DOT)
-    Cm = tl.load(C_ptr + bi * sCb + gi * sCg + oq[:, None] * sCl + on[None, :] * sCn,
-                 mask=qn_mask, other=0.0).to(DOT)
-    GT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)
-    dB_acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-    dC_acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-    for j in range(HG):
-        hi = gi * HG + j
-        A = tl.load(A_ptr + hi).to(tl.float32)
-        bias = tl.load(bias_ptr + hi).to(tl.float32) if HAS_BIAS else 0.0
-        u, delta, cs, _ = _chunk_decay(dt_ptr + bi * sdb + oq * sdl + hi * sdh, mq, A, bias,
-                                       HAS_BIAS, SOFTPLUS)
-        qp = oq[:, None] * sxl + op[None, :] * sxp
-        X = tl.load(x_ptr + bi * sxb + hi * sxh + qp, mask=qp_mask, other=0.0)
-        dY = tl.load(dy_ptr + bi * syb + hi * syh + oq[:, None] * syl + op[None, :] * syp,
-                     mask=qp_mask, other=0.0)
-        dX, dGT, dG, ddelta, dcs = _intra_bwd(GT, cs, delta, X, dY, causal, DOT, PREC)
-        dB_acc += tl.dot(dGT.to(DOT), Cm, input_precision=PREC)
-        dC_acc += tl.dot(dG.to(DOT), Bm, input_precision=PREC)
-        dD_part = tl.zeros((), dtype=tl.float32)
-        if HAS_D:
-            dYf = dY.to(tl.float32)
-            dX += tl.load(D_ptr + hi).to(tl.float32) * dYf
-            dD_part = tl.sum(tl.sum(dYf * X.to(tl.float32), 1), 0)
-        tl.store(dx_ptr + ((bi * L + oq[:, None]) * H + hi) * P + op[None, :], dX.to(dx_ptr.dtype.element_ty),
-                 mask=qp_mask)
-        du, dA_part = _dt_grads(ddelta, dcs, 0.0, u, delta, mq, A, SOFTPLUS)
-        tl.store(ddt_ptr + (bi * L + oq) * H + hi, du, mask=mq)
-        tl.store(dA_ptr + bi * H + hi, dA_part)
-        tl.store(dD_ptr + bi * H + hi, dD_part)
-        tl.store(dbias_ptr + bi * H + hi, tl.sum(du, 0))
-    gq = (bi * L + oq[:, None]) * G * N + gi * N + on[None, :]
-    tl.store(dB_ptr + gq, dB_acc.to(dB_ptr.dtype.element_ty), mask=qn_mask)
-    tl.store(dC_ptr + gq, dC_acc.to(dC_ptr.dtype.element_ty), mask=qn_mask)
-
-
-def _head_blocks(programs: int, p: int, block_p: int) -> tuple[int, int]:
-    """Grid of the chunked kernels: (sequence·head, block of head dims)."""
-    return programs, triton.cdiv(p, block_p)
 
 
 def _chunk(dtype: torch.dtype) -> int:
@@ -411,12 +381,12 @@ class SSDScan(torch.autograd.Function):
                 y, length, h, h // g, p, n, g, *strides, **common)
         else:
             final = x.new_empty(b, h, p, n, dtype=torch.float32) if return_final else dummy
-            _chunked_fwd[_head_blocks(b * h, p, HEAD_BLOCK or common['BLOCK_P'])](
+            _chunked_fwd[(b * h,)](
                 x, dt, A, B, C, D if D is not None else dummy, dt_bias if dt_bias is not None else dummy,
                 initial_state if initial_state is not None else dummy, y, final, dummy,
                 length, h, h // g, p, n, *strides,
                 HAS_H0=initial_state is not None, STORE_FINAL=return_final, STORE_STATES=False,
-                COMPUTE_Y=True, **_chunked_common(common))
+                COMPUTE_Y=True, **common)
         ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_state)
         ctx.dt_softplus = bool(dt_softplus)
         ctx.short = short
@@ -432,41 +402,41 @@ class SSDScan(torch.autograd.Function):
         common = ctx.common
         dy = torch.zeros_like(x) if dy is None else dy
         dummy = A
-        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        # fp32 sums over programs (dA, dD, dbias per (sequence, head) before the batch sum)
-        ddt = x.new_zeros(b, length, h, dtype=torch.float32)
-        part = [x.new_zeros(b * h, dtype=torch.float32) for _ in range(3)]
-        strides = _strides(x, dt, B, C, dy)
         opt = (D if D is not None else dummy, dt_bias if dt_bias is not None else dummy)
-        dh0 = None
-        if ctx.short:
-            dB = torch.empty(b, length, g, n, dtype=B.dtype, device=B.device)
-            dC = torch.empty(b, length, g, n, dtype=C.dtype, device=C.device)
-            _short_bwd[(b * g,)](
-                x, dt, A, B, C, *opt, dy, dx, ddt, dB, dC, *part,
-                length, h, h // g, p, n, g, *strides, **common)
-        else:
-            nchunks = triton.cdiv(length, common['BLOCK_Q'])
-            states = x.new_empty(b, h, nchunks, p, n, dtype=torch.float32)
+        nc = 1 if ctx.short else triton.cdiv(length, common["BLOCK_Q"])
+        states = dstates = dh0 = None
+        if not ctx.short:
+            # The two serial passes: entering states (forward) and leaving-state gradients
+            # (reverse), stored per chunk in the dot operand precision.
+            store = x.dtype if x.dtype != torch.float16 else torch.float32
+            states = x.new_empty(b, h, nc, p, n, dtype=store)
+            dstates = torch.empty_like(states)
             has_h0 = initial_state is not None
-            fwd_strides = _strides(x, dt, B, C, x)
-            _chunked_fwd[_head_blocks(b * h, p, HEAD_BLOCK or common['BLOCK_P'])](
+            _chunked_fwd[(b * h,)](
                 x, dt, A, B, C, *opt, initial_state if has_h0 else dummy, dummy, dummy, states,
-                length, h, h // g, p, n, *fwd_strides,
-                HAS_H0=has_h0, STORE_FINAL=False, STORE_STATES=True, COMPUTE_Y=False,
-                **_chunked_common(common))
-            dB = torch.zeros(b, length, g, n, dtype=torch.float32, device=B.device)
-            dC = torch.zeros(b, length, g, n, dtype=torch.float32, device=C.device)
+                length, h, h // g, p, n, *_strides(x, dt, B, C, x),
+                HAS_H0=has_h0, STORE_FINAL=False, STORE_STATES=True, COMPUTE_Y=False, **common)
             dh0 = x.new_empty(b, h, p, n, dtype=torch.float32) if has_h0 else None
             dfin = dfinal.contiguous() if dfinal is not None else None
-            _chunked_bwd[_head_blocks(b * h, p, HEAD_BLOCK or common['BLOCK_P'])](
-                x, dt, A, B, C, *opt, dy, states, dfin if dfin is not None else dummy,
-                dx, ddt, dB, dC, dh0 if has_h0 else dummy, *part,
-                length, h, h // g, p, n, g, *strides,
-                HAS_H0=has_h0, HAS_DFIN=dfin is not None, **_chunked_common(common))
-            dB, dC = dB.to(B.dtype), dC.to(C.dtype)
+            _state_grads[(b * h,)](
+                dt, A, C, opt[1], dy, dfin if dfin is not None else dummy, dstates,
+                dh0 if has_h0 else dummy, length, h, h // g, p, n, nc, *_strides(dt, C, dy),
+                HAS_BIAS=common["HAS_BIAS"], SOFTPLUS=common["SOFTPLUS"], HAS_DFIN=dfin is not None,
+                HAS_H0=has_h0, BLOCK_Q=common["BLOCK_Q"], BLOCK_P=common["BLOCK_P"],
+                BLOCK_N=common["BLOCK_N"], DOT=common["DOT"], PREC=common["PREC"])
             dh0 = dh0.to(initial_state.dtype) if has_h0 else None
-        dA, dD, dbias = (t.view(b, h).sum(0) for t in part)
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        ddt = x.new_empty(b, length, h, dtype=torch.float32)
+        dB = torch.empty(b, length, g, n, dtype=B.dtype, device=B.device)
+        dC = torch.empty(b, length, g, n, dtype=C.dtype, device=C.device)
+        # fp32 partial sums per (sequence, head, chunk) of dA, dD and dbias
+        part = [x.new_empty(b, h, nc, dtype=torch.float32) for _ in range(3)]
+        _chunk_bwd[(b * g * nc,)](
+            x, dt, A, B, C, *opt, dy, states if states is not None else dummy,
+            dstates if dstates is not None else dummy, dx, ddt, dB, dC, *part,
+            length, h, h // g, p, n, g, nc, *_strides(x, dt, B, C, dy),
+            HAS_STATES=not ctx.short, **common)
+        dA, dD, dbias = (t.sum((0, 2)) for t in part)
         return (
             dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC,
             dD.to(D.dtype) if D is not None else None,
