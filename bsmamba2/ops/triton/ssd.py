@@ -53,29 +53,31 @@ def _intra_fwd(G, cs, delta, X, causal, DOT: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
-def _intra_bwd(GT, cs, delta, X, dY, causal, DOT: tl.constexpr, PREC: tl.constexpr):
+def _intra_bwd(GT, Bm, Cm, cs, delta, X, dY, causal, dB_acc, dC_acc, DOT: tl.constexpr,
+               PREC: tl.constexpr):
     """Gradients of the in-chunk product. GT[s, t] = B_s·C_t.
 
-    Returns dX (in-chunk part), dGT[s, t] (for dB = dGT·C), dG[t, s] (for dC = dG·B),
-    the direct dΔ_s and the gradient of the cumulative decays.
+    Returns dX (in-chunk part), the direct dΔ_s, the gradient of the cumulative decays,
+    and dB_acc / dC_acc with this head's in-chunk dB / dC added (accumulated by the dots).
+    The dC side ([t, s] tiles) runs first so its temporaries die before the dB side's.
     """
-    causal_t = tl.trans(causal)
     seg = cs[:, None] - cs[None, :]
-    decay = tl.where(causal, tl.exp(tl.minimum(seg, 0.0)), 0.0)  # [t, s]
-    decay_t = tl.where(causal_t, tl.exp(tl.minimum(-seg, 0.0)), 0.0)  # [s, t]
     Xd = X.to(DOT)
     dYd = dY.to(DOT)
+    dyx = tl.dot(dYd, tl.trans(Xd), input_precision=PREC)  # [t, s] = dy_t·x_s
+    dG = tl.where(causal, tl.exp(tl.minimum(seg, 0.0)), 0.0) * dyx * delta[None, :]
+    dC_acc = tl.dot(dG.to(DOT), Bm, dC_acc, input_precision=PREC)
+    decay_t = tl.where(tl.trans(causal), tl.exp(tl.minimum(-seg, 0.0)), 0.0)  # [s, t]
     dyx_t = tl.dot(Xd, tl.trans(dYd), input_precision=PREC)  # [s, t] = x_s·dy_t
-    dyx = tl.dot(dYd, tl.trans(Xd), input_precision=PREC)  # [t, s]
+    dGT = decay_t * dyx_t * delta[:, None]
+    dB_acc = tl.dot(dGT.to(DOT), Cm, dB_acc, input_precision=PREC)
     MT = GT * decay_t
     dX = delta[:, None] * tl.dot(MT.to(DOT), dYd, input_precision=PREC)
-    dGT = decay_t * dyx_t * delta[:, None]
-    dG = decay * dyx * delta[None, :]
     prod = MT * dyx_t
     ddelta = tl.sum(prod, 1)
     W = prod * delta[:, None]
     dcs = tl.sum(W, 0) - tl.sum(W, 1)
-    return dX, dGT, dG, ddelta, dcs
+    return dX, ddelta, dcs, dB_acc, dC_acc
 
 
 @triton.jit
@@ -88,7 +90,7 @@ def _dt_grads(ddelta, dcs, dcs_last, u, delta, mask, A, SOFTPLUS: tl.constexpr):
     return tl.where(mask, du, 0.0), tl.sum(da * delta, 0)
 
 
-@triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N", "COMPUTE_Y"])
+@triton.autotune(configs=configs((4, 1), (4, 2), (8, 2)), key=["H", "P", "N", "COMPUTE_Y"])
 @triton.jit
 def _chunked_fwd(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, y_ptr, hout_ptr, states_ptr,
@@ -130,7 +132,8 @@ def _chunked_fwd(
         Bm = tl.load(B_ptr + bi * sBb + gi * sBg + t[:, None] * sBl + on[None, :] * sBn,
                      mask=mq[:, None] & mn[None, :], other=0.0).to(DOT)
         if STORE_STATES:
-            tl.store(states_ptr + (pid * nchunks + c) * P * N + nt_off,
+            # (n, p) layout, as HT is held: the store is coalesced along p.
+            tl.store(states_ptr + (pid * nchunks + c) * P * N + on[:, None] * P + op[None, :],
                      HT.to(states_ptr.dtype.element_ty), mask=nt_mask)
         if COMPUTE_Y:
             Cm = tl.load(C_ptr + bi * sCb + gi * sCg + t[:, None] * sCl + on[None, :] * sCn,
@@ -149,7 +152,7 @@ def _chunked_fwd(
         tl.store(hout_ptr + state_off + nt_off, HT, mask=nt_mask)
 
 
-@triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N"])
+@triton.autotune(configs=configs((4, 1), (4, 2), (8, 2)), key=["H", "P", "N"])
 @triton.jit
 def _state_grads(
     dt_ptr, A_ptr, C_ptr, bias_ptr, dy_ptr, dfin_ptr, dstates_ptr, dh0_ptr,
@@ -196,7 +199,7 @@ def _state_grads(
         tl.store(dh0_ptr + pid * P * N + pn_off, dH, mask=pn_mask)
 
 
-@triton.autotune(configs=configs((4, 1), (8, 1), (8, 2)), key=["HG", "P", "N", "BLOCK_Q", "HAS_STATES"])
+@triton.autotune(configs=configs((4, 2), (8, 1), (8, 2)), key=["HG", "P", "N", "BLOCK_Q", "HAS_STATES"])
 @triton.jit
 def _chunk_bwd(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dstates_ptr,
@@ -228,8 +231,8 @@ def _chunk_bwd(
     qn_mask = mq[:, None] & mn[None, :]
     pn_off = op[:, None] * N + on[None, :]
     pn_mask = mp[:, None] & mn[None, :]
-    nt_off = on[:, None] + op[None, :] * N
-    nt_mask = mn[:, None] & mp[None, :]
+    np_off = on[:, None] * P + op[None, :]
+    np_mask = mn[:, None] & mp[None, :]
     causal = oq[:, None] >= oq[None, :]
     Bm = tl.load(B_ptr + bi * sBb + gi * sBg + t[:, None] * sBl + on[None, :] * sBn,
                  mask=qn_mask, other=0.0).to(DOT)
@@ -248,31 +251,37 @@ def _chunk_bwd(
                     mask=qp_mask, other=0.0)
         dY = tl.load(dy_ptr + bi * syb + hi * syh + t[:, None] * syl + op[None, :] * syp,
                      mask=qp_mask, other=0.0)
-        dX, dGT, dG, ddelta, dcs = _intra_bwd(GT, cs, delta, X, dY, causal, DOT, PREC)
-        dB_acc += tl.dot(dGT.to(DOT), Cm, input_precision=PREC)
-        dC_acc += tl.dot(dG.to(DOT), Bm, input_precision=PREC)
+        dX, ddelta, dcs, dB_acc, dC_acc = _intra_bwd(GT, Bm, Cm, cs, delta, X, dY, causal, dB_acc,
+                                                     dC_acc, DOT, PREC)
         dcs_last = 0.0
         if HAS_STATES:
             sidx = ((bi * H + hi) * NC + c) * P * N
-            Hin = tl.load(states_ptr + sidx + pn_off, mask=pn_mask, other=0.0)
-            dH = tl.load(dstates_ptr + sidx + pn_off, mask=pn_mask, other=0.0)
-            dHT = tl.load(dstates_ptr + sidx + nt_off, mask=nt_mask, other=0.0)
             to_end = tl.exp(tl.minimum(cs_last - cs, 0.0))
             from_start = tl.exp(cs)
-            # Paths through the state leaving the chunk ...
-            XdH = tl.dot(X.to(DOT), dH.to(DOT), input_precision=PREC)  # (q, n): x_s·dH[:, n]
-            dX += (to_end * delta)[:, None] * tl.dot(Bm, dHT.to(DOT), input_precision=PREC)
-            xdhb = tl.sum(XdH * Bm.to(tl.float32), 1)
+            # Paths through the state leaving the chunk (dH: its gradient) ...
+            # Both state buffers are read along their contiguous axis only (coalesced); the
+            # other orientation is a transpose of the loaded tile.
+            dH = tl.load(dstates_ptr + sidx + pn_off, mask=pn_mask, other=0.0)  # (p, n)
+            dHT = tl.trans(dH)
+            BdH = tl.dot(Bm, dHT.to(DOT), input_precision=PREC)  # (q, p): B_s·dH[p, :]
+            Xf = X.to(tl.float32)
+            xdhb = tl.sum(Xf * BdH, 1)
+            dX += (to_end * delta)[:, None] * BdH
             ddelta += to_end * xdhb
             R = to_end * delta * xdhb
             dcs -= R
+            Xw = (Xf * (to_end * delta)[:, None]).to(DOT)
+            dB_acc = tl.dot(Xw, dH.to(DOT), dB_acc, input_precision=PREC)
+            # ... and through the state entering it (Hin).
+            HinT = tl.load(states_ptr + sidx + np_off, mask=np_mask, other=0.0)  # (n, p)
+            Hin = tl.trans(HinT)
             dcs_last = tl.exp(cs_last) * tl.sum(tl.sum(dH.to(tl.float32) * Hin.to(tl.float32), 1), 0)
             dcs_last += tl.sum(R, 0)
-            dB_acc += (to_end * delta)[:, None] * XdH
-            # ... and through the state entering it.
-            dYH = tl.dot(dY.to(DOT), Hin.to(DOT), input_precision=PREC)  # (q, n)
-            dcs += from_start * tl.sum(dYH * Cm.to(tl.float32), 1)
-            dC_acc += from_start[:, None] * dYH
+            CH = tl.dot(Cm, HinT.to(DOT), input_precision=PREC)  # (q, p): C_t·Hin[p, :]
+            dYf = dY.to(tl.float32)
+            dcs += from_start * tl.sum(dYf * CH, 1)
+            dYs = (dYf * from_start[:, None]).to(DOT)
+            dC_acc = tl.dot(dYs, Hin.to(DOT), dC_acc, input_precision=PREC)
         dD_part = tl.zeros((), dtype=tl.float32)
         if HAS_D:
             dYf = dY.to(tl.float32)
@@ -409,8 +418,8 @@ class SSDScan(torch.autograd.Function):
             # The two serial passes: entering states (forward) and leaving-state gradients
             # (reverse), stored per chunk in the dot operand precision.
             store = x.dtype if x.dtype != torch.float16 else torch.float32
-            states = x.new_empty(b, h, nc, p, n, dtype=store)
-            dstates = torch.empty_like(states)
+            states = x.new_empty(b, h, nc, n, p, dtype=store)  # (n, p) per chunk
+            dstates = x.new_empty(b, h, nc, p, n, dtype=store)  # (p, n) per chunk
             has_h0 = initial_state is not None
             _chunked_fwd[(b * h,)](
                 x, dt, A, B, C, *opt, initial_state if has_h0 else dummy, dummy, dummy, states,
