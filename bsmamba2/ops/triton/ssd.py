@@ -11,9 +11,10 @@ Forward:
 
 Backward: two cheap serial passes per (sequence, head) store, per chunk, the entering
 state (the forward kernel again) and the gradient of the leaving state (a reverse pass);
-then one program per (sequence, group, chunk) — every chunk in parallel — computes all
-input gradients of its chunk, summing the group's dB/dC over its heads in registers (no
-atomics). Short sequences skip the serial passes: the chunk is the sequence.
+then programs per (sequence, group, chunk) — every chunk in parallel — compute the input
+gradients of their chunk in three launches (dx with the dt-side gradients, dB, dC), dB/dC
+summed over the group's heads in an fp32 accumulator (no atomics). Short sequences skip
+the serial passes: the chunk is the sequence.
 
 Decays are fp32 and every exponent is clamped to ≤ 0 (masked lanes never overflow). The
 dot operands are the input dtype (fp32 accumulation); no dot accumulator is ever
@@ -50,34 +51,6 @@ def _intra_fwd(G, cs, delta, X, causal, DOT: tl.constexpr, PREC: tl.constexpr):
     seg = cs[:, None] - cs[None, :]
     M = tl.where(causal, G * tl.exp(tl.minimum(seg, 0.0)), 0.0) * delta[None, :]
     return tl.dot(M.to(DOT), X.to(DOT), input_precision=PREC)
-
-
-@triton.jit
-def _intra_bwd(GT, Bm, Cm, cs, delta, X, dY, causal, dB_acc, dC_acc, DOT: tl.constexpr,
-               PREC: tl.constexpr):
-    """Gradients of the in-chunk product. GT[s, t] = B_s·C_t.
-
-    Returns dX (in-chunk part), the direct dΔ_s, the gradient of the cumulative decays,
-    and dB_acc / dC_acc with this head's in-chunk dB / dC added (accumulated by the dots).
-    The dC side ([t, s] tiles) runs first so its temporaries die before the dB side's.
-    """
-    seg = cs[:, None] - cs[None, :]
-    Xd = X.to(DOT)
-    dYd = dY.to(DOT)
-    dyx = tl.dot(dYd, tl.trans(Xd), input_precision=PREC)  # [t, s] = dy_t·x_s
-    dG = tl.where(causal, tl.exp(tl.minimum(seg, 0.0)), 0.0) * dyx * delta[None, :]
-    dC_acc = tl.dot(dG.to(DOT), Bm, dC_acc, input_precision=PREC)
-    decay_t = tl.where(tl.trans(causal), tl.exp(tl.minimum(-seg, 0.0)), 0.0)  # [s, t]
-    dyx_t = tl.dot(Xd, tl.trans(dYd), input_precision=PREC)  # [s, t] = x_s·dy_t
-    dGT = decay_t * dyx_t * delta[:, None]
-    dB_acc = tl.dot(dGT.to(DOT), Cm, dB_acc, input_precision=PREC)
-    MT = GT * decay_t
-    dX = delta[:, None] * tl.dot(MT.to(DOT), dYd, input_precision=PREC)
-    prod = MT * dyx_t
-    ddelta = tl.sum(prod, 1)
-    W = prod * delta[:, None]
-    dcs = tl.sum(W, 0) - tl.sum(W, 1)
-    return dX, ddelta, dcs, dB_acc, dC_acc
 
 
 @triton.jit
@@ -199,7 +172,12 @@ def _state_grads(
         tl.store(dh0_ptr + pid * P * N + pn_off, dH, mask=pn_mask)
 
 
-@triton.autotune(configs=configs((4, 2), (8, 1), (8, 2)), key=["HG", "P", "N", "BLOCK_Q", "HAS_STATES"])
+PART_DX, PART_DB, PART_DC = 0, 1, 2
+"""What a launch of :func:`_chunk_bwd` computes: dx with the dt/dA/dD/dbias gradients, dB, dC."""
+
+
+@triton.autotune(configs=configs((4, 2), (8, 1), (8, 2)),
+                 key=["HG", "P", "N", "BLOCK_Q", "HAS_STATES", "PART"])
 @triton.jit
 def _chunk_bwd(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dstates_ptr,
@@ -207,14 +185,19 @@ def _chunk_bwd(
     L, H, HG, P, N, G, NC,
     sxb, sxl, sxh, sxp, sdb, sdl, sdh, sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, syb, syl, syh, syp,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_STATES: tl.constexpr,
+    PART: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Every input gradient of one chunk of one (sequence, group), all chunks in parallel.
+    """One part of the input gradients of one chunk of one (sequence, group); every chunk
+    in parallel. The heads of the group share B and C, so PART_DB / PART_DC sum over them
+    in one fp32 accumulator. Three launches instead of one kernel keep each under the
+    register file (the fused one spilled hundreds of registers on the H100).
 
-    The heads of the group share B, C and C·Bᵀ, so their dB/dC sum in registers. With
-    HAS_STATES the chunk's entering state and the gradient of its leaving state come from
-    the two serial passes; without, the chunk is the whole sequence (no state at all).
+    With HAS_STATES the chunk's entering state ((n, p) layout) and the gradient of its
+    leaving state ((p, n)) come from the two serial passes; without, the chunk is the whole
+    sequence. State tiles are loaded along their contiguous axis only; the other
+    orientation is a transpose of the loaded tile (never of a dot result).
     """
     pid = tl.program_id(0).to(tl.int64)
     c = pid % NC
@@ -234,13 +217,16 @@ def _chunk_bwd(
     np_off = on[:, None] * P + op[None, :]
     np_mask = mn[:, None] & mp[None, :]
     causal = oq[:, None] >= oq[None, :]
-    Bm = tl.load(B_ptr + bi * sBb + gi * sBg + t[:, None] * sBl + on[None, :] * sBn,
-                 mask=qn_mask, other=0.0).to(DOT)
-    Cm = tl.load(C_ptr + bi * sCb + gi * sCg + t[:, None] * sCl + on[None, :] * sCn,
-                 mask=qn_mask, other=0.0).to(DOT)
-    GT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)  # shared by the heads of the group
-    dB_acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-    dC_acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+    if PART != PART_DB:
+        Bm = tl.load(B_ptr + bi * sBb + gi * sBg + t[:, None] * sBl + on[None, :] * sBn,
+                     mask=qn_mask, other=0.0).to(DOT)
+    if PART != PART_DC:
+        Cm = tl.load(C_ptr + bi * sCb + gi * sCg + t[:, None] * sCl + on[None, :] * sCn,
+                     mask=qn_mask, other=0.0).to(DOT)
+    if PART == PART_DX:
+        GT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)  # [s, t] = B_s·C_t, for every head
+    else:
+        acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
     for j in range(HG):
         hi = gi * HG + j
         A = tl.load(A_ptr + hi).to(tl.float32)
@@ -251,53 +237,72 @@ def _chunk_bwd(
                     mask=qp_mask, other=0.0)
         dY = tl.load(dy_ptr + bi * syb + hi * syh + t[:, None] * syl + op[None, :] * syp,
                      mask=qp_mask, other=0.0)
-        dX, ddelta, dcs, dB_acc, dC_acc = _intra_bwd(GT, Bm, Cm, cs, delta, X, dY, causal, dB_acc,
-                                                     dC_acc, DOT, PREC)
-        dcs_last = 0.0
-        if HAS_STATES:
-            sidx = ((bi * H + hi) * NC + c) * P * N
-            to_end = tl.exp(tl.minimum(cs_last - cs, 0.0))
-            from_start = tl.exp(cs)
-            # Paths through the state leaving the chunk (dH: its gradient) ...
-            # Both state buffers are read along their contiguous axis only (coalesced); the
-            # other orientation is a transpose of the loaded tile.
-            dH = tl.load(dstates_ptr + sidx + pn_off, mask=pn_mask, other=0.0)  # (p, n)
-            dHT = tl.trans(dH)
-            BdH = tl.dot(Bm, dHT.to(DOT), input_precision=PREC)  # (q, p): B_s·dH[p, :]
-            Xf = X.to(tl.float32)
-            xdhb = tl.sum(Xf * BdH, 1)
-            dX += (to_end * delta)[:, None] * BdH
-            ddelta += to_end * xdhb
-            R = to_end * delta * xdhb
-            dcs -= R
-            Xw = (Xf * (to_end * delta)[:, None]).to(DOT)
-            dB_acc = tl.dot(Xw, dH.to(DOT), dB_acc, input_precision=PREC)
-            # ... and through the state entering it (Hin).
-            HinT = tl.load(states_ptr + sidx + np_off, mask=np_mask, other=0.0)  # (n, p)
-            Hin = tl.trans(HinT)
-            dcs_last = tl.exp(cs_last) * tl.sum(tl.sum(dH.to(tl.float32) * Hin.to(tl.float32), 1), 0)
-            dcs_last += tl.sum(R, 0)
-            CH = tl.dot(Cm, HinT.to(DOT), input_precision=PREC)  # (q, p): C_t·Hin[p, :]
-            dYf = dY.to(tl.float32)
-            dcs += from_start * tl.sum(dYf * CH, 1)
-            dYs = (dYf * from_start[:, None]).to(DOT)
-            dC_acc = tl.dot(dYs, Hin.to(DOT), dC_acc, input_precision=PREC)
-        dD_part = tl.zeros((), dtype=tl.float32)
-        if HAS_D:
-            dYf = dY.to(tl.float32)
-            dX += tl.load(D_ptr + hi).to(tl.float32) * dYf
-            dD_part = tl.sum(tl.sum(dYf * X.to(tl.float32), 1), 0)
-        tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
-                 dX.to(dx_ptr.dtype.element_ty), mask=qp_mask)
-        du, dA_part = _dt_grads(ddelta, dcs, dcs_last, u, delta, mq, A, SOFTPLUS)
-        tl.store(ddt_ptr + (bi * L + t) * H + hi, du, mask=mq)
-        part = (bi * H + hi) * NC + c
-        tl.store(dA_ptr + part, dA_part)
-        tl.store(dD_ptr + part, dD_part)
-        tl.store(dbias_ptr + part, tl.sum(du, 0))
-    gq = (bi * L + t[:, None]) * G * N + gi * N + on[None, :]
-    tl.store(dB_ptr + gq, dB_acc.to(dB_ptr.dtype.element_ty), mask=qn_mask)
-    tl.store(dC_ptr + gq, dC_acc.to(dC_ptr.dtype.element_ty), mask=qn_mask)
+        Xd = X.to(DOT)
+        dYd = dY.to(DOT)
+        seg = cs[:, None] - cs[None, :]
+        sidx = ((bi * H + hi) * NC + c) * P * N
+        if PART == PART_DC:
+            # dC_t = Σ_{s≤t} e^{cs_t−cs_s} Δ_s (dy_t·x_s) B_s + e^{cs_t} dy_t·Hin
+            dyx = tl.dot(dYd, tl.trans(Xd), input_precision=PREC)  # [t, s]
+            dG = tl.where(causal, tl.exp(tl.minimum(seg, 0.0)), 0.0) * dyx * delta[None, :]
+            acc = tl.dot(dG.to(DOT), Bm, acc, input_precision=PREC)
+            if HAS_STATES:
+                Hin = tl.trans(tl.load(states_ptr + sidx + np_off, mask=np_mask, other=0.0))
+                dYs = (dY.to(tl.float32) * tl.exp(cs)[:, None]).to(DOT)
+                acc = tl.dot(dYs, Hin.to(DOT), acc, input_precision=PREC)
+        else:
+            decay_t = tl.where(tl.trans(causal), tl.exp(tl.minimum(-seg, 0.0)), 0.0)  # [s, t]
+            dyx_t = tl.dot(Xd, tl.trans(dYd), input_precision=PREC)  # [s, t] = x_s·dy_t
+            if HAS_STATES:
+                to_end = tl.exp(tl.minimum(cs_last - cs, 0.0))
+                dH = tl.load(dstates_ptr + sidx + pn_off, mask=pn_mask, other=0.0)  # (p, n)
+            if PART == PART_DB:
+                # dB_s = Σ_{t≥s} e^{cs_t−cs_s} Δ_s (x_s·dy_t) C_t + e^{cs_last−cs_s} Δ_s x_s·dH
+                dGT = decay_t * dyx_t * delta[:, None]
+                acc = tl.dot(dGT.to(DOT), Cm, acc, input_precision=PREC)
+                if HAS_STATES:
+                    Xw = (X.to(tl.float32) * (to_end * delta)[:, None]).to(DOT)
+                    acc = tl.dot(Xw, dH.to(DOT), acc, input_precision=PREC)
+            else:
+                MT = GT * decay_t
+                dX = delta[:, None] * tl.dot(MT.to(DOT), dYd, input_precision=PREC)
+                prod = MT * dyx_t
+                ddelta = tl.sum(prod, 1)
+                W = prod * delta[:, None]
+                dcs = tl.sum(W, 0) - tl.sum(W, 1)
+                dcs_last = 0.0
+                if HAS_STATES:
+                    # through the state leaving the chunk ...
+                    dHT = tl.trans(dH)
+                    BdH = tl.dot(Bm, dHT.to(DOT), input_precision=PREC)  # (q, p): B_s·dH[p, :]
+                    xdhb = tl.sum(X.to(tl.float32) * BdH, 1)
+                    dX += (to_end * delta)[:, None] * BdH
+                    ddelta += to_end * xdhb
+                    R = to_end * delta * xdhb
+                    dcs -= R
+                    # ... and through the state entering it.
+                    HinT = tl.load(states_ptr + sidx + np_off, mask=np_mask, other=0.0)  # (n, p)
+                    dhh = tl.sum(tl.sum(dHT.to(tl.float32) * HinT.to(tl.float32), 1), 0)
+                    dcs_last = tl.exp(cs_last) * dhh + tl.sum(R, 0)
+                    CH = tl.dot(Cm, HinT.to(DOT), input_precision=PREC)  # (q, p): C_t·Hin[p, :]
+                    dcs += tl.exp(cs) * tl.sum(dY.to(tl.float32) * CH, 1)
+                dD_part = tl.zeros((), dtype=tl.float32)
+                if HAS_D:
+                    dYf = dY.to(tl.float32)
+                    dX += tl.load(D_ptr + hi).to(tl.float32) * dYf
+                    dD_part = tl.sum(tl.sum(dYf * X.to(tl.float32), 1), 0)
+                tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
+                         dX.to(dx_ptr.dtype.element_ty), mask=qp_mask)
+                du, dA_part = _dt_grads(ddelta, dcs, dcs_last, u, delta, mq, A, SOFTPLUS)
+                tl.store(ddt_ptr + (bi * L + t) * H + hi, du, mask=mq)
+                part = (bi * H + hi) * NC + c
+                tl.store(dA_ptr + part, dA_part)
+                tl.store(dD_ptr + part, dD_part)
+                tl.store(dbias_ptr + part, tl.sum(du, 0))
+    if PART != PART_DX:
+        out = dB_ptr if PART == PART_DB else dC_ptr
+        gq = (bi * L + t[:, None]) * G * N + gi * N + on[None, :]
+        tl.store(out + gq, acc.to(out.dtype.element_ty), mask=qn_mask)
 
 
 @triton.autotune(configs=configs((4, 2), (8, 2), (4, 1)), key=["BLOCK_Q", "HG", "P", "N"])
@@ -440,11 +445,12 @@ class SSDScan(torch.autograd.Function):
         dC = torch.empty(b, length, g, n, dtype=C.dtype, device=C.device)
         # fp32 partial sums per (sequence, head, chunk) of dA, dD and dbias
         part = [x.new_empty(b, h, nc, dtype=torch.float32) for _ in range(3)]
-        _chunk_bwd[(b * g * nc,)](
-            x, dt, A, B, C, *opt, dy, states if states is not None else dummy,
-            dstates if dstates is not None else dummy, dx, ddt, dB, dC, *part,
-            length, h, h // g, p, n, g, nc, *_strides(x, dt, B, C, dy),
-            HAS_STATES=not ctx.short, **common)
+        for which in (PART_DX, PART_DB, PART_DC):
+            _chunk_bwd[(b * g * nc,)](
+                x, dt, A, B, C, *opt, dy, states if states is not None else dummy,
+                dstates if dstates is not None else dummy, dx, ddt, dB, dC, *part,
+                length, h, h // g, p, n, g, nc, *_strides(x, dt, B, C, dy),
+                HAS_STATES=not ctx.short, PART=which, **common)
         dA, dD, dbias = (t.sum((0, 2)) for t in part)
         return (
             dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC,
