@@ -172,7 +172,7 @@ def _state_grads(
         tl.store(dh0_ptr + pid * P * N + pn_off, dH, mask=pn_mask)
 
 
-PART_DX, PART_DB, PART_DC = 0, 1, 2
+PART_DX, PART_DB, PART_DC = (tl.constexpr(i) for i in range(3))
 """What a launch of :func:`_chunk_bwd` computes: dx with the dt/dA/dD/dbias gradients, dB, dC."""
 
 
@@ -450,7 +450,7 @@ class SSDScan(torch.autograd.Function):
                 x, dt, A, B, C, *opt, dy, states if states is not None else dummy,
                 dstates if dstates is not None else dummy, dx, ddt, dB, dC, *part,
                 length, h, h // g, p, n, g, nc, *_strides(x, dt, B, C, dy),
-                HAS_STATES=not ctx.short, PART=which, **common)
+                HAS_STATES=not ctx.short, PART=which.value, **common)
         dA, dD, dbias = (t.sum((0, 2)) for t in part)
         return (
             dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC,
