@@ -1,9 +1,12 @@
 """Gated RMSNorm, RMSNorm(x · SiLU(z)) · weight over groups of the last axis, in Triton.
 
-One program normalises a block of rows of one group (statistics in fp32); the backward
+Forward: one program normalises a few rows of one group (statistics in fp32) and saves
+1/rms. Backward: one program per ``ROWS_PER_PROGRAM`` rows of one group (thousands of
+programs, so no SM idles through a ragged last wave) walks its rows a few at a time,
 recomputes the gate and the normalised value from x, z and the saved 1/rms, and sums
-dweight over its rows in fp32 before one reduction over programs. Without z it is the
-plain RMSNorm of the block pre-norm.
+dweight over its rows in fp32 before one reduction over programs. Without z it is the plain
+RMSNorm of the block pre-norm. Rows are read through their stride, so z can be a slice of
+``in_proj``'s output.
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ import triton.language as tl
 
 from bsmamba2.ops.triton.common import configs, sigmoid
 
-ROWS_PER_PROGRAM = 256  # backward: rows summed into one dweight partial
+ROWS_PER_PROGRAM = 64  # backward: rows summed into one fp32 dweight partial
+TUNING = ((4, 1, {"ELEMS": 1024}), (8, 1, {"ELEMS": 2048}), (8, 1, {"ELEMS": 4096}))
+"""Autotune candidates (num_warps, num_stages, meta) of both kernels: ELEMS elements per tile."""
+
+
+def _block_m(args: dict) -> int:
+    """Rows per tile: ``ELEMS`` elements in all, whatever the group size."""
+    return max(1, args["ELEMS"] // args["BLOCK_G"])
 
 
 @triton.jit
@@ -27,11 +37,14 @@ def _gated(x_ptr, z_ptr, rows, cols, mask, sxm, szm, HAS_Z: tl.constexpr):
     return x, x, x
 
 
-@triton.autotune(configs=configs((4, 2), (8, 2)), key=["GS", "HAS_Z"])
+@triton.autotune(configs=configs(*TUNING, interpret={"ELEMS": 256}),
+                 key=["GS", "HAS_Z", "Dm"])
+@triton.heuristics({"BLOCK_M": _block_m})
 @triton.jit
 def _norm_fwd(
-    x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, Dm, GS, NG, sxm, szm, eps,
-    HAS_Z: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr,
+    x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, Dm, NG, sxm, szm, eps,
+    GS: tl.constexpr, HAS_Z: tl.constexpr, BLOCK_G: tl.constexpr, ELEMS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     gi = tl.program_id(1)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -46,26 +59,31 @@ def _norm_fwd(
     tl.store(rstd_ptr + rows * NG + gi, rstd, mask=rows < M)
 
 
-@triton.autotune(configs=configs((4, 2), (8, 2)), key=["GS", "HAS_Z"])
+@triton.autotune(configs=configs(*TUNING, interpret={"ELEMS": 256}),
+                 key=["GS", "HAS_Z", "Dm"])
+@triton.heuristics({"BLOCK_M": _block_m})
 @triton.jit
 def _norm_bwd(
-    x_ptr, z_ptr, w_ptr, dy_ptr, rstd_ptr, dx_ptr, dz_ptr, dw_ptr, M, Dm, GS, NG, sxm, szm,
-    HAS_Z: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr, ROWS: tl.constexpr,
+    x_ptr, z_ptr, w_ptr, dy_ptr, rstd_ptr, dx_ptr, dz_ptr, dw_ptr, M, Dm, NG, sxm, szm, sym,
+    ROWS, GS: tl.constexpr, HAS_Z: tl.constexpr, BLOCK_G: tl.constexpr, ELEMS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     gi = tl.program_id(1)
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
+    lo = pid.to(tl.int64) * ROWS
+    hi = tl.minimum(lo + ROWS, M)
     j = tl.arange(0, BLOCK_G)
     cols = gi * GS + j
     mj = j < GS
     w = tl.load(w_ptr + cols, mask=mj, other=0.0).to(tl.float32)
     dw = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    for start in range(0, ROWS, BLOCK_M):
-        rows = pid * ROWS + start + tl.arange(0, BLOCK_M)
-        mr = rows < M
+    for start in range(lo, hi, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        mr = rows < hi
         mask = mr[:, None] & mj[None, :]
         x, z, v = _gated(x_ptr, z_ptr, rows, cols, mask, sxm, szm, HAS_Z)
+        dy = tl.load(dy_ptr + rows[:, None] * sym + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         rstd = tl.load(rstd_ptr + rows * NG + gi, mask=mr, other=0.0)
-        dy = tl.load(dy_ptr + rows[:, None] * Dm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         nrm = v * rstd[:, None]
         dw += tl.sum(dy * nrm, 0)
         dn = dy * w[None, :]
@@ -76,7 +94,7 @@ def _norm_bwd(
                      (dv * x * s * (1.0 + z * (1.0 - s))).to(dz_ptr.dtype.element_ty), mask=mask)
             dv = dv * z * s
         tl.store(dx_ptr + rows[:, None] * Dm + cols[None, :], dv.to(dx_ptr.dtype.element_ty), mask=mask)
-    tl.store(dw_ptr + pid * Dm + cols, dw, mask=mj)
+    tl.store(dw_ptr + pid.to(tl.int64) * Dm + cols, dw, mask=mj)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -100,10 +118,12 @@ class GatedRMSNorm(torch.autograd.Function):
         m, ng = x2.shape[0], d // gs
         y = x.new_empty(m, d)
         rstd = x.new_empty(m, ng, dtype=torch.float32)
-        block_m = 16
-        _norm_fwd[(triton.cdiv(m, block_m), ng)](
-            x2, z2, weight, y, rstd, m, d, gs, ng, x2.stride(0), z2.stride(0), eps,
-            HAS_Z=z is not None, BLOCK_M=block_m, BLOCK_G=triton.next_power_of_2(gs))
+        if m:
+            def grid(meta):
+                return triton.cdiv(m, meta["BLOCK_M"]), ng
+
+            _norm_fwd[grid](x2, z2, weight, y, rstd, m, d, ng, x2.stride(0), z2.stride(0), eps, GS=gs,
+                            HAS_Z=z is not None, BLOCK_G=triton.next_power_of_2(gs))
         ctx.save_for_backward(x2, z2 if z is not None else None, weight, rstd)
         ctx.shape = (x.shape, gs)
         return y.view(x.shape)
@@ -114,16 +134,19 @@ class GatedRMSNorm(torch.autograd.Function):
         shape, gs = ctx.shape
         m, d = x2.shape
         ng = d // gs
-        dy = dy.reshape(m, d).contiguous()
+        dy = _rows(dy)
         dx = x2.new_empty(m, d)
         dz = z2.new_empty(m, d) if z2 is not None else None
-        nprog = triton.cdiv(m, ROWS_PER_PROGRAM)
+        nprog = max(1, triton.cdiv(m, ROWS_PER_PROGRAM))
         dw = x2.new_empty(nprog, d, dtype=torch.float32)
-        _norm_bwd[(nprog, ng)](
-            x2, z2 if z2 is not None else x2, weight, dy, rstd, dx, dz if dz is not None else dx, dw,
-            m, d, gs, ng, x2.stride(0), (z2 if z2 is not None else x2).stride(0),
-            HAS_Z=z2 is not None, BLOCK_M=16, BLOCK_G=triton.next_power_of_2(gs),
-            ROWS=ROWS_PER_PROGRAM)
+        if m:
+            zz = z2 if z2 is not None else x2
+            _norm_bwd[(nprog, ng)](
+                x2, zz, weight, dy, rstd, dx, dz if dz is not None else dx, dw, m, d, ng, x2.stride(0),
+                zz.stride(0), dy.stride(0), ROWS_PER_PROGRAM, GS=gs, HAS_Z=z2 is not None,
+                BLOCK_G=triton.next_power_of_2(gs))
+        else:
+            dw.zero_()
         return (dx.view(shape), dz.view(shape) if dz is not None else None,
                 dw.sum(0).to(weight.dtype), None, None)
 

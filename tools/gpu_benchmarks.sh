@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every GPU measurement of docs/benchmarks.md in one command (about 6-8 minutes on an H100):
+#   1. the Triton kernel tests at the paper's sizes (skip with --no-tests);
+#   2. benchmark_mamba_ssm.py: op, block and model levels, cold Triton cache (first-call cost);
+#   3. the training step with and without activation recompute (tools/gpu_train_memory.py);
+#   4. the paper recipe's optimizer step through Lightning on a generated MUSDB18-HQ layout.
+# Usage, from the repository root or anywhere: bash tools/gpu_benchmarks.sh [--no-tests] [OUTDIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tests=1
+if [[ "${1:-}" == "--no-tests" ]]; then tests=0; shift; fi
+out=$(realpath -m "${1:-gpu-results}")
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export TRITON_CACHE_DIR="$out/triton-cache"
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
+python -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, \
+'triton', triton.__version__)" | tee -a "$out/device.txt"
+
+if (( tests )); then
+    python -m pytest -q tests/test_triton_ssd.py tests/test_triton_conv_norm.py tests/test_triton_dispatch.py \
+        2>&1 | tail -5
+fi
+
+python benchmark_mamba_ssm.py --device cuda --dtype bf16 --backends triton --profile --json "$out/benchmark.json"
+python tools/gpu_train_memory.py --modes none,mixer:4 --json "$out/train_memory.json"
+
+# The paper recipe (batch 5, accumulate 6, recompute of 4 layers) on one GPU, through Lightning.
+data=$(mktemp -d)
+python -c "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; \
+from musdb_layout import make_musdb; make_musdb(Path('$data'), n_train=4, seconds=40.0)"
+python -m bsmamba2 prepare --musdb "$data" --quiet
+python -m bsmamba2 train --config recipes/musdb18hq/bsmamba2.yaml --data.root "$data" \
+    --trainer.devices 1 --trainer.strategy auto --trainer.max_steps 6 \
+    --trainer.limit_val_batches 0 --trainer.num_sanity_val_steps 0 --trainer.logger false \
+    --trainer.default_root_dir "$data/run" --trainer.enable_checkpointing false \
+    --trainer.enable_progress_bar false --trainer.callbacks \
+    '[{class_path: bsmamba2.training.Throughput, init_args: {every_n_steps: 3}}]' 2>&1 \
+    | grep -E "step [0-9]+:|Error|error" | tee "$out/recipe_step.txt"
+rm -rf "$data"
