@@ -3,6 +3,8 @@
 
 Example (the issue-2 measurement): ``python tools/bench_model.py --seconds 8 --json bench_model.json``
 Prints a table and writes JSON. Random weights and audio: the cost does not depend on them.
+``--compile`` times the torch.compile'd modules; their first pass (compile included) is
+reported apart (set TORCHINDUCTOR_CACHE_DIR to an empty folder to time a cold compile).
 """
 
 from __future__ import annotations
@@ -20,23 +22,23 @@ import torch
 import bsmamba2
 from bsmamba2.allocator import tune_allocator
 from bsmamba2.model import BSMamba2, BSMamba2Config, stft
+from bsmamba2.separation.separator import compile_blocks
 
 
 def time_forward(model: BSMamba2, spec: torch.Tensor, precision: str, repeats: int) -> list[float]:
-    """Wall times of ``repeats`` forward passes (after one warm-up)."""
+    """Wall times of the warm-up forward pass, then of ``repeats`` more."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     ctx = torch.autocast(spec.device.type, dtype=dtype) if dtype else nullcontext()
     times = []
     with torch.inference_mode(), ctx:
-        for i in range(repeats + 1):
+        for _ in range(repeats + 1):
             if spec.is_cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
             model(spec)
             if spec.is_cuda:
                 torch.cuda.synchronize()
-            if i:
-                times.append(time.perf_counter() - start)
+            times.append(time.perf_counter() - start)
     return times
 
 
@@ -48,6 +50,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the Mamba-2 modules first (as `separate --compile`); the "
+                        "first pass, compile included, is reported apart")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc malloc as it is (the CLI tunes it, see bsmamba2/allocator.py)")
@@ -59,27 +64,29 @@ def main() -> None:
     cfg = BSMamba2Config.from_yaml(args.config)
     torch.manual_seed(0)
     model = BSMamba2(cfg).eval().to(args.device)
+    if args.compile:
+        compile_blocks(model, torch.device(args.device))
     audio = torch.randn(cfg.channels, int(args.seconds * cfg.sample_rate), device=args.device) * 0.1
     spec = stft(audio, cfg)[None]
     rows = []
     for precision in args.precisions.split(","):
-        times = time_forward(model, spec, precision, args.repeats)
+        first, *times = time_forward(model, spec, precision, args.repeats)
         best = min(times)
         rows.append({"precision": precision, "seconds": best, "x_real_time": args.seconds / best,
-                     "times": times})
+                     "times": times, "first_seconds": first})
     print(f"BSMamba2 forward, {args.config}, {args.seconds:g} s stereo clip, device {args.device}, "
-          f"{torch.get_num_threads()} threads, allocator tuned: {tuned}")
-    print(f"{'precision':<10} {'seconds':>9} {'x real time':>12} {'time / audio':>13}")
+          f"{torch.get_num_threads()} threads, allocator tuned: {tuned}, compiled: {args.compile}")
+    print(f"{'precision':<10} {'seconds':>9} {'x real time':>12} {'time / audio':>13} {'first pass s':>13}")
     for r in rows:
         print(f"{r['precision']:<10} {r['seconds']:>9.2f} {r['x_real_time']:>12.3f} "
-              f"{r['seconds'] / args.seconds:>12.2f}x")
+              f"{r['seconds'] / args.seconds:>12.2f}x {r['first_seconds']:>13.1f}")
     if args.json:
         meta = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "bsmamba2": bsmamba2.__version__, "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "config": args.config, "seconds_audio": args.seconds,
-            "device": args.device, "allocator_tuned": tuned,
+            "device": args.device, "allocator_tuned": tuned, "compiled": args.compile,
         }
         args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
 

@@ -73,6 +73,7 @@ def child(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         precision=args.precision,
         progress=False,
+        compile=args.compile,
     )
     baseline = peak_rss_mb()
     start = time.perf_counter()
@@ -91,6 +92,9 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the Mamba-2 modules (compile time counts in the wall time; "
+                        "set TORCHINDUCTOR_CACHE_DIR to an empty folder for a cold cache)")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc malloc as it is (the CLI tunes it, see bsmamba2/allocator.py)")
@@ -104,6 +108,7 @@ def main() -> None:
     settings = ["--config", args.config, "--model", args.model, "--segment", str(args.segment)]
     settings += ["--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]
     settings += ["--precision", args.precision] + (["--default-malloc"] if args.default_malloc else [])
+    settings += ["--compile"] if args.compile else []
     print(f"{'minutes':>8}  {'wall s':>9}  {'x RT':>7}  {'baseline MB':>11}  {'peak MB':>8}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_separate_") as tmp:
         for minutes in args.minutes:

@@ -240,15 +240,20 @@ class AudioWriter:
 
 @contextmanager
 def audio_writer(
-    path: str | os.PathLike, samplerate: int, channels: int, subtype: str = "FLOAT"
+    path: str | os.PathLike,
+    samplerate: int,
+    channels: int,
+    subtype: str = "FLOAT",
+    container: str | None = None,
 ) -> Iterator[AudioWriter]:
     """Block-wise, atomic output: written to a hidden ``.part`` file beside ``path``, which
     replaces ``path`` only when the block completes; on any exception it is removed and
-    ``path`` is left as it was. The format follows the suffix (``.wav``, ``.flac``).
+    ``path`` is left as it was. The format follows the suffix (``.wav``, ``.flac``) unless
+    ``container`` names a libsndfile one (``RF64`` for WAV files beyond 4 GB).
     """
     path = Path(path)
     with atomic_path(path, suffix=".part") as tmp:
-        fmt = path.suffix.lstrip(".").upper() or "WAV"
+        fmt = container or path.suffix.lstrip(".").upper() or "WAV"
         try:
             handle = sf.SoundFile(tmp, "w", samplerate, channels, subtype=subtype, format=fmt)
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:

@@ -4,7 +4,10 @@ These are the CPU path of the model and the oracle for the GPU kernels. The SSD 
 is written in Mamba-2's chunked matrix form: within a chunk the recurrence is an
 "attention" product masked by the decay matrix, and chunks exchange their states
 through one small matrix product, so there is no Python loop over time steps.
-Arithmetic runs in float32 (float64 for float64 inputs); results are cast back.
+Arithmetic runs in float32 (float64 for float64 inputs); results are cast back. Under
+autocast the matrix products run in its dtype, as torch's own products do. Without autograd
+(inference, :func:`eager_inference`) the ops take fewer passes over memory: the CPU path of
+the paper model is bound by them, not by arithmetic (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -28,6 +31,31 @@ def prepare_dt(
     if dt_bias is not None:
         dt = dt + dt_bias.to(dtype)
     return F.softplus(dt) if dt_softplus else dt
+
+
+def eager_inference(*tensors: torch.Tensor | None) -> bool:
+    """Neither autograd (on these tensors) nor torch.compile records the work: the ops may
+    then overwrite their temporaries and write into preallocated outputs, saving passes."""
+    if torch.compiler.is_compiling():  # inductor fuses the passes itself
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
+def _padded(t: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` (b, l, ...) in ``dtype``, zero-padded along dim 1 to ``length``: one pass, not two."""
+    if t.shape[1] == length:
+        return t.to(dtype)
+    out = t.new_empty((t.shape[0], length, *t.shape[2:]), dtype=dtype)
+    out[:, t.shape[1] :].zero_()
+    out[:, : t.shape[1]] = t
+    return out
+
+
+def _matmul_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype matrix products run in: autocast's lower precision when it is on, else ``dtype``."""
+    if dtype != torch.float64 and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return dtype
 
 
 def ssd_scan(
@@ -54,49 +82,62 @@ def ssd_scan(
     Δ·A), one batched matrix product for all chunks and heads. Across chunks only the
     (h, p, n) states travel, in a loop over chunks (not time steps) that never holds more
     than one state per sequence; a sequence that fits in one chunk skips it entirely.
+    The activations are 50–250 MB on the paper model and the CPU path is bound by passes
+    over them, so in eager inference (:func:`eager_inference`) the big temporaries are
+    updated in place and results written straight into the layout and dtype needed next.
     """
     b, length, h, p = x.shape
     g, n = B.shape[-2:]
     if h % g:
         raise ValueError(f"nheads ({h}) must be a multiple of ngroups ({g})")
     hg = h // g
+    inplace = eager_inference(x, dt, A, B, C, D, dt_bias, initial_state)
     cdt = compute_dtype(x)
-    delta = prepare_dt(dt, dt_bias, dt_softplus, cdt)  # (b,l,h)
-    xs, Bs, Cs = x.to(cdt), B.to(cdt), C.to(cdt)
-
     q = min(length, chunk_size)
     nc = -(-length // q)
-    pad = nc * q - length
-    if pad:  # Δ = 0 in the padding: no decay and no input, the state passes through.
-        xs, Bs, Cs = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xs, Bs, Cs))
-        delta = F.pad(delta, (0, 0, 0, pad))
-    delta = delta.view(b, nc, q, h)
+    # Δ = 0 in the padding: no decay and no input, the state passes through.
+    delta = _padded(prepare_dt(dt, dt_bias, dt_softplus, cdt), nc * q, cdt).view(b, nc, q, h)
+    xs = _padded(x, nc * q, cdt).view(b, nc, q, h, p)
+    Bc, Cc = (_padded(t, nc * q, cdt).view(b, nc, q, g, n).permute(0, 3, 1, 2, 4) for t in (B, C))
     a_cs = (delta * A.to(cdt)).cumsum(2)  # S_t within each chunk, (b,nc,q,h)
-    xs = xs.view(b, nc, q, h, p)
-    Bc = Bs.view(b, nc, q, g, n).permute(0, 3, 1, 2, 4)  # (b,g,nc,q,n)
-    Cc = Cs.view(b, nc, q, g, n).permute(0, 3, 1, 2, 4)
 
     # Intra-chunk part, per head: (C_t·B_s) exp(S_t − S_s) for s <= t, times Δ_s x_s.
-    cb = Cc @ Bc.transpose(-1, -2)  # (b,g,nc,q,q), shared by the heads of a group
+    cb = (Cc @ Bc.transpose(-1, -2)).unsqueeze(2)  # (b,g,1,nc,q,q), shared by a group's heads
     cs = a_cs.permute(0, 3, 1, 2)  # (b,h,nc,q)
     causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp((cs.unsqueeze(-1) - cs.unsqueeze(-2)).masked_fill(~causal, float("-inf")))
-    scores = decay.view(b, g, hg, nc, q, q) * cb.unsqueeze(2)
-    xdt = (xs * delta.unsqueeze(-1)).permute(0, 3, 1, 2, 4)  # (b,h,nc,q,p)
-    y = (scores.view(b, h, nc, q, q) @ xdt).permute(0, 2, 3, 1, 4)  # (b,nc,q,h,p)
+    seg = (cs.unsqueeze(-1) - cs.unsqueeze(-2)).masked_fill_(~causal, float("-inf"))
+    xdt_parts = (xs.permute(0, 3, 1, 2, 4), delta.permute(0, 3, 1, 2).unsqueeze(-1))
+    if inplace:
+        # Both operands of the product written once, in its layout and in the dtype autocast
+        # would cast them to (bf16 on a CPU under autocast), instead of converted afterwards.
+        mm_dtype = _matmul_dtype(x.device.type, cdt)
+        scores = torch.mul(seg.exp_().view(b, g, hg, nc, q, q), cb,
+                           out=seg.new_empty(seg.shape, dtype=mm_dtype).view(b, g, hg, nc, q, q))
+        xdt = torch.mul(*xdt_parts, out=xs.new_empty(b, h, nc, q, p, dtype=mm_dtype))
+    else:
+        scores = torch.exp(seg).view(b, g, hg, nc, q, q) * cb
+        xdt = xdt_parts[0] * xdt_parts[1]
+    y = scores.view(b, h, nc, q, q) @ xdt  # (b,h,nc,q,p)
 
     final = None
     if nc > 1 or initial_state is not None or return_final_state:
-        y_off, final = _inter_chunk(xs, delta, a_cs, Bc, Cc, initial_state)
-        y = y + y_off
-    y = y.reshape(b, nc * q, h, p)[:, :length]
-    if D is not None:
-        y = y + xs.view(b, nc * q, h, p)[:, :length] * D.to(cdt).view(h, 1)
-    y = y.to(x.dtype)
+        y, final = _inter_chunk(y, xs, delta, a_cs, Bc, Cc, initial_state)
+    y = y.permute(0, 2, 3, 1, 4).reshape(b, nc * q, h, p)[:, :length]
+    if inplace:  # the skip term, the (b,l,h,p) layout and the cast in one pass
+        out = x.new_empty(b, length, h, p)
+        if D is None:
+            y = out.copy_(y)
+        else:
+            y = torch.addcmul(y, xs.view(b, nc * q, h, p)[:, :length], D.to(cdt).view(h, 1), out=out)
+    else:
+        if D is not None:
+            y = y + xs.view(b, nc * q, h, p)[:, :length] * D.to(cdt).view(h, 1)
+        y = y.to(x.dtype)
     return (y, final) if return_final_state else y
 
 
 def _inter_chunk(
+    y: torch.Tensor,
     xs: torch.Tensor,
     delta: torch.Tensor,
     a_cs: torch.Tensor,
@@ -104,10 +145,11 @@ def _inter_chunk(
     Cc: torch.Tensor,
     initial_state: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the state entering each chunk adds to its outputs, and the final state.
+    """``y`` plus what the state entering each chunk adds to its outputs, and the final state.
 
-    xs (b,nc,q,h,p), delta and a_cs (b,nc,q,h), Bc/Cc (b,g,nc,q,n). The state is kept as
-    (b, g, heads_per_group·p, n) so that both products per chunk are plain batched matmuls.
+    y (b,h,nc,q,p), xs (b,nc,q,h,p), delta and a_cs (b,nc,q,h), Bc/Cc (b,g,nc,q,n). The
+    state is kept as (b, g, heads_per_group·p, n) so that both products per chunk are plain
+    batched matmuls; each chunk's contribution is added to ``y`` as soon as it is known.
     """
     b, nc, q, h, p = xs.shape
     g, n = Bc.shape[1], Bc.shape[-1]
@@ -115,18 +157,18 @@ def _inter_chunk(
     to_end = torch.exp(a_cs[:, :, -1:] - a_cs)  # exp(S_end − S_s)
     xw = (xs * (delta * to_end).unsqueeze(-1)).view(b, nc, q, g, hg * p)
     chunk_decay = torch.exp(a_cs[:, :, -1]).view(b, nc, g, hg, 1, 1)
+    from_start = torch.exp(a_cs).permute(0, 3, 1, 2).reshape(b, g, hg, nc, q, 1)  # exp(S_t)
+    y = y.view(b, g, hg, nc, q, p)  # updated in place (autograd too: its product saved no output)
     state = None if initial_state is None else initial_state.to(xs.dtype).reshape(b, g, hg * p, n)
-    outs = []
     for c in range(nc):
-        if state is None:
-            outs.append(xs.new_zeros(b, g, q, hg * p))
+        if state is not None:
+            off = (Cc[:, :, c] @ state.transpose(-1, -2)).view(b, g, q, hg, p).transpose(2, 3)
+            y[:, :, :, c].addcmul_(off, from_start[:, :, :, c])
+            state = (state.view(b, g, hg, p, n) * chunk_decay[:, c]).view(b, g, hg * p, n)
+            state = state + xw[:, c].permute(0, 2, 3, 1) @ Bc[:, :, c]
+        else:
             state = xw[:, c].permute(0, 2, 3, 1) @ Bc[:, :, c]
-            continue
-        outs.append(Cc[:, :, c] @ state.transpose(-1, -2))
-        decayed = (state.view(b, g, hg, p, n) * chunk_decay[:, c]).view(b, g, hg * p, n)
-        state = decayed + xw[:, c].permute(0, 2, 3, 1) @ Bc[:, :, c]
-    y_off = torch.stack(outs, dim=1).permute(0, 1, 3, 2, 4).reshape(b, nc, q, h, p)
-    return y_off * torch.exp(a_cs).unsqueeze(-1), state.view(b, h, p, n)
+    return y.view(b, h, nc, q, p), state.view(b, h, p, n)
 
 
 def ssd_scan_sequential(
@@ -187,15 +229,13 @@ def causal_conv1d(
     cdt = compute_dtype(x)
     width = weight.shape[-1]
     xs, w = x.to(cdt), weight.to(cdt)
-    y = xs * w[:, -1]
+    y = xs * w[:, -1] if bias is None else torch.addcmul(bias.to(cdt), xs, w[:, -1])
     for k in range(width - 1):
         shift = width - 1 - k  # tap k sees x_{t-shift}; earlier samples are zero
         if shift < xs.shape[1]:
             y[:, shift:].addcmul_(xs[:, :-shift], w[:, k])
-    if bias is not None:
-        y = y + bias.to(cdt)
     if activation == "silu":
-        y = F.silu(y)
+        y = F.silu(y, inplace=eager_inference(x, weight, bias))
     return y.to(x.dtype)
 
 
@@ -211,13 +251,20 @@ def gated_rms_norm(
     group_size None means one group spanning the whole last axis (Mamba-2 with ngroups 1).
     """
     cdt = compute_dtype(x)
-    y = x.to(cdt)
-    if z is not None:
-        y = y * F.silu(z.to(cdt))
-    d = y.shape[-1]
+    d = x.shape[-1]
     gs = d if group_size is None else group_size
     if d % gs:
         raise ValueError(f"last dimension {d} is not a multiple of group_size {gs}")
+    if not eager_inference(x, z, weight):
+        y = x.to(cdt)
+        if z is not None:
+            y = y * F.silu(z.to(cdt))
+        yg = y.view(*y.shape[:-1], d // gs, gs)
+        yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + eps)
+        return (yg.view_as(y) * weight.to(cdt)).to(x.dtype)
+    # The same arithmetic in fewer passes over the activations.
+    y = x.to(cdt, copy=True) if z is None else F.silu(z.to(cdt, copy=True), inplace=True).mul_(x)
     yg = y.view(*y.shape[:-1], d // gs, gs)
-    yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + eps)
-    return (yg.view_as(y) * weight.to(cdt)).to(x.dtype)
+    ms = torch.linalg.vector_norm(yg, dim=-1, keepdim=True).square_().div_(gs)
+    yg.mul_(weight.to(cdt).view(d // gs, gs))
+    return torch.mul(yg, ms.add_(eps).rsqrt_(), out=x.new_empty(yg.shape)).view(x.shape)

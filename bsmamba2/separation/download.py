@@ -1,18 +1,28 @@
 """Resumable, verified downloads: a file appears under its final name only once its size
 and SHA-256 match; an interrupted transfer leaves a ``.part`` file the next call resumes
-(HTTP Range), a corrupt one is deleted.
+(HTTP Range), a corrupt one is deleted. Processes fetching the same file take turns
+(a ``.lock`` file beside it, POSIX ``flock``), so two commands started together download
+it once and both use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process lock, downloads stay safe but may repeat
+    fcntl = None
 
 from bsmamba2 import __version__
 from bsmamba2.errors import BSMamba2Error
@@ -74,12 +84,58 @@ def _transfer(url: str, part: Path, size: int, progress: bool) -> None:
         raise _interrupted(url, part, size, "connection closed")
 
 
+@contextlib.contextmanager
+def download_lock(dest: Path, progress: bool = True) -> Iterator[None]:
+    """Hold the cross-process lock of ``dest`` (the file ``dest.lock``, removed on release).
+
+    Waits, saying so once, while another process holds it. A waiter that got the lock
+    on a file its holder has just removed tries again on the new one, so two processes
+    never both hold it. Without ``fcntl`` (Windows) there is no lock.
+    """
+    if fcntl is None:
+        yield
+        return
+    path = dest.with_name(dest.name + ".lock")
+    said = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if progress and not said:
+                    print(f"waiting for another process downloading {dest.name}", file=sys.stderr, flush=True)
+                    said = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
 def download(url: str, dest: str | os.PathLike, size: int, sha256: str, progress: bool = True) -> Path:
-    """``dest``, fetched from ``url`` unless already there with the right size."""
+    """``dest``, fetched from ``url`` unless already there with the right size (one process
+    at a time: see :func:`download_lock`)."""
     dest = Path(dest)
     if dest.is_file() and dest.stat().st_size == size:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with download_lock(dest, progress):
+        if dest.is_file() and dest.stat().st_size == size:  # another process just fetched it
+            return dest
+        return _fetch(url, dest, size, sha256, progress)
+
+
+def _fetch(url: str, dest: Path, size: int, sha256: str, progress: bool) -> Path:
+    """Transfer (or resume) into ``dest.part``, verify it, rename it to ``dest``."""
     part = dest.with_name(dest.name + ".part")
     if part.exists() and part.stat().st_size > size:
         part.unlink()

@@ -12,7 +12,9 @@ to the input (to float32 rounding): nothing is rescaled.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -34,6 +36,7 @@ from bsmamba2.audio.io import BLOCK, peak_warning
 from bsmamba2.checkpoint import load_model
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model import istft, stft
+from bsmamba2.model.blocks import BidirectionalMamba
 from bsmamba2.separation.chunking import Chunker
 from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
 
@@ -41,6 +44,8 @@ OFFICIAL_SEGMENT = 8.0  # seconds: the training length and the official evaluati
 ACCOMPANIMENT = "accompaniment"
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+WAV_LIMIT = 2**32 - 1  # bytes: RIFF's 32-bit size fields; RF64 has 64-bit ones
+_SAMPLE_BYTES = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}
 
 
 class OutputExistsError(BSMamba2Error):
@@ -77,6 +82,43 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def compile_blocks(model: torch.nn.Module, device: torch.device, backend: str = "inductor") -> None:
+    """``torch.compile`` every bidirectional Mamba-2 module of ``model`` in place.
+
+    On the CPU the reference ops are bound by element-wise passes over large activations;
+    inductor fuses them into C++ loops (1.5–1.8× faster per pass, docs/benchmarks.md). The
+    modules share one compiled graph per input shape (time axis, band axis), built on the
+    first segment: ~2.5 minutes on 2 cores the first time (inductor caches it on disk), so
+    it pays off on whole songs, not on short clips. Parameters and state_dict keys
+    stay as they are. CUDA runs our Triton kernels already, so there it is refused.
+    ``backend`` is torch.compile's (tests use ``aot_eager``: the same tracing, no C++).
+    """
+    if device.type != "cpu":
+        raise BSMamba2Error(f"compile: only for the CPU path (device {device}); CUDA uses the Triton kernels")
+    compiler = os.environ.get("CXX") or "g++"
+    if backend == "inductor" and shutil.which(compiler) is None:
+        raise BSMamba2Error(f"compile: torch.compile needs a C++ compiler ({compiler!r} not found); "
+                            "install one or run without compiling")
+    for module in model.modules():
+        if isinstance(module, BidirectionalMamba):
+            module.compile(backend=backend)
+
+
+def wav_container(fmt: str, seconds: float | None, rate: int, channels: int, subtype: str) -> str | None:
+    """``"RF64"`` for a WAV output that could outgrow RIFF's 4 GB limit, else None (the suffix's format).
+
+    ``seconds`` of output at ``rate``: the input's length, an estimate for ffmpeg inputs, so
+    it gets 1 % headroom plus 1 MiB for the headers; unknown (None) counts as too long. A
+    3.5-hour float stereo file at 44.1 kHz (4.4 GB) is RF64, a 3-hour one (3.8 GB) a WAV.
+    """
+    if fmt != "wav":
+        return None
+    if seconds is None:
+        return "RF64"
+    data = math.ceil(seconds * rate * 1.01) * channels * _SAMPLE_BYTES[subtype]
+    return "RF64" if data + (1 << 20) > WAV_LIMIT else None
+
+
 class _Fifo:
     """Samples waiting for their counterpart (the mixture waits for the separated stems)."""
 
@@ -103,8 +145,9 @@ class Separator:
     ``precision`` ``auto|fp32|bf16|fp16`` (autocast; auto = bf16 on CUDA, fp32 on the CPU),
     ``ema`` takes the EMA weights of an official checkpoint. ``official=True`` (or
     :meth:`official`) reproduces the official evaluation protocol: back-to-back 8 s
-    segments, no overlap, the last one zero-padded. A module passed in is moved to
-    ``device`` and put in eval mode.
+    segments, no overlap, the last one zero-padded. ``compile=True`` runs the Mamba-2
+    modules through ``torch.compile`` on the CPU (see :func:`compile_blocks`). A module
+    passed in is moved to ``device`` and put in eval mode.
     """
 
     def __init__(
@@ -118,6 +161,7 @@ class Separator:
         progress: bool = True,
         ema: bool = False,
         official: bool = False,
+        compile: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -126,6 +170,8 @@ class Separator:
         else:
             self.model, self.name = load_model(model_or_path, ema=ema), Path(model_or_path).stem
         self.model.to(self.device).eval()
+        if compile:
+            compile_blocks(self.model, self.device)
         self.config = self.model.config
         self.stems = list(self.model.config.stem_names)
         if official:
@@ -331,7 +377,8 @@ class Separator:
         ``"plot"`` for the spectrogram PNG when ``plot`` is set.
 
         ``fmt`` ``wav|flac``, ``bit_depth`` ``16|24|float`` (default: float WAV, 24-bit FLAC),
-        ``sample_rate`` of the outputs (default: the input's). Existing outputs are kept
+        ``sample_rate`` of the outputs (default: the input's); WAV outputs beyond 4 GB are
+        written as RF64 (:func:`wav_container`). Existing outputs are kept
         (:class:`OutputExistsError`) unless ``overwrite``; files appear only when complete.
         Integer outputs beyond full scale are clipped with a :class:`ClippingWarning`.
         """
@@ -352,8 +399,9 @@ class Separator:
         with open_audio(path) as source, contextlib.ExitStack() as outputs:
             rate = int(sample_rate or source.samplerate)
             sketches = {name: SpectrogramSketch(rate) for name in ("mixture", *paths)} if plot else {}
+            container = wav_container(fmt, source.duration, rate, source.channels, subtype)
             writers = {
-                stem: outputs.enter_context(audio_writer(target, rate, source.channels, subtype))
+                stem: outputs.enter_context(audio_writer(target, rate, source.channels, subtype, container))
                 for stem, target in paths.items()
             }  # an exception anywhere removes every partial output
             with self._bar(source.duration, Path(path).name) as bar:

@@ -1,0 +1,115 @@
+"""The reference ops take an in-place path when autograd records nothing (inference): it
+must give what the autograd path gives, and both the float64 truth, for every dtype."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_ops_reference import conv_truth, norm_truth, rel, ssd_inputs
+
+from bsmamba2.model import BSMamba2, BSMamba2Config, stft
+from bsmamba2.ops.reference import causal_conv1d, gated_rms_norm, ssd_scan, ssd_scan_sequential
+
+F64 = torch.float64
+MODES = ["autograd", "no_grad", "inference_mode"]
+
+
+def run(mode: str, fn, *args, **kwargs):
+    """``fn`` with grad-requiring inputs (autograd path), under no_grad, or in inference mode."""
+    if mode == "autograd":
+        args = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                for a in args]
+        kwargs = {k: v.detach().requires_grad_() if isinstance(v, torch.Tensor) else v
+                  for k, v in kwargs.items()}
+        out = fn(*args, **kwargs)
+        assert (out[0] if isinstance(out, tuple) else out).requires_grad
+        return out
+    ctx = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with ctx:
+        return fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("length,chunk,g", [(1, 64, 1), (63, 16, 1), (130, 64, 2), (200, 64, 1)])
+def test_ssd_scan_paths_match_float64_truth(mode, length, chunk, g):
+    t = ssd_inputs(2, length, 4, 8, 6, g)
+    args = [t[k] for k in ("x", "dt", "A", "B", "C", "D")]
+    kw = {"dt_bias": t["dt_bias"], "initial_state": t["initial_state"]}
+    y, state = run(mode, ssd_scan, *args, dt_softplus=True, return_final_state=True, chunk_size=chunk, **kw)
+    y_ref, state_ref = ssd_scan_sequential(*args, dt_softplus=True, **kw)
+    assert rel(y.detach(), y_ref) <= 1e-10 and rel(state.detach(), state_ref) <= 1e-10
+    y_plain = run(mode, ssd_scan, *args[:5], dt_softplus=True, chunk_size=chunk)  # no D, no state
+    assert rel(y_plain.detach(), ssd_scan_sequential(*args[:5], dt_softplus=True)[0]) <= 1e-10
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_ssd_scan_paths_low_precision(mode, dtype, tol):
+    t = {k: v.to(dtype) for k, v in ssd_inputs(2, 150, 4, 8, 16, 1).items()}
+    args = [t[k] for k in ("x", "dt", "A", "B", "C", "D")]
+    y = run(mode, ssd_scan, *args, dt_bias=t["dt_bias"], dt_softplus=True)
+    assert y.dtype == dtype
+    ref, _ = ssd_scan_sequential(*args, dt_bias=t["dt_bias"], dt_softplus=True)
+    assert rel(y.detach(), ref) <= tol
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype,tol", [(F64, 1e-12), (torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_causal_conv1d_paths(mode, dtype, tol, with_bias):
+    x = torch.randn(2, 40, 6, dtype=F64)
+    w, b = torch.randn(6, 4, dtype=F64), torch.randn(6, dtype=F64)
+    bias = b.to(dtype) if with_bias else None
+    y = run(mode, causal_conv1d, x.to(dtype), w.to(dtype), bias, "silu")
+    assert y.dtype == dtype
+    truth = conv_truth(x.to(dtype), w.to(dtype), bias, "silu")
+    assert rel(y.detach(), truth) <= tol
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype,tol", [(F64, 1e-13), (torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("gated,group_size", [(True, None), (True, 4), (False, None), (False, 8)])
+def test_gated_rms_norm_paths(mode, dtype, tol, gated, group_size):
+    x = torch.randn(3, 7, 16, dtype=F64).to(dtype)
+    z = torch.randn(3, 7, 16, dtype=F64).to(dtype) if gated else None
+    w = (torch.rand(16, dtype=F64) + 0.5).to(dtype)
+    y = run(mode, gated_rms_norm, x, z, w, 1e-5, group_size)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert rel(y.detach(), norm_truth(x, z, w, 1e-5, group_size)) <= tol
+
+
+def test_inference_leaves_inputs_untouched():
+    t = ssd_inputs(2, 70, 4, 8, 6, 1, dtype=torch.float32)
+    before = {k: v.clone() for k, v in t.items()}
+    with torch.inference_mode():
+        ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], dt_bias=t["dt_bias"], dt_softplus=True,
+                 initial_state=t["initial_state"], chunk_size=16)
+        causal_conv1d(t["x"].flatten(2), torch.randn(32, 4), torch.randn(32), "silu")
+        gated_rms_norm(t["x"], t["x"] * 0.5, torch.rand(8), 1e-5, 4)
+    assert all(torch.equal(t[k], before[k]) for k in t)
+
+
+def test_model_inference_equals_training_path():
+    """The whole network: inference mode (in place) against the autograd path, float32."""
+    torch.manual_seed(0)
+    cfg = BSMamba2Config(dim=16, depth=1, expand=2, headdim=16, d_state=8)
+    model = BSMamba2(cfg)
+    spec = stft(torch.randn(1, 2, 44100 // 4) * 0.1, cfg)
+    train = model(spec)
+    assert train.requires_grad
+    with torch.inference_mode():
+        infer = model(spec)
+    assert rel(torch.view_as_real(infer), torch.view_as_real(train.detach())) <= 1e-6
+
+
+def test_ssd_scan_under_autocast_paths_agree():
+    """Under CPU bf16 autocast the products run in bf16 on both paths (the in-place one writes
+    their operands in bf16 directly): the same roundings, so the same result."""
+    t = {k: v.float() for k, v in ssd_inputs(2, 150, 4, 8, 16, 1).items()}
+    args = [t[k] for k in ("x", "dt", "A", "B", "C", "D")]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        train = run("autograd", ssd_scan, *args, dt_bias=t["dt_bias"], dt_softplus=True)
+        infer = run("inference_mode", ssd_scan, *args, dt_bias=t["dt_bias"], dt_softplus=True)
+    assert rel(infer, train.detach()) <= 1e-5
+    ref, _ = ssd_scan_sequential(*args, dt_bias=t["dt_bias"], dt_softplus=True)
+    assert rel(infer, ref) <= 2e-2
