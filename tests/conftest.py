@@ -36,3 +36,13 @@ def _seed_and_threads():
     torch.manual_seed(1234)
     np.random.seed(1234)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread of the busy 2-core CI machine; a module opts in
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,13 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = BSMamba2Config(dim=16, depth=2, expand=2, headdim=8, d_state=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops run fastest on one thread of the busy CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,7 @@ TINY = {"dim": 16, "depth": 1, "expand": 2, "headdim": 16, "d_state": 8}
 SEGMENT = 0.1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,14 @@ def _bias(b_ptr, d, md, HAS_BIAS: tl.constexpr):
 
 
 @triton.jit
+def _params(w_ptr, b_ptr, d, md, swd, swk, W: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The bias and the coefficients of x[t], x[t − 1], x[t − 2], x[t − 3] as (1, channels) rows."""
+    return (_bias(b_ptr, d, md, HAS_BIAS)[None, :], _tap(w_ptr, d, md, swd, swk, 0, W)[None, :],
+            _tap(w_ptr, d, md, swd, swk, 1, W)[None, :], _tap(w_ptr, d, md, swd, swk, 2, W)[None, :],
+            _tap(w_ptr, d, md, swd, swk, 3, W)[None, :])
+
+
+@triton.jit
 def _load_rows(base, t, stride, md, lo, hi):
     """Rows t of a (steps, channels) tile where lo ≤ t < hi (zeros elsewhere), input dtype."""
     m = ((t >= lo) & (t < hi))[:, None] & md[None, :]
@@ -79,11 +87,7 @@ def _conv_fwd(
     start = (pid % nl).to(tl.int32) * (BLOCK_L * TILES)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     md = d < Dc
-    bias = _bias(b_ptr, d, md, HAS_BIAS)[None, :]
-    v0 = _tap(w_ptr, d, md, swd, swk, 0, W)[None, :]
-    v1 = _tap(w_ptr, d, md, swd, swk, 1, W)[None, :]
-    v2 = _tap(w_ptr, d, md, swd, swk, 2, W)[None, :]
-    v3 = _tap(w_ptr, d, md, swd, swk, 3, W)[None, :]
+    bias, v0, v1, v2, v3 = _params(w_ptr, b_ptr, d, md, swd, swk, W, HAS_BIAS)
     x_base = x_ptr + bi * sxb + d[None, :] * sxd
     y_base = y_ptr + bi * L * Dc + d[None, :]
     for i in range(TILES):
@@ -117,11 +121,7 @@ def _conv_bwd(
     t1 = tl.minimum(t0 + steps, L)  # its end
     d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     md = d < Dc
-    bias = _bias(b_ptr, d, md, HAS_BIAS)[None, :]
-    v0 = _tap(w_ptr, d, md, swd, swk, 0, W)[None, :]
-    v1 = _tap(w_ptr, d, md, swd, swk, 1, W)[None, :]
-    v2 = _tap(w_ptr, d, md, swd, swk, 2, W)[None, :]
-    v3 = _tap(w_ptr, d, md, swd, swk, 3, W)[None, :]
+    bias, v0, v1, v2, v3 = _params(w_ptr, b_ptr, d, md, swd, swk, W, HAS_BIAS)
     x_base = x_ptr + bi * sxb + d[None, :] * sxd
     dy_base = dy_ptr + bi * syb + d[None, :]
     dx_base = dx_ptr + bi * L * Dc + d[None, :]
