@@ -88,9 +88,10 @@ def test_lengths_fp32(length):
     _check(*_shape_with(length), torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("length", [62, 257] + ([801] if ON_GPU else []))
-def test_lengths_bf16(length):
-    _check(*_shape_with(length), torch.bfloat16)
+def test_lengths_16bit(length, dtype):
+    _check(*_shape_with(length), dtype)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
