@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -81,6 +82,27 @@ def test_prepare_errors_are_one_line(musdb_root, tmp_path, capsys):
     build_index(musdb_root, out, subsets=["valid"], window_seconds=1.0, progress=False)
     assert main(["prepare", "--musdb", str(musdb_root), "--out", str(out), "--window", "2", "--quiet"]) == 1
     assert "other settings" in capsys.readouterr().err
+
+
+def test_prepare_without_ffmpeg_is_one_line(musdb_root, tmp_path, capsys, monkeypatch):
+    """musdb probes even MUSDB18-HQ's WAV files with ffprobe: say so instead of a traceback."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert main(["prepare", "--musdb", str(musdb_root), "--out", str(tmp_path / "x.json"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bsmamba2: error:") and "ffprobe" in err and "\n" not in err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_prepare_reports_musdb_failures_in_one_line(musdb_root, tmp_path, capsys, monkeypatch):
+    import musdb
+
+    def broken(**kwargs):
+        raise RuntimeError("Traceback (most recent call last):\n  ...\nffprobe: mixture.wav: Invalid data")
+
+    monkeypatch.setattr(musdb, "DB", broken)
+    assert main(["prepare", "--musdb", str(musdb_root), "--out", str(tmp_path / "x.json"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("ffprobe: mixture.wav: Invalid data") and "\n" not in err
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from bsmamba2.errors import BSMamba2Error
+from bsmamba2.errors import BSMamba2Error, require
 
 SAMPLE_RATE = 44100
 #: The four MUSDB18 sources, in the order the mixing dataset sums them.
@@ -62,8 +62,7 @@ class Track:
 
 
 def _read_stem_mp4(path: str, stem_id: int, start: int, frames: int) -> tuple[np.ndarray, int]:
-    import stempeg  # musdb's decoder (ffmpeg); imported here so wav users never need ffmpeg
-
+    stempeg = require("stempeg")  # musdb's decoder (ffmpeg)
     return stempeg.read_stems(
         path,
         stem_id=stem_id,
@@ -75,15 +74,18 @@ def _read_stem_mp4(path: str, stem_id: int, start: int, frames: int) -> tuple[np
 
 
 def _musdb_tracks(root: Path, subset: str, is_wav: bool) -> list[Any]:
-    import musdb
-
     if subset not in SUBSETS:
         raise DatasetError(f"unknown subset {subset!r}; choose from {', '.join(SUBSETS)}")
     folder = root / ("test" if subset == "test" else "train")
     if not folder.is_dir():
         raise DatasetError(f"{root}: no '{folder.name}' folder; is this a MUSDB18 root?")
     split = None if subset == "test" else subset
-    db = musdb.DB(root=str(root), subsets="test" if subset == "test" else "train", split=split, is_wav=is_wav)
+    musdb = require("musdb")  # it probes every file with ffprobe, WAV folders included
+    try:
+        db = musdb.DB(root=str(root), subsets=folder.name, split=split, is_wav=is_wav)
+    except Exception as exc:  # ffprobe failing on a file: one line, not musdb's traceback
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise DatasetError(f"cannot read MUSDB18 in {folder}: {lines[-1]}") from None
     return list(db.tracks)
 
 

@@ -1,36 +1,18 @@
-"""museval access: the import (which needs ffmpeg), full BSSEval v4 scores, target grouping.
+"""museval access: full BSSEval v4 scores and museval's target grouping.
 
-museval imports musdb, which imports stempeg, which refuses to import without the ffmpeg and
-ffprobe binaries: :func:`require` turns that into a one-line :class:`BSMamba2Error`.
+museval is imported through :func:`bsmamba2.errors.require` (it needs ffmpeg, see there).
 """
 
 from __future__ import annotations
 
-import importlib
-import shutil
 import warnings
-from types import ModuleType
 
 import numpy as np
 
-from bsmamba2.errors import BSMamba2Error
+from bsmamba2.errors import require
 from bsmamba2.evaluation.metrics import n_windows
 
 METRICS = ("SDR", "SIR", "SAR", "ISR")
-
-
-def require(module: str) -> ModuleType:
-    """Import ``musdb`` or ``museval``, or say clearly what is missing."""
-    missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
-    if missing:
-        raise BSMamba2Error(
-            f"{module} needs the ffmpeg and ffprobe programs ({' and '.join(missing)} not found on PATH); "
-            "install them, e.g. `apt-get install -y ffmpeg` or `conda install ffmpeg`"
-        )
-    try:
-        return importlib.import_module(module)
-    except (ImportError, RuntimeError) as exc:  # stempeg raises RuntimeError without ffmpeg
-        raise BSMamba2Error(f"cannot import {module} ({exc}): `pip install {module}`") from exc
 
 
 def target_groups(targets: list[str]) -> list[tuple[list[str], list[str]]]:

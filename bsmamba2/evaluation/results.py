@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from bsmamba2.evaluation.bsseval import METRICS, require
+from bsmamba2.errors import require
+from bsmamba2.evaluation.bsseval import METRICS
 from bsmamba2.evaluation.scoring import TargetScores, TrackResult
 from bsmamba2.fileio import atomic_write_text
 

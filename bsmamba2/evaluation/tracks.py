@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bsmamba2.audio import open_audio, read_audio
-from bsmamba2.errors import BSMamba2Error
-from bsmamba2.evaluation.bsseval import require
+from bsmamba2.errors import BSMamba2Error, require
 
 #: What MUSDB18 mixes into the accompaniment target (musdb's ``mus.yaml``).
 ACCOMPANIMENT_SOURCES = ("drums", "bass", "other")
