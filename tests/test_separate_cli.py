@@ -105,6 +105,7 @@ def test_templates_stems_flac_and_rates(tmp_path, ckpt):
         (["--filename", "{song}/{stem}.{ext}"], "bad --filename template"),
         (["--stems", "drums"], "unknown stem 'drums'"),
         (["--format", "flac", "--bit-depth", "float"], "FLAC stores integers"),
+        (["--batch-size", "0"], "batch size must be auto or at least 1, got 0"),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, ckpt, capsys, extra, message):
@@ -228,3 +229,16 @@ def test_outputs_never_replace_the_input(tmp_path, ckpt, capsys):
     )
     assert code == 1 and "would overwrite the input" in capsys.readouterr().err
     np.testing.assert_array_equal(read_audio(tmp_path / "vocals.wav")[0], x)
+
+
+def test_batch_size_auto_or_a_number(tmp_path, ckpt, capsys):
+    _wav(tmp_path / "a.wav", seconds=1.3)
+    base = ["separate", str(tmp_path / "a.wav"), "--checkpoint", str(ckpt), *FAST]
+    assert main([*base, "-o", str(tmp_path / "auto"), "--batch-size", "auto"]) == 0
+    assert main([*base, "-o", str(tmp_path / "three"), "--batch-size", "3"]) == 0
+    auto, _ = read_audio(tmp_path / "auto" / "a" / "vocals.wav")
+    three, _ = read_audio(tmp_path / "three" / "a" / "vocals.wav")
+    np.testing.assert_allclose(three, auto, atol=1e-5)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--batch-size", "many"])
+    assert exit_info.value.code == 2 and "expected auto or a whole number, got 'many'" in capsys.readouterr().err

@@ -13,8 +13,10 @@ from torch import nn
 
 from bsmamba2 import BSMamba2, BSMamba2Config, Separator, load_model
 from bsmamba2.audio import AudioError, read_audio
+from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model import istft, stft
 from bsmamba2.separation import ClippingWarning
+from bsmamba2.separation.batching import auto_batch_size, segment_bytes
 from bsmamba2.separation.separator import resolve_precision
 
 MICRO = BSMamba2Config(dim=8, depth=1, expand=2, headdim=16, d_state=4, mask_mlp_expansion=1)
@@ -162,6 +164,53 @@ def test_batch_size_and_block_layout_do_not_change_the_result(micro_model, tmp_p
     paths = sep.separate_file(tmp_path / "x.wav", tmp_path / "out")
     np.testing.assert_allclose(read_audio(paths["vocals"])[0], one["vocals"], atol=1e-5)
     np.testing.assert_array_equal(read_audio(paths["accompaniment"])[0], x - read_audio(paths["vocals"])[0])
+
+
+class OutOfMemoryAbove(SegmentLevelModel):
+    """Raises CUDA's out-of-memory error for batches larger than ``limit`` segments."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        if spec.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(spec)
+
+
+def test_out_of_memory_halves_the_batch_and_changes_nothing():
+    x = np.random.default_rng(3).standard_normal((2, 80000)).astype(np.float32) * 0.3
+    want = Separator(SegmentLevelModel(), device="cpu", segment=0.3, batch_size=1, progress=False).separate(
+        x, 44100
+    )
+    sep = Separator(OutOfMemoryAbove(2), device="cpu", segment=0.3, batch_size=8, progress=False)
+    with pytest.warns(UserWarning) as caught:
+        got = sep.separate(x, 44100)
+    assert [str(w.message) for w in caught] == [
+        "out of GPU memory with 8 segments per pass: continuing with 4",
+        "out of GPU memory with 4 segments per pass: continuing with 2",
+    ]
+    assert sep.batch_size == 2
+    np.testing.assert_allclose(got["vocals"], want["vocals"], atol=1e-6)
+    np.testing.assert_array_equal(got["accompaniment"], x - got["vocals"])
+    one = Separator(OutOfMemoryAbove(0), device="cpu", segment=0.3, batch_size=2, progress=False)
+    with pytest.warns(UserWarning), pytest.raises(BSMamba2Error, match=r"one 0\.3 s segment: use a shorter --segment"):
+        one.separate(x, 44100)
+
+
+def test_auto_batch_size(monkeypatch):
+    assert Separator(MaskModel(), device="cpu", progress=False).batch_size == 1  # the CPU: one
+    paper, eight_s = BSMamba2Config(), 8 * 44100
+    cuda = torch.device("cuda")
+    per_segment = segment_bytes(paper, eight_s, 2)
+    assert per_segment == 6 * 62 * 801 * 2320 * 2  # bands × frames × in_proj width × bf16
+    for free, want in ((80e9, 16), (8e9, 2), (1e9, 1), (0, 1)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (int(free), 80 * 10**9))
+        assert auto_batch_size(paper, eight_s, cuda, "bf16") == want
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (16 * 10**9, 80 * 10**9))
+    assert auto_batch_size(paper, eight_s, cuda, "bf16") == 5
+    assert auto_batch_size(paper, eight_s, cuda, "fp32") == 2  # twice the bytes per element
 
 
 def test_bf16_autocast_on_cpu_is_close_to_fp32(micro_model):

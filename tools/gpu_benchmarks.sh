@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU measurement of docs/benchmarks.md in one command (about 6-8 minutes on an H100):
+#   0. a 1-minute file through the separator, cold Triton cache then warm (first-call cost);
 #   1. the Triton kernel tests at the paper's sizes (skip with --no-tests);
-#   2. benchmark_mamba_ssm.py: op, block and model levels, cold Triton cache (first-call cost);
+#   2. benchmark_mamba_ssm.py: op, block and model levels, with --profile;
 #   3. the training step with and without activation recompute (tools/gpu_train_memory.py);
 #   4. the paper recipe's optimizer step through Lightning on a generated MUSDB18-HQ layout.
 # Usage, from the repository root or anywhere: bash tools/gpu_benchmarks.sh [--no-tests] [OUTDIR]
@@ -17,6 +18,12 @@ export TRITON_CACHE_DIR=$(mktemp -d)  # cold: the first calls include compiling 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
 python -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, \
 'triton', triton.__version__)" | tee -a "$out/device.txt"
+
+# First, on the cold cache: a 1-minute file through the separator (the `bsmamba2 separate` path,
+# --batch-size auto) in a fresh process, twice: the first run includes compiling and autotuning
+# every kernel (the first-call cost), the second is the steady state.
+python tools/bench_separate.py --config configs/bsmamba2.yaml --device cuda --precision bf16 \
+    --batch-size auto --minutes 1 --repeat 2 --json "$out/separate_cuda.json" || echo "SEPARATION BENCHMARK FAILED"
 
 if (( tests )); then  # failures are reported (short tracebacks in tests.txt), the timings still run
     python -m pytest -q --tb=short -rf tests/test_triton_ssd.py tests/test_triton_conv_norm.py \

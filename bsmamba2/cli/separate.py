@@ -160,6 +160,15 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}") from None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "separate",
@@ -197,7 +206,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overlap", type=float, default=0.25, help="cross-faded fraction of a segment (default: %(default)s)"
     )
     p.add_argument(
-        "--batch-size", type=int, default=1, help="segments per forward pass (default: %(default)s)"
+        "--batch-size",
+        type=_batch_size,
+        default="auto",
+        help="segments per forward pass, or auto: 1 on the CPU, what fits in half the free memory "
+        "on CUDA, halved if CUDA runs out of memory (default: %(default)s)",
     )
     p.add_argument("--official", action="store_true", help="the official protocol: 8 s segments, no overlap")
     p.add_argument("--stems", action="append", metavar="NAME[,NAME]", help="stems to write (default: all)")

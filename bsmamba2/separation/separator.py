@@ -37,6 +37,7 @@ from bsmamba2.checkpoint import load_model
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model import istft, stft
 from bsmamba2.model.blocks import BidirectionalMamba
+from bsmamba2.separation.batching import auto_batch_size, smaller_batch
 from bsmamba2.separation.chunking import Chunker
 from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
 
@@ -141,7 +142,8 @@ class Separator:
     """Separates audio with a BSMamba2 (or anything :func:`bsmamba2.load_model` reads).
 
     ``segment`` seconds per model call (default 8 s, the training length), ``overlap`` the
-    cross-faded fraction of a segment, ``batch_size`` segments per forward pass,
+    cross-faded fraction of a segment, ``batch_size`` segments per forward pass (``auto``: 1
+    on the CPU, what fits in half the free memory on CUDA; halved if CUDA runs out of memory),
     ``precision`` ``auto|fp32|bf16|fp16`` (autocast; auto = bf16 on CUDA, fp32 on the CPU),
     ``ema`` takes the EMA weights of an official checkpoint. ``official=True`` (or
     :meth:`official`) reproduces the official evaluation protocol: back-to-back 8 s
@@ -156,7 +158,7 @@ class Separator:
         device: str | torch.device = "auto",
         segment: float = OFFICIAL_SEGMENT,
         overlap: float = 0.25,
-        batch_size: int = 1,
+        batch_size: int | str = "auto",
         precision: str = "auto",
         progress: bool = True,
         ema: bool = False,
@@ -183,13 +185,17 @@ class Separator:
             )
         if not 0 <= overlap < 1:
             raise BSMamba2Error(f"overlap must be in [0, 1), got {overlap}")
-        if batch_size < 1:
-            raise BSMamba2Error(f"batch size must be at least 1, got {batch_size}")
+        if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
+            raise BSMamba2Error(f"batch size must be auto or at least 1, got {batch_size!r}")
         self.segment_samples = max(1, round(segment * self.config.sample_rate))
         overlap_samples = min(round(overlap * self.segment_samples), self.segment_samples - 1)
         self.hop_samples = self.segment_samples - overlap_samples
         self.pad_samples = overlap_samples  # edge context: first/last samples sit past the fade
-        self.batch_size = batch_size
+        self.batch_size = (
+            auto_batch_size(self.config, self.segment_samples, self.device, self.precision)
+            if batch_size == "auto"
+            else batch_size
+        )
         self.progress = progress
 
     @classmethod
@@ -234,6 +240,17 @@ class Separator:
             )
         return wav.float().cpu().numpy()
 
+    def _shrink_batch(self) -> None:
+        """After CUDA ran out of memory: half the batch, or a clear error at one segment."""
+        old = self.batch_size
+        self.batch_size = smaller_batch(old, self.segment_samples / self.config.sample_rate)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        warnings.warn(
+            f"out of GPU memory with {old} segments per pass: continuing with {self.batch_size}",
+            stacklevel=2,
+        )
+
     # -- streaming --------------------------------------------------------------------------
 
     def _stream(
@@ -252,8 +269,14 @@ class Separator:
         def process(segments: list[np.ndarray], last: bool = False) -> None:
             pending.extend(segments)
             while pending and (len(pending) >= self.batch_size or last):
-                batch, pending[:] = pending[: self.batch_size], pending[self.batch_size :]
-                for result in self._run(batch):
+                batch = pending[: self.batch_size]
+                try:
+                    results = self._run(batch)
+                except torch.OutOfMemoryError:
+                    self._shrink_batch()
+                    continue
+                del pending[: len(batch)]
+                for result in results:
                     done = chunker.add(result)
                     separated.push(stems_out(done.reshape(n_stems * channels, -1)))
 

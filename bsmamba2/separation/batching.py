@@ -1,0 +1,52 @@
+"""How many segments go through the model at once: ``--batch-size auto`` and the OOM fallback.
+
+On the CPU one segment already keeps every core busy, and more only cost RAM: auto is 1.
+On a GPU one 8 s segment leaves most of the card idle (the time-axis scan runs 62 sequences),
+so auto fills half of the free memory, estimated from the size of the largest activation,
+``in_proj``'s output (every Mamba-2 mixer's z | x | B | C | dt for every band and frame), times
+a factor for the other tensors alive at the same time (the 60 s paper-model pass on an H100
+peaks at 5.6 GB, 3.2× its in_proj output in bf16: :data:`ACTIVATION_FACTOR` leaves margin).
+An estimate can still be wrong on a busy card, so the separator halves the batch when CUDA
+runs out of memory and carries on (:func:`smaller_batch`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bsmamba2.errors import BSMamba2Error
+from bsmamba2.model import BSMamba2Config
+
+ACTIVATION_FACTOR = 6.0
+"""Peak inference memory of one segment, in multiples of its in_proj output."""
+MAX_AUTO_BATCH = 16
+"""Beyond this the GPU is busy anyway; more would only delay the first written block."""
+
+
+def segment_bytes(config: BSMamba2Config, segment_samples: int, element_bytes: int) -> int:
+    """Estimated peak memory of the model's forward pass on one segment."""
+    frames = segment_samples // config.hop_length + 1
+    d_inner = config.expand * config.dim
+    in_proj = 2 * d_inner + 2 * config.ngroups * config.d_state + d_inner // config.headdim
+    return int(ACTIVATION_FACTOR * len(config.bands) * frames * in_proj * element_bytes)
+
+
+def auto_batch_size(
+    config: BSMamba2Config, segment_samples: int, device: torch.device, precision: str
+) -> int:
+    """``--batch-size auto``: 1 on the CPU; on CUDA, what fits in half of the free memory."""
+    if device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(device)
+    per_segment = segment_bytes(config, segment_samples, 4 if precision == "fp32" else 2)
+    return max(1, min(MAX_AUTO_BATCH, int(0.5 * free) // per_segment))
+
+
+def smaller_batch(batch_size: int, segment_seconds: float) -> int:
+    """The batch to retry with after CUDA ran out of memory with ``batch_size`` segments."""
+    if batch_size <= 1:
+        raise BSMamba2Error(
+            f"out of GPU memory separating one {segment_seconds:g} s segment: "
+            "use a shorter --segment, or --device cpu"
+        )
+    return batch_size // 2
