@@ -39,6 +39,7 @@ def _ptxas() -> str:
 def report(kernel, constexprs: dict, num_warps: int, num_stages: int) -> str:
     """ptxas's register / spill line for one variant of an autotuned kernel."""
     fn = kernel.fn  # the JITFunction under the autotuner
+    constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
     signature = {
         name: "constexpr" if name in constexprs
         else ("*fp32" if name in FP32_POINTERS else "*bf16") if name.endswith("_ptr")
@@ -63,7 +64,13 @@ def main() -> None:
     print(f"triton {triton.__version__}, sm_90a, paper shapes, bf16")
     variants = [("_chunked_fwd output pass", ssd._chunked_fwd,
                  {"HAS_H0": False, "STORE_FINAL": False, "STORE_STATES": False, "COMPUTE_Y": True,
-                  "BLOCK_Q": ssd.FWD_CHUNK})]
+                  "BLOCK_Q": ssd.FWD_CHUNK}),
+                ("_chunked_fwd states pass", ssd._chunked_fwd,
+                 {"HAS_H0": False, "STORE_FINAL": False, "STORE_STATES": True, "COMPUTE_Y": False,
+                  "BLOCK_Q": ssd.CHUNK}),
+                ("_state_grads", ssd._state_grads,
+                 {"HAS_DFIN": False, "HAS_H0": False, "BLOCK_Q": ssd.CHUNK}),
+                ("_short_fwd", ssd._short_fwd, {"BLOCK_Q": 64})]
     variants += [(f"_chunk_bwd part {part}{' states' if states else ''}", ssd._chunk_bwd,
                   {"HAS_STATES": states, "PART": part, "BLOCK_Q": ssd.CHUNK})
                  for part in (ssd.PART_DX.value, ssd.PART_DB.value, ssd.PART_DC.value)

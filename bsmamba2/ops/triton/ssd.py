@@ -63,8 +63,11 @@ def _dt_grads(ddelta, dcs, dcs_last, u, delta, mask, A, SOFTPLUS: tl.constexpr):
     return tl.where(mask, du, 0.0), tl.sum(da * delta, 0)
 
 
-@triton.autotune(configs=configs((4, 1), (4, 2), (4, 3)),  # 8 warps: 1.7-2× slower on the H100
+@triton.autotune(configs=configs((4, 1), (4, 2), (4, 3), (8, 2)),
                  key=["H", "P", "N", "COMPUTE_Y", "BLOCK_Q"])
+# The output pass runs best on 4 warps (8: 1.7-2× slower on the H100); the backward's states
+# pass (COMPUTE_Y False, 64-step chunks) spills 1.4 KB per thread on 4 warps, none on 8
+# (tools/triton_spills.py), so both stay candidates and each pass picks its own.
 @triton.jit
 def _chunked_fwd(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, y_ptr, hout_ptr, states_ptr,
