@@ -13,8 +13,9 @@ import torch
 from bsmamba2 import BSMamba2, BSMamba2Config, Separator, save_model
 from bsmamba2.cli.main import main
 from bsmamba2.errors import BSMamba2Error
+from bsmamba2.separation import compiling
 from bsmamba2.separation import separator as separator_module
-from bsmamba2.separation.separator import compile_blocks
+from bsmamba2.separation.compiling import auto_compile, compile_blocks
 
 TINY = BSMamba2Config(dim=16, depth=1, expand=2, headdim=16, d_state=8)
 
@@ -77,5 +78,57 @@ def test_cli_compile_flag_reaches_the_separator(tmp_path, monkeypatch, capsys):
     args = ["separate", str(tmp_path / "song.wav"), "-o", str(tmp_path / "out"), "--checkpoint", str(ckpt)]
     assert main([*args, "--segment", "0.5", "--device", "cpu", "--compile"]) == 0
     assert calls == [torch.device("cpu")]
-    assert "compiling the model during the first segment" in capsys.readouterr().out
+    assert "compiling the model on the first segment:" in capsys.readouterr().out
     assert (tmp_path / "out" / "song" / "vocals.wav").is_file()
+
+
+def test_a_failing_compile_falls_back_to_eager(monkeypatch):
+    """A compiler that fails on this machine (at the first call, as inductor's C++ build would)
+    costs a warning, not the run: the separation goes on eagerly with the same result."""
+    def broken(graph, example_inputs):
+        raise RuntimeError("C++ compile error\ncc1plus: fatal error: Python.h: No such file or directory")
+
+    torch.manual_seed(0)
+    model = BSMamba2(TINY)
+    audio = (np.random.default_rng(2).standard_normal((2, 30000)) * 0.1).astype(np.float32)
+    kwargs = {"device": "cpu", "segment": 0.5, "progress": False}
+    eager = Separator(model, **kwargs).separate(audio, 44100)
+    monkeypatch.setattr(separator_module, "compile_blocks",
+                        lambda model, device: compile_blocks(model, device, backend=broken))
+    sep = Separator(model, compile=True, **kwargs)
+    with pytest.warns(UserWarning, match="torch.compile failed .*Python.h: No such file or directory"):
+        got = sep.separate(audio, 44100)
+    assert not sep.compiled
+    assert all(m._compiled_call_impl is None for m in sep.model.modules())
+    np.testing.assert_array_equal(got["vocals"], eager["vocals"])
+
+
+def test_auto_compile_decision(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: f"/usr/bin/{name}")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert auto_compile(cpu, 180.0) and auto_compile(cpu, compiling.AUTO_COMPILE_SECONDS)
+    assert not auto_compile(cpu, 30.0)  # a short clip: the compile would cost more than it saves
+    assert not auto_compile(cuda, 3600.0)  # CUDA runs the Triton kernels
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
+    assert not auto_compile(cpu, 3600.0)  # no C++ compiler: eager, no error
+
+
+@pytest.mark.parametrize(("flag", "threshold", "compiled"),
+                         [([], 1e9, False), ([], 0.1, True), (["--compile", "no"], 0.1, False),
+                          (["--compile", "yes"], 1e9, True)])
+def test_cli_compile_auto_yes_no(tmp_path, monkeypatch, capsys, flag, threshold, compiled):
+    """The default (auto) compiles on the CPU only when the inputs add up to the threshold."""
+    calls = []
+    monkeypatch.setattr(separator_module, "compile_blocks", lambda model, device: calls.append(device))
+    monkeypatch.setattr(compiling, "AUTO_COMPILE_SECONDS", threshold)
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: f"/usr/bin/{name}")
+    ckpt = tmp_path / "tiny.safetensors"
+    save_model(BSMamba2(TINY), ckpt)
+    sf.write(tmp_path / "song.wav", np.full((6000, 2), 0.1, np.float32), 44100, subtype="FLOAT")
+    args = ["separate", str(tmp_path / "song.wav"), "-o", str(tmp_path / "out"), "--checkpoint", str(ckpt)]
+    assert main([*args, "--segment", "0.5", "--device", "cpu", *flag]) == 0
+    assert calls == ([torch.device("cpu")] if compiled else [])
+    said = capsys.readouterr().out
+    assert ("compiling the model" in said) == compiled
+    assert ("(auto: long input on the CPU" in said) == (compiled and not flag)

@@ -22,7 +22,7 @@ import torch
 import bsmamba2
 from bsmamba2.allocator import tune_allocator
 from bsmamba2.model import BSMamba2, BSMamba2Config, stft
-from bsmamba2.separation.separator import compile_blocks
+from bsmamba2.separation.compiling import compile_blocks
 
 
 def time_forward(model: BSMamba2, spec: torch.Tensor, precision: str, repeats: int) -> list[float]:

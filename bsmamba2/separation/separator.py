@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -36,9 +35,9 @@ from bsmamba2.audio.io import BLOCK, peak_warning
 from bsmamba2.checkpoint import load_model
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model import istft, stft
-from bsmamba2.model.blocks import BidirectionalMamba
 from bsmamba2.separation.batching import auto_batch_size, smaller_batch
 from bsmamba2.separation.chunking import Chunker
+from bsmamba2.separation.compiling import compile_blocks, uncompile_blocks
 from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
 
 OFFICIAL_SEGMENT = 8.0  # seconds: the training length and the official evaluation chunk
@@ -81,28 +80,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise BSMamba2Error(f"unknown precision {precision!r} (use auto, fp32, bf16 or fp16)")
     return precision
-
-
-def compile_blocks(model: torch.nn.Module, device: torch.device, backend: str = "inductor") -> None:
-    """``torch.compile`` every bidirectional Mamba-2 module of ``model`` in place.
-
-    On the CPU the reference ops are bound by element-wise passes over large activations;
-    inductor fuses them into C++ loops (1.5–1.8× faster per pass, docs/benchmarks.md). The
-    modules share one compiled graph per input shape (time axis, band axis), built on the
-    first segment: ~2.5 minutes on 2 cores the first time (inductor caches it on disk), so
-    it pays off on whole songs, not on short clips. Parameters and state_dict keys
-    stay as they are. CUDA runs our Triton kernels already, so there it is refused.
-    ``backend`` is torch.compile's (tests use ``aot_eager``: the same tracing, no C++).
-    """
-    if device.type != "cpu":
-        raise BSMamba2Error(f"compile: only for the CPU path (device {device}); CUDA uses the Triton kernels")
-    compiler = os.environ.get("CXX") or "g++"
-    if backend == "inductor" and shutil.which(compiler) is None:
-        raise BSMamba2Error(f"compile: torch.compile needs a C++ compiler ({compiler!r} not found); "
-                            "install one or run without compiling")
-    for module in model.modules():
-        if isinstance(module, BidirectionalMamba):
-            module.compile(backend=backend)
 
 
 def wav_container(fmt: str, seconds: float | None, rate: int, channels: int, subtype: str) -> str | None:
@@ -172,6 +149,7 @@ class Separator:
         else:
             self.model, self.name = load_model(model_or_path, ema=ema), Path(model_or_path).stem
         self.model.to(self.device).eval()
+        self.compiled = bool(compile)
         if compile:
             compile_blocks(self.model, self.device)
         self.config = self.model.config
@@ -230,7 +208,7 @@ class Separator:
         with torch.inference_mode():
             spec = stft(inp, self.config)
             with self._autocast():
-                out = self.model(spec)
+                out = self._forward(spec)
             wav = istft(out.to(torch.complex64), self.config, length=samples)  # (B', stems, Cm, S)
         if model_channels != channels:  # back to the input's channels
             wav = (
@@ -239,6 +217,21 @@ class Separator:
                 else wav.reshape(batch, channels, -1, samples).transpose(1, 2)
             )
         return wav.float().cpu().numpy()
+
+    def _forward(self, spec: torch.Tensor) -> torch.Tensor:
+        """The model on ``spec``; a compile that fails on this machine falls back to eager."""
+        if not self.compiled:
+            return self.model(spec)
+        try:
+            return self.model(spec)
+        except Exception as exc:  # inductor's failures have many types; eager is always there
+            self.compiled = False
+            uncompile_blocks(self.model)
+            while (inner := getattr(exc, "inner_exception", None) or exc.__cause__) is not None:
+                exc = inner  # torch wraps the compiler's own error
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            warnings.warn(f"torch.compile failed ({reason}): continuing without compiling", stacklevel=2)
+            return self.model(spec)
 
     def _shrink_batch(self) -> None:
         """After CUDA ran out of memory: half the batch, or a clear error at one segment."""
