@@ -16,12 +16,11 @@ from pathlib import Path
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from bsmamba2.audio.io import BIT_DEPTHS, FORMATS, open_audio, subtype_for
+from bsmamba2.audio.io import BIT_DEPTHS, FORMATS, subtype_for
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.separation import OutputExistsError, Separator
-from bsmamba2.separation.compiling import AUTO_COMPILE_SECONDS, auto_compile
 from bsmamba2.separation.registry import KNOWN, resolve_weights
-from bsmamba2.separation.separator import DEFAULT_TEMPLATE, PRECISIONS, resolve_device
+from bsmamba2.separation.separator import DEFAULT_TEMPLATE, PRECISIONS
 
 AUDIO_SUFFIXES = {
     ".wav",
@@ -86,18 +85,6 @@ def _summary(path: Path, outputs: dict[str, Path], seconds: float) -> str:
     )
 
 
-def _total_seconds(files: list[Path]) -> float:
-    """The inputs' total duration, as far as it is known before decoding (bad files count 0)."""
-    total = 0.0
-    for path in files:
-        try:
-            with open_audio(path) as source:
-                total += source.duration or 0.0
-        except BSMamba2Error:
-            continue  # reported when its turn comes
-    return total
-
-
 def run(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     stems = [s for item in args.stems or [] for s in item.split(",") if s] or None
@@ -110,9 +97,6 @@ def run(args: argparse.Namespace) -> int:
         )
     subtype_for(args.format, args.bit_depth)  # bad combinations fail before any work
     weights = resolve_weights(args.checkpoint, args.model, progress=not args.quiet)
-    compile_model = args.compile == "yes" or (
-        args.compile == "auto" and auto_compile(resolve_device(args.device), _total_seconds(files))
-    )
     separator = Separator(
         weights,
         device=args.device,
@@ -123,15 +107,14 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         ema=args.ema,
         official=args.official,
-        compile=compile_model,
+        compile={"yes": True, "no": False}.get(args.compile, "auto"),
     )
     # Template and stems too.
     separator.output_paths(files[0], outdir, stems, args.filename, args.format)
     failed, skipped, planned = len(missing), 0, {}
     say = (lambda *a, **k: None) if args.quiet else tqdm.write
-    if compile_model:
-        why = " (auto: long input on the CPU; --compile no to skip)" if args.compile == "auto" else ""
-        say(f"compiling the model on the first segment{why}: minutes the first time, cached on disk after")
+    if args.compile == "yes":
+        say("compiling the model on the first segment: minutes the first time, cached on disk after")
     for path in tqdm(
         files, desc="files", unit="file", disable=args.quiet or len(files) < 2, dynamic_ncols=True
     ):
@@ -219,8 +202,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         choices=["auto", "yes", "no"],
         help="CPU: torch.compile the Mamba-2 modules (1.5-1.8x faster per segment after a compile "
-        "of minutes on the first one, cached on disk); auto (the default) does it on the CPU when "
-        f"a C++ compiler is found and the inputs add up to {AUTO_COMPILE_SECONDS / 60:g} minutes or more; "
+        "of minutes on the first one, cached on disk); auto (the default) times the first segment "
+        "on the CPU and compiles for the rest of the file when that saves time overall; "
         "--compile alone means yes",
     )
     p.add_argument("--segment", type=float, default=8.0, help="seconds per model call (default: %(default)s)")

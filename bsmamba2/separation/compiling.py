@@ -2,10 +2,10 @@
 
 On the CPU the reference ops are bound by element-wise passes over large activations;
 inductor fuses them into C++ loops (1.5–1.8× faster per segment, docs/benchmarks.md). The
-compile itself takes ~2.5 minutes on 2 cores the first time (inductor caches it on disk), so
-``--compile auto`` turns it on only for enough audio: with eager at ≈ 0.18× real time and
-compiled at ≈ 0.31×, a cold compile is repaid after about a minute of audio;
-:data:`AUTO_COMPILE_SECONDS` leaves margin.
+compile itself costs minutes the first time (the paper model: ~2 min on 2 cores; inductor
+caches it on disk, but even a cached one takes ~15 s to load), so ``compile="auto"`` times
+the first segments eagerly and compiles for the rest only when the eager time it would save
+exceeds that: a whole song with the paper model, not a short clip or a small model.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import torch
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model.blocks import BidirectionalMamba
 
-AUTO_COMPILE_SECONDS = 120.0
-"""``--compile auto`` compiles when the inputs add up to at least this much audio."""
+COMPILE_SECONDS = 150.0
+"""What a cold compile of the paper model costs on the 2-core CPU (measured: ~125 s)."""
+COMPILED_SPEEDUP = 1.5
+"""Eager time / compiled time, the low end of what was measured (1.5–1.8×)."""
 
 
 def cpp_compiler() -> str | None:
@@ -28,9 +30,10 @@ def cpp_compiler() -> str | None:
     return name if shutil.which(name) else None
 
 
-def auto_compile(device: torch.device, seconds: float) -> bool:
-    """``--compile auto``: on the CPU, with a C++ compiler, for enough audio."""
-    return device.type == "cpu" and seconds >= AUTO_COMPILE_SECONDS and cpp_compiler() is not None
+def compile_pays(eager_seconds: float) -> bool:
+    """Would compiling save time on work that takes ``eager_seconds`` eagerly (and is it possible)?"""
+    saved = eager_seconds * (1 - 1 / COMPILED_SPEEDUP)
+    return saved > COMPILE_SECONDS and cpp_compiler() is not None
 
 
 def compile_blocks(model: torch.nn.Module, device: torch.device, backend: str = "inductor") -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -37,7 +38,7 @@ from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model import istft, stft
 from bsmamba2.separation.batching import auto_batch_size, smaller_batch
 from bsmamba2.separation.chunking import Chunker
-from bsmamba2.separation.compiling import compile_blocks, uncompile_blocks
+from bsmamba2.separation.compiling import compile_blocks, compile_pays, uncompile_blocks
 from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
 
 OFFICIAL_SEGMENT = 8.0  # seconds: the training length and the official evaluation chunk
@@ -140,7 +141,7 @@ class Separator:
         progress: bool = True,
         ema: bool = False,
         official: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -149,8 +150,11 @@ class Separator:
         else:
             self.model, self.name = load_model(model_or_path, ema=ema), Path(model_or_path).stem
         self.model.to(self.device).eval()
-        self.compiled = bool(compile)
-        if compile:
+        if compile not in (True, False, "auto"):
+            raise BSMamba2Error(f"compile must be True, False or 'auto', got {compile!r}")
+        self.compile_mode = compile
+        self.compiled = compile != "auto" and bool(compile)
+        if self.compiled:
             compile_blocks(self.model, self.device)
         self.config = self.model.config
         self.stems = list(self.model.config.stem_names)
@@ -233,6 +237,21 @@ class Separator:
             warnings.warn(f"torch.compile failed ({reason}): continuing without compiling", stacklevel=2)
             return self.model(spec)
 
+    def _maybe_compile(self, per_segment: float, done: int, bar: tqdm) -> None:
+        """``compile="auto"``: compile for the rest of the input if that saves time overall."""
+        if bar.total is None:  # an input of unknown length: stay eager
+            return
+        total = (bar.total * self.config.sample_rate + 2 * self.pad_samples) / self.hop_samples
+        eager = per_segment * max(0.0, total - done)
+        if not compile_pays(eager):
+            return
+        compile_blocks(self.model, self.device)
+        self.compiled = True
+        if self.progress:
+            more = f"{eager / 60:.0f} min" if eager >= 120 else f"{eager:.0f} s"
+            tqdm.write(f"{bar.desc}: compiling the Mamba-2 modules for the rest (eager would take "
+                       f"~{more} more; --compile no to skip); cached on disk after")
+
     def _shrink_batch(self) -> None:
         """After CUDA ran out of memory: half the batch, or a clear error at one segment."""
         old = self.batch_size
@@ -259,15 +278,22 @@ class Separator:
         mixture, separated = _Fifo(channels), _Fifo(n_stems * channels)
         pending: list[np.ndarray] = []
 
+        decide = self.compile_mode == "auto" and not self.compiled and self.device.type == "cpu"
+
         def process(segments: list[np.ndarray], last: bool = False) -> None:
+            nonlocal decide
             pending.extend(segments)
             while pending and (len(pending) >= self.batch_size or last):
                 batch = pending[: self.batch_size]
+                start = time.perf_counter()
                 try:
                     results = self._run(batch)
                 except torch.OutOfMemoryError:
                     self._shrink_batch()
                     continue
+                if decide:  # --compile auto: after the first batch, from its eager time
+                    decide = False
+                    self._maybe_compile((time.perf_counter() - start) / len(batch), len(batch), bar)
                 del pending[: len(batch)]
                 for result in results:
                     done = chunker.add(result)
