@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -24,7 +25,11 @@ def test_info_lists_versions_and_backend(capsys, monkeypatch):
     out = capsys.readouterr().out
     for label in ("bsmamba2", "torch", "triton", "BSMAMBA2_KERNELS", "kernels on cpu"):
         assert label in out
-    assert "kernels on cpu    torch" in out
+    assert re.search(r"kernels on cpu +torch\n", out)
+    assert re.search(r"torch.compile \(CPU\) +(C\+\+ compiler \S+: `separate --compile auto` can use it|no C\+\+)", out)
+    monkeypatch.setenv("CXX", "no-such-compiler-bsmamba2")
+    assert main(["info"]) == 0
+    assert "no C++ compiler ($CXX or g++): separation stays eager" in capsys.readouterr().out
 
 
 def test_console_script_and_bad_backend_is_one_line():

@@ -9,6 +9,7 @@ import sys
 import torch
 
 from bsmamba2 import __version__, ops
+from bsmamba2.separation.compiling import cpp_compiler
 
 
 def _triton_version() -> str:
@@ -41,6 +42,9 @@ def report() -> list[tuple[str, str]]:
         except RuntimeError as exc:
             backend = f"unavailable ({exc})"
         rows.append((f"kernels on {dev}", backend))
+    compiler = cpp_compiler()
+    rows.append(("torch.compile (CPU)", f"C++ compiler {compiler}: `separate --compile auto` can use it"
+                 if compiler else "no C++ compiler ($CXX or g++): separation stays eager"))
     return rows
 
 
