@@ -84,25 +84,46 @@ def test_prepare_errors_are_one_line(musdb_root, tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
 
 
-def test_prepare_without_ffmpeg_is_one_line(musdb_root, tmp_path, capsys, monkeypatch):
-    """musdb probes even MUSDB18-HQ's WAV files with ffprobe: say so instead of a traceback."""
+def test_wav_listing_matches_musdb(musdb_root):
+    """MUSDB18-HQ folders are listed without musdb (whose import needs ffmpeg): the same songs,
+    order, files and stem ids as musdb.DB gives."""
+    import musdb
+
+    for subset, split in (("train", "train"), ("valid", "valid"), ("test", None)):
+        db = musdb.DB(root=str(musdb_root), subsets="test" if subset == "test" else "train", split=split,
+                      is_wav=True)
+        ours = list_tracks(musdb_root, subset)
+        assert [t.name for t in ours] == [mt.name for mt in db.tracks]
+        for track, mt in zip(ours, db.tracks, strict=True):
+            assert track.paths == {"mixture": mt.path, **{s: mt.sources[s].path for s in STEMS}}
+            assert track.stem_ids == {"mixture": mt.stem_id, **{s: mt.sources[s].stem_id for s in STEMS}}
+
+
+def test_prepare_needs_no_ffmpeg_for_wav_folders(musdb_root, index_path, tmp_path, capsys, monkeypatch):
+    """Without ffmpeg, MUSDB18-HQ still works (the same index); MUSDB18's .stem.mp4 files need
+    it, and say so in one line instead of a traceback."""
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert main(["prepare", "--musdb", str(musdb_root), "--out", str(tmp_path / "x.json"), "--quiet"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("bsmamba2: error:") and "ffprobe" in err and "\n" not in err
-    assert not (tmp_path / "x.json").exists()
+    out = tmp_path / "x.json"
+    assert main(["prepare", "--musdb", str(musdb_root), "--out", str(out), "--window", "1", "--quiet"]) == 0
+    assert json.loads(out.read_text()) == json.loads(index_path.read_text())
+    stems_out = tmp_path / "y.json"
+    assert main(["prepare", "--musdb", str(musdb_root), "--out", str(stems_out), "--stems", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("bsmamba2: error:") and "ffprobe" in err
+    assert not stems_out.exists()
 
 
 def test_prepare_reports_musdb_failures_in_one_line(musdb_root, tmp_path, capsys, monkeypatch):
     import musdb
 
     def broken(**kwargs):
-        raise RuntimeError("Traceback (most recent call last):\n  ...\nffprobe: mixture.wav: Invalid data")
+        raise RuntimeError("Traceback (most recent call last):\n  ...\nffprobe: song.stem.mp4: Invalid data")
 
     monkeypatch.setattr(musdb, "DB", broken)
-    assert main(["prepare", "--musdb", str(musdb_root), "--out", str(tmp_path / "x.json"), "--quiet"]) == 1
+    args = ["prepare", "--musdb", str(musdb_root), "--out", str(tmp_path / "x.json"), "--stems", "--quiet"]
+    assert main(args) == 1
     err = capsys.readouterr().err.strip()
-    assert err.endswith("ffprobe: mixture.wav: Invalid data") and "\n" not in err
+    assert err.endswith("ffprobe: song.stem.mp4: Invalid data") and "\n" not in err
 
 
 @pytest.fixture(scope="module")

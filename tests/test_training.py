@@ -7,6 +7,7 @@ process: on a busy 2-core machine, two threads per tiny op are many times slower
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -22,9 +23,10 @@ from bsmamba2 import load_model
 from bsmamba2.cli.main import main
 from bsmamba2.data import MixingDataset, build_index, list_tracks, load_index
 from bsmamba2.data.datamodule import MUSDBDataModule
+from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model import BSMamba2Config
 from bsmamba2.separation.separator import Separator
-from bsmamba2.training import BSMamba2Module, NonFiniteError
+from bsmamba2.training import BSMamba2Module, FullTrackValidation, NonFiniteError
 from bsmamba2.training.launch import train
 
 TINY = {"dim": 16, "depth": 1, "expand": 2, "headdim": 16, "d_state": 8}
@@ -299,3 +301,12 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(config)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("bsmamba2: error:") and "no SAD index; run `bsmamba2 prepare" in err
+
+
+def test_full_track_validation_needs_ffmpeg_up_front(monkeypatch):
+    """Training on MUSDB18-HQ needs no ffmpeg, but this callback reads songs through musdb:
+    without ffmpeg it stops the run at the start, in one line, not at its first validation."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    callback = FullTrackValidation(every_n_epochs=1)
+    with pytest.raises(BSMamba2Error, match=r"FullTrackValidation: musdb needs the ffmpeg .*drop this callback"):
+        callback.on_fit_start(None, None)

@@ -1,13 +1,16 @@
-"""MUSDB18-HQ (wav folders) and MUSDB18 (``.stem.mp4``) tracks, listed by musdb.
+"""MUSDB18-HQ (wav folders) and MUSDB18 (``.stem.mp4``) tracks.
 
-musdb gives the track lists and the official train / validation split (14 validation songs);
-wav stems are then read with soundfile (random access to a window without decoding the
-file), ``.stem.mp4`` windows through musdb's ffmpeg reader (slower: convert them with
-``musdbconvert`` for long trainings).
+musdb's dataset description gives the file names and the official train / validation split
+(14 validation songs). WAV folders are listed here from that description, the way musdb
+lists them, so MUSDB18-HQ needs no ffmpeg (musdb itself probes every file with ffprobe); wav
+stems are read with soundfile (random access to a window without decoding the file).
+``.stem.mp4`` files are listed and read through musdb and its ffmpeg reader (slower: convert
+them with ``musdbconvert`` for long trainings).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+import yaml
 
 from bsmamba2.errors import BSMamba2Error, require
 
@@ -73,40 +77,74 @@ def _read_stem_mp4(path: str, stem_id: int, start: int, frames: int) -> tuple[np
     )
 
 
-def _musdb_tracks(root: Path, subset: str, is_wav: bool) -> list[Any]:
+def _subset_folder(root: Path, subset: str) -> Path:
     if subset not in SUBSETS:
         raise DatasetError(f"unknown subset {subset!r}; choose from {', '.join(SUBSETS)}")
     folder = root / ("test" if subset == "test" else "train")
     if not folder.is_dir():
         raise DatasetError(f"{root}: no '{folder.name}' folder; is this a MUSDB18 root?")
-    split = None if subset == "test" else subset
-    musdb = require("musdb")  # it probes every file with ffprobe, WAV folders included
+    return folder
+
+
+def musdb_setup() -> dict[str, Any]:
+    """musdb's description of MUSDB18 (file names, stem ids, the 14 validation songs), read from
+    its package data: importing musdb needs ffmpeg, which WAV folders do not."""
+    spec = importlib.util.find_spec("musdb")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError("the musdb package is not installed: `pip install musdb`")
+    path = Path(next(iter(spec.submodule_search_locations))) / "configs" / "mus.yaml"
     try:
-        db = musdb.DB(root=str(root), subsets=folder.name, split=split, is_wav=is_wav)
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DatasetError(f"cannot read musdb's dataset description {path}: {exc}") from None
+
+
+def _wav_tracks(folder: Path, subset: str) -> list[Track]:
+    """MUSDB18-HQ: one folder of WAV stems per song, listed as musdb lists them (sorted by
+    name, the official validation split) but without musdb's ffprobe calls; hidden folders
+    are skipped."""
+    setup = musdb_setup()
+    valid = set(setup["validation_tracks"])
+    names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if subset != "test":
+        names = [n for n in names if (n in valid) == (subset == "valid")]
+    files = {"mixture": setup["mixture"], **{s: setup["sources"][s] for s in STEMS}}
+    tracks = []
+    for name in names:
+        paths = {key: str(folder / name / file) for key, file in files.items()}
+        missing = [s for s in STEMS if not os.path.exists(paths[s])]
+        if missing:
+            raise DatasetError(f"{name}: missing stems {', '.join(missing)}")
+        try:
+            length = min(sf.info(paths[s]).frames for s in ("mixture", *STEMS))
+        except (RuntimeError, OSError) as exc:
+            raise DatasetError(f"{name}: unreadable wav ({str(exc).strip().splitlines()[0]})") from None
+        stem_ids = {key: setup["stem_ids"][key] for key in files}
+        tracks.append(Track(name, subset, length, True, paths, stem_ids))
+    return tracks
+
+
+def _stem_tracks(root: Path, folder: Path, subset: str) -> list[Track]:
+    """MUSDB18: ``.stem.mp4`` files, listed and measured by musdb (ffmpeg)."""
+    musdb = require("musdb")
+    try:
+        db = musdb.DB(root=str(root), subsets=folder.name, split=None if subset == "test" else subset)
     except Exception as exc:  # ffprobe failing on a file: one line, not musdb's traceback
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         raise DatasetError(f"cannot read MUSDB18 in {folder}: {lines[-1]}") from None
-    return list(db.tracks)
-
-
-def list_tracks(root: str | os.PathLike, subset: str, is_wav: bool = True) -> list[Track]:
-    """The songs of ``subset`` (``train``, ``valid`` or ``test``) under a MUSDB18(-HQ) root."""
-    root = Path(root)
     tracks = []
-    for mt in _musdb_tracks(root, subset, is_wav):
+    for mt in db.tracks:
         missing = [s for s in STEMS if s not in mt.sources]
         if missing:
             raise DatasetError(f"{mt.name}: missing stems {', '.join(missing)}")
         paths = {"mixture": mt.path, **{s: mt.sources[s].path for s in STEMS}}
         stem_ids = {"mixture": mt.stem_id, **{s: mt.sources[s].stem_id for s in STEMS}}
-        if is_wav:
-            try:
-                length = min(sf.info(paths[s]).frames for s in ("mixture", *STEMS))
-            except (RuntimeError, OSError) as exc:
-                raise DatasetError(
-                    f"{mt.name}: unreadable wav ({str(exc).strip().splitlines()[0]})"
-                ) from None
-        else:
-            length = int(mt.samples)
-        tracks.append(Track(mt.name, subset, length, is_wav, paths, stem_ids))
+        tracks.append(Track(mt.name, subset, int(mt.samples), False, paths, stem_ids))
     return tracks
+
+
+def list_tracks(root: str | os.PathLike, subset: str, is_wav: bool = True) -> list[Track]:
+    """The songs of ``subset`` (``train``, ``valid`` or ``test``) under a MUSDB18(-HQ) root."""
+    root = Path(root)
+    folder = _subset_folder(root, subset)
+    return _wav_tracks(folder, subset) if is_wav else _stem_tracks(root, folder, subset)

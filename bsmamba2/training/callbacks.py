@@ -78,6 +78,16 @@ class FullTrackValidation(pl.Callback):
     def __init__(self, every_n_epochs: int = 10) -> None:
         self.every_n_epochs = every_n_epochs
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fail now, not hours in: the songs are read through musdb, which needs ffmpeg
+        (training on MUSDB18-HQ itself does not)."""
+        from bsmamba2.errors import BSMamba2Error, require
+
+        try:
+            require("musdb")
+        except BSMamba2Error as exc:
+            raise BSMamba2Error(f"FullTrackValidation: {exc}; or drop this callback") from None
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if trainer.sanity_checking or epoch % self.every_n_epochs:
