@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import math
 import os
@@ -229,14 +230,18 @@ def run_ops(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
                 fn, inputs = make(bwd)
                 leaves = [t for t in inputs if t.requires_grad]
 
-                def step(fn=fn, impl=impl, leaves=leaves, bwd=bwd):
+                # fwd+bwd: the op's forward and its backward to every input, the output's
+                # gradient made beforehand (not timed), the input gradients returned rather
+                # than copied into the leaves' .grad (strided views would be copied).
+                def step(fn=fn, impl=impl, leaves=leaves, bwd=bwd, dy=None):
                     out = fn(impl)
                     if bwd:
-                        torch.autograd.backward(out, torch.ones_like(out))
-                        for t in leaves:
-                            t.grad = None
+                        torch.autograd.grad(out, leaves, dy)
 
                 with backend(be if be in ("triton", "torch") else "torch"):
+                    if bwd:
+                        with torch.no_grad():
+                            step = functools.partial(step, dy=torch.randn_like(fn(impl)))
                     rows.append(timed(Row("op", label, be), step, timer, cost_b if bwd else cost_f, peaks))
     return rows
 

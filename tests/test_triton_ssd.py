@@ -6,11 +6,13 @@ sizes (16 heads × 64, state 128).
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from triton_testing import DEVICE, ON_GPU, assert_close, poisoned_outputs, rel_err
 
-from bsmamba2.ops import reference
+from bsmamba2.ops import reference, split_channels
 from bsmamba2.ops.triton import ssd_scan
 
 LENGTHS = [1, 7, 62, 63, 256, 257, 801]
@@ -123,6 +125,32 @@ def test_matches_chunked_reference_model_layout():
     kw = dict(dt_bias=dt_bias, dt_softplus=True)
     assert_close("y", ssd_scan(x, dt, A, B, C, D, **kw), reference.ssd_scan(x, dt, A, B, C, D, **kw),
                  torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length", [62, 100])
+def test_model_layout_gradients_share_one_buffer(length, dtype):
+    """x | B | C split from one tensor as in the model: dx, dB, dC are written as the slices
+    of one buffer, which split_channels hands back without concatenating (torch.cat fails
+    here), and the gradient of the packed tensor equals the float64 recurrence's."""
+    b, h, p, g, n = SHAPE
+    sizes = [h * p, g * n, g * n]
+    packed = torch.randn(b, length, sum(sizes), device=DEVICE, dtype=dtype, requires_grad=True)
+    _, dt, A, _, _, D, dt_bias = _inputs(b, length, h, p, g, n, dtype)
+
+    def scan(fn, packed):
+        x, B, C = split_channels(packed, sizes)
+        return fn(x.reshape(b, length, h, p), dt, A, B.reshape(b, length, g, n),
+                  C.reshape(b, length, g, n), D, dt_bias=dt_bias, dt_softplus=True)
+
+    packed64 = packed.detach().double().requires_grad_()
+    y_true = scan(reference.ssd_scan_sequential, packed64)[0]
+    gy = torch.randn_like(y_true)
+    want, = torch.autograd.grad(y_true, packed64, gy)
+    with poisoned_outputs(), mock.patch("bsmamba2.ops.split.torch.cat", side_effect=AssertionError("cat")):
+        y = scan(ssd_scan, packed)
+        got, = torch.autograd.grad(y, packed, gy.to(dtype))
+    assert_close("d packed", got, want, dtype)
 
 
 def _shape_with(length):

@@ -7,5 +7,7 @@ from bsmamba2.ops.dispatch import (
     requested_backend,
     ssd_scan,
 )
+from bsmamba2.ops.split import split_channels
 
-__all__ = ["active_backend", "causal_conv1d", "gated_rms_norm", "requested_backend", "ssd_scan"]
+__all__ = ["active_backend", "causal_conv1d", "gated_rms_norm", "requested_backend", "split_channels",
+           "ssd_scan"]

@@ -191,6 +191,7 @@ def _chunk_bwd(
     dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
     L, H, HG, P, N, G, NC,
     sxb, sxl, sxh, sxp, sdb, sdl, sdh, sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, syb, syl, syh, syp,
+    sgxb, sgxl, sgBb, sgBl,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_STATES: tl.constexpr,
     PART: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -312,7 +313,7 @@ def _chunk_bwd(
                     dYf = dY.to(tl.float32)
                     dX += tl.load(D_ptr + hi).to(tl.float32) * dYf
                     dD_part = tl.sum(tl.sum(dYf * X.to(tl.float32), 1), 0)
-                tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
+                tl.store(dx_ptr + bi * sgxb + t[:, None] * sgxl + hi * P + op[None, :],
                          dX.to(dx_ptr.dtype.element_ty), mask=qp_mask)
                 du, dA_part = _dt_grads(ddelta, dcs, dcs_last, u, delta, mq, A, SOFTPLUS)
                 tl.store(ddt_ptr + (bi * L + t) * H + hi, du, mask=mq)
@@ -322,7 +323,7 @@ def _chunk_bwd(
                 tl.store(dbias_ptr + part, tl.sum(du, 0))
     if PART != PART_DX:
         out = dB_ptr if PART == PART_DB else dC_ptr
-        gq = (bi * L + t[:, None]) * G * N + gi * N + on[None, :]
+        gq = bi * sgBb + t[:, None] * sgBl + gi * N + on[None, :]
         tl.store(out + gq, acc.to(out.dtype.element_ty), mask=qn_mask)
 
 
@@ -375,6 +376,28 @@ the smaller tiles leaving room for three pipeline stages."""
 def _chunk(dtype: torch.dtype) -> int:
     """Chunk length of the backward's kernels: 32 steps for fp32 tiles (shared memory), else 64."""
     return 32 if dtype == torch.float32 else CHUNK
+
+
+def grad_buffers(x: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
+    """Empty dx, dB, dC with (h, p) / (g, n) contiguous per step. When x | B | C are the
+    adjacent channel slices of one tensor (the model's conv output), they are the same slices
+    of one new buffer, which :func:`bsmamba2.ops.split_channels` hands back to the conv as
+    is: no concatenation of the three gradients."""
+    b, length, h, p = x.shape
+    g, n = B.shape[-2:]
+    hp, gn = h * p, g * n
+    row = x.stride(1)
+    adjacent = (
+        x.untyped_storage().data_ptr() == B.untyped_storage().data_ptr() == C.untyped_storage().data_ptr()
+        and x.stride() == (length * row, row, p, 1) and row == hp + 2 * gn
+        and B.stride() == C.stride() == (length * row, row, n, 1)
+        and B.storage_offset() == x.storage_offset() + hp and C.storage_offset() == B.storage_offset() + gn
+    )
+    if not adjacent:
+        return (x.new_empty(x.shape), B.new_empty(B.shape), C.new_empty(C.shape))
+    buf = x.new_empty(b, length, hp + 2 * gn)
+    dx, dB, dC = buf.split([hp, gn, gn], -1)
+    return dx.view(b, length, h, p), dB.view(b, length, g, n), dC.view(b, length, g, n)
 
 
 def _strides(*tensors: torch.Tensor) -> list[int]:
@@ -466,10 +489,8 @@ class SSDScan(torch.autograd.Function):
                 HAS_H0=has_h0, BLOCK_Q=common["BLOCK_Q"], BLOCK_P=common["BLOCK_P"],
                 BLOCK_N=common["BLOCK_N"], DOT=common["DOT"], PREC=common["PREC"])
             dh0 = dh0.to(initial_state.dtype) if has_h0 else None
-        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        dx, dB, dC = grad_buffers(x, B, C)
         ddt = x.new_empty(b, length, h, dtype=torch.float32)
-        dB = torch.empty(b, length, g, n, dtype=B.dtype, device=B.device)
-        dC = torch.empty(b, length, g, n, dtype=C.dtype, device=C.device)
         # fp32 partial sums per (sequence, head, chunk) of dA, dD and dbias
         part = [x.new_empty(b, h, nc, dtype=torch.float32) for _ in range(3)]
         for which in (PART_DX, PART_DB, PART_DC):
@@ -478,6 +499,7 @@ class SSDScan(torch.autograd.Function):
                 x, dt, A, B, C, *opt, dy, states if states is not None else dummy,
                 dstates if dstates is not None else dummy, dx, ddt, dB, dC, *part,
                 length, h, h // g, p, n, g, nc, *_strides(x, dt, B, C, dy),
+                dx.stride(0), dx.stride(1), dB.stride(0), dB.stride(1),
                 HAS_STATES=not ctx.short, PART=which.value, **common)
         dA, dD, dbias = (t.sum((0, 2)) for t in part)
         return (
