@@ -95,6 +95,25 @@ def test_mixer_with_and_without_gradients_same_function():
     assert torch.autograd.gradcheck(run, (u, weight))
 
 
+def test_mixer_under_autocast_saves_one_copy_of_its_input():
+    """The three in_proj products share one cast copy of the input for the backward."""
+    from bsmamba2.model.mamba2 import Mamba2
+
+    mixer = Mamba2(16, d_state=8, expand=2, headdim=8)
+    u = torch.randn(2, 30, 16, requires_grad=True) * 1.0  # an activation (autocast caches leaves' casts)
+    saved = []
+
+    def pack(t):
+        if t.numel() == u.numel() and t.dtype == torch.bfloat16:  # u's cast copy, maybe as (b·l, d)
+            saved.append(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        mixer(u)
+    assert len(saved) == 3 and len(set(saved)) == 1
+
+
 def test_shapes_mono_and_several_stems():
     cfg = BSMamba2Config(dim=16, depth=1, expand=2, headdim=16, d_state=8, stereo=False, n_stems=2)
     model = BSMamba2(cfg).eval()

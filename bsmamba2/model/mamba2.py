@@ -62,6 +62,9 @@ class Mamba2(nn.Module):
             # One product per piece: their input gradients add up in the backward, where the
             # split of one product would concatenate its pieces' gradients (a 1.2 GB write and
             # read per mixer on the paper model's training step).
+            # Under autocast, cast u once: each product would save its own cast copy.
+            if torch.is_autocast_enabled(u.device.type):
+                u = u.to(torch.get_autocast_dtype(u.device.type))
             z, xbc, dt = (nn.functional.linear(u, w) for w in self.in_proj.weight.split(sizes))
         else:
             z, xbc, dt = self.in_proj(u).split(sizes, -1)
