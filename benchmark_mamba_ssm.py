@@ -63,7 +63,10 @@ class Row:
 
 
 class Timer:
-    """Median wall time of a callable: CUDA events on a GPU, perf_counter on a CPU."""
+    """Median time of a callable. On a GPU the calls are queued back to back, each between two
+    CUDA events, as kernels run in a model: the GPU time of one call, without the CPU's launch
+    latency that a synchronisation after every call would add (as triton.testing.do_bench).
+    On a CPU, perf_counter around each call."""
 
     def __init__(self, device: torch.device, quick: bool) -> None:
         self.cuda = device.type == "cuda"
@@ -77,19 +80,20 @@ class Timer:
         for _ in range(self.warmup):
             fn()
         self.sync()
-        times = []
-        for _ in range(self.reps):
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if self.cuda:
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(self.reps)]
+            for start, end in events:
                 start.record()
                 fn()
                 end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
+            torch.cuda.synchronize()
+            return statistics.median(start.elapsed_time(end) for start, end in events)
+        times = []
+        for _ in range(self.reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
 
 
@@ -348,12 +352,13 @@ def profile_ssd(shapes: dict, cfg: BSMamba2Config, device, dtype) -> None:
 
     for axis in ("time", "band"):
         args, kw = ssd_inputs(*shapes[axis], cfg, device, dtype, True)
+        leaves = [*args, kw["dt_bias"]]
+        dy = torch.randn_like(args[0])
         with backend("triton"):
-            for record in (False, True):
+            for record in (False, True):  # the first call compiles and autotunes
                 recorder = profile(activities=[ProfilerActivity.CUDA]) if record else contextlib.nullcontext()
                 with recorder as prof:
-                    y = ops.ssd_scan(*args, **kw)
-                    y.backward(torch.ones_like(y))
+                    torch.autograd.grad(ops.ssd_scan(*args, **kw), leaves, dy)  # as timed at op level
                     torch.cuda.synchronize()
         print(f"SSD fwd+bwd, {axis} axis {shapes[axis]}:")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=40))

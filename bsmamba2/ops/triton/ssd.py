@@ -182,29 +182,29 @@ PART_DX, PART_DB, PART_DC = (tl.constexpr(i) for i in range(3))
 
 
 @triton.autotune(configs=configs((4, 3), (4, 1)),
-                 key=["HG", "P", "N", "BLOCK_Q", "HAS_STATES", "PART"])
+                 key=["HG", "P", "N", "BLOCK_Q", "HAS_STATES", "PART", "HEADS"])
 # The winners of (4 | 8 warps) × (1 | 2 | 3 stages) on the H100 for every part and both axes;
 # 8 warps never won.
 @triton.jit
 def _chunk_bwd(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dstates_ptr,
     dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-    L, H, HG, P, N, G, NC,
+    L, H, HG, P, N, NC,
     sxb, sxl, sxh, sxp, sdb, sdl, sdh, sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, syb, syl, syh, syp,
     sgxb, sgxl, sgBb, sgBl,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_STATES: tl.constexpr,
-    PART: tl.constexpr,
+    PART: tl.constexpr, HEADS: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    """One part of the input gradients of one chunk; every chunk in parallel. The heads of
-    a group share B and C, so PART_DB / PART_DC loop over them, summing in one fp32
-    accumulator. PART_DX on long sequences takes one head per program (C·Bᵀ recomputed per
-    head: 2.4 vs 4.2 ms for the 16-head loop on the paper's time axis, H100), on short ones
-    it loops over the group's heads (1.1 vs 1.6 ms on the band axis: 62-step sequences give
-    few heads' worth of work per program). Three launches instead of one kernel keep each
-    under the register file (the fused one spilled hundreds of registers on the H100; dB
-    and dC in one launch: 3.4 vs 2.2 ms).
+    """One part of the input gradients of one chunk, for HEADS heads of one group; every
+    chunk in parallel. The heads of a group share B and C, so PART_DB / PART_DC loop over
+    all of them, summing in one fp32 accumulator. PART_DX takes one head per program on
+    long sequences (C·Bᵀ recomputed per head: 2.4 vs 4.2 ms for the 16-head loop on the
+    paper's time axis, H100) and the whole group on short ones (1.1 vs 1.6 ms per head on
+    the band axis, H100; 2, 4 or 8 heads per program: 1-8 % slower on the H200). Three
+    launches instead of one kernel keep each under the register file (the fused one spilled
+    hundreds of registers on the H100; dB and dC in one launch: 3.4 vs 2.2 ms).
 
     With HAS_STATES the chunk's entering state ((n, p) layout) and the gradient of its
     leaving state ((p, n)) come from the two serial passes; without, the chunk is the whole
@@ -213,16 +213,9 @@ def _chunk_bwd(
     """
     pid = tl.program_id(0).to(tl.int64)
     c = pid % NC
-    if PART == PART_DX and HAS_STATES:
-        h_first = pid // NC % H
-        bi = pid // NC // H
-        gi = h_first // HG
-        n_heads = 1
-    else:
-        bi = pid // NC // G
-        gi = pid // NC % G
-        h_first = gi * HG
-        n_heads = HG
+    h_first = pid // NC % (H // HEADS) * HEADS  # HEADS consecutive heads of one group
+    bi = pid // NC // (H // HEADS)
+    gi = h_first // HG
     oq = tl.arange(0, BLOCK_Q)
     op = tl.arange(0, BLOCK_P)
     on = tl.arange(0, BLOCK_N)
@@ -247,7 +240,7 @@ def _chunk_bwd(
         GT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)  # [s, t] = B_s·C_t, for every head
     else:
         acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-    for j in range(n_heads):
+    for j in range(HEADS):  # a compile-time trip count: dB/dC 2-9 % faster on the H200
         hi = h_first + j
         A = tl.load(A_ptr + hi).to(tl.float32)
         bias = tl.load(bias_ptr + hi).to(tl.float32) if HAS_BIAS else 0.0
@@ -494,13 +487,13 @@ class SSDScan(torch.autograd.Function):
         # fp32 partial sums per (sequence, head, chunk) of dA, dD and dbias
         part = [x.new_empty(b, h, nc, dtype=torch.float32) for _ in range(3)]
         for which in (PART_DX, PART_DB, PART_DC):
-            per_head = which is PART_DX and not ctx.short
-            _chunk_bwd[((b * h if per_head else b * g) * nc,)](
+            heads = 1 if which is PART_DX and not ctx.short else h // g
+            _chunk_bwd[(b * (h // heads) * nc,)](
                 x, dt, A, B, C, *opt, dy, states if states is not None else dummy,
                 dstates if dstates is not None else dummy, dx, ddt, dB, dC, *part,
-                length, h, h // g, p, n, g, nc, *_strides(x, dt, B, C, dy),
+                length, h, h // g, p, n, nc, *_strides(x, dt, B, C, dy),
                 dx.stride(0), dx.stride(1), dB.stride(0), dB.stride(1),
-                HAS_STATES=not ctx.short, PART=which.value, **common)
+                HAS_STATES=not ctx.short, PART=which.value, HEADS=heads, **common)
         dA, dD, dbias = (t.sum((0, 2)) for t in part)
         return (
             dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC,
