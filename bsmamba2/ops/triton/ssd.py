@@ -181,10 +181,11 @@ PART_DX, PART_DB, PART_DC = (tl.constexpr(i) for i in range(3))
 """What a launch of :func:`_chunk_bwd` computes: dx with the dt/dA/dD/dbias gradients, dB, dC."""
 
 
-@triton.autotune(configs=configs((4, 3), (4, 1)),
+@triton.autotune(configs=configs((4, 3), (4, 1), (2, 2)),
                  key=["HG", "P", "N", "BLOCK_Q", "HAS_STATES", "PART", "HEADS"])
-# The winners of (4 | 8 warps) × (1 | 2 | 3 stages) on the H100 for every part and both axes;
-# 8 warps never won.
+# The winners of (4 | 8 warps) × (1 | 2 | 3 stages) on the H100 for every part and both axes
+# (8 warps never won), and 2 warps, which won dB and dC on the band axis on the H200 (dC 0.62
+# → 0.52 ms; 2 × 1 and 2 × 3 never won).
 @triton.jit
 def _chunk_bwd(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dstates_ptr,
