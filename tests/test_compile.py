@@ -17,6 +17,7 @@ from bsmamba2.errors import BSMamba2Error
 from bsmamba2.separation import compiling
 from bsmamba2.separation import separator as separator_module
 from bsmamba2.separation.compiling import compile_blocks, compile_pays
+from bsmamba2.separation.progress import ProgressReporter
 
 TINY = BSMamba2Config(dim=16, depth=1, expand=2, headdim=16, d_state=8)
 
@@ -138,7 +139,7 @@ def test_auto_compile_stays_eager_for_an_unknown_length(monkeypatch):
     monkeypatch.setattr(separator_module, "compile_blocks", lambda model, device: pytest.fail("compiled"))
     monkeypatch.setattr(compiling, "COMPILE_SECONDS", 0.0)
     sep = Separator(BSMamba2(TINY), device="cpu", progress=False, compile="auto")
-    sep._maybe_compile(1e6, 1, SimpleNamespace(total=None, desc="stream"))
+    sep._maybe_compile(1e6, 1, SimpleNamespace(total=None, desc="stream"), ProgressReporter(None, "stream", None))
     assert not sep.compiled
     with pytest.raises(BSMamba2Error, match="compile must be True, False or 'auto'"):
         Separator(BSMamba2(TINY), device="cpu", compile="sometimes")

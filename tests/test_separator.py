@@ -285,3 +285,58 @@ def test_plot_writes_a_png(tmp_path):
     )
     assert paths["plot"] == tmp_path / "out" / "song" / "song.png"
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _recorder():
+    events = []
+    return events, events.append
+
+
+def test_progress_callback_counts_seconds_to_the_end(tmp_path):
+    """Several reports in order, seconds growing to the input's length, then one ``done``."""
+    rate, n = 22050, 150_001  # three blocks of input
+    x = np.random.randn(2, n).astype(np.float32) * 0.1
+    events, record = _recorder()
+    sep = Separator(MaskModel(gain=0.5), device="cpu", segment=0.5, progress=False)
+    sep.separate(x, rate, on_progress=record)
+    assert len(events) >= 3
+    assert [e.stage for e in events] == ["separating"] * (len(events) - 1) + ["done"]
+    assert {e.file for e in events} == {"audio"} and {e.total for e in events} == {n / rate}
+    done = [e.done for e in events]
+    assert np.all(np.diff(done[:-1]) > 0)
+    assert done[-1] == pytest.approx(n / rate) and events[-1].fraction == pytest.approx(1.0)
+    assert 0 < events[0].fraction < 1
+
+    sf.write(tmp_path / "song.wav", x.T, rate)
+    events.clear()
+    sep.separate_file(tmp_path / "song.wav", tmp_path / "out", plot=True, on_progress=record)
+    assert {e.file for e in events} == {"song.wav"}
+    assert [e.stage for e in events[-2:]] == ["plotting", "done"]
+    assert events[-1].done == pytest.approx(n / rate) and events[-1].total == events[-1].done
+
+
+def test_progress_callback_reports_a_compile(monkeypatch):
+    """``compile="auto"`` deciding to compile says so before the first output."""
+    import bsmamba2.separation.separator as separator
+
+    monkeypatch.setattr(separator, "compile_pays", lambda eager: True)
+    monkeypatch.setattr(separator, "compile_blocks", lambda model, device: None)
+    events, record = _recorder()
+    sep = Separator(MaskModel(), device="cpu", segment=0.5, compile="auto", progress=False)
+    sep.separate(np.random.randn(2, 30000).astype(np.float32), 44100, on_progress=record)
+    assert events[0].stage == "compiling" and events[0].done == 0
+    assert [e.stage for e in events].count("compiling") == 1 and events[-1].stage == "done"
+
+
+def test_progress_callback_raising_cancels_and_removes_outputs(tmp_path):
+    x = np.random.randn(2, 150_000).astype(np.float32) * 0.1
+    sf.write(tmp_path / "song.wav", x.T, 44100)
+
+    def cancel(event):
+        if event.done > 0:
+            raise KeyboardInterrupt
+
+    sep = Separator(MaskModel(), device="cpu", segment=0.5, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        sep.separate_file(tmp_path / "song.wav", tmp_path / "out", on_progress=cancel)
+    assert not list((tmp_path / "out").rglob("*.wav"))

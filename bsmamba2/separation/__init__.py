@@ -1,5 +1,6 @@
 """Separation: the :class:`Separator` (chunking, cross-fades, streaming I/O) and known checkpoints."""
 
+from bsmamba2.separation.progress import Progress
 from bsmamba2.separation.separator import ClippingWarning, OutputExistsError, Separator
 
-__all__ = ["ClippingWarning", "OutputExistsError", "Separator"]
+__all__ = ["ClippingWarning", "OutputExistsError", "Progress", "Separator"]

@@ -40,6 +40,7 @@ from bsmamba2.separation.batching import auto_batch_size, smaller_batch
 from bsmamba2.separation.chunking import Chunker
 from bsmamba2.separation.compiling import compile_blocks, compile_pays, uncompile_blocks
 from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
+from bsmamba2.separation.progress import ProgressCallback, ProgressReporter
 
 OFFICIAL_SEGMENT = 8.0  # seconds: the training length and the official evaluation chunk
 ACCOMPANIMENT = "accompaniment"
@@ -237,7 +238,7 @@ class Separator:
             warnings.warn(f"torch.compile failed ({reason}): continuing without compiling", stacklevel=2)
             return self.model(spec)
 
-    def _maybe_compile(self, per_segment: float, done: int, bar: tqdm) -> None:
+    def _maybe_compile(self, per_segment: float, done: int, bar: tqdm, report: ProgressReporter) -> None:
         """``compile="auto"``: compile for the rest of the input if that saves time overall."""
         if bar.total is None:  # an input of unknown length: stay eager
             return
@@ -245,6 +246,7 @@ class Separator:
         eager = per_segment * max(0.0, total - done)
         if not compile_pays(eager):
             return
+        report.report("compiling")
         compile_blocks(self.model, self.device)
         self.compiled = True
         if self.progress:
@@ -266,7 +268,13 @@ class Separator:
     # -- streaming --------------------------------------------------------------------------
 
     def _stream(
-        self, blocks: Iterable[np.ndarray], in_rate: int, out_rate: int, channels: int, bar: tqdm
+        self,
+        blocks: Iterable[np.ndarray],
+        in_rate: int,
+        out_rate: int,
+        channels: int,
+        bar: tqdm,
+        report: ProgressReporter,
     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """(mixture, {stem: audio}) blocks at ``out_rate`` for (channels, n) input blocks."""
         rate = self.config.sample_rate
@@ -293,7 +301,7 @@ class Separator:
                     continue
                 if decide:  # --compile auto: after the first batch, from its eager time
                     decide = False
-                    self._maybe_compile((time.perf_counter() - start) / len(batch), len(batch), bar)
+                    self._maybe_compile((time.perf_counter() - start) / len(batch), len(batch), bar, report)
                 del pending[: len(batch)]
                 for result in results:
                     done = chunker.add(result)
@@ -316,6 +324,7 @@ class Separator:
             ):  # lengths from ffprobe are estimates
                 bar.total = bar.n + n / out_rate
             bar.update(n / out_rate)
+            report.advance(n / out_rate)
             yield mix, out
 
         for block in blocks:
@@ -342,11 +351,17 @@ class Separator:
 
     # -- public API -------------------------------------------------------------------------
 
-    def separate(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> dict[str, np.ndarray]:
+    def separate(
+        self,
+        audio: np.ndarray | torch.Tensor,
+        sample_rate: int,
+        on_progress: ProgressCallback | None = None,
+    ) -> dict[str, np.ndarray]:
         """Stems of ``audio`` (channels, samples) or (samples,) at ``sample_rate``.
 
         Returns {stem: float32 array shaped like ``audio``, at ``sample_rate``}; for a
         one-stem model, ``vocals`` and ``accompaniment`` (= audio − vocals).
+        ``on_progress`` gets a :class:`~bsmamba2.separation.progress.Progress` per block.
         """
         if isinstance(audio, torch.Tensor):
             audio = audio.detach().cpu().numpy()
@@ -365,10 +380,13 @@ class Separator:
         check_finite(wav, "audio", 0, int(sample_rate))
         blocks = (wav[:, i : i + BLOCK] for i in range(0, wav.shape[1], BLOCK))
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}
-        with self._bar(wav.shape[1] / sample_rate, "separating") as bar:
-            for _, stems in self._stream(blocks, int(sample_rate), int(sample_rate), wav.shape[0], bar):
+        rate, seconds = int(sample_rate), wav.shape[1] / sample_rate
+        report = ProgressReporter(on_progress, "audio", seconds)
+        with self._bar(seconds, "separating") as bar:
+            for _, stems in self._stream(blocks, rate, rate, wav.shape[0], bar, report):
                 for name, part in stems.items():
                     parts[name].append(part)
+        report.finish()
         result = {name: np.concatenate(p, axis=1) for name, p in parts.items()}
         return {name: r[0] if mono else r for name, r in result.items()}
 
@@ -414,6 +432,7 @@ class Separator:
         sample_rate: int | None = None,
         overwrite: bool = False,
         plot: bool = False,
+        on_progress: ProgressCallback | None = None,
     ) -> dict[str, Path]:
         """Separate one file into ``outdir`` (block by block); returns {stem: path}, plus
         ``"plot"`` for the spectrogram PNG when ``plot`` is set.
@@ -423,6 +442,8 @@ class Separator:
         written as RF64 (:func:`wav_container`). Existing outputs are kept
         (:class:`OutputExistsError`) unless ``overwrite``; files appear only when complete.
         Integer outputs beyond full scale are clipped with a :class:`ClippingWarning`.
+        ``on_progress`` gets a :class:`~bsmamba2.separation.progress.Progress` per block
+        (stages separating, compiling, plotting, done; ``file`` the input's name).
         """
         subtype = subtype_for(fmt, bit_depth)
         if sample_rate is not None and sample_rate <= 0:
@@ -439,6 +460,7 @@ class Separator:
         if existing and not overwrite:
             raise OutputExistsError(f"{path}: skipped, {existing[0]} exists (use --overwrite to replace)")
         with open_audio(path) as source, contextlib.ExitStack() as outputs:
+            report = ProgressReporter(on_progress, Path(path).name, source.duration)
             rate = int(sample_rate or source.samplerate)
             sketches = {name: SpectrogramSketch(rate) for name in ("mixture", *paths)} if plot else {}
             container = wav_container(fmt, source.duration, rate, source.channels, subtype)
@@ -447,7 +469,8 @@ class Separator:
                 for stem, target in paths.items()
             }  # an exception anywhere removes every partial output
             with self._bar(source.duration, Path(path).name) as bar:
-                for mix, out in self._stream(source.blocks(), source.samplerate, rate, source.channels, bar):
+                blocks = source.blocks()
+                for mix, out in self._stream(blocks, source.samplerate, rate, source.channels, bar, report):
                     for stem, writer in writers.items():
                         writer.write(out[stem])
                     for name, sketch in sketches.items():
@@ -457,5 +480,7 @@ class Separator:
             if writer.clipped:
                 warnings.warn(peak_warning(writer), ClippingWarning, stacklevel=2)
         if plot_path:
+            report.report("plotting")
             result["plot"] = save_spectrograms(sketches, plot_path, f"{Path(path).name} ({self.name})")
+        report.finish()
         return result
