@@ -1,14 +1,21 @@
-"""Shared fixtures (golden files of the official implementation, see tests/data/README.md), and
-the Triton interpreter switch for CPU-only machines."""
+"""Shared fixtures (golden files of the official implementation, see tests/data/README.md, and a
+loopback HTTP server), and the Triton interpreter switch for CPU-only machines.
+
+The tests mirror the package layout (tests/ops/ tests bsmamba2/ops/, ...; bsmamba2/data/ is
+tested in tests/datasets/, as tests/data/ holds the fixture files). What several test modules
+share lives in tests/helpers/; no test module imports another."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from tests.helpers.http import Server, serving
 
 # Without CUDA the Triton kernel tests run in Triton's interpreter. Triton decides that when
 # a kernel (or triton.language's own jit helpers) is defined, i.e. at import, and Lightning
@@ -28,6 +35,13 @@ def data_dir() -> Path:
 def expected() -> dict[str, np.ndarray]:
     with np.load(DATA / "expected.npz") as npz:
         return {k: npz[k] for k in npz.files}
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    """A loopback HTTP server of ``tests.helpers.http.PAYLOAD``."""
+    with serving() as srv:
+        yield srv
 
 
 @pytest.fixture(autouse=True)

@@ -26,8 +26,8 @@ python tools/bench_separate.py --config configs/bsmamba2.yaml --device cuda --pr
     --batch-size auto --minutes 1 --repeat 2 --json "$out/separate_cuda.json" || echo "SEPARATION BENCHMARK FAILED"
 
 if (( tests )); then  # failures are reported (short tracebacks in tests.txt), the timings still run
-    python -m pytest -q --tb=short -rf tests/test_triton_ssd.py tests/test_triton_conv_norm.py \
-        tests/test_triton_dispatch.py > "$out/tests.txt" 2>&1 || echo "KERNEL TESTS FAILED: see $out/tests.txt"
+    python -m pytest -q --tb=short -rf tests/ops/test_triton_ssd.py tests/ops/test_triton_conv_norm.py \
+        tests/ops/test_dispatch.py > "$out/tests.txt" 2>&1 || echo "KERNEL TESTS FAILED: see $out/tests.txt"
     grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.txt" | tail -25
 fi
 
@@ -37,8 +37,8 @@ python tools/gpu_train_memory.py --modes mixer:4,none --json "$out/train_memory.
 # The paper recipe (batch 5, accumulate 6, recompute of 4 layers) on one GPU, through Lightning.
 # (MUSDB18-HQ needs no ffmpeg; the full-track validation callback, which does, is left out here.)
 data=$(mktemp -d)
-python -c "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; \
-from musdb_layout import make_musdb; make_musdb(Path('$data'), n_train=4, seconds=40.0)"
+python -c "from pathlib import Path; \
+from tests.helpers.musdb import make_musdb; make_musdb(Path('$data'), n_train=4, seconds=40.0)"
 python -m bsmamba2 prepare --musdb "$data" --quiet
 python -m bsmamba2 train --config recipes/musdb18hq/bsmamba2.yaml --data.root "$data" \
     --trainer.devices 1 --trainer.strategy auto --trainer.max_steps 6 \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Check and time the Triton causal conv1d and gated RMSNorm kernels on a CUDA GPU, in one go:
-#   1. their tests at the real sizes (tests/test_triton_conv_norm.py runs on CUDA when it can);
+#   1. their tests at the real sizes (tests/ops/test_triton_conv_norm.py runs on CUDA when it can);
 #   2. fwd and fwd+bwd at the paper's time-axis shapes in the model's layout (x and z strided
 #      slices of in_proj's output, row stride 2320), with the autotuned configs, next to the
 #      bytes each must move and the card's copy bandwidth;
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-python -m pytest -q -x tests/test_triton_conv_norm.py
+python -m pytest -q -x tests/ops/test_triton_conv_norm.py
 
 python - <<'EOF'
 import torch

@@ -7,11 +7,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from bsmamba2 import BSMamba2, BSMamba2Config, save_model
+from bsmamba2 import BSMamba2, save_model
 from bsmamba2.audio import read_audio
 from bsmamba2.cli.main import main
+from tests.helpers.configs import MICRO
 
-MICRO = BSMamba2Config(dim=8, depth=1, expand=2, headdim=16, d_state=4, mask_mlp_expansion=1)
 FAST = ["--segment", "0.5", "--quiet"]
 
 

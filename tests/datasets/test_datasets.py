@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from musdb_layout import STEMS, VALID, make_musdb
 
 import bsmamba2.data.datasets as datasets_mod
 import bsmamba2.data.sad as sad_mod
@@ -24,6 +23,7 @@ from bsmamba2.data import (
     load_index,
     salient_windows,
 )
+from tests.helpers.musdb import STEMS, VALID, make_musdb
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 - ``numerics``: relative error in float64.
 - ``ops``: random SSD inputs in realistic ranges and the float64 truths of the conv and norm.
-- ``triton``: device, dtype tolerances and output poisoning of the kernel tests.
+- ``kernels``: device, dtype tolerances and output poisoning of the kernel tests.
 - ``configs``: micro model configurations.
 - ``models``: stand-in models with the BSMamba2 interface.
 - ``musdb``: a generated MUSDB18-HQ folder.

@@ -1,4 +1,4 @@
-"""Lightning callbacks used by tests/test_training.py (importable by class path, picklable for DDP spawn)."""
+"""Lightning callbacks used by tests/training/test_training.py (importable by class path, picklable for DDP spawn)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A small generated MUSDB18-HQ folder for the data and training tests (not a test module)."""
+"""A small generated MUSDB18-HQ folder for the data and training tests."""
 
 from __future__ import annotations
 

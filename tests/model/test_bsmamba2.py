@@ -8,11 +8,7 @@ import torch
 
 import bsmamba2
 from bsmamba2.model import BSMamba2, BSMamba2Config, istft, stft
-
-
-def rel(a, b) -> float:
-    a, b = torch.as_tensor(a), torch.as_tensor(b)
-    return ((a - b).abs().double().norm() / b.abs().double().norm()).item()
+from tests.helpers.numerics import rel_err
 
 
 def test_paper_layout_equals_official_keys(data_dir):
@@ -30,7 +26,7 @@ def test_stft_of_input_equals_official(data_dir, expected):
     audio, sr = sf.read(data_dir / "input.wav", dtype="float32", always_2d=True)
     assert sr == 44100
     spec = stft(torch.from_numpy(audio.T.copy()), BSMamba2Config())
-    assert rel(spec, expected["spec_in"]) <= 1e-6
+    assert rel_err(spec, expected["spec_in"]) <= 1e-6
 
 
 @pytest.mark.parametrize("name", ["tiny.ckpt", "tiny_plain.pt"])
@@ -41,10 +37,10 @@ def test_golden_outputs(data_dir, expected, name, dtype, tol):
     with torch.no_grad():
         out = model(spec)
     assert out.shape == (1, 1, 2, 1025, 201)
-    assert rel(out[0, 0], expected["spec_out"]) <= tol
+    assert rel_err(out[0, 0], expected["spec_out"]) <= tol
     wav = istft(out[0, 0].to(torch.complex64), model.config)
     assert wav.shape == (2, 88200)
-    assert rel(wav, expected["wav_out"]) <= tol
+    assert rel_err(wav, expected["wav_out"]) <= tol
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float64, 1e-6)])
@@ -53,8 +49,8 @@ def test_golden_outputs_ema(data_dir, expected, dtype, tol):
     spec = torch.from_numpy(expected["spec_in"])[None].to(torch.complex64 if dtype == torch.float32 else torch.complex128)
     with torch.no_grad():
         out = model(spec)[0, 0]
-    assert rel(out, expected["spec_out_ema"]) <= tol
-    assert rel(out, expected["spec_out"]) > 1e-3  # the EMA weights really are other weights
+    assert rel_err(out, expected["spec_out_ema"]) <= tol
+    assert rel_err(out, expected["spec_out"]) > 1e-3  # the EMA weights really are other weights
 
 
 def test_gradients_float32_match_float64():
@@ -72,7 +68,7 @@ def test_gradients_float32_match_float64():
         loss.backward()
         grads[dtype] = {n: p.grad for n, p in m.named_parameters()}
     for name, g64 in grads[torch.float64].items():
-        assert rel(grads[torch.float32][name], g64) <= 1e-3, name
+        assert rel_err(grads[torch.float32][name], g64) <= 1e-3, name
 
 
 def test_mixer_with_and_without_gradients_same_function():
@@ -85,7 +81,7 @@ def test_mixer_with_and_without_gradients_same_function():
     u = torch.randn(2, 6, 8, dtype=torch.float64, requires_grad=True)
     with torch.no_grad():
         plain = mixer(u)
-    assert rel(mixer(u).detach(), plain) <= 1e-14
+    assert rel_err(mixer(u).detach(), plain) <= 1e-14
     params = dict(mixer.named_parameters())
     weight = params["in_proj.weight"].detach().clone().requires_grad_()
 
@@ -155,4 +151,4 @@ def test_bf16_autocast_close_to_float32(expected, data_dir):
             out = model(spec)
     assert out.dtype == torch.complex64
     assert torch.isfinite(out.abs()).all()
-    assert rel(out, ref) <= 5e-2
+    assert rel_err(out, ref) <= 5e-2

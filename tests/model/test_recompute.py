@@ -17,7 +17,7 @@ from bsmamba2.model import BSMamba2, BSMamba2Config, mamba2
 from bsmamba2.model.mamba2 import Mamba2, set_recompute
 from bsmamba2.training import BSMamba2Module
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = BSMamba2Config(dim=16, depth=2, expand=2, headdim=8, d_state=8)
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from triton_testing import DEVICE, ON_GPU, TOL, assert_close, rel_err
 
 import bsmamba2
 from bsmamba2 import ops
-from bsmamba2.model import BSMamba2Config
 from bsmamba2.model.blocks import BidirectionalMamba
 from bsmamba2.ops import dispatch
+from tests.helpers.configs import TINY
+from tests.helpers.kernels import DEVICE, ON_GPU, TOL, assert_close, rel_err
 
 
 def test_backend_choice(monkeypatch):
@@ -53,9 +53,8 @@ def test_ops_route_to_the_kernels(monkeypatch):
 
 
 def _block() -> BidirectionalMamba:
-    cfg = BSMamba2Config(dim=16, depth=1, expand=2, headdim=16, d_state=8)
     torch.manual_seed(7)
-    block = BidirectionalMamba(cfg)
+    block = BidirectionalMamba(TINY)
     with torch.no_grad():  # non-trivial norm weights and D
         for p in block.parameters():
             if p.dim() == 1:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_ops_reference import conv_truth, norm_truth, rel, ssd_inputs
 
-from bsmamba2.model import BSMamba2, BSMamba2Config, stft
+from bsmamba2.model import BSMamba2, stft
 from bsmamba2.ops.reference import causal_conv1d, gated_rms_norm, ssd_scan, ssd_scan_sequential
+from tests.helpers.configs import TINY
+from tests.helpers.numerics import rel_err
+from tests.helpers.ops import F64, conv_truth, norm_truth, ssd_inputs
 
-F64 = torch.float64
 MODES = ["autograd", "no_grad", "inference_mode"]
 
 
@@ -37,9 +38,9 @@ def test_ssd_scan_paths_match_float64_truth(mode, length, chunk, g):
     kw = {"dt_bias": t["dt_bias"], "initial_state": t["initial_state"]}
     y, state = run(mode, ssd_scan, *args, dt_softplus=True, return_final_state=True, chunk_size=chunk, **kw)
     y_ref, state_ref = ssd_scan_sequential(*args, dt_softplus=True, **kw)
-    assert rel(y.detach(), y_ref) <= 1e-10 and rel(state.detach(), state_ref) <= 1e-10
+    assert rel_err(y.detach(), y_ref) <= 1e-10 and rel_err(state.detach(), state_ref) <= 1e-10
     y_plain = run(mode, ssd_scan, *args[:5], dt_softplus=True, chunk_size=chunk)  # no D, no state
-    assert rel(y_plain.detach(), ssd_scan_sequential(*args[:5], dt_softplus=True)[0]) <= 1e-10
+    assert rel_err(y_plain.detach(), ssd_scan_sequential(*args[:5], dt_softplus=True)[0]) <= 1e-10
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -50,7 +51,7 @@ def test_ssd_scan_paths_low_precision(mode, dtype, tol):
     y = run(mode, ssd_scan, *args, dt_bias=t["dt_bias"], dt_softplus=True)
     assert y.dtype == dtype
     ref, _ = ssd_scan_sequential(*args, dt_bias=t["dt_bias"], dt_softplus=True)
-    assert rel(y.detach(), ref) <= tol
+    assert rel_err(y.detach(), ref) <= tol
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -63,7 +64,7 @@ def test_causal_conv1d_paths(mode, dtype, tol, with_bias):
     y = run(mode, causal_conv1d, x.to(dtype), w.to(dtype), bias, "silu")
     assert y.dtype == dtype
     truth = conv_truth(x.to(dtype), w.to(dtype), bias, "silu")
-    assert rel(y.detach(), truth) <= tol
+    assert rel_err(y.detach(), truth) <= tol
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -75,7 +76,7 @@ def test_gated_rms_norm_paths(mode, dtype, tol, gated, group_size):
     w = (torch.rand(16, dtype=F64) + 0.5).to(dtype)
     y = run(mode, gated_rms_norm, x, z, w, 1e-5, group_size)
     assert y.dtype == dtype and y.shape == x.shape
-    assert rel(y.detach(), norm_truth(x, z, w, 1e-5, group_size)) <= tol
+    assert rel_err(y.detach(), norm_truth(x, z, w, 1e-5, group_size)) <= tol
 
 
 def test_inference_leaves_inputs_untouched():
@@ -92,14 +93,14 @@ def test_inference_leaves_inputs_untouched():
 def test_model_inference_equals_training_path():
     """The whole network: inference mode (in place) against the autograd path, float32."""
     torch.manual_seed(0)
-    cfg = BSMamba2Config(dim=16, depth=1, expand=2, headdim=16, d_state=8)
+    cfg = TINY
     model = BSMamba2(cfg)
     spec = stft(torch.randn(1, 2, 44100 // 4) * 0.1, cfg)
     train = model(spec)
     assert train.requires_grad
     with torch.inference_mode():
         infer = model(spec)
-    assert rel(torch.view_as_real(infer), torch.view_as_real(train.detach())) <= 1e-6
+    assert rel_err(torch.view_as_real(infer), torch.view_as_real(train.detach())) <= 1e-6
 
 
 def test_ssd_scan_under_autocast_paths_agree():
@@ -110,6 +111,6 @@ def test_ssd_scan_under_autocast_paths_agree():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         train = run("autograd", ssd_scan, *args, dt_bias=t["dt_bias"], dt_softplus=True)
         infer = run("inference_mode", ssd_scan, *args, dt_bias=t["dt_bias"], dt_softplus=True)
-    assert rel(infer, train.detach()) <= 1e-5
+    assert rel_err(infer, train.detach()) <= 1e-5
     ref, _ = ssd_scan_sequential(*args, dt_bias=t["dt_bias"], dt_softplus=True)
-    assert rel(infer, ref) <= 2e-2
+    assert rel_err(infer, ref) <= 2e-2

@@ -4,35 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bsmamba2 import ops
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.ops.reference import causal_conv1d, gated_rms_norm, ssd_scan, ssd_scan_sequential
-
-F64 = torch.float64
-
-
-def ssd_inputs(b, length, h, p, n, g, dtype=F64, requires_grad=False):
-    """Fresh random inputs in realistic ranges (Δ from softplus, A = -exp(U), no zeros)."""
-    t = {
-        "x": torch.randn(b, length, h, p, dtype=dtype),
-        "dt": torch.randn(b, length, h, dtype=dtype) - 1.0,
-        "A": -torch.exp(torch.rand(h, dtype=dtype) * 2.5),
-        "B": torch.randn(b, length, g, n, dtype=dtype),
-        "C": torch.randn(b, length, g, n, dtype=dtype),
-        "D": torch.randn(h, dtype=dtype),
-        "dt_bias": torch.randn(h, dtype=dtype) * 0.5,
-        "initial_state": torch.randn(b, h, p, n, dtype=dtype),
-    }
-    for v in t.values():
-        v.requires_grad_(requires_grad)
-    return t
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
+from tests.helpers.numerics import rel_err
+from tests.helpers.ops import F64, conv_truth, norm_truth, ssd_inputs
 
 SHAPES = [(2, 2, 4, 3, 1), (1, 4, 8, 16, 2), (3, 3, 2, 5, 3)]  # (b, h, p, n, g)
 
@@ -51,8 +28,8 @@ def test_ssd_matches_sequential_float64(length, shape, with_extras):
     y, state = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D, return_final_state=True, **kw)
     y_ref, state_ref = ssd_scan_sequential(t["x"], t["dt"], t["A"], t["B"], t["C"], D, **kw)
     assert y.dtype == F64 and y.shape == (b, length, h, p)
-    assert rel(y, y_ref) <= 1e-10
-    assert rel(state, state_ref) <= 1e-10
+    assert rel_err(y, y_ref) <= 1e-10
+    assert rel_err(state, state_ref) <= 1e-10
     assert torch.equal(ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D, **kw), y)
 
 
@@ -62,7 +39,7 @@ def test_ssd_without_softplus_and_chunk_size_independent():
     y_ref, _ = ssd_scan_sequential(t["x"], dt, t["A"], t["B"], t["C"], t["D"])
     for chunk in (1, 7, 16, 64, 128):
         y = ssd_scan(t["x"], dt, t["A"], t["B"], t["C"], t["D"], chunk_size=chunk)
-        assert rel(y, y_ref) <= 1e-10, chunk
+        assert rel_err(y, y_ref) <= 1e-10, chunk
 
 
 def test_ssd_state_carries_across_calls():
@@ -75,8 +52,8 @@ def test_ssd_state_carries_across_calls():
                       return_final_state=True)
     y2, s2 = ssd_scan(t["x"][:, half:], t["dt"][:, half:], *args, t["B"][:, half:], t["C"][:, half:],
                       initial_state=s1, return_final_state=True)
-    assert rel(torch.cat([y1, y2], 1), full) <= 1e-12
-    assert rel(s2, full_state) <= 1e-12
+    assert rel_err(torch.cat([y1, y2], 1), full) <= 1e-12
+    assert rel_err(s2, full_state) <= 1e-12
 
 
 @pytest.mark.parametrize("length,chunk,g", [(1, 4, 1), (7, 4, 2), (9, 16, 1)])
@@ -102,7 +79,7 @@ def test_ssd_gradients_match_sequential_at_real_length():
         y = out[0] if isinstance(out, tuple) else out
         grads.append(torch.autograd.grad((y * w).sum(), [t[k] for k in names]))
     for name, g1, g2 in zip(names, *grads, strict=True):
-        assert rel(g1, g2) <= 1e-10, name
+        assert rel_err(g1, g2) <= 1e-10, name
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
@@ -114,16 +91,7 @@ def test_ssd_low_precision_inputs(dtype, tol):
     # Truth on the same (rounded) inputs, so only the arithmetic is judged.
     ref, _ = ssd_scan_sequential(*(t[k] for k in ("x", "dt", "A", "B", "C", "D")), dt_bias=t["dt_bias"],
                                  dt_softplus=True)
-    assert rel(y, ref) <= tol
-
-
-def conv_truth(x, weight, bias, activation):
-    """An independent formulation: F.conv1d with left zero padding, in float64."""
-    xt = x.double().transpose(1, 2)
-    y = F.conv1d(F.pad(xt, (weight.shape[-1] - 1, 0)), weight.double().unsqueeze(1),
-                 None if bias is None else bias.double(), groups=x.shape[-1])
-    y = y.transpose(1, 2)
-    return F.silu(y) if activation == "silu" else y
+    assert rel_err(y, ref) <= tol
 
 
 @pytest.mark.parametrize("width", [2, 3, 4])
@@ -134,8 +102,8 @@ def test_causal_conv1d_matches_conv1d(width, length, activation):
     w = torch.randn(6, width, dtype=F64)
     b = torch.randn(6, dtype=F64)
     y = causal_conv1d(x, w, b, activation)
-    assert rel(y, conv_truth(x, w, b, activation)) <= 1e-12
-    assert rel(causal_conv1d(x, w, None, activation), conv_truth(x, w, None, activation)) <= 1e-12
+    assert rel_err(y, conv_truth(x, w, b, activation)) <= 1e-12
+    assert rel_err(causal_conv1d(x, w, None, activation), conv_truth(x, w, None, activation)) <= 1e-12
 
 
 def test_causal_conv1d_is_causal_and_float32():
@@ -147,7 +115,7 @@ def test_causal_conv1d_is_causal_and_float32():
     y2 = causal_conv1d(x2, w, b, "silu")
     assert torch.equal(y[:, :30], y2[:, :30]) and not torch.equal(y[:, 30:], y2[:, 30:])
     assert y.dtype == torch.float32
-    assert rel(y, conv_truth(x, w, b, "silu")) <= 1e-6
+    assert rel_err(y, conv_truth(x, w, b, "silu")) <= 1e-6
     with pytest.raises(ValueError):
         causal_conv1d(x, w, b, "relu")
 
@@ -159,25 +127,16 @@ def test_causal_conv1d_gradcheck():
     assert torch.autograd.gradcheck(lambda *a: causal_conv1d(*a, "silu"), (x, w, b))
 
 
-def norm_truth(x, z, weight, eps, group_size):
-    y = x.double() * (z.double() * torch.sigmoid(z.double()) if z is not None else 1.0)
-    d = y.shape[-1]
-    gs = group_size or d
-    yg = y.reshape(*y.shape[:-1], d // gs, gs)
-    yg = yg / torch.sqrt((yg**2).mean(-1, keepdim=True) + eps)
-    return yg.reshape(y.shape) * weight.double()
-
-
 @pytest.mark.parametrize("group_size", [None, 4, 16])
 @pytest.mark.parametrize("gated", [True, False])
 def test_gated_rms_norm(group_size, gated):
     x = torch.randn(3, 7, 16, dtype=F64)
     z = torch.randn(3, 7, 16, dtype=F64) if gated else None
     w = torch.rand(16, dtype=F64) + 0.5
-    assert rel(gated_rms_norm(x, z, w, 1e-5, group_size), norm_truth(x, z, w, 1e-5, group_size)) <= 1e-13
+    assert rel_err(gated_rms_norm(x, z, w, 1e-5, group_size), norm_truth(x, z, w, 1e-5, group_size)) <= 1e-13
     y32 = gated_rms_norm(x.float(), None if z is None else z.float(), w.float(), 1e-5, group_size)
     assert y32.dtype == torch.float32
-    assert rel(y32, norm_truth(x, z, w, 1e-5, group_size)) <= 1e-6
+    assert rel_err(y32, norm_truth(x, z, w, 1e-5, group_size)) <= 1e-6
 
 
 def test_gated_rms_norm_gradcheck():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import triton
-from triton_testing import DEVICE, ON_GPU, assert_close, poisoned_outputs
 
 from bsmamba2.ops import reference
 from bsmamba2.ops.triton import causal_conv1d, conv, gated_rms_norm, norm
+from tests.helpers.kernels import DEVICE, ON_GPU, assert_close, poisoned_outputs
 
 CHANNELS = 1280 if ON_GPU else 40
 DTYPES = [torch.float32, torch.bfloat16]

@@ -11,15 +11,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from bsmamba2 import BSMamba2, BSMamba2Config, Separator, save_model
+from bsmamba2 import BSMamba2, Separator, save_model
 from bsmamba2.cli.main import main
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.separation import compiling
 from bsmamba2.separation import separator as separator_module
 from bsmamba2.separation.compiling import compile_blocks, compile_pays
 from bsmamba2.separation.progress import ProgressReporter
-
-TINY = BSMamba2Config(dim=16, depth=1, expand=2, headdim=16, d_state=8)
+from tests.helpers.configs import TINY
 
 
 def separate_compiled(backend: str) -> None:

@@ -10,10 +10,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_registry import PAYLOAD, server  # noqa: F401 (the loopback HTTP server fixture)
 
 from bsmamba2.separation import download as download_module
 from bsmamba2.separation.download import download_lock
+from tests.helpers.http import PAYLOAD
 
 FETCH = (
     "import sys; from bsmamba2.separation.registry import KnownCheckpoint, fetch; "
@@ -22,7 +22,7 @@ FETCH = (
 
 
 @pytest.mark.skipif(download_module.fcntl is None, reason="no fcntl: downloads are not locked here")
-def test_concurrent_fetches_download_once(server, tmp_path):  # noqa: F811
+def test_concurrent_fetches_download_once(server, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     env = {**os.environ, "BSMAMBA2_CACHE": str(cache)}

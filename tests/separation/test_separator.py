@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from torch import nn
 
 from bsmamba2 import BSMamba2, BSMamba2Config, Separator, load_model
 from bsmamba2.audio import AudioError, read_audio
@@ -18,24 +17,8 @@ from bsmamba2.model import istft, stft
 from bsmamba2.separation import ClippingWarning
 from bsmamba2.separation.batching import auto_batch_size, segment_bytes
 from bsmamba2.separation.separator import resolve_precision
-
-MICRO = BSMamba2Config(dim=8, depth=1, expand=2, headdim=16, d_state=4, mask_mlp_expansion=1)
-
-
-class MaskModel(nn.Module):
-    """The BSMamba2 interface (``config``, complex spec in, stems out) with a constant mask."""
-
-    def __init__(
-        self, gain: float = 1.0, stereo: bool = True, n_stems: int = 1, targets: tuple[str, ...] = ()
-    ) -> None:
-        super().__init__()
-        self.config = BSMamba2Config(
-            dim=8, depth=1, expand=2, headdim=16, d_state=4, stereo=stereo, n_stems=n_stems, targets=targets
-        )
-        self.gain = gain
-
-    def forward(self, spec: torch.Tensor) -> torch.Tensor:
-        return torch.stack([spec * self.gain * (i + 1) for i in range(self.config.n_stems)], dim=1)
+from tests.helpers.configs import MICRO
+from tests.helpers.models import MaskModel
 
 
 class SegmentLevelModel(MaskModel):

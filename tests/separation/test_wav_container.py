@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from test_separator import MaskModel
 
 from bsmamba2 import Separator
 from bsmamba2.audio import audio_writer
 from bsmamba2.separation import separator as separator_module
 from bsmamba2.separation.separator import WAV_LIMIT, wav_container
+from tests.helpers.models import MaskModel
 
 HOUR = 3600.0
 

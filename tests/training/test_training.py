@@ -16,7 +16,6 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from musdb_layout import make_musdb
 from torch.utils.data import DataLoader
 
 from bsmamba2 import load_model
@@ -24,12 +23,12 @@ from bsmamba2.cli.main import main
 from bsmamba2.data import MixingDataset, build_index, list_tracks, load_index
 from bsmamba2.data.datamodule import MUSDBDataModule
 from bsmamba2.errors import BSMamba2Error
-from bsmamba2.model import BSMamba2Config
 from bsmamba2.separation.separator import Separator
 from bsmamba2.training import BSMamba2Module, FullTrackValidation, NonFiniteError
 from bsmamba2.training.launch import train
+from tests.helpers.configs import TINY, TINY_KWARGS
+from tests.helpers.musdb import make_musdb
 
-TINY = {"dim": 16, "depth": 1, "expand": 2, "headdim": 16, "d_state": 8}
 SEGMENT = 0.1
 
 
@@ -77,14 +76,14 @@ def _config(folder: Path, root: Path, extra_callbacks: tuple = (), **overrides) 
                     },
                 },
                 {
-                    "class_path": "training_callbacks.LossRecorder",
+                    "class_path": "tests.helpers.callbacks.LossRecorder",
                     "init_args": {"path": str(folder / "losses.txt")},
                 },
                 {"class_path": "bsmamba2.training.Throughput", "init_args": {"every_n_steps": 1}},
                 *extra_callbacks,
             ],
         },
-        "model": {"net": TINY},
+        "model": {"net": TINY_KWARGS},
         "data": {
             "root": str(root),
             "segment_seconds": SEGMENT,
@@ -114,7 +113,7 @@ def test_thirty_steps_reduce_the_loss(musdb_root):
     index = load_index(musdb_root / "bsmamba2_sad.json")["subsets"]["train"]
     ds = MixingDataset(tracks, index, window=17640, segment=4410, seed=0)
     batch = [torch.stack(x) for x in zip(*[ds[i] for i in range(2)], strict=True)]
-    module = BSMamba2Module(net=BSMamba2Config(**TINY))
+    module = BSMamba2Module(net=TINY)
     optimizer = module.configure_optimizers()
     losses = []
     for _ in range(30):
@@ -183,12 +182,12 @@ def test_checkpoints_load_and_separate(musdb_root, tmp_path):
 
 def test_ddp_gradients_equal_one_process(musdb_root, tmp_path):
     """2 CPU processes (gloo) × batch 1 give the gradients of one process × batch 2."""
-    from training_callbacks import GradRecorder
+    from tests.helpers.callbacks import GradRecorder
 
     def run(folder: Path, devices: int, batch: int) -> None:
         folder.mkdir()
         pl.seed_everything(0)
-        module = BSMamba2Module(net=BSMamba2Config(**TINY))
+        module = BSMamba2Module(net=TINY)
         data = MUSDBDataModule(
             str(musdb_root), segment_seconds=SEGMENT, batch_size=batch, num_workers=0, segments_per_epoch=2
         )
@@ -245,7 +244,7 @@ def test_nonfinite_steps_are_skipped_then_stop():
     torch.manual_seed(0)
     good = (torch.randn(1, 2, 4410) * 0.1, torch.randn(1, 1, 2, 4410) * 0.05)
     bad = (torch.full((1, 2, 4410), float("nan")), good[1])
-    module = BSMamba2Module(net=BSMamba2Config(**TINY), max_nonfinite=3)
+    module = BSMamba2Module(net=TINY, max_nonfinite=3)
     before = [p.detach().clone() for p in module.parameters()]
     with pytest.warns(UserWarning, match="non-finite loss"):
         _fit(module, [bad, bad])
@@ -257,7 +256,7 @@ def test_nonfinite_steps_are_skipped_then_stop():
     ):
         _fit(module, [bad, bad, bad])
     # a non-finite gradient (finite loss): skipped too, then a good step resets the run of failures
-    module = BSMamba2Module(net=BSMamba2Config(**TINY), max_nonfinite=2)
+    module = BSMamba2Module(net=TINY, max_nonfinite=2)
     param = next(module.model.parameters())
     handle = param.register_hook(lambda g: g * float("inf"))
     before = [p.detach().clone() for p in module.parameters()]
@@ -291,7 +290,7 @@ def test_print_config_and_targets_link(musdb_root, tmp_path, capsys):
         == 60
     )
     assert printed["model"]["lr"] == 5e-4 and printed["model"]["net"]["dim"] == 256
-    module = BSMamba2Module(net=BSMamba2Config(**TINY), targets=["vocals", "drums"])
+    module = BSMamba2Module(net=TINY, targets=["vocals", "drums"])
     assert module.model.config.n_stems == 2
     assert json.loads(json.dumps(module.hparams))["targets"] == ["vocals", "drums"]
 

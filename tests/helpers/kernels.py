@@ -14,6 +14,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+from tests.helpers.numerics import rel_err
+
 ON_GPU = torch.cuda.is_available()
 if not ON_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -27,13 +29,6 @@ if "bsmamba2.ops.triton.common" in sys.modules and not ON_GPU:
 DEVICE = "cuda" if ON_GPU else "cpu"
 # fp32: 1e-4 where the dots are exact fp32 (the interpreter), 5e-3 where they are tf32 (a GPU).
 TOL = {torch.float32: 5e-3 if ON_GPU else 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
-
-
-def rel_err(actual: torch.Tensor, truth: torch.Tensor) -> float:
-    """‖actual − truth‖ / ‖truth‖ in float64 (absolute error when truth is exactly zero)."""
-    diff = (actual.double() - truth.double()).norm().item()
-    ref = truth.double().norm().item()
-    return diff / ref if ref > 0 else diff
 
 
 def assert_close(name: str, actual: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype,
