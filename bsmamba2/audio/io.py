@@ -28,6 +28,10 @@ from bsmamba2.fileio import atomic_path
 BLOCK = 1 << 16  # samples per block read (~1.5 s at 44.1 kHz)
 FORMATS = ("wav", "flac")
 BIT_DEPTHS = ("16", "24", "float")
+AUDIO_SUFFIXES = frozenset(  # what `separate` looks for in folders and `serve` accepts
+    {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma"}
+    | {".mp4", ".mkv", ".webm", ".mka", ".caf", ".w64", ".wv", ".ape"}
+)
 _SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "float": "FLOAT"}
 
 

@@ -11,10 +11,10 @@ import sys
 
 from bsmamba2 import __version__
 from bsmamba2.allocator import tune_allocator
-from bsmamba2.cli import evaluate, info, prepare, separate, train
+from bsmamba2.cli import evaluate, info, prepare, separate, serve, train
 from bsmamba2.errors import BSMamba2Error
 
-COMMANDS = (info, evaluate, prepare, train, separate)
+COMMANDS = (info, evaluate, prepare, train, separate, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,33 +16,11 @@ from pathlib import Path
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from bsmamba2.audio.io import BIT_DEPTHS, FORMATS, subtype_for
+from bsmamba2.audio.io import AUDIO_SUFFIXES, BIT_DEPTHS, FORMATS, subtype_for
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.separation import OutputExistsError, Separator
 from bsmamba2.separation.registry import KNOWN, resolve_weights
 from bsmamba2.separation.separator import DEFAULT_TEMPLATE, PRECISIONS
-
-AUDIO_SUFFIXES = {
-    ".wav",
-    ".flac",
-    ".mp3",
-    ".ogg",
-    ".oga",
-    ".opus",
-    ".m4a",
-    ".aac",
-    ".aif",
-    ".aiff",
-    ".wma",
-    ".mp4",
-    ".mkv",
-    ".webm",
-    ".mka",
-    ".caf",
-    ".w64",
-    ".wv",
-    ".ape",
-}
 
 
 def find_inputs(inputs: list[str], pattern: str | None, outdir: Path) -> tuple[list[Path], list[str]]:
@@ -85,6 +63,23 @@ def _summary(path: Path, outputs: dict[str, Path], seconds: float) -> str:
     )
 
 
+def load_separator(args: argparse.Namespace, progress: bool, **settings) -> Separator:
+    """The :class:`Separator` the arguments of :func:`add_separator_arguments` ask for."""
+    weights = resolve_weights(args.checkpoint, args.model, progress=progress)
+    return Separator(
+        weights,
+        device=args.device,
+        segment=args.segment,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        progress=progress,
+        ema=args.ema,
+        compile={"yes": True, "no": False}.get(args.compile, "auto"),
+        **settings,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     stems = [s for item in args.stems or [] for s in item.split(",") if s] or None
@@ -96,19 +91,7 @@ def run(args: argparse.Namespace) -> int:
             "no audio files found in the inputs" + (f" matching {args.glob!r}" if args.glob else "")
         )
     subtype_for(args.format, args.bit_depth)  # bad combinations fail before any work
-    weights = resolve_weights(args.checkpoint, args.model, progress=not args.quiet)
-    separator = Separator(
-        weights,
-        device=args.device,
-        segment=args.segment,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        progress=not args.quiet,
-        ema=args.ema,
-        official=args.official,
-        compile={"yes": True, "no": False}.get(args.compile, "auto"),
-    )
+    separator = load_separator(args, progress=not args.quiet, official=args.official)
     # Template and stems too.
     separator.output_paths(files[0], outdir, stems, args.filename, args.format)
     failed, skipped, planned = len(missing), 0, {}
@@ -169,17 +152,8 @@ def _batch_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}") from None
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "separate",
-        help="separate audio files into vocals and accompaniment",
-        description="Separate audio files (or every audio file under folders) into stems.",
-    )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")
-    p.add_argument("-o", "--outdir", default="separated", help="output folder (default: %(default)s)")
-    p.add_argument(
-        "--glob", help="file name pattern for folders, e.g. '*.flac' (default: common audio suffixes)"
-    )
+def add_separator_arguments(p: argparse.ArgumentParser) -> None:
+    """The weights and how to run them: shared by ``separate`` and ``serve``."""
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", metavar="PATH", help="weights: any checkpoint bsmamba2 reads")
     weights.add_argument(
@@ -217,6 +191,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="segments per forward pass, or auto: 1 on the CPU, what fits in half the free memory "
         "on CUDA, halved if CUDA runs out of memory (default: %(default)s)",
     )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "separate",
+        help="separate audio files into vocals and accompaniment",
+        description="Separate audio files (or every audio file under folders) into stems.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")
+    p.add_argument("-o", "--outdir", default="separated", help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--glob", help="file name pattern for folders, e.g. '*.flac' (default: common audio suffixes)"
+    )
+    add_separator_arguments(p)
     p.add_argument("--official", action="store_true", help="the official protocol: 8 s segments, no overlap")
     p.add_argument("--stems", action="append", metavar="NAME[,NAME]", help="stems to write (default: all)")
     p.add_argument(

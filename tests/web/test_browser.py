@@ -1,0 +1,131 @@
+"""``bsmamba2 serve`` in a real browser: headless Chromium (Debian's ``chromium``, driven by
+Playwright without a browser download) uploads a generated song, separates it with the
+small test model, plays and downloads the stems and the zip; the files must have the
+input's length and rate and pass the null test. A screenshot goes to the test's folder,
+and to ``$BSMAMBA2_SCREENSHOT`` when set (how docs/serve.png is made)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bsmamba2 import Separator
+from bsmamba2.web.jobs import JobQueue
+from tests.helpers.web import serving, tones
+
+CHROMIUM = os.environ.get("BSMAMBA2_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [  # no sandbox as root; nothing reaches out of this machine
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+def _browser_or_skip():
+    """Playwright's sync API, or a skip saying what is missing (a failure on CI, which has both)."""
+    missing = []
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing.append("the playwright package (pip install playwright)")
+    if not Path(CHROMIUM).is_file():
+        missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium; tools/setup.sh does)")
+    if missing:
+        reason = "no browser test without " + " and ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return sync_playwright
+
+
+@pytest.fixture
+def site(tmp_path, data_dir):
+    separator = Separator(data_dir / "tiny.ckpt", device="cpu", progress=False, compile=False)
+    jobs = JobQueue(separator, root=tmp_path / "server")
+    with serving(jobs) as url:
+        yield url, jobs
+
+
+def test_separate_play_and_download_in_chromium(site, tmp_path):
+    sync_playwright = _browser_or_skip()
+    url, jobs = site
+    rate, audio = 44100, tones(2, 3.0, 44100, seed=11)
+    song = tmp_path / "my song.wav"
+    sf.write(song, audio.T, rate, subtype="FLOAT")
+    downloads = tmp_path / "downloads"
+    problems, foreign = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(accept_downloads=True, viewport={"width": 1100, "height": 760})
+        page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: r.url.startswith(url) or r.url.startswith("data:") or foreign.append(r.url))
+        page.goto(url)
+        page.wait_for_selector("#model:has-text('model tiny on cpu')")
+        page.set_input_files("#files", str(song))
+        page.click("#separate")
+        page.wait_for_selector(".stem audio[data-stem=accompaniment]", timeout=60_000)
+        assert page.inner_text(".job .status") == "done"
+        assert "3.0 s of audio in" in page.inner_text(".file .line")
+
+        played = page.evaluate(
+            """async () => {
+                const audio = document.querySelector("audio[data-stem=vocals]");
+                await audio.play();
+                await new Promise((resolve) => setTimeout(resolve, 700));
+                audio.pause();
+                return audio.currentTime;
+            }"""
+        )
+        assert played > 0.2  # the browser decoded and played the stem
+        drawn = page.evaluate(
+            """() => [...document.querySelectorAll(".stem canvas")].map((canvas) => {
+                const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+                let ink = 0;
+                for (let i = 3; i < pixels.length; i += 4) ink += pixels[i] > 0;
+                return ink / (canvas.width * canvas.height);
+            })"""
+        )
+        assert len(drawn) == 2 and all(0.03 < share < 0.95 for share in drawn)  # bars, not a 1-pixel line
+
+        files = {}
+        for stem in ("vocals", "accompaniment"):
+            with page.expect_download() as info:
+                page.click(f".stem:has(audio[data-stem={stem}]) a")
+            assert info.value.suggested_filename == f"my song_{stem}.wav"
+            files[stem] = downloads / info.value.suggested_filename
+            info.value.save_as(files[stem])
+        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        if os.environ.get("BSMAMBA2_SCREENSHOT"):
+            page.screenshot(path=os.environ["BSMAMBA2_SCREENSHOT"], full_page=True)
+
+        assert problems == []  # no script errors (after the zip, the page's polls end in a 404)
+        with page.expect_download() as info:
+            page.click("text=Download all (zip)")
+        info.value.save_as(downloads / "stems.zip")
+        page.wait_for_selector("text=The server has deleted this job's files.")
+        browser.close()
+    assert foreign == []  # nothing fetched from elsewhere: works offline
+    assert list(jobs.root.iterdir()) == []  # the zip download removed the job
+
+    vocals, vocals_rate = sf.read(files["vocals"], dtype="float32", always_2d=True)
+    accompaniment, accompaniment_rate = sf.read(files["accompaniment"], dtype="float32", always_2d=True)
+    assert vocals_rate == accompaniment_rate == rate
+    assert vocals.shape == accompaniment.shape == audio.T.shape
+    assert np.abs(vocals).max() > 1e-3 and np.abs(vocals - audio.T).max() > 1e-3  # a real separation
+    np.testing.assert_allclose(vocals + accompaniment, audio.T, atol=1e-6)  # the null test
+    with zipfile.ZipFile(downloads / "stems.zip") as archive:
+        assert sorted(archive.namelist()) == ["my song/accompaniment.wav", "my song/vocals.wav"]
+        assert archive.read("my song/vocals.wav") == files["vocals"].read_bytes()
+    assert (tmp_path / "serve.png").read_bytes()[:4] == b"\x89PNG"
