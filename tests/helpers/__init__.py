@@ -8,4 +8,5 @@
 - ``musdb``: a generated MUSDB18-HQ folder.
 - ``http``: a loopback HTTP server for the download tests.
 - ``callbacks``: Lightning callbacks the training tests name by class path.
+- ``web``: the ``serve`` app on a loopback port, an HTTP client, generated songs.
 """
