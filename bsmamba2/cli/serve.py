@@ -114,7 +114,13 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then raises the Ctrl+C again
+        pass
+    finally:
+        jobs.close()  # also done by the app's shutdown; here for a server that failed to start
+    print("bsmamba2 serve: stopped; every job's files are deleted", file=sys.stderr)
     return 0
 
 

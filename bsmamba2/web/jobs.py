@@ -91,9 +91,11 @@ class Options:
     @classmethod
     def parse(cls, raw: dict, separator: Separator) -> Options:
         """Options from the page's JSON, checked against the model's stems and the formats."""
-        stems = raw.get("stems") or separator.outputs
+        stems = raw.get("stems", separator.outputs)
         if not isinstance(stems, list) or not all(isinstance(s, str) for s in stems):
             raise JobError("stems must be a list of names")
+        if not stems:
+            raise JobError("choose at least one stem")
         unknown = [s for s in stems if s not in separator.outputs]
         if unknown:
             raise JobError(f"unknown stem {unknown[0]!r} (this model gives: {', '.join(separator.outputs)})")

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import signal
 import socket
+import subprocess
 import sys
 import urllib.parse
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +155,24 @@ def test_serve_errors_are_one_line(monkeypatch, capsys, tmp_path):
 )
 def test_which_hosts_are_this_machine_only(host, local):
     assert serve.is_loopback(host) == local
+
+
+def test_the_command_serves_and_ctrl_c_deletes_everything(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "bsmamba2", "serve", "--checkpoint", str(root / "tests/data/tiny.ckpt")]
+    command += ["--device", "cpu", "--port", "0", "--workdir", str(tmp_path), "--compile", "no"]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        url = re.match(r"bsmamba2 serve: (http://127\.0\.0\.1:\d+)/ \(model tiny on cpu, 1 job\(s\) at a time\)", line)
+        assert url, line + server.stderr.read() if server.poll() is not None else line
+        status, info = api("GET", f"{url[1]}/api/info")
+        assert status == 200 and info["model"] == "tiny"
+        assert api("POST", f"{url[1]}/api/jobs", {})[0] == 201
+        assert len(list(tmp_path.glob("bsmamba2-serve-*/*"))) == 1  # the job's folder
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err
+    assert list(tmp_path.iterdir()) == []

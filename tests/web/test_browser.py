@@ -63,21 +63,26 @@ def test_separate_play_and_download_in_chromium(site, tmp_path):
     rate, audio = 44100, tones(2, 3.0, 44100, seed=11)
     song = tmp_path / "my song.wav"
     sf.write(song, audio.T, rate, subtype="FLOAT")
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF" + np.random.default_rng(2).bytes(3000))
     downloads = tmp_path / "downloads"
-    problems, foreign = [], []
+    problems, foreign, failed = [], [], []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(accept_downloads=True, viewport={"width": 1100, "height": 760})
-        page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+        page.on("console", lambda m: m.type == "error" and "Failed to load resource" not in m.text and problems.append(m.text))
+        page.on("response", lambda r: r.status >= 400 and failed.append(f"{r.request.method} {r.status} {r.url}"))
         page.on("pageerror", lambda e: problems.append(str(e)))
         page.on("request", lambda r: r.url.startswith(url) or r.url.startswith("data:") or foreign.append(r.url))
         page.goto(url)
         page.wait_for_selector("#model:has-text('model tiny on cpu')")
-        page.set_input_files("#files", str(song))
+        page.set_input_files("#files", [str(song), str(broken)])
         page.click("#separate")
         page.wait_for_selector(".stem audio[data-stem=accompaniment]", timeout=60_000)
+        refused = page.inner_text(".file:has-text('broken.wav') .line.error")
+        assert refused.startswith("broken.wav: not a readable audio file (") and "\n" not in refused
         assert page.inner_text(".job .status") == "done"
-        assert "3.0 s of audio in" in page.inner_text(".file .line")
+        assert "3.0 s of audio in" in page.inner_text(".file:has-text('my song.wav') .line")
 
         played = page.evaluate(
             """async () => {
@@ -110,7 +115,8 @@ def test_separate_play_and_download_in_chromium(site, tmp_path):
         if os.environ.get("BSMAMBA2_SCREENSHOT"):
             page.screenshot(path=os.environ["BSMAMBA2_SCREENSHOT"], full_page=True)
 
-        assert problems == []  # no script errors (after the zip, the page's polls end in a 404)
+        assert problems == []  # no script errors
+        assert len(failed) == 1 and failed[0].startswith("PUT 400 ") and failed[0].endswith("name=broken.wav")
         with page.expect_download() as info:
             page.click("text=Download all (zip)")
         info.value.save_as(downloads / "stems.zip")

@@ -192,6 +192,7 @@ def test_limits_refuse_with_one_line_and_keep_nothing(make_queue, tmp_path):
         ({"format": "mp3"}, "unknown format 'mp3' (choose from wav, flac)"),
         ({"format": "flac", "bit_depth": "float"}, "FLAC stores integers only"),
         ({"stems": "vocals"}, "stems must be a list of names"),
+        ({"stems": []}, "choose at least one stem"),
     ],
 )
 def test_bad_options_are_one_line_errors(make_queue, options, message):
