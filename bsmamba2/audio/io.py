@@ -3,8 +3,10 @@
 Reading goes through soundfile (wav, flac, ogg, mp3, aiff, ...); anything libsndfile does
 not know (m4a, aac, opus, wma, video containers) is decoded by the ``ffmpeg`` binary when it
 is installed, streamed through a pipe. Every problem with an input is an :class:`AudioError`
-with a one-line message naming the file. Writing is atomic (:mod:`bsmamba2.fileio`): a hidden
-temporary file in the destination folder, renamed over the final name only once complete.
+with a one-line message naming the file. Writing goes through libsndfile too: WAV, FLAC, and
+the lossy MP3 (LAME), Ogg Vorbis and Opus, at a chosen bitrate. Writing is atomic
+(:mod:`bsmamba2.fileio`): a hidden temporary file in the destination folder, renamed over the
+final name only once complete.
 """
 
 from __future__ import annotations
@@ -26,13 +28,28 @@ from bsmamba2.errors import BSMamba2Error
 from bsmamba2.fileio import atomic_path
 
 BLOCK = 1 << 16  # samples per block read (~1.5 s at 44.1 kHz)
-FORMATS = ("wav", "flac")
+FORMATS = ("wav", "flac", "mp3", "ogg", "opus")
 BIT_DEPTHS = ("16", "24", "float")
 AUDIO_SUFFIXES = frozenset(  # what `separate` looks for in folders and `serve` accepts
     {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma"}
     | {".mp4", ".mkv", ".webm", ".mka", ".caf", ".w64", ".wv", ".ape"}
 )
 _SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "float": "FLOAT"}
+LOSSY = {"mp3": "MPEG_LAYER_III", "ogg": "VORBIS", "opus": "OPUS"}
+"""The lossy formats and their libsndfile codec (subtype); ``ogg`` is Vorbis."""
+_CONTAINERS = {"MPEG_LAYER_III": "MP3", "VORBIS": "OGG", "OPUS": "OGG"}
+_CODEC_FORMATS = {subtype: fmt for fmt, subtype in LOSSY.items()}
+_LABELS = {
+    "PCM_16": "16-bit", "PCM_24": "24-bit",
+    "MPEG_LAYER_III": "MP3", "VORBIS": "Vorbis", "OPUS": "Opus",
+}
+SAMPLE_RATES = {
+    "mp3": (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000),
+    "opus": (8000, 12000, 16000, 24000, 48000),
+}
+"""The only rates these codecs store (libsndfile refuses others)."""
+DEFAULT_BITRATES = {"mp3": 320, "opus": 256}
+"""kbps of all channels together: MP3 constant bitrate, Opus's (variable) target."""
 
 
 class AudioError(BSMamba2Error):
@@ -207,9 +224,14 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
 
 def subtype_for(fmt: str, bit_depth: str | None) -> str:
-    """soundfile subtype for ``--format``/``--bit-depth``; default float WAV, 24-bit FLAC."""
+    """soundfile subtype for ``--format``/``--bit-depth``; default float WAV, 24-bit FLAC, and
+    the codec of a lossy format (which has no bit depth)."""
     if fmt not in FORMATS:
         raise AudioError(f"unknown output format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if fmt in LOSSY:
+        if bit_depth is not None:
+            raise AudioError(f"{fmt} has no bit depth: drop --bit-depth (or use --format wav or flac)")
+        return LOSSY[fmt]
     depth = bit_depth or ("float" if fmt == "wav" else "24")
     if depth not in BIT_DEPTHS:
         raise AudioError(f"unknown bit depth {depth!r} (choose from {', '.join(BIT_DEPTHS)})")
@@ -218,11 +240,51 @@ def subtype_for(fmt: str, bit_depth: str | None) -> str:
     return _SUBTYPES[depth]
 
 
+def output_rate(fmt: str, input_rate: int, requested: int | None = None) -> int:
+    """The sample rate of an output: ``requested`` (``--sample-rate``) or the input's; for MP3
+    and Opus, which store only some rates, the next one up from the input's (Opus: 48 kHz for
+    44.1 kHz), and a ``requested`` one they cannot store is an error."""
+    allowed = SAMPLE_RATES.get(fmt)
+    if requested is not None:
+        if requested <= 0:
+            raise AudioError(f"invalid output sample rate {requested}")
+        if allowed and requested not in allowed:
+            rates = ", ".join(str(r) for r in allowed)
+            raise AudioError(f"{fmt} cannot store {requested} Hz; choose --sample-rate from {rates}")
+        return requested
+    if not allowed or input_rate in allowed:
+        return input_rate
+    return next((r for r in allowed if r >= input_rate), allowed[-1])
+
+
+def compression_level(fmt: str, bitrate: int | None, samplerate: int, channels: int) -> float | None:
+    """libsndfile's compression level (0 best .. 1 smallest) for ``bitrate`` kbps (all channels
+    together; None: :data:`DEFAULT_BITRATES`). libsndfile maps the level linearly onto the
+    codec's range: MP3 32-320 kbps (8-160 below 32 kHz, 8-64 below 16 kHz), truncated to
+    whole kbps; Opus 6-256 kbps per channel. Vorbis is quality-based: no bitrate."""
+    if fmt == "ogg" or fmt not in LOSSY:
+        if bitrate is not None:
+            why = " (Vorbis is quality-based)" if fmt == "ogg" else ""
+            raise AudioError(f"--bitrate applies to mp3 and opus, not {fmt}{why}")
+        return None
+    kbps = DEFAULT_BITRATES[fmt] if bitrate is None else bitrate
+    if fmt == "mp3":
+        low, high = (32, 320) if samplerate >= 32000 else (8, 160) if samplerate >= 16000 else (8, 64)
+    else:
+        low, high = 6 * channels, 256 * channels
+    if not low <= kbps <= high:
+        where = f"{fmt} at {samplerate} Hz, {channels} channel(s)"
+        raise AudioError(f"{where}: --bitrate must be {low}-{high} kbps, got {kbps}")
+    if fmt == "mp3":  # half a kbps up, so libsndfile's truncation lands on the asked value
+        return min(1.0, max(0.0, (high - kbps - 0.5) / (high - low)))
+    return 1.0 - (kbps * 1000 / channels - 6000) / 250000
+
+
 class AudioWriter:
     """Appends (channels, n) blocks to an open output; made by :func:`audio_writer`.
 
-    Integer subtypes are clipped to full scale; :attr:`peak` records the largest absolute
-    sample seen so the caller can warn about it (float files keep every value as is).
+    Integer and lossy subtypes are clipped to full scale; :attr:`peak` records the largest
+    absolute sample seen so the caller can warn about it (float files keep every value as is).
     """
 
     def __init__(self, handle: sf.SoundFile, path: Path, subtype: str) -> None:
@@ -249,17 +311,23 @@ def audio_writer(
     channels: int,
     subtype: str = "FLOAT",
     container: str | None = None,
+    bitrate: int | None = None,
 ) -> Iterator[AudioWriter]:
     """Block-wise, atomic output: written to a hidden ``.part`` file beside ``path``, which
     replaces ``path`` only when the block completes; on any exception it is removed and
-    ``path`` is left as it was. The format follows the suffix (``.wav``, ``.flac``) unless
-    ``container`` names a libsndfile one (``RF64`` for WAV files beyond 4 GB).
+    ``path`` is left as it was. The format follows the codec of a lossy ``subtype`` (MP3,
+    Ogg), else the suffix (``.wav``, ``.flac``) unless ``container`` names a libsndfile one
+    (``RF64`` for WAV files beyond 4 GB). ``bitrate`` kbps for MP3 (constant) and Opus
+    (:func:`compression_level`).
     """
     path = Path(path)
+    codec = _CODEC_FORMATS.get(subtype)
+    level = compression_level(codec, bitrate, samplerate, channels) if codec else None
     with atomic_path(path, suffix=".part") as tmp:
-        fmt = container or path.suffix.lstrip(".").upper() or "WAV"
+        fmt = container or _CONTAINERS.get(subtype) or path.suffix.lstrip(".").upper() or "WAV"
+        options = {"compression_level": level, "bitrate_mode": "CONSTANT" if codec == "mp3" else None}
         try:
-            handle = sf.SoundFile(tmp, "w", samplerate, channels, subtype=subtype, format=fmt)
+            handle = sf.SoundFile(tmp, "w", samplerate, channels, subtype=subtype, format=fmt, **options)
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
             raise AudioError(f"{path}: cannot write ({_one_line(exc)})") from None
         with handle:
@@ -267,9 +335,10 @@ def audio_writer(
 
 
 def peak_warning(writer: AudioWriter) -> str:
-    """The message for a clipped integer output, naming its peak."""
-    depth = writer.subtype.replace("PCM_", "") + "-bit"
+    """The message for a clipped integer or lossy output, naming its peak."""
+    lossy = writer.subtype in _CODEC_FORMATS
     return (
         f"{writer.path}: peak {writer.peak:.3f} ({20 * math.log10(writer.peak):+.2f} dBFS) "
-        f"exceeds full scale and was clipped in the {depth} file; use --bit-depth float to keep it"
+        f"exceeds full scale and was clipped in the {_LABELS[writer.subtype]} file; "
+        + ("use --format wav (float) to keep it" if lossy else "use --bit-depth float to keep it")
     )

@@ -16,7 +16,15 @@ from pathlib import Path
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from bsmamba2.audio.io import AUDIO_SUFFIXES, BIT_DEPTHS, FORMATS, subtype_for
+from bsmamba2.audio.io import (
+    AUDIO_SUFFIXES,
+    BIT_DEPTHS,
+    DEFAULT_BITRATES,
+    FORMATS,
+    compression_level,
+    output_rate,
+    subtype_for,
+)
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.separation import OutputExistsError, Separator
 from bsmamba2.separation.registry import KNOWN, resolve_weights
@@ -91,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
             "no audio files found in the inputs" + (f" matching {args.glob!r}" if args.glob else "")
         )
     subtype_for(args.format, args.bit_depth)  # bad combinations fail before any work
+    if args.sample_rate is not None:
+        output_rate(args.format, args.sample_rate, args.sample_rate)
+    compression_level(args.format, args.bitrate, args.sample_rate or 48000, 2)
     separator = load_separator(args, progress=not args.quiet, official=args.official)
     # Template and stems too.
     separator.output_paths(files[0], outdir, stems, args.filename, args.format)
@@ -119,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
                     filename=args.filename,
                     fmt=args.format,
                     bit_depth=args.bit_depth,
+                    bitrate=args.bitrate,
                     sample_rate=args.sample_rate,
                     overwrite=args.overwrite,
                     plot=args.plot,
@@ -150,6 +162,13 @@ def _batch_size(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}") from None
+
+
+def _kbps(text: str) -> int:
+    try:
+        return int(text.lower().removesuffix("k"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected kbps such as 192 or 192k, got {text!r}") from None
 
 
 def add_separator_arguments(p: argparse.ArgumentParser) -> None:
@@ -212,11 +231,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_TEMPLATE,
         help="output path template under OUTDIR with {track} {stem} {ext} {model} (default: %(default)s)",
     )
-    p.add_argument("--format", default="wav", choices=FORMATS, help="output format (default: %(default)s)")
-    p.add_argument(
+    formats = p.add_mutually_exclusive_group()
+    formats.add_argument(
+        "--format",
+        default="wav",
+        choices=FORMATS,
+        help="output format; ogg is Vorbis, opus is Opus in Ogg (default: %(default)s)",
+    )
+    formats.add_argument("--mp3", dest="format", action="store_const", const="mp3", help="= --format mp3")
+    formats.add_argument("--flac", dest="format", action="store_const", const="flac", help="= --format flac")
+    depths = p.add_mutually_exclusive_group()
+    depths.add_argument(
         "--bit-depth", choices=BIT_DEPTHS, help="16, 24 or float (default: float WAV, 24-bit FLAC)"
     )
-    p.add_argument("--sample-rate", type=int, help="output sample rate (default: the input's)")
+    depths.add_argument(
+        "--int24", dest="bit_depth", action="store_const", const="24", help="= --bit-depth 24"
+    )
+    depths.add_argument(
+        "--float32", dest="bit_depth", action="store_const", const="float", help="= --bit-depth float"
+    )
+    p.add_argument(
+        "--bitrate",
+        "--mp3-bitrate",
+        type=_kbps,
+        metavar="KBPS",
+        help="mp3 and opus: kbps of all channels together, e.g. 192 or 192k (default: "
+        + ", ".join(f"{k} {fmt}" for fmt, k in DEFAULT_BITRATES.items())
+        + "; MP3 at a constant bitrate)",
+    )
+    p.add_argument(
+        "--sample-rate",
+        type=int,
+        help="output sample rate (default: the input's; for mp3 and opus the next rate they store)",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs (default: skip the track)"
     )

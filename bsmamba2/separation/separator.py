@@ -32,7 +32,7 @@ from bsmamba2.audio import (
     open_audio,
     subtype_for,
 )
-from bsmamba2.audio.io import BLOCK, peak_warning
+from bsmamba2.audio.io import BLOCK, compression_level, output_rate, peak_warning
 from bsmamba2.checkpoint import load_model
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model import istft, stft
@@ -433,15 +433,18 @@ class Separator:
         overwrite: bool = False,
         plot: bool = False,
         on_progress: ProgressCallback | None = None,
+        bitrate: int | None = None,
     ) -> dict[str, Path]:
         """Separate one file into ``outdir`` (block by block); returns {stem: path}, plus
         ``"plot"`` for the spectrogram PNG when ``plot`` is set.
 
-        ``fmt`` ``wav|flac``, ``bit_depth`` ``16|24|float`` (default: float WAV, 24-bit FLAC),
-        ``sample_rate`` of the outputs (default: the input's); WAV outputs beyond 4 GB are
+        ``fmt`` ``wav|flac|mp3|ogg|opus``, ``bit_depth`` ``16|24|float`` for WAV and FLAC
+        (default: float WAV, 24-bit FLAC), ``bitrate`` kbps for MP3 and Opus (default 320 and
+        256), ``sample_rate`` of the outputs (default: the input's, or the next one MP3 or
+        Opus can store: :func:`~bsmamba2.audio.io.output_rate`); WAV outputs beyond 4 GB are
         written as RF64 (:func:`wav_container`). Existing outputs are kept
         (:class:`OutputExistsError`) unless ``overwrite``; files appear only when complete.
-        Integer outputs beyond full scale are clipped with a :class:`ClippingWarning`.
+        Integer and lossy outputs beyond full scale are clipped with a :class:`ClippingWarning`.
         ``on_progress`` gets a :class:`~bsmamba2.separation.progress.Progress` per block
         (stages separating, compiling, plotting, done; ``file`` the input's name).
         """
@@ -461,12 +464,13 @@ class Separator:
             raise OutputExistsError(f"{path}: skipped, {existing[0]} exists (use --overwrite to replace)")
         with open_audio(path) as source, contextlib.ExitStack() as outputs:
             report = ProgressReporter(on_progress, Path(path).name, source.duration)
-            rate = int(sample_rate or source.samplerate)
+            rate = output_rate(fmt, source.samplerate, sample_rate)
+            compression_level(fmt, bitrate, rate, source.channels)  # a bad --bitrate fails before any work
             sketches = {name: SpectrogramSketch(rate) for name in ("mixture", *paths)} if plot else {}
             container = wav_container(fmt, source.duration, rate, source.channels, subtype)
+            settings = (rate, source.channels, subtype, container, bitrate)
             writers = {
-                stem: outputs.enter_context(audio_writer(target, rate, source.channels, subtype, container))
-                for stem, target in paths.items()
+                stem: outputs.enter_context(audio_writer(target, *settings)) for stem, target in paths.items()
             }  # an exception anywhere removes every partial output
             with self._bar(source.duration, Path(path).name) as bar:
                 blocks = source.blocks()

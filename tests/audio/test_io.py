@@ -18,7 +18,7 @@ from bsmamba2.audio import (
     resample,
     subtype_for,
 )
-from bsmamba2.audio.io import BLOCK, peak_warning
+from bsmamba2.audio.io import BLOCK, compression_level, output_rate, peak_warning
 from bsmamba2.separation.chunking import Chunker, crossfade_window
 
 
@@ -145,7 +145,75 @@ def test_subtypes():
     with pytest.raises(AudioError, match="FLAC stores integers"):
         subtype_for("flac", "float")
     with pytest.raises(AudioError, match="unknown output format"):
-        subtype_for("mp3", None)
+        subtype_for("aac", None)
+    assert [subtype_for(f, None) for f in ("mp3", "ogg", "opus")] == ["MPEG_LAYER_III", "VORBIS", "OPUS"]
+    with pytest.raises(AudioError, match="mp3 has no bit depth"):
+        subtype_for("mp3", "24")
+
+
+def _music(channels: int, seconds: float, rate: int) -> np.ndarray:
+    """Chords with a little noise: what lossy codecs are made for (white noise is not)."""
+    t = np.arange(round(seconds * rate)) / rate
+    rng = np.random.default_rng(0)
+    tones = [sum(0.1 * np.sin(2 * np.pi * f * (1 + 0.01 * c) * t + c) for f in (220, 277, 330, 440, 880))
+             for c in range(channels)]
+    return (np.stack(tones) + 0.01 * rng.standard_normal((channels, t.size))).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "rate", "channels", "kbps"),
+    [("mp3", 44100, 2, 192), ("mp3", 22050, 1, 64), ("opus", 48000, 2, 128), ("ogg", 44100, 2, None)],
+)
+def test_lossy_round_trips(tmp_path, fmt, rate, channels, kbps):
+    seconds = 3.0
+    x = _music(channels, seconds, rate)
+    target = tmp_path / f"a.{fmt}"
+    with audio_writer(target, rate, channels, subtype_for(fmt, None), bitrate=kbps) as writer:
+        for start in range(0, x.shape[1], 10000):
+            writer.write(x[:, start : start + 10000])
+    assert not writer.clipped
+    info = sf.info(str(target))
+    assert info.format == ("MP3" if fmt == "mp3" else "OGG") and (info.samplerate, info.channels) == (rate, channels)
+    y, read_rate = read_audio(target)
+    assert read_rate == rate and y.shape == x.shape  # gapless: the encoder's delay and padding trimmed
+    level = 20 * np.log10(np.sqrt(np.mean(y**2)) / np.sqrt(np.mean(x**2)))
+    assert abs(level) < 0.5, level
+    assert np.corrcoef(x.ravel(), y.ravel())[0, 1] > 0.99
+    if kbps:  # the asked bitrate, to the codec's framing (Opus: a variable-rate target)
+        assert abs(target.stat().st_size * 8 / seconds / 1000 - kbps) < 0.1 * kbps
+
+
+def test_lossy_outputs_clip_and_say_how_to_keep_the_peak(tmp_path):
+    x = _music(1, 1.0, 44100) * 12
+    with audio_writer(tmp_path / "a.mp3", 44100, 1, subtype_for("mp3", None)) as writer:
+        writer.write(x)
+    assert writer.clipped and "MP3 file; use --format wav (float)" in peak_warning(writer)
+    assert np.abs(read_audio(tmp_path / "a.mp3")[0]).max() < 1.1  # clipped before encoding
+
+
+def test_output_rates():
+    assert output_rate("opus", 44100) == 48000 and output_rate("opus", 16000) == 16000
+    assert output_rate("mp3", 96000) == 48000 and output_rate("mp3", 44100) == 44100
+    assert output_rate("mp3", 30000) == 32000 and output_rate("wav", 96000) == 96000
+    assert output_rate("flac", 44100, 22050) == 22050 and output_rate("opus", 44100, 24000) == 24000
+    with pytest.raises(AudioError, match="opus cannot store 44100 Hz; choose --sample-rate from 8000,"):
+        output_rate("opus", 48000, 44100)
+    with pytest.raises(AudioError, match="invalid output sample rate"):
+        output_rate("wav", 44100, 0)
+
+
+def test_bitrates():
+    # libsndfile's own mapping (mpeg_l3_encode.c: bitrate = (int) (320 - level * 288)) gives the asked value
+    assert all(int(320 - compression_level("mp3", k, 44100, 2) * 288) == k for k in range(32, 321))
+    assert all(int(64 - compression_level("mp3", k, 11025, 1) * 56) == k for k in range(8, 65))
+    assert compression_level("opus", 512, 48000, 2) == pytest.approx(0)
+    assert compression_level("ogg", None, 44100, 2) is None and compression_level("wav", None, 44100, 2) is None
+    with pytest.raises(AudioError, match="--bitrate applies to mp3 and opus, not wav"):
+        compression_level("wav", 192, 44100, 2)
+    with pytest.raises(AudioError, match="not ogg \\(Vorbis is quality-based\\)"):
+        compression_level("ogg", 192, 44100, 2)
+    with pytest.raises(AudioError, match="mp3 at 22050 Hz, 2 channel\\(s\\): --bitrate must be 8-160 kbps, got 320"):
+        compression_level("mp3", None, 22050, 2)
 
 
 @pytest.mark.parametrize(("rate_in", "rate_out"), [(48000, 44100), (22050, 44100), (44100, 44100)])

@@ -106,6 +106,9 @@ def test_templates_stems_flac_and_rates(tmp_path, ckpt):
         (["--stems", "drums"], "unknown stem 'drums'"),
         (["--format", "flac", "--bit-depth", "float"], "FLAC stores integers"),
         (["--batch-size", "0"], "batch size must be auto or at least 1, got 0"),
+        (["--mp3", "--int24"], "mp3 has no bit depth"),
+        (["--flac", "--bitrate", "192"], "--bitrate applies to mp3 and opus, not flac"),
+        (["--format", "opus", "--sample-rate", "44100"], "opus cannot store 44100 Hz"),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, ckpt, capsys, extra, message):
@@ -124,6 +127,25 @@ def test_bad_options_are_one_line_errors(tmp_path, ckpt, capsys, extra, message)
     )
     err = capsys.readouterr().err
     assert code == 1 and message in err and err.count("\n") == 1
+
+
+def test_lossy_formats_and_demucs_aliases(tmp_path, ckpt):
+    x = _wav(tmp_path / "a.wav", seconds=1.0)
+    base = ["separate", str(tmp_path / "a.wav"), "--checkpoint", str(ckpt), *FAST]
+    assert main([*base, "-o", str(tmp_path / "mp3"), "--mp3", "--mp3-bitrate", "128k"]) == 0
+    vocals = tmp_path / "mp3" / "a" / "vocals.mp3"
+    info = sf.info(str(vocals))
+    assert (info.format, info.samplerate, info.channels) == ("MP3", 44100, 2)
+    assert read_audio(vocals)[0].shape == x.shape
+    assert abs(vocals.stat().st_size * 8 / 1000 - 128) < 20  # 1 s at 128 kbps
+    assert main([*base, "-o", str(tmp_path / "opus"), "--format", "opus"]) == 0
+    info = sf.info(str(tmp_path / "opus" / "a" / "accompaniment.opus"))
+    assert (info.format, info.subtype, info.samplerate) == ("OGG", "OPUS", 48000)  # Opus has no 44.1 kHz
+    assert main([*base, "-o", str(tmp_path / "flac"), "--flac", "--int24"]) == 0
+    info = sf.info(str(tmp_path / "flac" / "a" / "vocals.flac"))
+    assert (info.format, info.subtype) == ("FLAC", "PCM_24")
+    assert main([*base, "-o", str(tmp_path / "wav"), "--float32"]) == 0
+    assert sf.info(str(tmp_path / "wav" / "a" / "vocals.wav")).subtype == "FLOAT"
 
 
 def test_overwrite_protection(tmp_path, ckpt, capsys):
