@@ -95,7 +95,7 @@ def test_a_page_session_over_http(site):
 
 def test_refusals_are_one_json_line(site):
     url, _ = site
-    assert api("POST", f"{url}/api/jobs", {"format": "mp3"}) == (400, {"error": "unknown format 'mp3' (choose from wav, flac)"})
+    assert api("POST", f"{url}/api/jobs", {"format": "aac"}) == (400, {"error": "unknown format 'aac' (choose from wav, flac, mp3, ogg, opus)"})
     assert api("POST", f"{url}/api/jobs", b"[1, 2]")[1] == {"error": "expected a JSON object of options"}
     assert api("GET", f"{url}/api/jobs/nope") [0] == 404
     _, job = api("POST", f"{url}/api/jobs", {})

@@ -189,7 +189,7 @@ def test_limits_refuse_with_one_line_and_keep_nothing(make_queue, tmp_path):
     ("options", "message"),
     [
         ({"stems": ["drums"]}, "unknown stem 'drums' (this model gives: vocals, accompaniment)"),
-        ({"format": "mp3"}, "unknown format 'mp3' (choose from wav, flac)"),
+        ({"format": "aac"}, "unknown format 'aac' (choose from wav, flac, mp3, ogg, opus)"),
         ({"format": "flac", "bit_depth": "float"}, "FLAC stores integers only"),
         ({"stems": "vocals"}, "stems must be a list of names"),
         ({"stems": []}, "choose at least one stem"),
