@@ -17,7 +17,7 @@ import soundfile as sf
 
 from bsmamba2 import Separator
 from bsmamba2.web.jobs import JobQueue
-from tests.helpers.web import serving, tones
+from tests.helpers.web import serving, tones, wait_for
 
 CHROMIUM = os.environ.get("BSMAMBA2_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [  # no sandbox as root; nothing reaches out of this machine
@@ -121,9 +121,15 @@ def test_separate_play_and_download_in_chromium(site, tmp_path):
             page.click("text=Download all (zip)")
         info.value.save_as(downloads / "stems.zip")
         page.wait_for_selector("text=The server has deleted this job's files.")
+
+        page.set_input_files("#files", str(song))  # a second job, cancelled at once
+        page.click("#separate")
+        page.click(".job:first-child button:has-text('Cancel')")
+        page.wait_for_selector(".job:first-child .status:has-text('cancelled')")
         browser.close()
     assert foreign == []  # nothing fetched from elsewhere: works offline
-    assert list(jobs.root.iterdir()) == []  # the zip download removed the job
+    # The zip download removed the first job; the cancelled one goes when its block is done.
+    wait_for(lambda: not any(jobs.root.iterdir()), 30, "every job's folder to go")
 
     vocals, vocals_rate = sf.read(files["vocals"], dtype="float32", always_2d=True)
     accompaniment, accompaniment_rate = sf.read(files["accompaniment"], dtype="float32", always_2d=True)

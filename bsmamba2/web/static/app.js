@@ -117,6 +117,7 @@ class JobCard {
       return;
     }
     await api("POST", `/api/jobs/${job.id}/start`);
+    this.button("Cancel", "cancelled");
     await this.poll();
   }
 
@@ -126,7 +127,7 @@ class JobCard {
       try {
         state = await api("GET", `/api/jobs/${this.id}`);
       } catch (error) {
-        if (error.status === 404) this.gone();
+        if (error.status === 404) this.gone("removed");
         else this.message.textContent = error.message;
         return;
       }
@@ -137,6 +138,7 @@ class JobCard {
   }
 
   update(state) {
+    if (this.over) return;
     const labels = { queued: state.ahead ? `queued: ${state.ahead} job(s) ahead` : "queued: next", running: "separating…",
       done: "done", cancelled: "cancelled" };
     this.status.textContent = labels[state.status] || state.status;
@@ -148,13 +150,26 @@ class JobCard {
       else if (file.status === "cancelled") this.line(row, "cancelled");
       else if (file.status === "done" && !row.shown) this.results(row, file);
     }
-    if (state.status === "done" && !this.actions.childElementCount && state.files.some((f) => f.status === "done")) {
-      const zip = element("a", { class: "button", href: `/api/jobs/${this.id}/zip`, download: "", text: "Download all (zip)" });
-      zip.addEventListener("click", () => this.untilGone());
-      const remove = element("button", { type: "button", class: "quiet", text: "Delete from server" });
-      remove.addEventListener("click", async () => { await api("DELETE", `/api/jobs/${this.id}`); this.gone("deleted"); });
-      this.actions.append(zip, remove);
+    if (state.status === "done" && !this.finished) {
+      this.finished = true;
+      this.actions.replaceChildren();
+      if (state.files.some((f) => f.status === "done")) {
+        const zip = element("a", { class: "button", href: `/api/jobs/${this.id}/zip`, download: "", text: "Download all (zip)" });
+        zip.addEventListener("click", () => this.untilGone());
+        this.actions.append(zip);
+      }
+      this.button("Delete from server", "deleted");
     }
+  }
+
+  // Cancel (while queued or running) and delete (when done) are the same request.
+  button(text, outcome) {
+    const button = element("button", { type: "button", class: "quiet", text });
+    button.addEventListener("click", async () => {
+      await api("DELETE", `/api/jobs/${this.id}`).catch(() => {});
+      this.gone(outcome);
+    });
+    this.actions.append(button);
   }
 
   // The server deletes a job once its zip has been sent: show that when it happened.
@@ -164,7 +179,7 @@ class JobCard {
       try {
         await api("GET", `/api/jobs/${this.id}`);
       } catch (error) {
-        if (error.status === 404) return this.gone();
+        if (error.status === 404) return this.gone("downloaded");
       }
     }
   }
@@ -201,7 +216,9 @@ class JobCard {
     }
   }
 
-  gone(why = "downloaded") {
+  gone(why) {
+    if (this.over) return;
+    this.over = true;
     this.status.textContent = why;
     this.actions.replaceChildren();
     for (const el of this.el.querySelectorAll(".stem, .picture")) el.remove();
