@@ -94,6 +94,27 @@ class AudioSource:
         if frames == 0:
             raise AudioError(f"{path}: zero-length audio (0 samples)")
 
+    start = 0  # the first frame decoded (a preview's --start)
+    limit: int | None = None  # the most frames decoded (a preview's --duration)
+
+    def select(self, start: float = 0.0, duration: float | None = None) -> None:
+        """Decode only ``duration`` seconds (None: to the end) from ``start`` seconds on, a
+        preview: the decoder seeks there, nothing before it is decoded. ``frames`` becomes
+        the section's length."""
+        if not (math.isfinite(start) and start >= 0):
+            raise AudioError(f"{self.path}: --start must be 0 or more seconds, got {start:g}")
+        if duration is not None and not (math.isfinite(duration) and duration > 0):
+            raise AudioError(f"{self.path}: --duration must be more than 0 seconds, got {duration:g}")
+        self.start = round(start * self.samplerate)
+        if self.frames is not None:
+            if self.start >= self.frames:
+                length = self.frames / self.samplerate
+                raise AudioError(f"{self.path}: --start {start:g} s is past the end ({length:.1f} s)")
+            self.frames -= self.start
+        if duration is not None:
+            self.limit = max(1, round(duration * self.samplerate))
+            self.frames = self.limit if self.frames is None else min(self.frames, self.limit)
+
     def _raw_blocks(self, blocksize: int) -> Iterator[np.ndarray]:
         raise NotImplementedError
 
@@ -101,14 +122,19 @@ class AudioSource:
         """(channels, n) float32 blocks; errors on NaN/inf samples and on no samples at all."""
         done = 0
         for block in self._raw_blocks(blocksize):
+            if self.limit is not None:
+                block = block[: self.limit - done]
             if not len(block):
                 continue
             block = np.ascontiguousarray(block.T)
             check_finite(block, str(self.path), done, self.samplerate)
             done += block.shape[1]
             yield block
+            if done == self.limit:
+                break
         if done == 0:
-            raise AudioError(f"{self.path}: zero-length audio (no samples decoded)")
+            after = f" after {self.start / self.samplerate:g} s" if self.start else ""
+            raise AudioError(f"{self.path}: zero-length audio (no samples decoded{after})")
 
     @property
     def duration(self) -> float | None:
@@ -134,7 +160,7 @@ class _SoundFileSource(AudioSource):
             raise
 
     def _raw_blocks(self, blocksize: int) -> Iterator[np.ndarray]:
-        self._handle.seek(0)
+        self._handle.seek(self.start)
         try:
             while True:
                 block = self._handle.read(blocksize, dtype="float32", always_2d=True)
@@ -157,7 +183,12 @@ class _FFmpegSource(AudioSource):
         self._proc: subprocess.Popen | None = None
 
     def _raw_blocks(self, blocksize: int) -> Iterator[np.ndarray]:
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(self.path)]
+        cmd = ["ffmpeg", "-nostdin", "-v", "error"]
+        if self.start:  # before -i: ffmpeg seeks in the input, then decodes from there
+            cmd += ["-ss", f"{self.start / self.samplerate:.6f}"]
+        if self.limit is not None:
+            cmd += ["-t", f"{self.limit / self.samplerate:.6f}"]
+        cmd += ["-i", str(self.path)]
         cmd += ["-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"]
         with tempfile.TemporaryFile() as errors:
             self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors)
@@ -200,9 +231,20 @@ def _ffprobe(path: Path) -> tuple[int, int, float | None]:
     return int(stream["sample_rate"]), int(stream["channels"]), duration
 
 
-def open_audio(path: str | os.PathLike) -> AudioSource:
-    """Open an input for block-wise reading (soundfile first, then ffmpeg if installed)."""
-    path = Path(path)
+def open_audio(path: str | os.PathLike, start: float = 0.0, duration: float | None = None) -> AudioSource:
+    """Open an input for block-wise reading (soundfile first, then ffmpeg if installed);
+    ``start`` and ``duration`` seconds select a part (:meth:`AudioSource.select`)."""
+    source = _open(Path(path))
+    if start or duration is not None:
+        try:
+            source.select(start, duration)
+        except AudioError:
+            source.close()
+            raise
+    return source
+
+
+def _open(path: Path) -> AudioSource:
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
     if path.stat().st_size == 0:

@@ -131,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
                     fmt=args.format,
                     bit_depth=args.bit_depth,
                     bitrate=args.bitrate,
+                    start=args.start,
+                    duration=args.duration,
                     sample_rate=args.sample_rate,
                     overwrite=args.overwrite,
                     plot=args.plot,
@@ -162,6 +164,19 @@ def _batch_size(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    """Seconds as ``S``, ``M:SS`` or ``H:MM:SS`` (decimals allowed in the last field)."""
+    try:
+        fields = [float(f) for f in text.split(":")]
+        if len(fields) > 3 or any(f < 0 for f in fields):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds such as 90, 1:30 or 0:01:30, got {text!r}"
+        ) from None
+    return sum(f * 60**i for i, f in enumerate(reversed(fields)))
 
 
 def _kbps(text: str) -> int:
@@ -263,6 +278,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--sample-rate",
         type=int,
         help="output sample rate (default: the input's; for mp3 and opus the next rate they store)",
+    )
+    p.add_argument(
+        "--start",
+        type=_seconds,
+        default=0.0,
+        metavar="TIME",
+        help="preview: begin here (seconds, M:SS or H:MM:SS); only the part asked for is decoded",
+    )
+    p.add_argument(
+        "--duration",
+        type=_seconds,
+        metavar="TIME",
+        help="preview: separate only this long (default: to the end)",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs (default: skip the track)"

@@ -434,6 +434,8 @@ class Separator:
         plot: bool = False,
         on_progress: ProgressCallback | None = None,
         bitrate: int | None = None,
+        start: float = 0.0,
+        duration: float | None = None,
     ) -> dict[str, Path]:
         """Separate one file into ``outdir`` (block by block); returns {stem: path}, plus
         ``"plot"`` for the spectrogram PNG when ``plot`` is set.
@@ -447,6 +449,8 @@ class Separator:
         Integer and lossy outputs beyond full scale are clipped with a :class:`ClippingWarning`.
         ``on_progress`` gets a :class:`~bsmamba2.separation.progress.Progress` per block
         (stages separating, compiling, plotting, done; ``file`` the input's name).
+        ``start`` and ``duration`` (seconds) separate only that part, a preview: only it is
+        decoded, and the outputs hold just it.
         """
         subtype = subtype_for(fmt, bit_depth)
         if sample_rate is not None and sample_rate <= 0:
@@ -462,7 +466,7 @@ class Separator:
         existing = [str(t) for t in targets if t.exists()]
         if existing and not overwrite:
             raise OutputExistsError(f"{path}: skipped, {existing[0]} exists (use --overwrite to replace)")
-        with open_audio(path) as source, contextlib.ExitStack() as outputs:
+        with open_audio(path, start, duration) as source, contextlib.ExitStack() as outputs:
             report = ProgressReporter(on_progress, Path(path).name, source.duration)
             rate = output_rate(fmt, source.samplerate, sample_rate)
             compression_level(fmt, bitrate, rate, source.channels)  # a bad --bitrate fails before any work

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -281,3 +282,51 @@ def test_chunker_keeps_only_a_few_segments_alive():
             chunker.add(seg[None])
             held = max(held, chunker._buffer.shape[1], chunker._acc.shape[1])
     assert held <= 140
+
+
+def test_a_preview_decodes_only_its_part(tmp_path, monkeypatch):
+    x = _noise(2, 5 * 44100)
+    sf.write(tmp_path / "a.wav", x.T, 44100, subtype="FLOAT")
+    read = []
+    original = sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read", lambda self, frames, **kw: read.append(frames) or original(self, frames, **kw))
+    with open_audio(tmp_path / "a.wav", start=1.5, duration=0.75) as src:
+        assert src.frames == 33075 and src.duration == 0.75
+        y = np.concatenate(list(src.blocks(10000)), axis=1)
+    np.testing.assert_array_equal(y, x[:, 66150 : 66150 + 33075])
+    assert sum(read) <= 40000  # four blocks of 10000 frames, not the 1.5 s before the start
+    with open_audio(tmp_path / "a.wav", start=4.5) as src:  # to the end
+        np.testing.assert_array_equal(np.concatenate(list(src.blocks()), axis=1), x[:, 198450:])
+    with open_audio(tmp_path / "a.wav", duration=60) as src:  # longer than the file: all of it
+        assert src.frames == x.shape[1]
+
+
+@pytest.mark.parametrize(
+    ("start", "duration", "message"),
+    [
+        (6.0, None, "--start 6 s is past the end (5.0 s)"),
+        (-1.0, None, "--start must be 0 or more seconds, got -1"),
+        (0.0, 0.0, "--duration must be more than 0 seconds, got 0"),
+        (float("nan"), None, "--start must be 0 or more seconds"),
+    ],
+)
+def test_a_preview_outside_the_file_is_an_error(tmp_path, start, duration, message):
+    sf.write(tmp_path / "a.wav", _noise(1, 5 * 8000).T, 8000)
+    with pytest.raises(AudioError, match=re.escape(f"a.wav: {message}")):
+        open_audio(tmp_path / "a.wav", start=start, duration=duration)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_a_preview_through_ffmpeg_seeks_in_the_input(tmp_path):
+    pcm = np.random.randint(-20000, 20000, size=(2, 48000)).astype(np.int16)
+    sf.write(tmp_path / "a.wav", pcm.T, 48000, subtype="PCM_16")
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(tmp_path / "a.wav"), "-c:a", "alac", str(tmp_path / "a.m4a")],
+        check=True,
+    )
+    with open_audio(tmp_path / "a.m4a", start=0.25, duration=0.5) as src:
+        assert type(src).__name__ == "_FFmpegSource" and src.frames == 24000
+        y = np.concatenate(list(src.blocks(4096)), axis=1)
+    np.testing.assert_array_equal(y, pcm[:, 12000:36000] / 32768.0)
+    with open_audio(tmp_path / "a.m4a", start=0.9) as src:  # to the end
+        assert np.concatenate(list(src.blocks(4096)), axis=1).shape == (2, 4800)

@@ -148,6 +148,19 @@ def test_lossy_formats_and_demucs_aliases(tmp_path, ckpt):
     assert sf.info(str(tmp_path / "wav" / "a" / "vocals.wav")).subtype == "FLOAT"
 
 
+def test_a_preview_writes_only_the_part_asked_for(tmp_path, ckpt, capsys):
+    x = _wav(tmp_path / "a.wav", seconds=1.0)
+    base = ["separate", str(tmp_path / "a.wav"), "--checkpoint", str(ckpt), *FAST, "-o", str(tmp_path / "out")]
+    assert main([*base, "--start", "0:00.25", "--duration", "0.5"]) == 0
+    vocals = read_audio(tmp_path / "out" / "a" / "vocals.wav")[0]
+    accompaniment = read_audio(tmp_path / "out" / "a" / "accompaniment.wav")[0]
+    assert vocals.shape == (2, 22050)
+    np.testing.assert_array_equal(accompaniment, x[:, 11025:33075] - vocals)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--start", "soon"])
+    assert exit_info.value.code == 2 and "expected seconds such as 90, 1:30" in capsys.readouterr().err
+
+
 def test_overwrite_protection(tmp_path, ckpt, capsys):
     _wav(tmp_path / "a.wav")
     args = [

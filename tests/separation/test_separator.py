@@ -323,3 +323,18 @@ def test_progress_callback_raising_cancels_and_removes_outputs(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         sep.separate_file(tmp_path / "song.wav", tmp_path / "out", on_progress=cancel)
     assert not list((tmp_path / "out").rglob("*.wav"))
+
+
+def test_a_preview_is_the_separation_of_that_part(tmp_path):
+    """``start``/``duration``: the outputs are what separating the cut-out part gives, and the
+    null test holds against that part of the mixture."""
+    sep = Separator(SegmentLevelModel(), segment=0.4, overlap=0.25, progress=False)
+    x = band_limited(2, 2.0, 44100)
+    sf.write(tmp_path / "song.wav", x.T, 44100, subtype="FLOAT")
+    out = sep.separate_file(tmp_path / "song.wav", tmp_path / "out", start=0.5, duration=0.8)
+    part = x[:, 22050 : 22050 + 35280]
+    vocals, accompaniment = read_audio(out["vocals"])[0], read_audio(out["accompaniment"])[0]
+    np.testing.assert_allclose(vocals, sep.separate(part, 44100)["vocals"], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(accompaniment, part - vocals)
+    with pytest.raises(AudioError, match="past the end"):
+        sep.separate_file(tmp_path / "song.wav", tmp_path / "late", start=3.0)
