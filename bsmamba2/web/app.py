@@ -27,12 +27,14 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from bsmamba2.audio.io import AUDIO_SUFFIXES, BIT_DEPTHS, FORMATS
+from bsmamba2.audio.io import AUDIO_SUFFIXES, BIT_DEPTHS, DEFAULT_BITRATES, FORMATS, LOSSY
 from bsmamba2.web.jobs import JobError, JobQueue
 
 log = logging.getLogger("bsmamba2.serve")
 CSRF_HEADER = "x-bsmamba2"
 LOCAL_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg"}
+MEDIA_TYPES["opus"] = MEDIA_TYPES["ogg"]  # Opus in an Ogg container
 
 
 def _error(message: str, status: int = 400) -> JSONResponse:
@@ -59,6 +61,8 @@ def create_app(jobs: JobQueue, allowed_hosts: list[str] | None = None) -> Starle
                 "stems": separator.outputs,
                 "formats": list(FORMATS),
                 "bit_depths": list(BIT_DEPTHS),
+                "bit_depth_formats": [f for f in FORMATS if f not in LOSSY],
+                "bitrate_formats": list(DEFAULT_BITRATES),
                 "suffixes": sorted(AUDIO_SUFFIXES),
                 "limits": {
                     "max_bytes": limits.max_bytes,
@@ -111,7 +115,7 @@ def create_app(jobs: JobQueue, allowed_hosts: list[str] | None = None) -> Starle
             path,
             filename=name,
             content_disposition_type="attachment" if attachment else "inline",
-            media_type="audio/wav" if job.options.fmt == "wav" else "audio/flac",
+            media_type=MEDIA_TYPES[job.options.fmt],
         )
 
     async def peaks(request: Request) -> Response:

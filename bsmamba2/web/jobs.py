@@ -33,7 +33,7 @@ import soundfile as sf
 import torch
 
 from bsmamba2.audio import open_audio, subtype_for
-from bsmamba2.audio.io import AUDIO_SUFFIXES, FORMATS
+from bsmamba2.audio.io import AUDIO_SUFFIXES, FORMATS, compression_level
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.separation import Progress, Separator
 
@@ -86,6 +86,7 @@ class Options:
     stems: tuple[str, ...]
     fmt: str = "wav"
     bit_depth: str | None = None
+    bitrate: int | None = None  # kbps, MP3 and Opus
     picture: bool = False
 
     @classmethod
@@ -102,12 +103,15 @@ class Options:
         fmt = raw.get("format", "wav")
         if fmt not in FORMATS:
             raise JobError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
-        bit_depth = raw.get("bit_depth") or None
+        bit_depth, bitrate = raw.get("bit_depth") or None, raw.get("bitrate") or None
+        if bitrate is not None and not isinstance(bitrate, int):
+            raise JobError(f"bitrate must be a whole number of kbps, got {bitrate!r}")
         try:
             subtype_for(fmt, bit_depth)
+            compression_level(fmt, bitrate, 48000, 2)  # the rate and channels of each file decide later
         except BSMamba2Error as exc:
-            raise JobError(str(exc)) from None
-        return cls(tuple(dict.fromkeys(stems)), fmt, bit_depth, bool(raw.get("picture", False)))
+            raise JobError(str(exc).replace("--", "")) from None
+        return cls(tuple(dict.fromkeys(stems)), fmt, bit_depth, bitrate, bool(raw.get("picture", False)))
 
 
 @dataclass
@@ -399,6 +403,7 @@ class JobQueue:
                     filename="{stem}.{ext}",
                     fmt=options.fmt,
                     bit_depth=options.bit_depth,
+                    bitrate=options.bitrate,
                     plot=options.picture,
                     on_progress=progress,
                 )

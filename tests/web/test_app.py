@@ -55,6 +55,7 @@ def test_a_page_session_over_http(site):
     url, jobs = site
     status, info = api("GET", f"{url}/api/info")
     assert status == 200 and info["stems"] == ["vocals", "accompaniment"] and info["limits"]["max_bytes"] == 2**20
+    assert (info["bit_depth_formats"], info["bitrate_formats"]) == (["wav", "flac"], ["mp3", "opus"])
     status, page = request("GET", url)[::2]
     assert status == 200 and b'<script src="/static/app.js">' in page
     assert request("GET", f"{url}/static/app.js")[0] == 200
@@ -90,7 +91,19 @@ def test_a_page_session_over_http(site):
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         assert archive.namelist() == ["Mein Lied/vocals.flac"]
     wait_for(lambda: api("GET", jobs_url)[0] == 404, 10, "the downloaded job to go")
-    assert list(jobs.root.iterdir()) == []
+    wait_for(lambda: not any(jobs.root.iterdir()), 10, "its folder to go")
+
+
+def test_lossy_stems_are_served_as_what_they_are(site):
+    url, _ = site
+    _, job = api("POST", f"{url}/api/jobs", {"stems": ["vocals"], "format": "mp3", "bitrate": 128})
+    jobs_url = f"{url}/api/jobs/{job['id']}"
+    api("PUT", f"{jobs_url}/files?name=a.flac", wav_bytes(0.5, 2)[0])
+    api("POST", f"{jobs_url}/start")
+    wait_for(lambda: api("GET", jobs_url)[1]["status"] == "done", 60, "the job")
+    status, headers, body = request("GET", f"{jobs_url}/files/0/stems/vocals")
+    assert status == 200 and headers["content-type"] == "audio/mpeg" and body.startswith((b"ID3", b"\xff\xfb"))
+    assert headers["content-disposition"] == "inline; filename=\"a_vocals.mp3\""
 
 
 def test_refusals_are_one_json_line(site):

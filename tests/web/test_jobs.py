@@ -193,6 +193,10 @@ def test_limits_refuse_with_one_line_and_keep_nothing(make_queue, tmp_path):
         ({"format": "flac", "bit_depth": "float"}, "FLAC stores integers only"),
         ({"stems": "vocals"}, "stems must be a list of names"),
         ({"stems": []}, "choose at least one stem"),
+        ({"format": "mp3", "bit_depth": "16"}, "mp3 has no bit depth: drop bit-depth (or use format wav or flac)"),
+        ({"format": "mp3", "bitrate": 999}, "mp3 at 48000 Hz, 2 channel(s): bitrate must be 32-320 kbps, got 999"),
+        ({"format": "opus", "bitrate": "loud"}, "bitrate must be a whole number of kbps, got 'loud'"),
+        ({"format": "wav", "bitrate": 128}, "bitrate applies to mp3 and opus, not wav"),
     ],
 )
 def test_bad_options_are_one_line_errors(make_queue, options, message):
@@ -301,3 +305,19 @@ def test_jobs_are_removed_after_download_retention_deletion_and_shutdown(model, 
     assert running.status == "cancelled" and running.files[0].status == "cancelled"
     jobs.close()
     assert not jobs.root.exists()
+
+
+def test_lossy_outputs_at_the_rates_their_codecs_store(make_queue, tmp_path):
+    jobs = make_queue()
+    job = jobs.create({"format": "opus", "bitrate": 96, "stems": ["accompaniment"]})
+    path, audio = song(tmp_path, 1.0)
+    add(jobs, job, path)
+    jobs.start(job)
+    wait_for(lambda: finished(job), 60, "the job")
+    (entry,) = job.files
+    assert entry.status == "done", entry.error
+    out, name = jobs.output(job, 0, "accompaniment")
+    assert name == "song_accompaniment.opus" and out.suffix == ".opus"
+    info = sf.info(out)
+    assert info.samplerate == 48000 and abs(info.duration - 1.0) < 0.03  # Opus: 48 kHz for 44.1 kHz
+    assert max(entry.peaks["accompaniment"]) == pytest.approx(0.5 * np.abs(audio).max(), rel=0.25)

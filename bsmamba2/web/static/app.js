@@ -45,7 +45,17 @@ function choose(files) {
 
 function options() {
   const stems = [...document.querySelectorAll("#stems input:checked")].map((box) => box.value);
-  return { stems, format: $("#format").value, bit_depth: $("#bit-depth").value || null, picture: $("#picture").checked };
+  const value = (id) => ($(id).disabled ? null : $(id).value || null);
+  const bitrate = value("#bitrate");
+  return { stems, format: $("#format").value, bit_depth: value("#bit-depth"), bitrate: bitrate && Number(bitrate),
+    picture: $("#picture").checked };
+}
+
+// Bit depths are for WAV and FLAC, bitrates for MP3 and Opus.
+function formatChanged() {
+  const format = $("#format").value;
+  $("#bit-depth").disabled = !info.bit_depth_formats.includes(format);
+  $("#bitrate").disabled = !info.bitrate_formats.includes(format);
 }
 
 async function setUp() {
@@ -56,6 +66,9 @@ async function setUp() {
   }
   $("#format").append(...info.formats.map((f) => element("option", { value: f, text: f })));
   $("#bit-depth").append(...info.bit_depths.map((d) => element("option", { value: d, text: d })));
+  $("#bitrate").append(...[96, 128, 192, 256, 320].map((k) => element("option", { value: k, text: `${k} kbps` })));
+  $("#format").addEventListener("change", formatChanged);
+  formatChanged();
   $("#files").accept = ["audio/*", ...info.suffixes].join(",");
   const limits = info.limits;
   $("#limits").textContent =
