@@ -88,6 +88,8 @@ class Options:
     bit_depth: str | None = None
     bitrate: int | None = None  # kbps, MP3 and Opus
     picture: bool = False
+    start: float = 0.0  # a preview: seconds from ``start`` on, ``duration`` long (None: to the end)
+    duration: float | None = None
 
     @classmethod
     def parse(cls, raw: dict, separator: Separator) -> Options:
@@ -111,7 +113,19 @@ class Options:
             compression_level(fmt, bitrate, 48000, 2)  # the rate and channels of each file decide later
         except BSMamba2Error as exc:
             raise JobError(str(exc).replace("--", "")) from None
-        return cls(tuple(dict.fromkeys(stems)), fmt, bit_depth, bitrate, bool(raw.get("picture", False)))
+        start, duration = raw.get("start") or 0.0, raw.get("duration")
+        if not _seconds(start) or start < 0:
+            raise JobError(f"preview start must be 0 or more seconds, got {start!r}")
+        if duration is not None and not (_seconds(duration) and duration > 0):
+            raise JobError(f"preview duration must be more than 0 seconds, got {duration!r}")
+        picture = bool(raw.get("picture", False))
+        duration = None if duration is None else float(duration)
+        return cls(tuple(dict.fromkeys(stems)), fmt, bit_depth, bitrate, picture, float(start), duration)
+
+
+def _seconds(value: object) -> bool:
+    """Whether a JSON value is a finite number (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -203,9 +217,10 @@ class Upload:
         """Close the file and check it is audio within the duration limit; a bad file is
         removed and refused with one line."""
         self._handle.close()
+        options = self.job.options
         try:
-            with open_audio(self.path) as source:
-                seconds = source.duration
+            with open_audio(self.path, options.start, options.duration) as source:
+                seconds = source.duration  # of the part to separate
         except BSMamba2Error as exc:
             self.path.unlink(missing_ok=True)
             raise JobError(self.jobs.scrub(str(exc), self.path, self.name)) from None
@@ -405,6 +420,8 @@ class JobQueue:
                     bit_depth=options.bit_depth,
                     bitrate=options.bitrate,
                     plot=options.picture,
+                    start=options.start,
+                    duration=options.duration,
                     on_progress=progress,
                 )
             entry.notes = [self.scrub(str(w.message), entry.path, entry.name) for w in caught]

@@ -1,7 +1,8 @@
 """``bsmamba2 serve`` in a real browser: headless Chromium (Debian's ``chromium``, driven by
-Playwright without a browser download) uploads a generated song, separates it with the
-small test model, plays and downloads the stems and the zip; the files must have the
-input's length and rate and pass the null test. A screenshot goes to the test's folder,
+Playwright without a browser download) uploads a generated song and a broken file,
+separates a preview of the song with the small test model, plays and downloads the stems
+and the zip, cancels a second job; the files must have the preview's length and the input's
+rate and pass the null test. A screenshot goes to the test's folder,
 and to ``$BSMAMBA2_SCREENSHOT`` when set (how docs/serve.png is made)."""
 
 from __future__ import annotations
@@ -77,12 +78,14 @@ def test_separate_play_and_download_in_chromium(site, tmp_path):
         page.goto(url)
         page.wait_for_selector("#model:has-text('model tiny on cpu')")
         page.set_input_files("#files", [str(song), str(broken)])
+        page.fill("#start", "0:01")  # a preview: 1.5 s from 1 s on
+        page.fill("#duration", "1.5")
         page.click("#separate")
         page.wait_for_selector(".stem audio[data-stem=accompaniment]", timeout=60_000)
         refused = page.inner_text(".file:has-text('broken.wav') .line.error")
         assert refused.startswith("broken.wav: not a readable audio file (") and "\n" not in refused
         assert page.inner_text(".job .status") == "done"
-        assert "3.0 s of audio in" in page.inner_text(".file:has-text('my song.wav') .line")
+        assert "1.5 s of audio in" in page.inner_text(".file:has-text('my song.wav') .line")
 
         played = page.evaluate(
             """async () => {
@@ -133,10 +136,11 @@ def test_separate_play_and_download_in_chromium(site, tmp_path):
 
     vocals, vocals_rate = sf.read(files["vocals"], dtype="float32", always_2d=True)
     accompaniment, accompaniment_rate = sf.read(files["accompaniment"], dtype="float32", always_2d=True)
+    part = audio[:, rate : rate + round(1.5 * rate)].T  # the preview's part of the song
     assert vocals_rate == accompaniment_rate == rate
-    assert vocals.shape == accompaniment.shape == audio.T.shape
-    assert np.abs(vocals).max() > 1e-3 and np.abs(vocals - audio.T).max() > 1e-3  # a real separation
-    np.testing.assert_allclose(vocals + accompaniment, audio.T, atol=1e-6)  # the null test
+    assert vocals.shape == accompaniment.shape == part.shape
+    assert np.abs(vocals).max() > 1e-3 and np.abs(vocals - part).max() > 1e-3  # a real separation
+    np.testing.assert_allclose(vocals + accompaniment, part, atol=1e-6)  # the null test
     with zipfile.ZipFile(downloads / "stems.zip") as archive:
         assert sorted(archive.namelist()) == ["my song/accompaniment.wav", "my song/vocals.wav"]
         assert archive.read("my song/vocals.wav") == files["vocals"].read_bytes()

@@ -197,6 +197,10 @@ def test_limits_refuse_with_one_line_and_keep_nothing(make_queue, tmp_path):
         ({"format": "mp3", "bitrate": 999}, "mp3 at 48000 Hz, 2 channel(s): bitrate must be 32-320 kbps, got 999"),
         ({"format": "opus", "bitrate": "loud"}, "bitrate must be a whole number of kbps, got 'loud'"),
         ({"format": "wav", "bitrate": 128}, "bitrate applies to mp3 and opus, not wav"),
+        ({"start": -1}, "preview start must be 0 or more seconds, got -1"),
+        ({"start": "1:30"}, "preview start must be 0 or more seconds, got '1:30'"),
+        ({"duration": 0}, "preview duration must be more than 0 seconds, got 0"),
+        ({"duration": True}, "preview duration must be more than 0 seconds, got True"),
     ],
 )
 def test_bad_options_are_one_line_errors(make_queue, options, message):
@@ -321,3 +325,20 @@ def test_lossy_outputs_at_the_rates_their_codecs_store(make_queue, tmp_path):
     info = sf.info(out)
     assert info.samplerate == 48000 and abs(info.duration - 1.0) < 0.03  # Opus: 48 kHz for 44.1 kHz
     assert max(entry.peaks["accompaniment"]) == pytest.approx(0.5 * np.abs(audio).max(), rel=0.25)
+
+
+def test_a_preview_separates_only_its_part(make_queue, tmp_path):
+    jobs = make_queue(max_seconds=1.0)
+    job = jobs.create({"start": 0.5, "duration": 0.75})
+    path, audio = song(tmp_path, 3.0)  # longer than the limit, but the preview is not
+    entry = add(jobs, job, path)
+    assert entry.total == pytest.approx(0.75)
+    jobs.start(job)
+    wait_for(lambda: finished(job), 60, "the job")
+    assert entry.status == "done", entry.error
+    vocals, _ = sf.read(entry.outputs["vocals"], dtype="float32", always_2d=True)
+    part = audio[:, RATE // 2 : RATE // 2 + round(0.75 * RATE)]
+    np.testing.assert_allclose(vocals, 0.5 * part.T, atol=1e-5)
+    late = jobs.create({"start": 5.0})
+    with pytest.raises(JobError, match=r"^song.wav: --start 5 s is past the end \(3.0 s\)$"):
+        add(jobs, late, path)

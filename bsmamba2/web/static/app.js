@@ -43,12 +43,23 @@ function choose(files) {
   $("#error").textContent = "";
 }
 
+// "90", "1:30" or "0:01:30" in seconds; empty: null.
+function parseTime(text, what) {
+  if (!text.trim()) return null;
+  const fields = text.trim().split(":").map(Number);
+  if (fields.length > 3 || fields.some((f) => !Number.isFinite(f) || f < 0)) {
+    throw new Error(`preview ${what}: expected seconds such as 90 or 1:30, got "${text}"`);
+  }
+  return fields.reduce((total, f) => total * 60 + f, 0);
+}
+
 function options() {
   const stems = [...document.querySelectorAll("#stems input:checked")].map((box) => box.value);
   const value = (id) => ($(id).disabled ? null : $(id).value || null);
   const bitrate = value("#bitrate");
   return { stems, format: $("#format").value, bit_depth: value("#bit-depth"), bitrate: bitrate && Number(bitrate),
-    picture: $("#picture").checked };
+    picture: $("#picture").checked, start: parseTime($("#start").value, "start") || 0,
+    duration: parseTime($("#duration").value, "length") };
 }
 
 // Bit depths are for WAV and FLAC, bitrates for MP3 and Opus.
@@ -265,12 +276,19 @@ function waveform(canvas, peaks, audio) {
 }
 
 async function separate() {
+  let opts;
+  try {
+    opts = options();
+  } catch (error) {
+    $("#error").textContent = error.message;
+    return;
+  }
   const files = chosen;
   chosen = [];
   choose([]);
   const card = new JobCard(files);
   try {
-    await card.run(options());
+    await card.run(opts);
   } catch (error) {
     card.status.textContent = "failed";
     card.message.textContent = error.message;
