@@ -66,11 +66,14 @@ class Limits:
 
 def display_name(name: str) -> str:
     """The browser's file name reduced to something safe to show and to offer for download:
-    no folders (either slash), no control characters, at most 120 characters."""
+    no folders (either slash), no control characters, at most 120 characters (the suffix kept)."""
     base = PureWindowsPath(name).name  # splits on / and \\
     base = "".join(c for c in unicodedata.normalize("NFC", base) if unicodedata.category(c)[0] != "C")
     base = base.strip().strip(".") or "audio"
-    return base[:120]
+    if len(base) > 120:
+        suffix = Path(base).suffix[:10]
+        base = base[: 120 - len(suffix)] + suffix
+    return base
 
 
 def track_name(name: str) -> str:
@@ -114,16 +117,16 @@ class Options:
         except BSMamba2Error as exc:
             raise JobError(str(exc).replace("--", "")) from None
         start, duration = raw.get("start") or 0.0, raw.get("duration")
-        if not _seconds(start) or start < 0:
+        if not _is_number(start) or start < 0:
             raise JobError(f"preview start must be 0 or more seconds, got {start!r}")
-        if duration is not None and not (_seconds(duration) and duration > 0):
+        if duration is not None and not (_is_number(duration) and duration > 0):
             raise JobError(f"preview duration must be more than 0 seconds, got {duration!r}")
         picture = bool(raw.get("picture", False))
         duration = None if duration is None else float(duration)
         return cls(tuple(dict.fromkeys(stems)), fmt, bit_depth, bitrate, picture, float(start), duration)
 
 
-def _seconds(value: object) -> bool:
+def _is_number(value: object) -> bool:
     """Whether a JSON value is a finite number (not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 

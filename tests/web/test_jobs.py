@@ -216,6 +216,7 @@ def test_bad_options_are_one_line_errors(make_queue, options, message):
         ("/abs/path/x.WAV", "x.WAV"),
         ("bad\x00\x1fname.wav", "badname.wav"),
         ("..", "audio"),
+        ("x" * 300 + ".flac", "x" * 115 + ".flac"),
     ],
 )
 def test_names_from_the_browser_are_never_paths(sent, shown):
