@@ -24,6 +24,8 @@ def _separator(args: argparse.Namespace, weights: Path) -> SeparateFn:
         precision=args.precision,
         progress=not args.quiet,
         ema=args.ema,
+        tta=args.tta,
+        shifts=args.shifts,
     )
     if args.segment is None and args.overlap is None:
         separator = Separator.official(weights, **options)
@@ -51,6 +53,8 @@ def _settings(args: argparse.Namespace, weights: Path | None) -> dict[str, Any]:
             overlap=args.overlap,
             precision=args.precision,
         )
+        if args.tta or args.shifts > 1:  # recorded only when used: earlier results stay comparable
+            settings.update(tta=args.tta, shifts=args.shifts)
     return settings
 
 
@@ -125,6 +129,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--segment", type=float, help="chunk length in seconds (default: official 8 s)")
     model.add_argument("--overlap", type=float, help="chunk overlap fraction (default: official 0)")
     model.add_argument("--batch-size", type=int, default=1, help="chunks per forward pass")
+    model.add_argument(
+        "--tta", action="store_true", help="test-time augmentation as in separate (3x the time)"
+    )
+    model.add_argument(
+        "--shifts", type=int, default=1, metavar="N", help="delayed passes as in separate (N× the time)"
+    )
     model.add_argument(
         "--precision", choices=["auto", *PRECISIONS], default="auto", help="autocast precision"
     )

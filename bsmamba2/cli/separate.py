@@ -84,6 +84,8 @@ def load_separator(args: argparse.Namespace, progress: bool, **settings) -> Sepa
         progress=progress,
         ema=args.ema,
         compile={"yes": True, "no": False}.get(args.compile, "auto"),
+        tta=args.tta,
+        shifts=args.shifts,
         **settings,
     )
 
@@ -166,6 +168,16 @@ def _batch_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     """Seconds as ``S``, ``M:SS`` or ``H:MM:SS`` (decimals allowed in the last field)."""
     try:
@@ -224,6 +236,20 @@ def add_separator_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="segments per forward pass, or auto: 1 on the CPU, what fits in half the free memory "
         "on CUDA, halved if CUDA runs out of memory (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: each segment also channel-swapped and polarity-inverted, the "
+        "three outputs averaged (as MSST's --use_tta); 3x the time (2x for mono)",
+    )
+    p.add_argument(
+        "--shifts",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="N passes over the input, all but the first delayed by a random amount up to "
+        "0.5 s, averaged (as demucs's --shifts); N times the time (default: %(default)s)",
     )
 
 

@@ -43,6 +43,7 @@ from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
 from bsmamba2.separation.progress import ProgressCallback, ProgressReporter
 
 OFFICIAL_SEGMENT = 8.0  # seconds: the training length and the official evaluation chunk
+MAX_SHIFT = 0.5  # seconds: the largest delay of a --shifts pass (demucs's)
 ACCOMPANIMENT = "accompaniment"
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -129,6 +130,13 @@ class Separator:
     segments, no overlap, the last one zero-padded. ``compile=True`` runs the Mamba-2
     modules through ``torch.compile`` on the CPU (see :func:`compile_blocks`). A module
     passed in is moved to ``device`` and put in eval mode.
+
+    Test-time augmentation, both averaged into the result and both through the same chunking:
+    ``tta=True`` runs every segment three times, as it is, with its channels swapped and with
+    its polarity inverted (mono: twice), each output turned back before the average, as MSST's
+    ``--use_tta``; ``shifts=N`` makes N passes over the input, all but the first delayed by a
+    random amount up to :data:`MAX_SHIFT` seconds (a fixed seed: the same input gives the same
+    output) so segment borders fall elsewhere, as demucs's ``--shifts``. Time is ×3 and ×N.
     """
 
     def __init__(
@@ -143,6 +151,8 @@ class Separator:
         ema: bool = False,
         official: bool = False,
         compile: bool | str = False,
+        tta: bool = False,
+        shifts: int = 1,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -180,6 +190,13 @@ class Separator:
             else batch_size
         )
         self.progress = progress
+        if not (isinstance(shifts, int) and shifts >= 1):
+            raise BSMamba2Error(f"shifts must be a whole number of at least 1, got {shifts!r}")
+        self.tta = bool(tta)
+        most = max(1, round(MAX_SHIFT * self.config.sample_rate))
+        delays = np.random.default_rng(0).integers(1, most + 1, size=shifts - 1)
+        self.shift_samples = [0, *(int(d) for d in delays)]
+        """The delay of each pass over the input, in samples at the model's rate."""
 
     @classmethod
     def official(cls, model_or_path: torch.nn.Module | str | os.PathLike, **kwargs) -> Separator:
@@ -200,8 +217,19 @@ class Separator:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _run(self, segments: list[np.ndarray]) -> np.ndarray:
-        """(B, C, S) audio → (B, n_stems, C, S) separated audio, C the input's channels."""
-        x = torch.from_numpy(np.stack(segments)).to(self.device)
+        """(B, C, S) audio → (B, n_stems, C, S) separated audio, C the input's channels; with
+        ``tta`` the average over the views, each turned back (swapped or negated again)."""
+        x = np.stack(segments)
+        if not self.tta:
+            return self._run_view(x)
+        views = [self._run_view(x), -self._run_view(-x)]
+        if x.shape[1] == 2 and self.config.channels == 2:  # a mono model takes channels one by one
+            views.append(self._run_view(x[:, ::-1].copy())[:, :, ::-1])
+        return (sum(views) / len(views)).astype(np.float32)
+
+    def _run_view(self, audio: np.ndarray) -> np.ndarray:
+        """The model on (B, C, S) audio: (B, n_stems, C, S)."""
+        x = torch.from_numpy(audio).to(self.device)
         batch, channels, samples = x.shape
         model_channels = self.config.channels
         if model_channels == channels:
@@ -242,7 +270,8 @@ class Separator:
         """``compile="auto"``: compile for the rest of the input if that saves time overall."""
         if bar.total is None:  # an input of unknown length: stay eager
             return
-        total = (bar.total * self.config.sample_rate + 2 * self.pad_samples) / self.hop_samples
+        passes = len(self.shift_samples)
+        total = passes * (bar.total * self.config.sample_rate + 2 * self.pad_samples) / self.hop_samples
         eager = per_segment * max(0.0, total - done)
         if not compile_pays(eager):
             return
@@ -282,20 +311,34 @@ class Separator:
         to_model = StreamResampler(in_rate, rate, channels)
         mix_out = StreamResampler(in_rate, out_rate, channels)
         stems_out = StreamResampler(rate, out_rate, n_stems * channels)
-        chunker = Chunker(self.segment_samples, self.hop_samples, self.pad_samples, channels)
+        # One chunker per --shifts pass, each fed its delay in zeros first; their outputs wait
+        # in `passes` (the delay dropped again) until all have them, then are averaged.
+        chunkers = [Chunker(self.segment_samples, self.hop_samples, self.pad_samples, channels)
+                    for _ in self.shift_samples]
+        passes = [_Fifo(n_stems * channels) for _ in chunkers]
+        lead = list(self.shift_samples)  # samples still to drop from each pass's output
         mixture, separated = _Fifo(channels), _Fifo(n_stems * channels)
-        pending: list[np.ndarray] = []
+        pending = [(k, segment) for k, chunker in enumerate(chunkers)  # (pass, segment)
+                   for segment in chunker.feed(np.zeros((channels, lead[k]), np.float32))]
 
         decide = self.compile_mode == "auto" and not self.compiled and self.device.type == "cpu"
 
-        def process(segments: list[np.ndarray], last: bool = False) -> None:
+        def cut(block: np.ndarray | None) -> list[tuple[int, np.ndarray]]:
+            """The segments each pass completes with ``block`` (None: the end of the input)."""
+            return [
+                (k, segment)
+                for k, chunker in enumerate(chunkers)
+                for segment in (chunker.finish() if block is None else chunker.feed(block))
+            ]
+
+        def process(segments: list[tuple[int, np.ndarray]], last: bool = False) -> None:
             nonlocal decide
             pending.extend(segments)
             while pending and (len(pending) >= self.batch_size or last):
                 batch = pending[: self.batch_size]
                 start = time.perf_counter()
                 try:
-                    results = self._run(batch)
+                    results = self._run([segment for _, segment in batch])
                 except torch.OutOfMemoryError:
                     self._shrink_batch()
                     continue
@@ -303,9 +346,14 @@ class Separator:
                     decide = False
                     self._maybe_compile((time.perf_counter() - start) / len(batch), len(batch), bar, report)
                 del pending[: len(batch)]
-                for result in results:
-                    done = chunker.add(result)
-                    separated.push(stems_out(done.reshape(n_stems * channels, -1)))
+                for (k, _), result in zip(batch, results, strict=True):
+                    done = chunkers[k].add(result).reshape(n_stems * channels, -1)
+                    drop = min(lead[k], done.shape[1])
+                    lead[k] -= drop
+                    passes[k].push(done[:, drop:])
+            n = min(len(p) for p in passes)
+            if n:
+                separated.push(stems_out(sum(p.pop(n) for p in passes) / len(passes)))
 
         def ready(final: bool = False) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
             n = len(mixture)
@@ -329,11 +377,11 @@ class Separator:
 
         for block in blocks:
             mixture.push(mix_out(block))
-            process(chunker.feed(to_model(block)))
+            process(cut(to_model(block)))
             yield from ready()
         mixture.push(mix_out.flush())
-        process(chunker.feed(to_model.flush()))
-        process(chunker.finish(), last=True)
+        process(cut(to_model.flush()))
+        process(cut(None), last=True)
         separated.push(stems_out.flush())
         yield from ready(final=True)
 

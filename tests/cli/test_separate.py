@@ -161,6 +161,17 @@ def test_a_preview_writes_only_the_part_asked_for(tmp_path, ckpt, capsys):
     assert exit_info.value.code == 2 and "expected seconds such as 90, 1:30" in capsys.readouterr().err
 
 
+def test_tta_and_shifts_keep_the_null_test(tmp_path, ckpt, capsys):
+    x = _wav(tmp_path / "a.wav", seconds=0.8)
+    base = ["separate", str(tmp_path / "a.wav"), "--checkpoint", str(ckpt), *FAST, "-o", str(tmp_path / "out")]
+    assert main([*base, "--tta", "--shifts", "2"]) == 0
+    vocals = read_audio(tmp_path / "out" / "a" / "vocals.wav")[0]
+    np.testing.assert_array_equal(read_audio(tmp_path / "out" / "a" / "accompaniment.wav")[0], x - vocals)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--shifts", "0"])
+    assert exit_info.value.code == 2 and "expected a whole number of at least 1, got '0'" in capsys.readouterr().err
+
+
 def test_overwrite_protection(tmp_path, ckpt, capsys):
     _wav(tmp_path / "a.wav")
     args = [

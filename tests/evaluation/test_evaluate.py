@@ -160,6 +160,12 @@ def test_model_end_to_end_resume_and_plot(model_root, tmp_path, data_dir, capsys
     other = [arg if arg != "1" else "0.5" for arg in args]  # another segment length
     assert main([*other, "--tracks", TEST_TRACKS[0]]) == 1  # other settings: refused
     assert "other settings" in capsys.readouterr().err
+    assert main([*args, "--tta", "--tracks", TEST_TRACKS[0]]) == 1  # TTA is another setting too
+    assert "other settings" in capsys.readouterr().err
+    tta = [arg if arg != str(out) else str(tmp_path / "tta") for arg in args]
+    assert main([*tta, "--tta", "--shifts", "2", "--tracks", TEST_TRACKS[0]]) == 0
+    settings = json.loads((tmp_path / "tta" / "summary.json").read_text())["settings"]
+    assert (settings["tta"], settings["shifts"]) == (True, 2)
 
 
 def test_valid_split_is_musdb_validation_list(musdb_root, estimates, tmp_path):

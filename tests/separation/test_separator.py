@@ -338,3 +338,56 @@ def test_a_preview_is_the_separation_of_that_part(tmp_path):
     np.testing.assert_array_equal(accompaniment, part - vocals)
     with pytest.raises(AudioError, match="past the end"):
         sep.separate_file(tmp_path / "song.wav", tmp_path / "late", start=3.0)
+
+
+class ChannelGainModel(MaskModel):
+    """Left × 1, right × 0.25, plus a constant in one bin: neither channel- nor sign-symmetric,
+    so each TTA view gives another answer and each must be turned back exactly."""
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        gain = torch.tensor([1.0, 0.25], device=spec.device).view(1, 2, 1, 1)
+        out = spec * gain
+        out[..., 40, :] += 300.0  # ~0.02 of full scale after the iSTFT
+        return out.unsqueeze(1)
+
+
+def test_tta_turns_every_view_back_before_the_average():
+    x = band_limited(2, 1.3, 44100)
+    plain = Separator(ChannelGainModel(), segment=0.4, overlap=0.25, progress=False)
+    tta = Separator(ChannelGainModel(), segment=0.4, overlap=0.25, progress=False, tta=True)
+    bias = plain.separate(np.zeros_like(x), 44100)["vocals"]  # what the constant bin adds
+    assert np.abs(bias).max() > 1e-3
+    np.testing.assert_allclose(plain.separate(x, 44100)["vocals"], x * [[1.0], [0.25]] + bias, atol=1e-5)
+    out = tta.separate(x, 44100)
+    # as is: (L, R/4) + b; polarity inverted and back: (L, R/4) - b; swapped and back: (L/4, R) + b
+    np.testing.assert_allclose(out["vocals"], x * [[0.75], [0.5]] + bias / 3, atol=1e-5)
+    np.testing.assert_array_equal(out["accompaniment"], x - out["vocals"])  # the null test holds
+
+
+def test_tta_of_a_symmetric_model_changes_nothing():
+    """SegmentLevelModel is odd and treats both channels alike: the views agree, over many segments."""
+    x = band_limited(2, 1.3, 44100)
+    plain = Separator(SegmentLevelModel(), segment=0.3, overlap=0.5, progress=False).separate(x, 44100)
+    tta = Separator(SegmentLevelModel(), segment=0.3, overlap=0.5, progress=False, tta=True).separate(x, 44100)
+    np.testing.assert_allclose(tta["vocals"], plain["vocals"], atol=1e-6)
+    mono = Separator(ChannelGainModel(), segment=0.3, progress=False, tta=True).separate(x[0], 44100)
+    np.testing.assert_allclose(mono["vocals"], x[0] * 0.625, atol=1e-5)  # mono: as is and inverted only
+
+
+def test_shifts_average_passes_over_delayed_inputs():
+    x = band_limited(2, 1.3, 44100)
+    settings = {"segment": 0.4, "overlap": 0.25, "progress": False}
+    sep = Separator(SegmentLevelModel(), shifts=3, **settings)
+    assert sep.shift_samples[0] == 0 and all(1 <= d <= 22050 for d in sep.shift_samples[1:])
+    assert Separator(SegmentLevelModel(), shifts=3, **settings).shift_samples == sep.shift_samples  # seeded
+    plain = Separator(SegmentLevelModel(), **settings)
+    by_hand = [
+        plain.separate(np.concatenate([np.zeros((2, d), np.float32), x], axis=1), 44100)["vocals"][:, d:]
+        for d in sep.shift_samples
+    ]
+    out = sep.separate(x, 44100)
+    np.testing.assert_allclose(out["vocals"], sum(by_hand) / 3, atol=1e-6)
+    assert np.abs(out["vocals"] - by_hand[0]).max() > 1e-4  # the shifts matter for this model
+    np.testing.assert_array_equal(out["accompaniment"], x - out["vocals"])
+    with pytest.raises(BSMamba2Error, match="shifts must be a whole number of at least 1, got 0"):
+        Separator(SegmentLevelModel(), shifts=0)
