@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from bsmamba2 import ops
 from bsmamba2.model import BSMamba2, BSMamba2Config, istft, stft
 from bsmamba2.model.blocks import BidirectionalMamba
-from bsmamba2.ops import dispatch
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # name: (batch·bands for the time axis, frames, batch·frames for the band axis, bands, config)
@@ -95,19 +95,6 @@ class Timer:
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
-
-
-@contextlib.contextmanager
-def backend(name: str):
-    old = os.environ.get("BSMAMBA2_KERNELS")
-    os.environ["BSMAMBA2_KERNELS"] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("BSMAMBA2_KERNELS")
-        else:
-            os.environ["BSMAMBA2_KERNELS"] = old
 
 
 def measure_peaks(device: torch.device) -> dict[str, float]:
@@ -219,8 +206,6 @@ def external_impl(name: str):
 
 
 def run_ops(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
-    from bsmamba2 import ops
-
     rows = []
     for name, make, cost_f, cost_b in op_cases(shapes, cfg, device, dtype):
         for bwd in (False, True):
@@ -242,7 +227,7 @@ def run_ops(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
                     if bwd:
                         torch.autograd.grad(out, leaves, dy)
 
-                with backend(be if be in ("triton", "torch") else "torch"):
+                with ops.use_backend(be if be in ("triton", "torch") else "torch"):
                     if bwd:
                         with torch.no_grad():
                             step = functools.partial(step, dy=torch.randn_like(fn(impl)))
@@ -279,7 +264,7 @@ def run_blocks(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
         for be in args.backends:
             if be not in ("triton", "torch"):
                 continue
-            with backend(be):
+            with ops.use_backend(be):
                 rows.append(timed(Row("block", f"bidirectional block {axis} ({seqs}×{length}) fwd+bwd", be),
                                   step, timer, None, peaks))
     return rows
@@ -324,7 +309,7 @@ def run_model(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
         for be in args.backends:
             if be not in ("triton", "torch"):
                 continue
-            with backend(be):
+            with ops.use_backend(be):
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
@@ -348,13 +333,11 @@ def profile_ssd(shapes: dict, cfg: BSMamba2Config, device, dtype) -> None:
     """Per-kernel CUDA time of one SSD forward+backward with our kernels, on each axis."""
     from torch.profiler import ProfilerActivity, profile
 
-    from bsmamba2 import ops
-
     for axis in ("time", "band"):
         args, kw = ssd_inputs(*shapes[axis], cfg, device, dtype, True)
         leaves = [*args, kw["dt_bias"]]
         dy = torch.randn_like(args[0])
-        with backend("triton"):
+        with ops.use_backend("triton"):
             for record in (False, True):  # the first call compiles and autotunes
                 recorder = profile(activities=[ProfilerActivity.CUDA]) if record else contextlib.nullcontext()
                 with recorder as prof:
@@ -417,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     args.backends = args.backends.split(",") if args.backends else default
     for be in args.backends:
         if be == "triton":
-            with backend("triton"):
-                dispatch.active_backend(device, dtype)  # a clear error instead of a silent fallback
+            with ops.use_backend("triton"):
+                ops.active_backend(device, dtype)  # a clear error instead of a silent fallback
         elif be not in ("torch", "mamba_ssm"):
             parser.error(f"unknown backend {be!r}")
     cfg = shapes["cfg"]

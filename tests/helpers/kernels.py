@@ -1,14 +1,12 @@
-"""Shared setup of the Triton kernel tests.
+"""Shared setup of the Triton kernel tests (tests skip when triton is missing).
 
-On a machine without CUDA the kernels run in Triton's interpreter: TRITON_INTERPRET must
-be set before the kernel module is imported (Triton reads it when a kernel is defined),
-so import this module before ``bsmamba2.ops.triton``. Tests skip when triton is missing.
+On a machine without CUDA the kernels run in Triton's interpreter: tests/conftest.py sets
+TRITON_INTERPRET=1 before anything imports the kernels (Triton reads it when a kernel is
+defined); this module checks that it took.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from contextlib import contextmanager
 
 import pytest
@@ -17,14 +15,11 @@ import torch
 from tests.helpers.numerics import rel_err
 
 ON_GPU = torch.cuda.is_available()
-if not ON_GPU:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
-if "bsmamba2.ops.triton.common" in sys.modules and not ON_GPU:
-    from bsmamba2.ops.triton import common
+from bsmamba2.ops.triton import common  # noqa: E402 (only once triton is known to import)
 
-    if not common.INTERPRET:
-        raise RuntimeError("bsmamba2.ops.triton was imported before TRITON_INTERPRET=1 was set")
+if not ON_GPU and not common.INTERPRET:
+    raise RuntimeError("bsmamba2.ops.triton was imported before TRITON_INTERPRET=1 was set")
 
 DEVICE = "cuda" if ON_GPU else "cpu"
 # fp32: 1e-4 where the dots are exact fp32 (the interpreter), 5e-3 where they are tf32 (a GPU).

@@ -13,7 +13,8 @@ import torch
 
 from bsmamba2.ops import reference, split_channels
 from bsmamba2.ops.triton import ssd_scan
-from tests.helpers.kernels import DEVICE, ON_GPU, assert_close, poisoned_outputs, rel_err
+from tests.helpers.kernels import DEVICE, ON_GPU, assert_close, poisoned_outputs
+from tests.helpers.numerics import rel_err
 
 LENGTHS = [1, 7, 62, 63, 256, 257, 801]
 # (batch, heads, headdim, groups, state): small for the interpreter, the paper's on a GPU.

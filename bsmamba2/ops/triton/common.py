@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from bsmamba2.ops.backend import triton_interpreter
+
+INTERPRET = triton_interpreter()
 """Kernels run in Triton's CPU interpreter (decided at import time, as Triton does)."""
 
 TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}

@@ -268,5 +268,5 @@ class CausalConv1d(torch.autograd.Function):
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   activation: str | None = None) -> torch.Tensor:
-    """Triton causal depthwise conv1d; contract of :func:`bsmamba2.ops.reference.causal_conv1d`."""
+    """Triton causal depthwise conv1d; contract of :func:`bsmamba2.ops.reference.conv.causal_conv1d`."""
     return CausalConv1d.apply(x, weight, bias, activation)

@@ -155,5 +155,5 @@ class GatedRMSNorm(torch.autograd.Function):
 
 def gated_rms_norm(x: torch.Tensor, z: torch.Tensor | None, weight: torch.Tensor, eps: float = 1e-5,
                    group_size: int | None = None) -> torch.Tensor:
-    """Triton gated RMSNorm; contract of :func:`bsmamba2.ops.reference.gated_rms_norm`."""
+    """Triton gated RMSNorm; contract of :func:`bsmamba2.ops.reference.norm.gated_rms_norm`."""
     return GatedRMSNorm.apply(x, z, weight, eps, group_size)

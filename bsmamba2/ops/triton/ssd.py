@@ -504,12 +504,19 @@ class SSDScan(torch.autograd.Function):
         )
 
 
-def ssd_scan(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=False, initial_state=None,
-             return_final_state=False, chunk_size=CHUNK):
-    """Triton SSD scan with the contract of :func:`bsmamba2.ops.reference.ssd_scan`.
-
-    ``chunk_size`` is accepted for that contract and ignored: the kernels pick their own
-    chunking, which changes only rounding.
-    """
-    del chunk_size
+def ssd_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    *,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Triton SSD scan with the contract of :func:`bsmamba2.ops.reference.ssd.ssd_scan`; the
+    kernels pick their own chunking."""
     return SSDScan.apply(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, return_final_state)

@@ -1,44 +1,19 @@
-"""Pure-PyTorch reference implementations of the Mamba-2 operations.
+"""The SSD scan (Mamba-2's selective scan) in PyTorch: the oracle of the Triton kernel.
 
-These are the CPU path of the model and the oracle for the GPU kernels. The SSD scan
-is written in Mamba-2's chunked matrix form: within a chunk the recurrence is an
-"attention" product masked by the decay matrix, and chunks exchange their states
-through one small matrix product, so there is no Python loop over time steps.
-Arithmetic runs in float32 (float64 for float64 inputs); results are cast back. Under
-autocast the matrix products run in its dtype, as torch's own products do. Without autograd
-(inference, :func:`eager_inference`) the ops take fewer passes over memory: the CPU path of
-the paper model is bound by them, not by arithmetic (docs/benchmarks.md).
+It is written in Mamba-2's chunked matrix form: within a chunk the recurrence is an
+"attention" product masked by the decay matrix, and chunks exchange their states through
+one small matrix product, so there is no Python loop over time steps.
+:func:`ssd_scan_sequential` is the float64 step-by-step recurrence every scan is tested
+against.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from bsmamba2.ops.reference.common import compute_dtype, eager_inference, prepare_dt
 
 DEFAULT_CHUNK = 64
-
-
-def compute_dtype(t: torch.Tensor) -> torch.dtype:
-    """float64 stays float64; every other floating dtype computes in float32."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def prepare_dt(
-    dt: torch.Tensor, dt_bias: torch.Tensor | None, dt_softplus: bool, dtype: torch.dtype
-) -> torch.Tensor:
-    """Δ = softplus(dt + dt_bias) (each part optional), in the compute dtype."""
-    dt = dt.to(dtype)
-    if dt_bias is not None:
-        dt = dt + dt_bias.to(dtype)
-    return F.softplus(dt) if dt_softplus else dt
-
-
-def eager_inference(*tensors: torch.Tensor | None) -> bool:
-    """Neither autograd (on these tensors) nor torch.compile records the work: the ops may
-    then overwrite their temporaries and write into preallocated outputs, saving passes."""
-    if torch.compiler.is_compiling():  # inductor fuses the passes itself
-        return False
-    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
 
 def _padded(t: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
@@ -77,6 +52,9 @@ def ssd_scan(
     Computes H_t = exp(Δ_t A) H_{t-1} + Δ_t x_t ⊗ B_t and y_t = H_t C_t + D x_t per head,
     with H_{-1} = initial_state (b,h,p,n) or zeros. Returns y (b,l,h,p) and, when asked,
     the final state (b,h,p,n) in the compute dtype.
+
+    ``chunk_size`` is the reference's own knob (not part of the op's contract: the Triton
+    kernel picks its chunking itself); it changes only rounding.
 
     Within a chunk of q steps: y_t = Σ_{s<=t} (C_t·B_s) exp(S_t − S_s) Δ_s x_s (S = cumulative
     Δ·A), one batched matrix product for all chunks and heads. Across chunks only the
@@ -211,60 +189,3 @@ def ssd_scan_sequential(
     if D is not None:
         y = y + xs * D.to(f64).view(h, 1)
     return y, state
-
-
-def causal_conv1d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    activation: str | None = None,
-) -> torch.Tensor:
-    """Causal depthwise conv1d on channel-last input: x (b,l,d), weight (d,w), bias (d).
-
-    y_t = Σ_k weight[:, k] · x_{t-w+1+k} + bias (zeros before the start), then SiLU
-    when activation == "silu". A sum of shifted products: no transposes, exact.
-    """
-    if activation not in (None, "silu"):
-        raise ValueError(f"unsupported activation {activation!r}")
-    cdt = compute_dtype(x)
-    width = weight.shape[-1]
-    xs, w = x.to(cdt), weight.to(cdt)
-    y = xs * w[:, -1] if bias is None else torch.addcmul(bias.to(cdt), xs, w[:, -1])
-    for k in range(width - 1):
-        shift = width - 1 - k  # tap k sees x_{t-shift}; earlier samples are zero
-        if shift < xs.shape[1]:
-            y[:, shift:].addcmul_(xs[:, :-shift], w[:, k])
-    if activation == "silu":
-        y = F.silu(y, inplace=eager_inference(x, weight, bias))
-    return y.to(x.dtype)
-
-
-def gated_rms_norm(
-    x: torch.Tensor,
-    z: torch.Tensor | None,
-    weight: torch.Tensor,
-    eps: float = 1e-5,
-    group_size: int | None = None,
-) -> torch.Tensor:
-    """RMSNorm(x · SiLU(z)) · weight over groups of the last axis (gate before norm).
-
-    group_size None means one group spanning the whole last axis (Mamba-2 with ngroups 1).
-    """
-    cdt = compute_dtype(x)
-    d = x.shape[-1]
-    gs = d if group_size is None else group_size
-    if d % gs:
-        raise ValueError(f"last dimension {d} is not a multiple of group_size {gs}")
-    if not eager_inference(x, z, weight):
-        y = x.to(cdt)
-        if z is not None:
-            y = y * F.silu(z.to(cdt))
-        yg = y.view(*y.shape[:-1], d // gs, gs)
-        yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + eps)
-        return (yg.view_as(y) * weight.to(cdt)).to(x.dtype)
-    # The same arithmetic in fewer passes over the activations.
-    y = x.to(cdt, copy=True) if z is None else F.silu(z.to(cdt, copy=True), inplace=True).mul_(x)
-    yg = y.view(*y.shape[:-1], d // gs, gs)
-    ms = torch.linalg.vector_norm(yg, dim=-1, keepdim=True).square_().div_(gs)
-    yg.mul_(weight.to(cdt).view(d // gs, gs))
-    return torch.mul(yg, ms.add_(eps).rsqrt_(), out=x.new_empty(yg.shape)).view(x.shape)
