@@ -31,7 +31,7 @@ import torch
 import bsmamba2
 from bsmamba2 import ops
 from bsmamba2.model import BSMamba2Config
-from bsmamba2.model.mamba2 import RECOMPUTE_MODES
+from bsmamba2.model.mixers import RECOMPUTE_MODES
 from bsmamba2.training import EMA, BSMamba2Module
 
 GRADIENT_CLIP = 3.0

@@ -28,6 +28,7 @@ from bsmamba2.errors import BSMamba2Error
 from bsmamba2.fileio import atomic_path
 from bsmamba2.model.bsmamba2 import BSMamba2
 from bsmamba2.model.config import BSMamba2Config
+from bsmamba2.model.mixers import SHARED_OPTIONS, infer_mixer
 
 FORMAT_NAME = "bsmamba2"
 FORMAT_VERSION = "1"
@@ -128,16 +129,14 @@ def _count(weights: Mapping[str, torch.Tensor], pattern: str) -> int:
 
 
 def infer_config(weights: Mapping[str, torch.Tensor], ngroups: int = 1) -> BSMamba2Config:
-    """The architecture from tensor shapes (ngroups cannot be seen in them: default 1)."""
+    """The architecture from tensor shapes (ngroups cannot be seen in them: default 1); the
+    mixer's part is its own inference function (:func:`bsmamba2.model.mixers.infer_mixer`)."""
     try:
         dim = weights["final_norm.gamma"].shape[0]
         depth = _count(weights, r"layers\.(\d+)\.0\.linear\.bias")
         n_stems = _count(weights, r"mask_estimators\.(\d+)\.to_freqs\.0\.0\.0\.weight")
         n_bands = _count(weights, r"band_split\.to_features\.(\d+)\.0\.gamma")
         widths = [weights[f"band_split.to_features.{k}.0.gamma"].shape[0] for k in range(n_bands)]
-        d_inner = weights[_MIXER + "norm.weight"].shape[0]
-        nheads = weights[_MIXER + "A_log"].shape[0]
-        conv_dim, _, d_conv = weights[_MIXER + "conv1d.weight"].shape
         hidden = weights["mask_estimators.0.to_freqs.0.0.0.weight"].shape[0]
     except KeyError as exc:
         raise CheckpointError(f"not a BSMamba2 state dict: missing key {exc.args[0]!r}") from None
@@ -152,14 +151,14 @@ def infer_config(weights: Mapping[str, torch.Tensor], ngroups: int = 1) -> BSMam
             f"match no {bins_total}-bin STFT"
         )
     try:
+        mixer, options = infer_mixer({k[len(_MIXER):]: v for k, v in weights.items() if k.startswith(_MIXER)},
+                                     dim, ngroups)
         return BSMamba2Config(
             dim=dim,
             depth=depth,
-            expand=d_inner // dim,
-            headdim=d_inner // nheads,
-            d_state=(conv_dim - d_inner) // (2 * ngroups),
-            ngroups=ngroups,
-            d_conv=d_conv,
+            mixer=mixer,
+            **{k: v for k, v in options.items() if k in SHARED_OPTIONS},
+            mixer_options={k: v for k, v in options.items() if k not in SHARED_OPTIONS},
             mask_mlp_expansion=hidden // dim,
             n_stems=n_stems,
             stereo=channels == 2,

@@ -1,4 +1,5 @@
-"""Residual Mamba-2 blocks and the bidirectional module that runs them both ways."""
+"""Residual mixer blocks (Mamba-2 by default, see :mod:`bsmamba2.model.mixers`) and the
+bidirectional module that runs them both ways."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 from torch import nn
 
 from bsmamba2.model.config import BSMamba2Config
-from bsmamba2.model.mamba2 import Mamba2
+from bsmamba2.model.mixers import build_mixer
 from bsmamba2.model.norms import RMSNorm
 
 
@@ -16,7 +17,7 @@ class MambaBlock(nn.Module):
     def __init__(self, cfg: BSMamba2Config) -> None:
         super().__init__()
         self.norm = RMSNorm(cfg.dim)
-        self.mixer = Mamba2(cfg.dim, cfg.d_state, cfg.d_conv, cfg.expand, cfg.headdim, cfg.ngroups)
+        self.mixer = build_mixer(cfg.mixer, cfg.dim, cfg.mixer_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mixer(self.norm(x)) + x

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from bsmamba2.model.mixers import SHARED_OPTIONS, mixer_defaults
+
 # Bins per band (62 bands, 1025 bins): 24×2, 12×4, 8×12, 8×24, 8×48, then 128 and 129.
 PAPER_BANDS: tuple[int, ...] = (
     (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129)
@@ -21,11 +23,18 @@ class BSMamba2Config:
 
     dim: int = 256
     depth: int = 6
-    expand: int = 4
-    headdim: int = 64
-    d_state: int = 128
-    ngroups: int = 1
-    d_conv: int = 4
+    # The sequence mixer of every bidirectional block, by name (bsmamba2.model.mixers.MIXERS).
+    mixer: str = "mamba2"
+    # The mixer's options shared by name across mixers; None: the mixer's default (the
+    # paper's for Mamba-2: expand 4, headdim 64, d_state 128, ngroups 1, d_conv 4). Left
+    # None when the mixer has no such option.
+    expand: int | None = None
+    headdim: int | None = None
+    d_state: int | None = None
+    ngroups: int | None = None
+    d_conv: int | None = None
+    # The mixer's other options (its own names); missing ones take the mixer's defaults.
+    mixer_options: dict[str, Any] = field(default_factory=dict, hash=False)
     mask_mlp_expansion: int = 4
     n_stems: int = 1
     # Names of the separated stems, in output order; empty: "vocals" for one stem, else stem1...
@@ -37,6 +46,7 @@ class BSMamba2Config:
     hop_length: int = 441
 
     def __post_init__(self) -> None:
+        self._resolve_mixer_options()
         object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
         object.__setattr__(self, "targets", tuple(str(t) for t in self.targets))
         if self.targets and len(self.targets) != self.n_stems:
@@ -45,10 +55,33 @@ class BSMamba2Config:
             raise ValueError(
                 f"bands cover {sum(self.bands)} bins, the STFT has {self.n_fft // 2 + 1}"
             )
-        if self.d_inner % self.headdim:
-            raise ValueError(f"expand·dim = {self.d_inner} is not a multiple of headdim {self.headdim}")
-        if self.nheads % self.ngroups:
-            raise ValueError(f"{self.nheads} heads cannot be split into {self.ngroups} groups")
+        if self.expand is not None and self.headdim is not None:
+            if self.d_inner % self.headdim:
+                raise ValueError(f"expand·dim = {self.d_inner} is not a multiple of headdim {self.headdim}")
+            if self.ngroups is not None and self.nheads % self.ngroups:
+                raise ValueError(f"{self.nheads} heads cannot be split into {self.ngroups} groups")
+
+    def _resolve_mixer_options(self) -> None:
+        """Fill what the user left unset with the mixer's defaults; reject options it lacks."""
+        defaults = mixer_defaults(self.mixer)
+        for name in SHARED_OPTIONS:
+            if name in defaults:
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, defaults[name])
+            elif getattr(self, name) is not None:
+                raise ValueError(f"the {self.mixer} mixer has no option {name!r}")
+        own = {k: v for k, v in defaults.items() if k not in SHARED_OPTIONS}
+        unknown = sorted(set(self.mixer_options) - set(own))
+        if unknown:
+            raise ValueError(f"unknown mixer_options for {self.mixer}: {', '.join(unknown)} "
+                             f"(it takes {', '.join(own) or 'none'}; {', '.join(SHARED_OPTIONS)} are fields)")
+        object.__setattr__(self, "mixer_options", {**own, **self.mixer_options})
+
+    @property
+    def mixer_kwargs(self) -> dict[str, Any]:
+        """The keywords the mixer is built with: its shared options and ``mixer_options``."""
+        shared = {name: getattr(self, name) for name in SHARED_OPTIONS if getattr(self, name) is not None}
+        return {**shared, **self.mixer_options}
 
     @property
     def d_inner(self) -> int:
@@ -74,6 +107,7 @@ class BSMamba2Config:
         d = dataclasses.asdict(self)
         d["bands"] = list(self.bands)
         d["targets"] = list(self.targets)
+        d["mixer_options"] = dict(self.mixer_options)
         return d
 
     @classmethod

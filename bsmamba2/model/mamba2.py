@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -11,20 +12,22 @@ from torch.utils.checkpoint import checkpoint
 from bsmamba2 import ops
 from bsmamba2.model.norms import GatedRMSNorm
 
-RECOMPUTE_MODES = ("none", "mixer")
+_STATE_KEYS = {"dt_bias", "A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias", "norm.weight",
+               "out_proj.weight"}
 
 
 class Mamba2(nn.Module):
     """in_proj → causal conv + SiLU → SSD scan (+D) → gated RMSNorm → out_proj.
 
     ``in_proj`` yields z | x | B | C | dt; B and C are shared by the heads of a group.
-    ``recompute`` (see :func:`set_recompute`) trades backward time for activation memory
-    while gradients are recorded; it changes no result.
+    ``recompute`` (see :func:`bsmamba2.model.mixers.set_recompute`) trades backward time for
+    activation memory while gradients are recorded; it changes no result.
     """
 
     def __init__(
         self,
         d_model: int,
+        *,
         d_state: int = 128,
         d_conv: int = 4,
         expand: int = 4,
@@ -47,6 +50,20 @@ class Mamba2(nn.Module):
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
         self.recompute = "none"
+
+    @staticmethod
+    def infer_options(
+        state: Mapping[str, torch.Tensor], d_model: int, ngroups: int = 1
+    ) -> dict[str, int] | None:
+        """The options from the mixer's tensors (keys relative to it), None if they are not a
+        Mamba-2's. ``ngroups`` cannot be seen in them."""
+        if set(state) != _STATE_KEYS:
+            return None
+        d_inner = state["norm.weight"].shape[0]
+        nheads = state["A_log"].shape[0]
+        conv_dim, _, d_conv = state["conv1d.weight"].shape
+        return {"d_state": (conv_dim - d_inner) // (2 * ngroups), "d_conv": d_conv,
+                "expand": d_inner // d_model, "headdim": d_inner // nheads, "ngroups": ngroups}
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (batch, length, d_model) → (batch, length, d_model)."""
@@ -82,22 +99,6 @@ class Mamba2(nn.Module):
         )
         y = self.norm(y.reshape(b, length, self.d_inner), z)
         return self.out_proj(y)
-
-
-def set_recompute(model: nn.Module, mode: str) -> None:
-    """Recompute every Mamba-2 mixer of ``model`` in the backward pass (``mixer``), or not (``none``).
-
-    ``mixer`` keeps only each mixer's input for the backward instead of its activations
-    (in_proj's output, the conv output, the scan and norm outputs) and runs the
-    mixer's forward again there: on the paper model, batch 5 × 8 s, the training peak falls
-    from 82 to 15 GB for ~16 % more step time. Only training memory and time change: results
-    and gradients stay the same, and nothing changes without gradients (inference).
-    """
-    if mode not in RECOMPUTE_MODES:
-        raise ValueError(f"recompute={mode!r}: expected one of {', '.join(RECOMPUTE_MODES)}")
-    for module in model.modules():
-        if isinstance(module, Mamba2):
-            module.recompute = mode
 
 
 def _init_dt_bias(nheads: int, dt_min: float = 1e-3, dt_max: float = 1e-1) -> torch.Tensor:

@@ -22,7 +22,7 @@ from bsmamba2.data.musdb import STEMS
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.evaluation.metrics import usdr_batch
 from bsmamba2.model import BSMamba2, BSMamba2Config, istft, stft
-from bsmamba2.model.mamba2 import set_recompute
+from bsmamba2.model.mixers import set_recompute
 from bsmamba2.training.ema import EMA
 from bsmamba2.training.loss import MultiResolutionLoss
 
@@ -43,7 +43,7 @@ class BSMamba2Module(pl.LightningModule):
         ema_decay: decay of the weight EMA, updated after every optimizer step.
         max_nonfinite: stop after this many non-finite losses/gradients in a row.
         recompute: ``mixer`` recomputes the Mamba-2 mixers in the backward pass instead of
-            keeping their activations (:func:`bsmamba2.model.mamba2.set_recompute`), ``none``
+            keeping their activations (:func:`bsmamba2.model.mixers.set_recompute`), ``none``
             keeps them all (the fastest, the most memory).
         recompute_layers: recompute the mixers of the first this many of the ``depth``
             layers only (None: all): less time spent, less memory saved.

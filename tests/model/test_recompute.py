@@ -14,7 +14,8 @@ import yaml
 from bsmamba2.cli.main import main
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model import BSMamba2, BSMamba2Config, mamba2
-from bsmamba2.model.mamba2 import Mamba2, set_recompute
+from bsmamba2.model.mamba2 import Mamba2
+from bsmamba2.model.mixers import set_recompute
 from bsmamba2.training import BSMamba2Module
 
 ROOT = Path(__file__).resolve().parents[2]

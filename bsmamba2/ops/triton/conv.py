@@ -31,8 +31,8 @@ FWD_TUNING = ((4, 1, {"BLOCK_L": 16, "BLOCK_D": 256, "TILES": 2}),
               (4, 1, {"BLOCK_L": 8, "BLOCK_D": 256, "TILES": 4}))
 """Forward autotune candidates (num_warps, num_stages, meta): each program walks TILES tiles of
 BLOCK_L steps (weights and bias loaded once), ~30 instructions an element: memory bound. The
-best two of 27 tried on the H100 (paper time axis, model layout: 0.535 and 0.59 ms; the worst
-0.98). Few candidates: every one costs a compile at the first call."""
+best two of 27 tried on the paper's time axis (docs/benchmarks.md, "Kernel design
+measurements"). Few candidates: every one costs a compile at the first call."""
 
 BWD_TUNING = ((1, 1, {"BLOCK_C": 2, "BLOCK_D": 256, "PREFETCH": 1}),
               (1, 1, {"BLOCK_C": 2, "BLOCK_D": 256, "PREFETCH": 2}),

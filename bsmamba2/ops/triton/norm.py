@@ -20,8 +20,7 @@ from bsmamba2.ops.triton.common import configs, sigmoid
 ROWS_PER_PROGRAM = 64  # backward: rows summed into one fp32 dweight partial
 TUNING = ((2, 1, {"ELEMS": 512}), (4, 1, {"ELEMS": 1024}), (4, 1, {"ELEMS": 2048}))
 """Autotune candidates (num_warps, num_stages, meta) of both kernels: ELEMS elements per tile.
-Few warps win the backward on the H100 (the 256-wide pre-norm: 0.69 ms fwd+bwd with 2 warps,
-0.98 with 8; 16 warps cost the 1024-wide gated norm 2.3×); the forward hardly cares."""
+Few warps win the backward; the forward hardly cares (docs/benchmarks.md, "Kernel design measurements")."""
 
 
 def _block_m(args: dict) -> int:

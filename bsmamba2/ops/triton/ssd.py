@@ -66,9 +66,9 @@ def _dt_grads(ddelta, dcs, dcs_last, u, delta, mask, A, SOFTPLUS: tl.constexpr):
 
 @triton.autotune(configs=configs((4, 1), (4, 2), (4, 3), (8, 2)),
                  key=["H", "P", "N", "COMPUTE_Y", "BLOCK_Q"])
-# The output pass runs best on 4 warps (8: 1.7-2× slower on the H100); the backward's states
-# pass (COMPUTE_Y False, 64-step chunks) spills 1.4 KB per thread on 4 warps, none on 8
-# (tools/triton_spills.py), so both stay candidates and each pass picks its own.
+# The output pass runs best on 4 warps; the backward's states pass (COMPUTE_Y False, 64-step
+# chunks) spills on 4 warps and not on 8 (tools/triton_spills.py), so both stay candidates and
+# each pass picks its own (measured: docs/benchmarks.md, "Kernel design measurements").
 @triton.jit
 def _chunked_fwd(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, y_ptr, hout_ptr, states_ptr,
@@ -183,9 +183,8 @@ PART_DX, PART_DB, PART_DC = (tl.constexpr(i) for i in range(3))
 
 @triton.autotune(configs=configs((4, 3), (4, 1), (2, 2)),
                  key=["HG", "P", "N", "BLOCK_Q", "HAS_STATES", "PART", "HEADS"])
-# The winners of (4 | 8 warps) × (1 | 2 | 3 stages) on the H100 for every part and both axes
-# (8 warps never won), and 2 warps, which won dB and dC on the band axis on the H200 (dC 0.62
-# → 0.52 ms; 2 × 1 and 2 × 3 never won).
+# The configurations that won some part on some axis of the paper model (8 warps never won;
+# 2 warps win dB and dC on the band axis): docs/benchmarks.md, "Kernel design measurements".
 @triton.jit
 def _chunk_bwd(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, dstates_ptr,
@@ -201,11 +200,11 @@ def _chunk_bwd(
     """One part of the input gradients of one chunk, for HEADS heads of one group; every
     chunk in parallel. The heads of a group share B and C, so PART_DB / PART_DC loop over
     all of them, summing in one fp32 accumulator. PART_DX takes one head per program on
-    long sequences (C·Bᵀ recomputed per head: 2.4 vs 4.2 ms for the 16-head loop on the
-    paper's time axis, H100) and the whole group on short ones (1.1 vs 1.6 ms per head on
-    the band axis, H100; 2, 4 or 8 heads per program: 1-8 % slower on the H200). Three
-    launches instead of one kernel keep each under the register file (the fused one spilled
-    hundreds of registers on the H100; dB and dC in one launch: 3.4 vs 2.2 ms).
+    long sequences (recomputing C·Bᵀ per head is faster there than looping over the group's
+    heads) and the whole group on short ones (where the loop, sharing C·Bᵀ, is faster).
+    Three launches instead of one kernel keep each under the register file (the fused one
+    spilled hundreds of registers). Timings of these choices: docs/benchmarks.md, "Kernel
+    design measurements".
 
     With HAS_STATES the chunk's entering state ((n, p) layout) and the gradient of its
     leaving state ((p, n)) come from the two serial passes; without, the chunk is the whole
@@ -241,7 +240,7 @@ def _chunk_bwd(
         GT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)  # [s, t] = B_s·C_t, for every head
     else:
         acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-    for j in range(HEADS):  # a compile-time trip count: dB/dC 2-9 % faster on the H200
+    for j in range(HEADS):  # a compile-time trip count: faster dB/dC than a run-time one
         hi = h_first + j
         A = tl.load(A_ptr + hi).to(tl.float32)
         bias = tl.load(bias_ptr + hi).to(tl.float32) if HAS_BIAS else 0.0
@@ -253,7 +252,7 @@ def _chunk_bwd(
                      mask=qp_mask, other=0.0)
         Xd = X.to(DOT)
         # Δ_s x_s as one operand: scaling the dot's input instead of its [t, s] output
-        # (a broadcast along columns) made dC 1.6× faster on the H100.
+        # avoids a broadcast along columns of the dot's result (much slower dC).
         Xs = (X.to(tl.float32) * delta[:, None]).to(DOT)
         dYd = dY.to(DOT)
         seg = cs[:, None] - cs[None, :]
@@ -321,7 +320,7 @@ def _chunk_bwd(
         tl.store(out + gq, acc.to(out.dtype.element_ty), mask=qn_mask)
 
 
-@triton.autotune(configs=configs((2, 1), (2, 2)), key=["BLOCK_Q", "HG", "P", "N"])  # 4 warps: 1.6× slower
+@triton.autotune(configs=configs((2, 1), (2, 2)), key=["BLOCK_Q", "HG", "P", "N"])  # 4 warps lose
 @triton.jit
 def _short_fwd(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr,
@@ -362,9 +361,9 @@ def _short_fwd(
 
 
 FWD_CHUNK = 32
-"""Chunk length of the forward's output pass: 32 beat 64 and 128 on the H100 (bf16, paper
-shapes: 1.62 vs 2.24 / 2.61 ms on the time axis, 2.40 vs 3.61 / 3.78 ms on 62 × 6001 steps),
-the smaller tiles leaving room for three pipeline stages."""
+"""Chunk length of the forward's output pass: 32 beats 64 and 128 on both axes of the paper
+model, the smaller tiles leaving room for three pipeline stages (docs/benchmarks.md, "Kernel
+design measurements")."""
 
 
 def _chunk(dtype: torch.dtype) -> int:
