@@ -71,7 +71,6 @@ function formatChanged() {
 
 async function setUp() {
   info = await api("GET", "/api/info");
-  $("#model").textContent = `model ${info.model} on ${info.device}`;
   for (const stem of info.stems) {
     $("#stems").append(element("label", {}, element("input", { type: "checkbox", value: stem, checked: "" }), ` ${stem}`));
   }
@@ -96,6 +95,7 @@ async function setUp() {
     choose([...event.dataTransfer.files]);
   });
   $("#separate").addEventListener("click", separate);
+  $("#model").textContent = `model ${info.model} on ${info.device}`;  // last: the page is ready
 }
 
 // -- one job -------------------------------------------------------------------------------
