@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Benchmark the Mamba-2 layers of BSMamba2 across kernel backends.
+"""Benchmark the Mamba-2 (and Mamba-3) layers of BSMamba2 across kernel backends.
 
-Levels: op (SSD scan on the time and band axes, causal conv1d, gated RMSNorm; forward and
-forward+backward), block (one bidirectional Mamba-2 block on each axis, forward+backward)
-and model (a training step of batch 5 × 8 s, separating 60 s of stereo audio in one pass).
+Levels: op (SSD scan and the Mamba-3 scan, SISO and MIMO rank 4, on the time and band axes,
+causal conv1d, gated RMSNorm; forward and forward+backward), block (one bidirectional block
+on each axis, forward+backward) and model (a training step of batch 5 × 8 s, separating 60 s
+of stereo audio in one pass), for each mixer of ``--mixers``.
 Backends: ``triton`` (our kernels), ``torch`` (the PyTorch reference) and, when importable,
 ``mamba_ssm`` / ``causal_conv1d`` (op level). Prints a table (median ms, speed-up over
 ``torch``, achieved GB/s and TFLOP/s and their share of the card's measured peaks) and
@@ -33,6 +34,7 @@ import torch
 from bsmamba2 import ops
 from bsmamba2.model import BSMamba2, BSMamba2Config, istft, stft
 from bsmamba2.model.blocks import BidirectionalMamba
+from bsmamba2.model.mixers import SHARED_OPTIONS, mixer_defaults
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # name: (batch·bands for the time axis, frames, batch·frames for the band axis, bands, config)
@@ -141,6 +143,25 @@ def ssd_cost(seqs: int, length: int, cfg: BSMamba2Config, elt: int, bwd: bool) -
     return (io * 2.5, flops * 4) if bwd else (io, flops)
 
 
+def mamba3_inputs(seqs: int, length: int, cfg: BSMamba2Config, rank: int, device, dtype, grad: bool):
+    """The Mamba-3 scan's arguments as the layer makes them (official layouts), SISO or MIMO."""
+    h, p, n, g = cfg.nheads, cfg.headdim, cfg.d_state, cfg.ngroups
+    qk = (seqs, length, g, n) if rank == 1 else (seqs, length, rank, g, n)
+    bias = (h, n) if rank == 1 else (h, rank, n)
+
+    def leaf(*shape, scale=1.0, shift=0.0, dt=dtype):
+        return (torch.randn(shape, device=device, dtype=dt) * scale + shift).requires_grad_(grad)
+
+    dt = torch.nn.functional.softplus(torch.randn(seqs, h, length, device=device) - 2).requires_grad_(grad)
+    adt = (-torch.rand(seqs, h, length, device=device) * 2 * dt.detach()).requires_grad_(grad)
+    f32 = torch.float32
+    args = (leaf(*qk), leaf(*qk), leaf(seqs, length, h, p), adt, dt, leaf(seqs, h, length, dt=f32),
+            leaf(*bias, scale=0.5, shift=1.0, dt=f32), leaf(*bias, scale=0.5, shift=1.0, dt=f32),
+            leaf(seqs, length, h, n // 4, dt=f32), leaf(h, dt=f32), leaf(seqs, length, h, p))
+    kw = {} if rank == 1 else {f"mimo_{w}": leaf(h, rank, p, scale=0.3, shift=1.0, dt=f32) for w in "xzo"}
+    return args, kw
+
+
 def op_cases(shapes: dict, cfg: BSMamba2Config, device, dtype):
     """(name, make_inputs(grad) -> (fn, args), bytes_fwd, flops_fwd, bytes_bwd, flops_bwd)."""
     elt = torch.tensor([], dtype=dtype).element_size()
@@ -154,6 +175,16 @@ def op_cases(shapes: dict, cfg: BSMamba2Config, device, dtype):
 
         cases.append((f"ssd_scan {axis} ({seqs}×{length})", make,
                       ssd_cost(seqs, length, cfg, elt, False), ssd_cost(seqs, length, cfg, elt, True)))
+    for rank in (1, 4):
+        for axis in ("time", "band"):
+            seqs, length = shapes[axis]
+
+            def make3(grad, seqs=seqs, length=length, rank=rank):
+                args, kw = mamba3_inputs(seqs, length, cfg, rank, device, dtype, grad)
+                return (lambda impl: impl.mamba3_scan(*args, **kw)), (*args, *kw.values())
+
+            kind = "SISO" if rank == 1 else f"MIMO r{rank}"
+            cases.append((f"mamba3_scan {kind} {axis} ({seqs}×{length})", make3, None, None))
     seqs, length = shapes["time"]
     ch = cfg.d_inner + 2 * cfg.ngroups * cfg.d_state
     conv_elems = seqs * length * ch
@@ -195,6 +226,17 @@ def external_impl(name: str):
             return mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=dt_bias,
                                              dt_softplus=dt_softplus)
 
+    try:  # the official Mamba-3 SISO kernels (mamba_ssm from source; first call: minutes of autotuning)
+        from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
+
+        def mamba3_scan(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, **mimo):
+            if mimo:
+                raise NotImplementedError("MIMO is the official TileLang kernel")
+            return mamba3_siso_combined(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, chunk_size=64)
+
+        Adapter.mamba3_scan = staticmethod(mamba3_scan)
+    except Exception:
+        pass
     try:
         from causal_conv1d import causal_conv1d_fn
 
@@ -240,14 +282,36 @@ def timed(row: Row, step, timer: Timer, cost, peaks) -> Row:
         row.ms = timer(step)
     except Exception as exc:  # one failing backend must not hide the others' numbers
         row.note = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
-        return row
-    if cost:
-        row.gbps = cost[0] / row.ms / 1e6
-        row.tflops = cost[1] / row.ms / 1e9
+    else:
+        if cost:
+            row.gbps = cost[0] / row.ms / 1e6
+            row.tflops = cost[1] / row.ms / 1e9
+    print(f"  {row.level} {row.name} [{row.backend}]: {row.ms if row.ms is None else round(row.ms, 3)} ms "
+          f"{row.note}", flush=True)  # progress, and what a killed run had measured
     return row
 
 
-def run_blocks(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
+def mixer_configs(args, cfg: BSMamba2Config) -> list[tuple[str, BSMamba2Config]]:
+    """(label suffix, config) per mixer of --mixers: the shape's config with that mixer (the
+    shared options it has, e.g. not Mamba-2's d_conv for Mamba-3; its own at their defaults)."""
+    out = []
+    for name in args.mixers:
+        own = mixer_defaults(name)
+        data = {k: v for k, v in cfg.to_dict().items()
+                if k != "mixer_options" and (k not in SHARED_OPTIONS or k in own)}
+        suffix = "" if name == "mamba2" else f" [{name}]"
+        out.append((suffix, BSMamba2Config.from_dict({**data, "mixer": name})))
+    return out
+
+
+def run_blocks(args, shapes, base_cfg, device, dtype, timer, peaks) -> list[Row]:
+    rows = []
+    for suffix, cfg in mixer_configs(args, base_cfg):
+        rows += block_rows(args, shapes, cfg, suffix, device, dtype, timer, peaks)
+    return rows
+
+
+def block_rows(args, shapes, cfg, suffix, device, dtype, timer, peaks) -> list[Row]:
     rows = []
     block = BidirectionalMamba(cfg).to(device)
     for axis in ("time", "band"):
@@ -265,8 +329,8 @@ def run_blocks(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
             if be not in ("triton", "torch"):
                 continue
             with ops.use_backend(be):
-                rows.append(timed(Row("block", f"bidirectional block {axis} ({seqs}×{length}) fwd+bwd", be),
-                                  step, timer, None, peaks))
+                name = f"bidirectional block {axis} ({seqs}×{length}) fwd+bwd{suffix}"
+                rows.append(timed(Row("block", name, be), step, timer, None, peaks))
     return rows
 
 
@@ -276,7 +340,14 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def run_model(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
+def run_model(args, shapes, base_cfg, device, dtype, timer, peaks) -> list[Row]:
+    rows = []
+    for suffix, cfg in mixer_configs(args, base_cfg):
+        rows += model_rows(args, shapes, cfg, suffix, device, dtype, timer, peaks)
+    return rows
+
+
+def model_rows(args, shapes, cfg, suffix, device, dtype, timer, peaks) -> list[Row]:
     rows = []
     model = BSMamba2(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -304,8 +375,8 @@ def run_model(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
 
     secs = shapes["train_seconds"]
     # Separation first: on a fresh Triton cache its first call includes compiling the kernels.
-    for name, step in ((f"separate {shapes['sep_seconds']:g} s stereo, one pass", separate),
-                       (f"training step, batch {shapes['train_batch']} × {secs:g} s", train_step)):
+    for name, step in ((f"separate {shapes['sep_seconds']:g} s stereo, one pass{suffix}", separate),
+                       (f"training step, batch {shapes['train_batch']} × {secs:g} s{suffix}", train_step)):
         for be in args.backends:
             if be not in ("triton", "torch"):
                 continue
@@ -387,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of triton, torch, mamba_ssm (default: all usable here)")
     parser.add_argument("--levels", default="op,block,model", help="comma list of op, block, model")
     parser.add_argument("--json", default="benchmark_mamba_ssm.json", help="where to write the results")
+    parser.add_argument("--mixers", default="mamba2",
+                        help="comma list of mixers (mamba2, mamba3) for the block and model levels")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--profile", action="store_true",
                         help="also print the per-kernel CUDA time of one SSD fwd+bwd per axis (GPU)")
@@ -398,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = SHAPES[args.shapes or ("paper" if on_gpu else "small")]
     default = ["triton", "torch", "mamba_ssm"] if on_gpu else ["torch"]
     args.backends = args.backends.split(",") if args.backends else default
+    args.mixers = args.mixers.split(",")
     for be in args.backends:
         if be == "triton":
             with ops.use_backend("triton"):

@@ -2,6 +2,7 @@
 
 from bsmamba2.model.bsmamba2 import BSMamba2
 from bsmamba2.model.config import PAPER_BANDS, BSMamba2Config
+from bsmamba2.model.mamba3 import Mamba3
 from bsmamba2.model.stft import istft, stft
 
-__all__ = ["PAPER_BANDS", "BSMamba2", "BSMamba2Config", "istft", "stft"]
+__all__ = ["PAPER_BANDS", "BSMamba2", "BSMamba2Config", "Mamba3", "istft", "stft"]

@@ -35,9 +35,11 @@ import torch
 from torch import nn
 
 from bsmamba2.model.mamba2 import Mamba2
+from bsmamba2.model.mamba3 import Mamba3Mixer
 
 MIXERS: dict[str, type[nn.Module]] = {
     "mamba2": Mamba2,
+    "mamba3": Mamba3Mixer,
 }
 #: Options several mixers share by name: they are BSMamba2Config fields.
 SHARED_OPTIONS = ("expand", "headdim", "d_state", "ngroups", "d_conv")

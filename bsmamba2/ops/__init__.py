@@ -27,8 +27,8 @@ How to add a mixer: see :mod:`bsmamba2.model.mixers`.
 """
 
 from bsmamba2.ops.backend import KernelBackendError, active_backend, requested_backend, use_backend
-from bsmamba2.ops.dispatch import causal_conv1d, gated_rms_norm, ssd_scan
+from bsmamba2.ops.dispatch import causal_conv1d, gated_rms_norm, mamba3_scan, ssd_scan
 from bsmamba2.ops.split import split_channels
 
-__all__ = ["KernelBackendError", "active_backend", "causal_conv1d", "gated_rms_norm", "requested_backend",
-           "split_channels", "ssd_scan", "use_backend"]
+__all__ = ["KernelBackendError", "active_backend", "causal_conv1d", "gated_rms_norm", "mamba3_scan",
+           "requested_backend", "split_channels", "ssd_scan", "use_backend"]

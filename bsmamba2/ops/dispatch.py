@@ -66,3 +66,31 @@ def gated_rms_norm(x: torch.Tensor, z: torch.Tensor | None, weight: torch.Tensor
                    eps: float = 1e-5, group_size: int | None = None) -> torch.Tensor:
     """RMSNorm(x · SiLU(z)) · weight; see :func:`bsmamba2.ops.reference.norm.gated_rms_norm`."""
     return implementation("norm", x).gated_rms_norm(x, z, weight, eps, group_size)
+
+
+def mamba3_scan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    adt: torch.Tensor,
+    dt: torch.Tensor,
+    trap: torch.Tensor,
+    q_bias: torch.Tensor,
+    k_bias: torch.Tensor,
+    angles: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    *,
+    mimo_x: torch.Tensor | None = None,
+    mimo_z: torch.Tensor | None = None,
+    mimo_o: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mamba-3 scan, SISO or MIMO; see :func:`bsmamba2.ops.reference.mamba3.mamba3_scan`.
+
+    Only ``BSMAMBA2_KERNELS=triton`` takes the Triton kernels: they pass every test in Triton's
+    interpreter, but on a GPU only single-chunk fp32 calls have been checked so far (README),
+    so ``auto`` serves the reference for now.
+    """
+    impl = implementation("mamba3", v) if requested_backend() == "triton" else reference.mamba3
+    return impl.mamba3_scan(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, mimo_x=mimo_x,
+                            mimo_z=mimo_z, mimo_o=mimo_o)

@@ -1,0 +1,184 @@
+"""The Mamba-3 mixer (Lahoti et al., 2026), with the official parameter names, shapes and order.
+
+Mamba-3 replaces Mamba-2's conv + SSD with: a data-dependent decay A_t = −heavy_tail(·)
+(the official layer's activation since 2026-06, not the softplus of its first release), an
+exponential-trapezoidal update mixing the current and the previous input, B/C RMS-normed
+with a weight plus a per-head bias and rotated by data-dependent angles (a complex state),
+and optionally multi-input multi-output (MIMO) updates of rank R. The scan is
+:func:`bsmamba2.ops.mamba3_scan`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from bsmamba2 import ops
+
+A_FLOOR = 1e-4
+
+
+def heavy_tail(x: torch.Tensor) -> torch.Tensor:
+    """1 + x for x ≥ 0, 1 / (1 − x) for x < 0: positive, continuous, slope 1 at 0."""
+    return x.clamp_min(0) + torch.reciprocal(1 - x.clamp_max(0))
+
+
+def rope_angles(d_state: int, rope_fraction: float) -> int:
+    """How many angles rotate the state: ⌊d_state·fraction⌋ rounded down to even, halved."""
+    rotated = int(d_state * rope_fraction)
+    return (rotated - rotated % 2) // 2
+
+
+class Mamba3(nn.Module):
+    """in_proj → (z, x, B, C, Δ, A, trap, θ) → Mamba-3 scan (+D) → gate → out_proj.
+
+    On (batch, length, d_model) tensors. ``mimo_rank`` 1 is SISO (rotation pairs (2j, 2j+1)),
+    R > 1 is MIMO (pairs (j, j + N/2), x/z/y projected per rank by ``mimo_x/z/o``).
+    ``outproj_norm`` applies a per-head RMSNorm to y before the SiLU(z) gate. The state dict
+    is the official ``mamba_ssm.modules.mamba3.Mamba3``'s (``is_mimo = mimo_rank > 1``), so its
+    weights load with ``strict=True``. (The official ``chunk_size`` is not an option here: each
+    implementation of the scan picks its own, 64 rows of T steps × R ranks.)
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 128,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        rope_fraction: float = 0.5,
+        outproj_norm: bool = False,
+        mimo_rank: int = 1,
+    ) -> None:
+        super().__init__()
+        if rope_fraction not in (0.5, 1.0):
+            raise ValueError(f"rope_fraction={rope_fraction}: expected 0.5 or 1.0")
+        if mimo_rank < 1:
+            raise ValueError(f"mimo_rank={mimo_rank}: expected 1 (SISO) or more (MIMO)")
+        self.d_inner = expand * d_model
+        if self.d_inner % headdim:
+            raise ValueError(f"expand·d_model = {self.d_inner} is not a multiple of headdim {headdim}")
+        self.d_state = d_state
+        self.headdim = headdim
+        self.ngroups = ngroups
+        self.nheads = self.d_inner // headdim
+        self.mimo_rank = mimo_rank
+        self.outproj_norm = outproj_norm
+        self.n_angles = rope_angles(d_state, rope_fraction)
+        if self.n_angles < 1:
+            raise ValueError(f"d_state={d_state} with rope_fraction={rope_fraction} rotates nothing")
+        h, r, bc = self.nheads, mimo_rank, d_state * ngroups * mimo_rank
+        # z | x | B | C | Δ | A | trap | θ
+        self.sizes = [self.d_inner, self.d_inner, bc, bc, h, h, h, self.n_angles]
+        # Registration order matters: it is the official state_dict / parameters() order.
+        self.in_proj = nn.Linear(d_model, sum(self.sizes), bias=False)
+        self.dt_bias = nn.Parameter(_init_dt_bias(h))
+        self.B_bias = nn.Parameter(torch.ones(h, r, d_state))
+        self.C_bias = nn.Parameter(torch.ones(h, r, d_state))
+        self.B_norm = _Weight(d_state)
+        self.C_norm = _Weight(d_state)
+        if self.mimo:
+            self.mimo_x = nn.Parameter(torch.full((h, r, headdim), 1 / r))
+            self.mimo_z = nn.Parameter(torch.ones(h, r, headdim))
+            self.mimo_o = nn.Parameter(torch.full((h, r, headdim), 1 / r))
+        self.D = nn.Parameter(torch.ones(h))
+        if outproj_norm:
+            self.norm = _Weight(self.d_inner)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self.recompute = "none"
+
+    @staticmethod
+    def infer_options(state: Mapping[str, torch.Tensor], d_model: int,
+                      ngroups: int = 1) -> dict[str, Any] | None:
+        """The options from the layer's own tensors (keys relative to it), or None when they are
+        not a Mamba-3 layer's (no ``B_bias``)."""
+        if "B_bias" not in state:
+            return None
+        nheads, rank, d_state = state["B_bias"].shape
+        d_inner = state["out_proj.weight"].shape[1]
+        in_rows = state["in_proj.weight"].shape[0]
+        n_angles = in_rows - 2 * d_inner - 2 * d_state * ngroups * rank - 3 * nheads
+        return {"d_state": d_state, "expand": d_inner // d_model, "headdim": d_inner // nheads,
+                "ngroups": ngroups, "rope_fraction": 0.5 if n_angles == rope_angles(d_state, 0.5) else 1.0,
+                "outproj_norm": "norm.weight" in state, "mimo_rank": rank}
+
+    @property
+    def mimo(self) -> bool:
+        return self.mimo_rank > 1
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u (batch, length, d_model) → (batch, length, d_model)."""
+        if self.recompute == "mixer" and torch.is_grad_enabled():
+            return checkpoint(self._mix, u, use_reentrant=False, preserve_rng_state=False)
+        return self._mix(u)
+
+    def _mix(self, u: torch.Tensor) -> torch.Tensor:
+        b, length, _ = u.shape
+        h, p, r, g, n = self.nheads, self.headdim, self.mimo_rank, self.ngroups, self.d_state
+        z, x, B, C, dd_dt, dd_A, trap, theta = self.in_proj(u).split(self.sizes, -1)
+        A = -heavy_tail(dd_A.to(self.dt_bias.dtype)).clamp_min(A_FLOOR)
+        dt = F.softplus(dd_dt + self.dt_bias)
+        qk_shape = (b, length, r, g, n) if self.mimo else (b, length, g, n)
+        q = F.rms_norm(C.reshape(qk_shape), (n,), self.C_norm.weight, 1e-5)
+        k = F.rms_norm(B.reshape(qk_shape), (n,), self.B_norm.weight, 1e-5)
+        biases = (self.C_bias, self.B_bias) if self.mimo else (self.C_bias[:, 0], self.B_bias[:, 0])
+        z = z.reshape(b, length, h, p)
+        gate_in_scan = not self.outproj_norm
+        mimo = {"mimo_x": self.mimo_x, "mimo_z": self.mimo_z,
+                "mimo_o": self.mimo_o if gate_in_scan else None} if self.mimo else {}
+        y = ops.mamba3_scan(
+            q, k, x.reshape(b, length, h, p),
+            (A * dt).transpose(1, 2), dt.transpose(1, 2), trap.transpose(1, 2), *biases,
+            theta.unsqueeze(2).expand(-1, -1, h, -1), self.D, z if gate_in_scan else None, **mimo,
+        )
+        if self.outproj_norm:  # RMSNorm per head, then the gate (per rank for MIMO)
+            y = F.rms_norm(y, (p,), eps=1e-5) * self.norm.weight.view(h, p)
+            if self.mimo:
+                y = y * F.silu(z.unsqueeze(2) * self.mimo_z.transpose(0, 1))
+                y = (y * self.mimo_o.transpose(0, 1)).sum(2)
+            else:
+                y = y * F.silu(z)
+        return self.out_proj(y.reshape(b, length, self.d_inner).to(u.dtype))
+
+
+class Mamba3Mixer(Mamba3):
+    """The ``mamba3`` mixer of BSMamba2 (:mod:`bsmamba2.model.mixers`): :class:`Mamba3` with the
+    paper model's width by default — expand 4, as its Mamba-2 layers (the official default is 2)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 128,
+        expand: int = 4,
+        headdim: int = 64,
+        ngroups: int = 1,
+        rope_fraction: float = 0.5,
+        outproj_norm: bool = False,
+        mimo_rank: int = 1,
+    ) -> None:
+        super().__init__(d_model, d_state=d_state, expand=expand, headdim=headdim, ngroups=ngroups,
+                         rope_fraction=rope_fraction, outproj_norm=outproj_norm, mimo_rank=mimo_rank)
+
+
+class _Weight(nn.Module):
+    """A norm's weight under the official submodule name (``B_norm.weight``, ``norm.weight``)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+
+def _init_dt_bias(nheads: int, dt_min: float = 1e-3, dt_max: float = 1e-1) -> torch.Tensor:
+    """Inverse softplus of Δ ~ exp(U(log dt_min, log dt_max)), Δ ≥ 1e-4 (the official init)."""
+    dt = torch.exp(torch.rand(nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=1e-4)
+    return dt + torch.log(-torch.expm1(-dt))

@@ -1,0 +1,550 @@
+"""The Mamba-3 scan in Triton (SISO and MIMO rank R), forward and backward.
+
+The math is :mod:`bsmamba2.ops.reference.mamba3`'s chunked form. A chunk holds T steps, i.e.
+T·R rows (row i is step i // R, rank i % R; T = 64 / R, 32 / R in fp32): the rows of all ranks go through the
+same products, so MIMO is SISO with R times the rows and a rank reduction at the end.
+
+* forward — one program per (sequence, head) walks the chunks carrying the fp32 (n, p) state:
+  q̃ = R(φ)(q + bias) and k̃ are rotated in registers from the group's q, k (never stored per
+  head), (q̃·k̃ᵀ ⊙ W)·v inside the chunk (W: e^{S_t−S_s} ω_s below the diagonal, γ_t on it),
+  e^{S_t} q̃·H from the state, D·v, the gate and the rank contraction. With gradients it stores
+  the state entering each chunk.
+* backward — a reverse pass per (sequence, head) stores the gradient of the state leaving each
+  chunk; then one program per (sequence, group, chunk) loops over the group's heads and writes
+  dx, the decay/ω/γ/φ gradients per head, and dq, dk summed over the heads in registers; bias,
+  D and ``mimo_*`` gradients are per-chunk partial sums added up by PyTorch. No atomics.
+
+φ, ω, γ (cumulative angles and trapezoid weights, (b, h, l[, s]) tensors) are computed in
+fp32 by PyTorch around the kernels, so autograd differentiates tanh, the cumsum and the
+sigmoid. The rotation pairs are swapped in registers by reshape/split/join (exact); sin and
+cos are Triton's accurate ones. No dot accumulator is transposed into another dot (see
+:mod:`bsmamba2.ops.triton.ssd`): each orientation has its own dot.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from bsmamba2.ops.triton.common import configs, dot_dtype, sigmoid
+
+CHUNK_ROWS = 64
+
+
+@triton.jit
+def _swap(x, ROWS: tl.constexpr, N: tl.constexpr, MIMO: tl.constexpr):
+    """x with each rotation pair's two columns exchanged: (2j, 2j+1) SISO, (j, j+N/2) MIMO."""
+    if MIMO:
+        y = tl.permute(tl.reshape(x, (ROWS, 2, N // 2)), (0, 2, 1))
+        a, b = tl.split(y)
+        return tl.reshape(tl.permute(tl.join(b, a), (0, 2, 1)), (ROWS, N))
+    else:
+        a, b = tl.split(tl.reshape(x, (ROWS, N // 2, 2)))
+        return tl.reshape(tl.join(b, a), (ROWS, N))
+
+
+@triton.jit
+def _pair_sum(x, ROWS: tl.constexpr, N: tl.constexpr, MIMO: tl.constexpr):
+    """(ROWS, N) → (ROWS, N/2): the sum over each pair's two columns, pair j in column j."""
+    if MIMO:
+        return tl.sum(tl.reshape(x, (ROWS, 2, N // 2)), 1)
+    else:
+        return tl.sum(tl.reshape(x, (ROWS, N // 2, 2)), 2)
+
+
+@triton.jit
+def _rows(v, T: tl.constexpr, R: tl.constexpr):
+    """A per-step vector (T,) repeated for the R rows of each step: (T·R,)."""
+    return tl.reshape(tl.broadcast_to(v[:, None], (T, R)), (T * R,))
+
+
+@triton.jit
+def _rank_sum(x, T: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+    """(T·R, C) → (T, C): the sum over the ranks of each step."""
+    return tl.sum(tl.reshape(x, (T, R, C)), 1)
+
+
+@triton.jit
+def _step_sum(x, T: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+    """(T·R, C) → (R, C): the sum over the steps, per rank."""
+    return tl.sum(tl.reshape(x, (T, R, C)), 0)
+
+
+@triton.jit
+def _sign(N: tl.constexpr, MIMO: tl.constexpr):
+    """−1 on the first column of each rotation pair, +1 on the second."""
+    on = tl.arange(0, N)
+    first = (on < N // 2) if MIMO else (on % 2 == 0)
+    return tl.where(first, -1.0, 1.0)
+
+
+@triton.jit
+def _rotation(phi_ptr, bi, hi, t, mt, L, H, S, T: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
+              MIMO: tl.constexpr):
+    """cos φ and sign·sin φ per row and column ((T·R, N); 1 and 0 on unrotated columns)."""
+    on = tl.arange(0, N)
+    j = on % (N // 2) if MIMO else on // 2
+    tr = _rows(t, T, R)
+    mr = _rows(mt, T, R)
+    phi = tl.load(phi_ptr + ((bi * L + tr[:, None]) * H + hi) * S + j[None, :],
+                  mask=mr[:, None] & (j < S)[None, :], other=0.0)
+    return tl.cos(phi), _sign(N, MIMO)[None, :] * tl.sin(phi)
+
+
+@triton.jit
+def _load_rotated(x_ptr, bias_ptr, bi, gi, hi, t, mt, L, G, cos, ssin,
+                  T: tl.constexpr, R: tl.constexpr, N: tl.constexpr, MIMO: tl.constexpr):
+    """q̃ or k̃ rows of head hi: R(φ)·(x + bias), fp32 (T·R, N) (0 past the end)."""
+    ROWS: tl.constexpr = T * R
+    orow = tl.arange(0, ROWS)
+    on = tl.arange(0, N)
+    tr = _rows(t, T, R)
+    mr = _rows(mt, T, R)
+    r = orow % R
+    x = tl.load(x_ptr + (((bi * L + tr[:, None]) * R + r[:, None]) * G + gi) * N + on[None, :],
+                mask=mr[:, None], other=0.0).to(tl.float32)
+    x = tl.where(mr[:, None], x + tl.load(bias_ptr + (hi * R + r[:, None]) * N + on[None, :]), 0.0)
+    return x * cos + _swap(x, ROWS, N, MIMO) * ssin
+
+
+@triton.jit
+def _values(x_ptr, mx_ptr, bi, hi, t, mt, L, H, T: tl.constexpr, P: tl.constexpr, R: tl.constexpr,
+            MIMO: tl.constexpr):
+    """v rows (T·R, P): x_t ⊙ mimo_x_r (x_t for SISO), fp32; x per row and mimo_x per row."""
+    ROWS: tl.constexpr = T * R
+    orow = tl.arange(0, ROWS)
+    op = tl.arange(0, P)
+    tr = _rows(t, T, R)
+    mr = _rows(mt, T, R)
+    x = tl.load(x_ptr + ((bi * L + tr[:, None]) * H + hi) * P + op[None, :], mask=mr[:, None],
+                other=0.0).to(tl.float32)
+    if MIMO:
+        mx = tl.load(mx_ptr + (hi * R + (orow % R)[:, None]) * P + op[None, :])
+        return x * mx, x, mx
+    return x, x, x
+
+
+@triton.jit
+def _decays(adt_ptr, w_ptr, g_ptr, bi, hi, t, mt, L, H):
+    """S_t (the in-chunk cumulative A·Δ), its last value, ω_t and γ_t (0 past the end)."""
+    base = (bi * H + hi) * L + t
+    a = tl.load(adt_ptr + base, mask=mt, other=0.0)
+    cs = tl.cumsum(a, 0)
+    w = tl.load(w_ptr + base, mask=mt, other=0.0)
+    return cs, tl.sum(a, 0), w, tl.load(g_ptr + base, mask=mt, other=0.0)
+
+
+@triton.jit
+def _weights(cs_r, w_r, g_r, tr, TRANSPOSED: tl.constexpr):
+    """W (rows × rows): e^{S_t−S_s} ω_s for s < t, γ_t for s = t, 0 above; or its transpose.
+    Also the strictly-lower decay e^{S_t−S_s} itself (transposed alike)."""
+    if TRANSPOSED:
+        seg = cs_r[None, :] - cs_r[:, None]
+        lower = tr[None, :] > tr[:, None]
+        E = tl.where(lower, tl.exp(tl.minimum(seg, 0.0)), 0.0)
+        W = tl.where(tr[None, :] == tr[:, None], g_r[:, None], E * w_r[:, None])
+    else:
+        seg = cs_r[:, None] - cs_r[None, :]
+        lower = tr[:, None] > tr[None, :]
+        E = tl.where(lower, tl.exp(tl.minimum(seg, 0.0)), 0.0)
+        W = tl.where(tr[:, None] == tr[None, :], g_r[:, None], E * w_r[None, :])
+    return W, E
+
+
+@triton.jit
+def _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T: tl.constexpr, P: tl.constexpr, R: tl.constexpr,
+          HAS_Z: tl.constexpr, MIMO: tl.constexpr):
+    """Per row: the gate input (z or z ⊙ mimo_z_r), z itself, mimo_z (T·R, P)."""
+    ROWS: tl.constexpr = T * R
+    orow = tl.arange(0, ROWS)
+    op = tl.arange(0, P)
+    tr = _rows(t, T, R)
+    mr = _rows(mt, T, R)
+    if HAS_Z:
+        z = tl.load(z_ptr + ((bi * L + tr[:, None]) * H + hi) * P + op[None, :], mask=mr[:, None],
+                    other=0.0).to(tl.float32)
+        if MIMO:
+            mz = tl.load(mz_ptr + (hi * R + (orow % R)[:, None]) * P + op[None, :])
+            return z * mz, z, mz
+        return z, z, z
+    zero = tl.zeros((ROWS, P), dtype=tl.float32)
+    return zero, zero, zero
+
+
+@triton.jit
+def _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T: tl.constexpr, P: tl.constexpr,
+              R: tl.constexpr, MIMO: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr):
+    """d out per row (T·R, P), the output weight per row (mimo_o, or 1), and dY: the gradient
+    with respect to the pre-gate y."""
+    ROWS: tl.constexpr = T * R
+    orow = tl.arange(0, ROWS)
+    op = tl.arange(0, P)
+    tr = _rows(t, T, R)
+    mr = _rows(mt, T, R)
+    if HAS_O:
+        do = tl.load(dout_ptr + ((bi * L + tr[:, None]) * H + hi) * P + op[None, :], mask=mr[:, None],
+                     other=0.0).to(tl.float32)
+        if MIMO:
+            mo = tl.load(mo_ptr + (hi * R + (orow % R)[:, None]) * P + op[None, :])
+        else:
+            mo = tl.full((ROWS, P), 1.0, dtype=tl.float32)
+    else:  # per-rank outputs (b, l, r, h, p)
+        do = tl.load(dout_ptr + (((bi * L + tr[:, None]) * R + (orow % R)[:, None]) * H + hi) * P
+                     + op[None, :], mask=mr[:, None], other=0.0).to(tl.float32)
+        mo = tl.full((ROWS, P), 1.0, dtype=tl.float32)
+    dY = do * mo
+    if HAS_Z:
+        dY = dY * zg * sigmoid(zg)
+    return do, mo, dY
+
+
+@triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N", "R", "T"])
+@triton.jit
+def _fwd(
+    q_ptr, k_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, qb_ptr, kb_ptr, phi_ptr, D_ptr, z_ptr,
+    mx_ptr, mz_ptr, mo_ptr, out_ptr, states_ptr,
+    L, H, G, S, NC,
+    P: tl.constexpr, N: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
+    MIMO: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr,
+    STORE_STATES: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    ROWS: tl.constexpr = T * R
+    pid = tl.program_id(0).to(tl.int64)
+    bi = pid // H
+    hi = pid % H
+    gi = hi // (H // G)
+    ot = tl.arange(0, T)
+    op = tl.arange(0, P)
+    on = tl.arange(0, N)
+    orow = tl.arange(0, ROWS)
+    Dh = tl.load(D_ptr + hi).to(tl.float32) if HAS_D else 0.0
+    HT = tl.zeros((N, P), dtype=tl.float32)
+    for c in range(NC):
+        t = c * T + ot
+        mt = t < L
+        tr = _rows(t, T, R)
+        mr = _rows(mt, T, R)
+        if STORE_STATES:
+            tl.store(states_ptr + (pid * NC + c) * N * P + on[:, None] * P + op[None, :], HT)
+        cos, ssin = _rotation(phi_ptr, bi, hi, t, mt, L, H, S, T, R, N, MIMO)
+        Q = _load_rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, cos, ssin, T, R, N, MIMO)
+        K = _load_rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, cos, ssin, T, R, N, MIMO)
+        V, _, _ = _values(x_ptr, mx_ptr, bi, hi, t, mt, L, H, T, P, R, MIMO)
+        cs, cs_last, w, g = _decays(adt_ptr, w_ptr, g_ptr, bi, hi, t, mt, L, H)
+        cs_r = _rows(cs, T, R)
+        W, _ = _weights(cs_r, _rows(w, T, R), _rows(g, T, R), tr, False)
+        Sc = tl.dot(Q.to(DOT), tl.trans(K).to(DOT), input_precision=PREC)
+        y = tl.dot((Sc * W).to(DOT), V.to(DOT), input_precision=PREC)
+        y += tl.exp(cs_r)[:, None] * tl.dot(Q.to(DOT), HT.to(DOT), input_precision=PREC)
+        y += Dh * V
+        zg, _, _ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
+        if HAS_Z:
+            y = y * zg * sigmoid(zg)
+        if HAS_O:
+            if MIMO:
+                mo = tl.load(mo_ptr + (hi * R + (orow % R)[:, None]) * P + op[None, :])
+                out = _rank_sum(y * mo, T, R, P)
+            else:
+                out = y
+            tl.store(out_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
+                     out.to(out_ptr.dtype.element_ty), mask=mt[:, None])
+        else:
+            rows = ((bi * L + tr[:, None]) * R + (orow % R)[:, None]) * H + hi
+            tl.store(out_ptr + rows * P + op[None, :], y.to(out_ptr.dtype.element_ty), mask=mr[:, None])
+        u = tl.exp(tl.minimum(cs_last - cs_r, 0.0)) * _rows(w, T, R)
+        HT = tl.exp(cs_last) * HT + tl.dot(tl.trans(K * u[:, None]).to(DOT), V.to(DOT), input_precision=PREC)
+
+
+@triton.autotune(configs=configs((4, 1)), key=["H", "P", "N", "R", "T"])
+@triton.jit
+def _state_grads(
+    q_ptr, adt_ptr, qb_ptr, phi_ptr, z_ptr, mz_ptr, mo_ptr, dout_ptr, dstates_ptr,
+    L, H, G, S, NC,
+    P: tl.constexpr, N: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
+    MIMO: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """Reverse pass of one (sequence, head): the gradient of the state leaving each chunk, (n, p)."""
+    pid = tl.program_id(0).to(tl.int64)
+    bi = pid // H
+    hi = pid % H
+    gi = hi // (H // G)
+    ot = tl.arange(0, T)
+    op = tl.arange(0, P)
+    on = tl.arange(0, N)
+    dHT = tl.zeros((N, P), dtype=tl.float32)
+    for cc in range(NC):
+        c = NC - 1 - cc
+        t = c * T + ot
+        mt = t < L
+        tl.store(dstates_ptr + (pid * NC + c) * N * P + on[:, None] * P + op[None, :], dHT)
+        cos, ssin = _rotation(phi_ptr, bi, hi, t, mt, L, H, S, T, R, N, MIMO)
+        Q = _load_rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, cos, ssin, T, R, N, MIMO)
+        a = tl.load(adt_ptr + (bi * H + hi) * L + t, mask=mt, other=0.0)
+        cs = tl.cumsum(a, 0)
+        zg, _, _ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
+        _, _, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
+        Qs = Q * tl.exp(_rows(cs, T, R))[:, None]
+        dHT = tl.exp(tl.sum(a, 0)) * dHT + tl.dot(tl.trans(Qs).to(DOT), dY.to(DOT), input_precision=PREC)
+
+
+@triton.autotune(configs=configs((8, 1)), key=["H", "P", "N", "R", "T", "HAS_STATES"])
+@triton.jit
+def _chunk_bwd(
+    q_ptr, k_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, qb_ptr, kb_ptr, phi_ptr, D_ptr, z_ptr,
+    mx_ptr, mz_ptr, mo_ptr, dout_ptr, states_ptr, dstates_ptr,
+    dq_ptr, dk_ptr, dx_ptr, dz_ptr, dadt_ptr, dw_ptr, dg_ptr, dphi_ptr, part_ptr,
+    L, H, G, S, NC, NPART,
+    P: tl.constexpr, N: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
+    MIMO: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr,
+    HAS_STATES: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """One (sequence, group, chunk): every input gradient of the chunk, head after head.
+
+    ``part_ptr`` receives per (sequence, chunk, head) partial sums, NPART floats: d q_bias,
+    d k_bias (R·N each), dD (1), then for MIMO d mimo_x, d mimo_z, d mimo_o (R·P each)."""
+    ROWS: tl.constexpr = T * R
+    HALF: tl.constexpr = N // 2
+    pid = tl.program_id(0).to(tl.int64)
+    c = pid % NC
+    bg = pid // NC
+    bi = bg // G
+    gi = bg % G
+    HG = H // G
+    ot = tl.arange(0, T)
+    op = tl.arange(0, P)
+    on = tl.arange(0, N)
+    orow = tl.arange(0, ROWS)
+    oj = tl.arange(0, HALF)
+    orn = tl.arange(0, R)
+    t = c * T + ot
+    mt = t < L
+    tr = _rows(t, T, R)
+    mr = _rows(mt, T, R)
+    dq = tl.zeros((ROWS, N), dtype=tl.float32)
+    dk = tl.zeros((ROWS, N), dtype=tl.float32)
+    for hh in range(HG):
+        hi = gi * HG + hh
+        bh = bi * H + hi
+        cos, ssin = _rotation(phi_ptr, bi, hi, t, mt, L, H, S, T, R, N, MIMO)
+        Q = _load_rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, cos, ssin, T, R, N, MIMO)
+        K = _load_rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, cos, ssin, T, R, N, MIMO)
+        V, X, MX = _values(x_ptr, mx_ptr, bi, hi, t, mt, L, H, T, P, R, MIMO)
+        cs, cs_last, w, g = _decays(adt_ptr, w_ptr, g_ptr, bi, hi, t, mt, L, H)
+        cs_r = _rows(cs, T, R)
+        w_r = _rows(w, T, R)
+        W, E = _weights(cs_r, w_r, _rows(g, T, R), tr, False)
+        WT, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, True)
+        Dh = tl.load(D_ptr + hi).to(tl.float32) if HAS_D else 0.0
+        Qd, Kd, Vd = Q.to(DOT), K.to(DOT), V.to(DOT)
+        Sc = tl.dot(Qd, tl.trans(Kd), input_precision=PREC)
+        ScT = tl.dot(Kd, tl.trans(Qd), input_precision=PREC)
+        # the pre-gate y, recomputed
+        y = tl.dot((Sc * W).to(DOT), Vd, input_precision=PREC) + Dh * V
+        ecs = tl.exp(cs_r)
+        if HAS_STATES:
+            HT = tl.load(states_ptr + (bh * NC + c) * N * P + on[:, None] * P + op[None, :])
+            dHT = tl.load(dstates_ptr + (bh * NC + c) * N * P + on[:, None] * P + op[None, :])
+            y_in = ecs[:, None] * tl.dot(Qd, HT.to(DOT), input_precision=PREC)
+            y += y_in
+        zg, z, MZ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
+        do, mo, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
+        pbase = ((bi * NC + c) * H + hi) * NPART
+        if HAS_Z:
+            sg = sigmoid(zg)
+            dzg = do * mo * y * sg * (1 + zg * (1 - sg))
+            if MIMO:
+                tl.store(dz_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
+                         _rank_sum(dzg * MZ, T, R, P), mask=mt[:, None])
+                tl.store(part_ptr + pbase + 2 * R * N + 1 + R * P + orn[:, None] * P + op[None, :],
+                         _step_sum(dzg * z, T, R, P))
+            else:
+                tl.store(dz_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dzg, mask=mt[:, None])
+        if MIMO and HAS_O:
+            gate = zg * sigmoid(zg) if HAS_Z else 1.0
+            tl.store(part_ptr + pbase + 2 * R * N + 1 + 2 * R * P + orn[:, None] * P + op[None, :],
+                     _step_sum(do * y * gate, T, R, P))
+        dYd = dY.to(DOT)
+        DV = tl.dot(dYd, tl.trans(Vd), input_precision=PREC)
+        DVT = tl.dot(Vd, tl.trans(dYd), input_precision=PREC)
+        dQ = tl.dot((DV * W).to(DOT), Kd, input_precision=PREC)
+        dK = tl.dot((DVT * WT).to(DOT), Qd, input_precision=PREC)
+        dV = tl.dot((ScT * WT).to(DOT), dYd, input_precision=PREC) + Dh * dY
+        # gradients of the weights: dW = (q̃·k̃)(dY·v)
+        dW = Sc * DV
+        dWE = dW * E  # strictly lower part, times the decay
+        dWW = dWE * w_r[None, :]  # the decay-path share of each W entry
+        dcs_r = tl.sum(dWW, 1) - tl.sum(dWW, 0)
+        dw_r = tl.sum(dWE, 0)
+        dg_r = tl.sum(tl.where(tr[:, None] == tr[None, :], dW, 0.0), 1)
+        dcs_last = 0.0
+        if HAS_STATES:
+            dQ += ecs[:, None] * tl.dot(dYd, tl.trans(HT).to(DOT), input_precision=PREC)
+            dcs_r += tl.sum(dY * y_in, 1)
+            u_dec = tl.exp(tl.minimum(cs_last - cs_r, 0.0))
+            u = u_dec * w_r
+            KdH = tl.dot(Kd, dHT.to(DOT), input_precision=PREC)  # (rows, p): k̃_s·dH
+            dV += u[:, None] * KdH
+            dK += u[:, None] * tl.dot(Vd, tl.trans(dHT).to(DOT), input_precision=PREC)
+            du = tl.sum(V * KdH, 1)
+            dw_r += du * u_dec
+            dcs_r -= du * u
+            dcs_last = tl.sum(du * u, 0) + tl.exp(cs_last) * tl.sum(tl.sum(dHT * HT, 1), 0)
+        if HAS_D:
+            tl.store(part_ptr + pbase + 2 * R * N, tl.sum(tl.sum(dY * V, 1), 0))
+        # S_t = Σ_{k≤t} a_k within the chunk, S_last = Σ a_k: da_k = Σ_{t≥k} dS_t + dS_last
+        dcs = tl.sum(tl.reshape(dcs_r, (T, R)), 1)
+        da = tl.sum(dcs, 0) - tl.cumsum(dcs, 0) + dcs + dcs_last
+        tl.store(dadt_ptr + bh * L + t, da, mask=mt)
+        tl.store(dw_ptr + bh * L + t, tl.sum(tl.reshape(dw_r, (T, R)), 1), mask=mt)
+        tl.store(dg_ptr + bh * L + t, tl.sum(tl.reshape(dg_r, (T, R)), 1), mask=mt)
+        # v = x ⊙ mimo_x
+        if MIMO:
+            tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
+                     _rank_sum(dV * MX, T, R, P), mask=mt[:, None])
+            tl.store(part_ptr + pbase + 2 * R * N + 1 + orn[:, None] * P + op[None, :],
+                     _step_sum(dV * X, T, R, P))
+        else:
+            tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dV, mask=mt[:, None])
+        # rotation: x̃ = x cos + swap(x) sign·sin  ⇒  dx = dx̃ cos + swap(dx̃ sign·sin),
+        # dφ_j = Σ_{n in pair j} sign_n swap(x̃)_n dx̃_n
+        dphi = _sign(N, MIMO)[None, :] * (_swap(Q, ROWS, N, MIMO) * dQ + _swap(K, ROWS, N, MIMO) * dK)
+        dphi = _pair_sum(dphi, ROWS, N, MIMO)
+        tl.store(dphi_ptr + ((bi * L + t[:, None]) * H + hi) * S + oj[None, :], _rank_sum(dphi, T, R, HALF),
+                 mask=mt[:, None] & (oj < S)[None, :])
+        dQp = dQ * cos + _swap(dQ * ssin, ROWS, N, MIMO)
+        dKp = dK * cos + _swap(dK * ssin, ROWS, N, MIMO)
+        dQp = tl.where(mr[:, None], dQp, 0.0)
+        dKp = tl.where(mr[:, None], dKp, 0.0)
+        dq += dQp
+        dk += dKp
+        tl.store(part_ptr + pbase + orn[:, None] * N + on[None, :], _step_sum(dQp, T, R, N))
+        tl.store(part_ptr + pbase + R * N + orn[:, None] * N + on[None, :], _step_sum(dKp, T, R, N))
+    r = orow % R
+    off = (((bi * L + tr[:, None]) * R + r[:, None]) * G + gi) * N + on[None, :]
+    tl.store(dq_ptr + off, dq, mask=mr[:, None])
+    tl.store(dk_ptr + off, dk, mask=mr[:, None])
+
+
+def chunk_steps(rank: int, dtype: torch.dtype) -> int:
+    """Steps per chunk: 64 rows of rank R (32 for fp32, whose dot operands take twice the
+    shared memory: 64 rows need 240 KB in the backward, over the H100/H200's 227 KB)."""
+    return (CHUNK_ROWS if dtype != torch.float32 else CHUNK_ROWS // 2) // rank
+
+
+class Mamba3Scan(torch.autograd.Function):
+    """The kernels on prepared inputs: q, k (b, l, r, g, n); v, z (b, l, h, p); adt, ω, γ (b, h, l)
+    fp32; biases (h, r, n) fp32; φ (b, l, h, s) fp32; D (h); mimo_* (h, r, p) fp32 or None."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, adt, omega, gamma, q_bias, k_bias, phi, D, z, mimo_x, mimo_z, mimo_o):
+        b, length, r, g, n = q.shape
+        h, p = v.shape[2:]
+        mimo = mimo_x is not None
+        T = chunk_steps(r, v.dtype)
+        nc = triton.cdiv(length, T)
+        has_o = mimo_o is not None or not mimo
+        out = v.new_empty((b, length, h, p) if has_o else (b, length, r, h, p))
+        store = torch.is_grad_enabled() or any(ctx.needs_input_grad)
+        states = v.new_empty((b * h, nc, n, p), dtype=torch.float32) if store and nc > 1 else out
+        meta = dict(P=p, N=n, R=r, T=T, MIMO=mimo, HAS_D=D is not None, HAS_Z=z is not None, HAS_O=has_o,
+                    DOT=dot_dtype(v.dtype), PREC="tf32")
+        dummy = adt
+        _fwd[(b * h,)](q, k, v, adt, omega, gamma, q_bias, k_bias, phi, D if D is not None else dummy,
+                       z if z is not None else dummy, mimo_x if mimo else dummy, mimo_z if mimo_z is not None
+                       else dummy, mimo_o if mimo_o is not None else dummy, out, states,
+                       length, h, g, phi.shape[-1], nc, STORE_STATES=store and nc > 1, **meta)
+        ctx.meta = meta
+        ctx.save_for_backward(q, k, v, adt, omega, gamma, q_bias, k_bias, phi, D, z, mimo_x, mimo_z, mimo_o,
+                              states if nc > 1 else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        (q, k, v, adt, omega, gamma, q_bias, k_bias, phi, D, z, mimo_x, mimo_z, mimo_o,
+         states) = ctx.saved_tensors
+        meta = ctx.meta
+        b, length, r, g, n = q.shape
+        h, p = v.shape[2:]
+        T, mimo, s = meta["T"], meta["MIMO"], phi.shape[-1]
+        nc = triton.cdiv(length, T)
+        dout = dout.contiguous()
+        dummy = adt
+        opt = (D if D is not None else dummy, z if z is not None else dummy, mimo_x if mimo else dummy,
+               mimo_z if mimo_z is not None else dummy, mimo_o if mimo_o is not None else dummy)
+        common = {k_: meta[k_] for k_ in ("P", "N", "R", "T", "MIMO", "HAS_Z", "HAS_O", "DOT", "PREC")}
+        dstates = dummy
+        if nc > 1:
+            dstates = torch.empty_like(states)
+            _state_grads[(b * h,)](q, adt, q_bias, phi, opt[1], opt[3], opt[4], dout, dstates,
+                                   length, h, g, s, nc, **common)
+        f32 = torch.float32
+        dq = torch.empty(q.shape, dtype=f32, device=q.device)
+        dk = torch.empty_like(dq)
+        dx = torch.empty(v.shape, dtype=f32, device=v.device)
+        dz = torch.empty(v.shape, dtype=f32, device=v.device) if z is not None else dummy
+        dadt, dw, dg = (torch.empty((b, h, length), dtype=f32, device=v.device) for _ in range(3))
+        dphi = torch.empty(phi.shape, dtype=f32, device=v.device)
+        npart = 2 * r * n + 1 + (3 * r * p if mimo else 0)
+        part = torch.zeros((b, nc, h, npart), dtype=f32, device=v.device)
+        _chunk_bwd[(b * g * nc,)](q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt, dout,
+                                  states if states is not None else dummy, dstates,
+                                  dq, dk, dx, dz, dadt, dw, dg, dphi, part,
+                                  length, h, g, s, nc, npart, HAS_D=D is not None,
+                                  HAS_STATES=nc > 1, **common)
+        part = part.sum((0, 1))
+        rn, rp = r * n, r * p
+        dqb, dkb = part[:, :rn].view(h, r, n), part[:, rn:2 * rn].view(h, r, n)
+        dD = part[:, 2 * rn] if D is not None else None
+        dmx = part[:, 2 * rn + 1:2 * rn + 1 + rp].view(h, r, p) if mimo else None
+        dmz = part[:, 2 * rn + 1 + rp:2 * rn + 1 + 2 * rp].view(h, r, p) if mimo_z is not None else None
+        dmo = part[:, 2 * rn + 1 + 2 * rp:].view(h, r, p) if mimo_o is not None else None
+        return (dq.to(q.dtype), dk.to(k.dtype), dx.to(v.dtype), dadt, dw, dg, dqb, dkb, dphi, dD,
+                dz.to(z.dtype) if z is not None else None, dmx, dmz, dmo)
+
+
+def supports(q: torch.Tensor, v: torch.Tensor, mimo_x: torch.Tensor | None) -> bool:
+    """Whether the kernels take these shapes: power-of-two rank ≤ 16, d_state and headdim ≥ 16."""
+    r = q.shape[2] if mimo_x is not None else 1
+    n, p = q.shape[-1], v.shape[-1]
+    return all(x & (x - 1) == 0 for x in (r, n, p)) and n >= 16 and p >= 16 and r <= 16
+
+
+def mamba3_scan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    adt: torch.Tensor,
+    dt: torch.Tensor,
+    trap: torch.Tensor,
+    q_bias: torch.Tensor,
+    k_bias: torch.Tensor,
+    angles: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    *,
+    mimo_x: torch.Tensor | None = None,
+    mimo_z: torch.Tensor | None = None,
+    mimo_o: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The Mamba-3 scan on CUDA tensors (or CPU ones under TRITON_INTERPRET=1); the contract
+    of :func:`bsmamba2.ops.reference.mamba3.mamba3_scan`."""
+    if not supports(q, v, mimo_x):
+        raise ValueError(f"the Mamba-3 kernels need a power-of-two rank ≤ 16, d_state and headdim ≥ 16; "
+                         f"got q {tuple(q.shape)}, v {tuple(v.shape)}")
+    if mimo_x is None:
+        q, k, q_bias, k_bias = q.unsqueeze(2), k.unsqueeze(2), q_bias.unsqueeze(1), k_bias.unsqueeze(1)
+    f32 = torch.float32
+    delta = dt.to(f32)
+    lam = torch.sigmoid(trap.to(f32))
+    gamma = lam * delta
+    omega = gamma + F.pad(((1 - lam) * delta)[..., 1:], (0, 1))
+    phi = (math.pi * torch.tanh(angles.to(f32)) * delta.transpose(1, 2).unsqueeze(-1)).cumsum(1)
+    opt = [None if t is None else t.to(f32).contiguous() for t in (mimo_x, mimo_z, mimo_o)]
+    return Mamba3Scan.apply(q.contiguous(), k.contiguous(), v.contiguous(), adt.to(f32).contiguous(),
+                            omega.contiguous(), gamma.contiguous(), q_bias.to(f32).contiguous(),
+                            k_bias.to(f32).contiguous(), phi.contiguous(), D,
+                            None if z is None else z.contiguous(), *opt)

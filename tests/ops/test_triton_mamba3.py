@@ -1,0 +1,93 @@
+"""Triton Mamba-3 scan vs the float64 step oracle: outputs and every input gradient, SISO and
+MIMO, on fresh random inputs and on the official layer's recorded scan call.
+
+On a CPU the kernels run in Triton's interpreter at small sizes; on a GPU at the paper's
+sizes (16 heads × 64, state 128) and the lengths of both BSMamba2 axes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers.kernels import DEVICE, ON_GPU, TOL, assert_close, poisoned_outputs
+from tests.helpers.mamba3 import cast, fixture_op, grads, random_inputs, run
+
+from bsmamba2 import ops  # isort: skip (after tests.helpers.kernels, which sets TRITON_INTERPRET)
+from bsmamba2.ops.reference import mamba3 as ref
+from bsmamba2.ops.triton import mamba3 as kernels
+
+# (batch, heads, headdim, state): small for the interpreter, the paper's on a GPU.
+SHAPE = (2, 16, 64, 128) if ON_GPU else (1, 2, 16, 16)
+# (length, rank, groups, z, mimo_o): every path of the kernels at least once on a CPU.
+CASES = (
+    # one compile per (rank, one chunk or several, z, mimo_o): the lengths of both axes, 1, and 65
+    [(1, 1, 1, True, True), (62, 1, 1, True, True), (64, 1, 1, True, True), (65, 1, 1, True, True),
+     (801, 1, 1, True, True), (62, 4, 1, True, True), (63, 4, 1, True, True), (801, 4, 1, True, True),
+     (801, 4, 1, True, False), (65, 2, 2, False, True), (801, 2, 2, False, True)]
+    if ON_GPU
+    else [(1, 1, 1, True, True), (65, 1, 2, False, True), (7, 2, 1, True, True), (63, 4, 1, True, True),
+          (33, 2, 1, True, False)]
+)
+
+
+def _check(length, rank, groups, with_z, with_o, dtype, slack=0.0):
+    b, h, p, n = SHAPE
+    args, weights = random_inputs(b, length, h, p, n, rank, dtype=torch.float64, g=groups, with_z=with_z,
+                                  device=DEVICE)
+    if rank > 1 and not with_o:
+        weights["mimo_o"] = None
+    truth_weights = {k: v for k, v in weights.items() if v is not None}
+    shape = (b, length, h, p) if with_o or rank == 1 else (b, length, rank, h, p)
+    w_out = torch.randn(shape, dtype=torch.float64, device=DEVICE)
+    want, want_g = grads(ref.mamba3_scan_sequential, args, {**truth_weights, "mimo_o": weights.get("mimo_o")}
+                         if rank > 1 else {}, w_out)
+    low = {k: None if v is None else v.float() if k == "D" else v.to(dtype) for k, v in args.items()}
+    with poisoned_outputs():
+        got, got_g = grads(kernels.mamba3_scan, low, cast(weights, torch.float32), w_out.to(dtype))
+    assert got.dtype == dtype
+    assert_close("out", got, want, dtype, slack)
+    assert set(got_g) == set(want_g)
+    for name, g in want_g.items():
+        if name == "Angles" and length == 1:  # zero in exact arithmetic: one step's q, k turn alike
+            assert got_g[name].abs().max() <= TOL[dtype] * got_g["Q"].abs().max()
+            continue
+        assert_close(f"d{name}", got_g[name], g, dtype, slack)
+
+
+@pytest.mark.parametrize(("length", "rank", "groups", "with_z", "with_o"), CASES)
+def test_fp32(length, rank, groups, with_z, with_o):
+    _check(length, rank, groups, with_z, with_o, torch.float32)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="16-bit dots: GPU only (the interpreter computes them in fp32)")
+@pytest.mark.parametrize(("length", "rank"), [(62, 1), (801, 1), (62, 4), (801, 4)])
+def test_bf16(length, rank):
+    _check(length, rank, 1, True, True, torch.bfloat16)
+
+
+@pytest.mark.parametrize("variant", ["siso", "mimo_r2"])
+def test_official_scan_call(variant):
+    """The recorded kernel call of the official layer, in fp32 (the fixture is float64)."""
+    args, weights, t = fixture_op(variant)
+    args = {k: None if v is None else v.to(DEVICE) for k, v in cast(args, torch.float32).items()}
+    weights = {k: v.to(DEVICE) for k, v in cast(weights, torch.float32).items()}
+    out, g = grads(kernels.mamba3_scan, args, weights, t["op_grad.out"].float().to(DEVICE))
+    assert_close("out", out, t["op.out"].to(DEVICE), torch.float32)
+    for name in ("Q", "K", "V", "ADT", "DT", "Trap", "Angles", "Z"):
+        if name in g:
+            assert_close(f"d{name}", g[name], t[f"op_grad.{name}"].to(DEVICE), torch.float32)
+    assert_close("dD", g["D"], t["grad.D"].to(DEVICE), torch.float32)
+    for name in weights:
+        assert_close(f"d{name}", g[name], t[f"grad.{name}"].to(DEVICE), torch.float32)
+
+
+def test_dispatch_serves_the_kernels(monkeypatch):
+    args, weights = random_inputs(1, 9, 2, 16, 16, 2, dtype=torch.float32, device=DEVICE)
+    monkeypatch.setenv("BSMAMBA2_KERNELS", "triton")
+    calls, original = [], kernels.mamba3_scan
+    monkeypatch.setattr(kernels, "mamba3_scan", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    out = run(ops.mamba3_scan, args, weights)
+    assert calls and out.shape == (1, 9, 2, 16)
+    assert torch.allclose(out, run(ref.mamba3_scan, args, weights), atol=1e-4)
+    assert not kernels.supports(torch.empty(1, 9, 2, 1, 12), torch.empty(1, 9, 2, 16), torch.empty(2, 2, 16))
