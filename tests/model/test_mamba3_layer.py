@@ -81,8 +81,8 @@ def test_layout_and_init_at_bsmamba2_size():
 
 def test_paper_size_parameter_counts():
     with torch.device("meta"):
-        counts = {r: sum(p.numel() for p in BSMamba2(mixer="mamba3", mixer_options={"mimo_rank": r}).parameters())
-                  for r in (1, 4)}
+        counts = {r: sum(p.numel() for p in BSMamba2(BSMamba2Config(mixer="mamba3", mixer_options={"mimo_rank": r}))
+                             .parameters()) for r in (1, 4)}
     assert counts == {1: 48_417_292, 4: 53_725_708}
 
 
@@ -93,7 +93,7 @@ def test_heavy_tail_activation():
 
 def test_config_is_inferred_and_checkpoints_round_trip(tmp_path):
     for options in ({}, {"mimo_rank": 4}, {"rope_fraction": 1.0, "outproj_norm": True}):
-        model = BSMamba2(**SMALL, mixer_options=options)
+        model = BSMamba2(BSMamba2Config(**SMALL, mixer_options=options))
         assert infer_config(model.state_dict()) == model.config
     model.eval()
     torch.save(model.state_dict(), tmp_path / "plain.pt")
