@@ -1,16 +1,25 @@
-"""``bsmamba2 prepare --musdb ROOT``: the salient-window (SAD) index that training samples from."""
+"""``bsmamba2 prepare --musdb ROOT``: the salient-window (SAD) index that training samples from;
+``--demo DIR`` first generates a small MUSDB18-HQ-layout set there (:mod:`bsmamba2.data.demo`)."""
 
 from __future__ import annotations
 
 import argparse
 
+from bsmamba2.data.demo import make_demo
 from bsmamba2.data.musdb import SUBSETS
 from bsmamba2.data.sad import WINDOW_SECONDS, build_index
+from bsmamba2.errors import BSMamba2Error
 
 
 def run(args: argparse.Namespace) -> int:
+    root = args.musdb
+    if args.demo:
+        if args.stems:
+            raise BSMamba2Error("--demo writes wav folders (MUSDB18-HQ's layout): drop --stems")
+        root = make_demo(args.demo)
+        print(f"demo set (generated audio, not music to learn from) written to {root}")
     out = build_index(
-        args.musdb,
+        root,
         out=args.out,
         subsets=args.subsets,
         is_wav=not args.stems,
@@ -28,8 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Finds the salient 8 s windows of every stem (spec §4) and writes them to a JSON "
         "index; an interrupted run continues where it stopped.",
     )
-    parser.add_argument("--musdb", required=True, metavar="ROOT", help="MUSDB18-HQ (or MUSDB18) folder")
-    parser.add_argument("--out", default=None, help="index file (default: ROOT/bsmamba2_sad.json)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--musdb", metavar="ROOT", help="MUSDB18-HQ (or MUSDB18) folder")
+    source.add_argument(
+        "--demo",
+        metavar="DIR",
+        help="generate a small set in MUSDB18-HQ's layout in the new folder DIR (3 training, 2 "
+        "validation and 2 test songs of 12 s, synthetic stems, ~70 MB), then index it: the smoke "
+        "training and the evaluation run on it; real training needs MUSDB18-HQ",
+    )
+    parser.add_argument("--out", default=None, help="index file (default: ROOT/ or DIR/bsmamba2_sad.json)")
     parser.add_argument(
         "--subsets",
         nargs="+",
