@@ -338,7 +338,7 @@ class JobQueue:
         return [job.id for job in old]
 
     def close(self) -> None:
-        """Stop the workers (after the file they are on) and delete every job's folder."""
+        """Stop the workers (a running job stops at its next block) and delete every job's folder."""
         with self.lock:
             jobs = list(self.jobs.values())
         for job in jobs:
