@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import soundfile as sf
+import torch
 from tqdm.auto import tqdm
 
 from bsmamba2.audio.io import (
@@ -71,23 +72,25 @@ def _summary(path: Path, outputs: dict[str, Path], seconds: float) -> str:
     )
 
 
-def load_separator(args: argparse.Namespace, progress: bool, **settings) -> Separator:
-    """The :class:`Separator` the arguments of :func:`add_separator_arguments` ask for."""
-    weights = resolve_weights(args.checkpoint, args.model, progress=progress)
-    return Separator(
-        weights,
-        device=args.device,
-        segment=args.segment,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        progress=progress,
-        ema=args.ema,
-        compile={"yes": True, "no": False}.get(args.compile, "auto"),
-        tta=args.tta,
-        shifts=args.shifts,
-        **settings,
-    )
+def load_separator(
+    args: argparse.Namespace, progress: bool, model: torch.nn.Module | None = None, **settings
+) -> Separator:
+    """The :class:`Separator` the arguments of :func:`add_separator_arguments` ask for;
+    ``model`` one already loaded (shared, not loaded again), ``settings`` override arguments."""
+    weights = model if model is not None else resolve_weights(args.checkpoint, args.model, progress=progress)
+    chosen = {
+        "device": args.device,
+        "segment": args.segment,
+        "overlap": args.overlap,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "progress": progress,
+        "ema": args.ema,
+        "compile": {"yes": True, "no": False}.get(args.compile, "auto"),
+        "tta": args.tta,
+        "shifts": args.shifts,
+    }
+    return Separator(weights, **{**chosen, **settings})
 
 
 def run(args: argparse.Namespace) -> int:

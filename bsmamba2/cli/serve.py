@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs > 1 and args.compile != "no":  # one compile shared by parallel jobs would race
         args.compile = "no"
     separator = load_separator(args, progress=False)
+    # The page's TTA box: the same model (shared) with the other setting; one compile at most.
+    twin = load_separator(args, progress=False, model=separator.model, tta=not args.tta, compile=False)
+    twin.name = separator.name
     if separator.device.type == "cpu" and args.jobs > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // args.jobs))  # not oversubscribed
     limits = Limits(
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         max_files=args.max_files,
         keep_seconds=args.keep_minutes * 60,
     )
-    jobs = JobQueue(separator, limits, workers=args.jobs, root=args.workdir)
+    jobs = JobQueue(separator, limits, workers=args.jobs, root=args.workdir, twin=twin)
     _log_to_stderr()
     app = create_app(jobs, allowed_hosts=LOCAL_HOSTS if local else None)
     shown = f"[{args.host}]" if ":" in args.host else args.host

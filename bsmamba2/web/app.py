@@ -63,6 +63,8 @@ def create_app(jobs: JobQueue, allowed_hosts: list[str] | None = None) -> Starle
                 "bit_depths": list(BIT_DEPTHS),
                 "bit_depth_formats": [f for f in FORMATS if f not in LOSSY],
                 "bitrate_formats": list(DEFAULT_BITRATES),
+                "tta": separator.tta,
+                "tta_choice": len(jobs.separators) == 2,
                 "suffixes": sorted(AUDIO_SUFFIXES),
                 "limits": {
                     "max_bytes": limits.max_bytes,

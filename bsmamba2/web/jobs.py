@@ -93,6 +93,7 @@ class Options:
     picture: bool = False
     start: float = 0.0  # a preview: seconds from ``start`` on, ``duration`` long (None: to the end)
     duration: float | None = None
+    tta: bool | None = None  # None: the server's setting
 
     @classmethod
     def parse(cls, raw: dict, separator: Separator) -> Options:
@@ -121,9 +122,12 @@ class Options:
             raise JobError(f"preview start must be 0 or more seconds, got {start!r}")
         if duration is not None and not (_is_number(duration) and duration > 0):
             raise JobError(f"preview duration must be more than 0 seconds, got {duration!r}")
+        tta = raw.get("tta")
+        if tta not in (None, True, False):
+            raise JobError(f"tta must be true or false, got {tta!r}")
         picture = bool(raw.get("picture", False))
         duration = None if duration is None else float(duration)
-        return cls(tuple(dict.fromkeys(stems)), fmt, bit_depth, bitrate, picture, float(start), duration)
+        return cls(tuple(dict.fromkeys(stems)), fmt, bit_depth, bitrate, picture, float(start), duration, tta)
 
 
 def _is_number(value: object) -> bool:
@@ -240,7 +244,11 @@ class Upload:
 
 
 class JobQueue:
-    """Jobs of one server: one loaded :class:`Separator`, ``workers`` threads (1 on a GPU)."""
+    """Jobs of one server: one loaded :class:`Separator`, ``workers`` threads (1 on a GPU).
+
+    ``twin``, if given, is a Separator of the same model with the other ``tta`` setting,
+    for the jobs that ask for it.
+    """
 
     def __init__(
         self,
@@ -249,12 +257,16 @@ class JobQueue:
         workers: int = 1,
         root: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        twin: Separator | None = None,
     ) -> None:
         if workers < 1:
             raise BSMamba2Error(f"--jobs must be at least 1, got {workers}")
         if separator.device.type != "cpu" and workers > 1:
             raise BSMamba2Error(f"one job at a time on {separator.device}: --jobs applies to the CPU only")
         self.separator, self.limits, self.clock = separator, limits, clock
+        self.separators = {separator.tta: separator}
+        if twin is not None:
+            self.separators[twin.tta] = twin
         if root is not None:
             Path(root).mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="bsmamba2-serve-", dir=root))
@@ -274,6 +286,8 @@ class JobQueue:
 
     def create(self, raw_options: dict) -> Job:
         options = Options.parse(raw_options, self.separator)
+        if options.tta is not None and options.tta not in self.separators:
+            raise JobError(f"this server runs with TTA {'on' if self.separator.tta else 'off'} only")
         job_id = secrets.token_urlsafe(12)
         folder = self.root / job_id
         folder.mkdir()
@@ -414,7 +428,8 @@ class JobQueue:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                paths = self.separator.separate_file(
+                separator = self.separators[self.separator.tta if options.tta is None else options.tta]
+                paths = separator.separate_file(
                     entry.path,
                     outdir,
                     stems=list(options.stems),

@@ -56,6 +56,7 @@ def test_a_page_session_over_http(site):
     status, info = api("GET", f"{url}/api/info")
     assert status == 200 and info["stems"] == ["vocals", "accompaniment"] and info["limits"]["max_bytes"] == 2**20
     assert (info["bit_depth_formats"], info["bitrate_formats"]) == (["wav", "flac"], ["mp3", "opus"])
+    assert (info["tta"], info["tta_choice"]) == (False, False)
     status, page = request("GET", url)[::2]
     assert status == 200 and b'<script src="/static/app.js">' in page
     assert request("GET", f"{url}/static/app.js")[0] == 200

@@ -201,6 +201,8 @@ def test_limits_refuse_with_one_line_and_keep_nothing(make_queue, tmp_path):
         ({"start": "1:30"}, "preview start must be 0 or more seconds, got '1:30'"),
         ({"duration": 0}, "preview duration must be more than 0 seconds, got 0"),
         ({"duration": True}, "preview duration must be more than 0 seconds, got True"),
+        ({"tta": "yes"}, "tta must be true or false, got 'yes'"),
+        ({"tta": True}, "this server runs with TTA off only"),
     ],
 )
 def test_bad_options_are_one_line_errors(make_queue, options, message):
@@ -343,3 +345,31 @@ def test_a_preview_separates_only_its_part(make_queue, tmp_path):
     late = jobs.create({"start": 5.0})
     with pytest.raises(JobError, match=r"^song.wav: --start 5 s is past the end \(3.0 s\)$"):
         add(jobs, late, path)
+
+
+class ChannelGains(MaskModel):
+    """Vocals = 0.2 × the left channel, 0.8 × the right: TTA's channel-swapped view differs,
+    so the average of the views is 0.4 and 0.6."""
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        gains = torch.tensor([0.2, 0.8]).view(1, 2, 1, 1)
+        return (spec * gains).unsqueeze(1)
+
+
+def test_each_job_picks_tta_or_not_on_one_shared_model(tmp_path):
+    model = ChannelGains()
+    plain = Separator(model, device="cpu", segment=0.5, progress=False)
+    tta = Separator(model, device="cpu", segment=0.5, progress=False, tta=True)
+    jobs = JobQueue(plain, root=tmp_path, twin=tta)
+    path, audio = song(tmp_path, 0.6)
+    runs = {}
+    for choice in (None, True, False):
+        job = jobs.create({"tta": choice, "stems": ["vocals"]})
+        add(jobs, job, path)
+        jobs.start(job)
+        wait_for(lambda job=job: finished(job), 60, "the job")
+        runs[choice] = sf.read(job.files[0].outputs["vocals"], dtype="float32", always_2d=True)[0]
+    jobs.close()
+    np.testing.assert_allclose(runs[None], runs[False], atol=0)  # the server's setting: off
+    np.testing.assert_allclose(runs[False], audio.T * [0.2, 0.8], atol=1e-5)
+    np.testing.assert_allclose(runs[True], audio.T * [0.4, 0.6], atol=1e-5)

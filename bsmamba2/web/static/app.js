@@ -58,7 +58,7 @@ function options() {
   const value = (id) => ($(id).disabled ? null : $(id).value || null);
   const bitrate = value("#bitrate");
   return { stems, format: $("#format").value, bit_depth: value("#bit-depth"), bitrate: bitrate && Number(bitrate),
-    picture: $("#picture").checked, start: parseTime($("#start").value, "start") || 0,
+    picture: $("#picture").checked, tta: $("#tta").checked, start: parseTime($("#start").value, "start") || 0,
     duration: parseTime($("#duration").value, "length") };
 }
 
@@ -77,6 +77,8 @@ async function setUp() {
   $("#format").append(...info.formats.map((f) => element("option", { value: f, text: f })));
   $("#bit-depth").append(...info.bit_depths.map((d) => element("option", { value: d, text: d })));
   $("#bitrate").append(...[96, 128, 192, 256, 320].map((k) => element("option", { value: k, text: `${k} kbps` })));
+  $("#tta").checked = info.tta;
+  $("#tta").disabled = !info.tta_choice;
   $("#format").addEventListener("change", formatChanged);
   formatChanged();
   $("#files").accept = ["audio/*", ...info.suffixes].join(",");
