@@ -53,7 +53,8 @@ def _browser_or_skip():
 @pytest.fixture
 def site(tmp_path, data_dir):
     separator = Separator(data_dir / "tiny.ckpt", device="cpu", progress=False, compile=False)
-    jobs = JobQueue(separator, root=tmp_path / "server")
+    twin = Separator(separator.model, device="cpu", progress=False, compile=False, tta=True)  # as serve does
+    jobs = JobQueue(separator, root=tmp_path / "server", twin=twin)
     with serving(jobs) as url:
         yield url, jobs
 

@@ -223,7 +223,8 @@ class JobCard {
   async results(row, file) {
     row.shown = true;
     $("progress", row.el)?.remove();
-    const speed = file.seconds > 0 ? ` in ${seconds(file.seconds)} (${(file.done / file.seconds).toFixed(1)}× real time)` : "";
+    const ratio = file.done / file.seconds;
+    const speed = file.seconds > 0 ? ` in ${seconds(file.seconds)} (${ratio >= 10 ? ratio.toFixed(0) : ratio.toPrecision(2)}× real time)` : "";
     this.line(row, `${seconds(file.done)} of audio${speed}`);
     for (const note of file.notes) row.el.append(element("p", { class: "note", text: note }));
     const peaks = await api("GET", `/api/jobs/${this.id}/files/${file.index}/peaks`);
