@@ -81,8 +81,8 @@ def test_layout_and_init_at_bsmamba2_size():
 
 def test_paper_size_parameter_counts():
     with torch.device("meta"):
-        counts = {r: sum(p.numel() for p in BSMamba2(BSMamba2Config(mixer="mamba3", mixer_options={"mimo_rank": r}))
-                             .parameters()) for r in (1, 4)}
+        counts = {r: sum(p.numel() for p in BSMamba2(mixer="mamba3", mixer_options={"mimo_rank": r}).parameters())
+                  for r in (1, 4)}
     assert counts == {1: 48_417_292, 4: 53_725_708}
 
 
