@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Registers and spills of the SSD kernels per autotune config, compiled for sm_90a offline.
+"""Registers, spills and shared memory of the SSD and Mamba-3 kernels per autotune config,
+compiled for sm_90a offline.
 
 No GPU needed: Triton compiles each kernel variant (paper shapes: headdim 64, d_state 128,
 bf16, chunk 64 — 32 for the forward's output pass) to PTX for an H100, and its bundled
@@ -7,24 +8,37 @@ bf16, chunk 64 — 32 for the forward's output pass) to PTX for an H100, and its
 (docs/benchmarks.md), so check them before spending GPU time on a kernel change.
 Register allocation differs between Triton versions: run it with the GPU machine's (3.6).
 
-Example: ``python tools/triton_spills.py`` (a minute or two; prints one line per variant).
+Shared memory over the H100/H200's 227 KB per block (:data:`SHARED_LIMIT`) is a launch error
+on the GPU: the Mamba-3 backward with 64-row fp32 chunks needed 240 KB (docs/benchmarks.md).
+
+Example: ``python tools/triton_spills.py`` (a minute or two; prints one line per variant);
+``python tools/triton_spills.py mamba3`` for the Mamba-3 kernels (several minutes).
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
 import tempfile
 
+import torch
 import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia import compiler as nvidia
 from triton.compiler import ASTSource
 
-from bsmamba2.ops.triton import ssd
+from bsmamba2.ops.triton import mamba3, ssd
 
 FP32_POINTERS = {"A_ptr", "D_ptr", "bias_ptr", "h0_ptr", "hout_ptr", "dh0_ptr", "dfin_ptr", "ddt_ptr",
                  "dA_ptr", "dD_ptr", "dbias_ptr"}
+SHARED_LIMIT = 232_448
+"""Bytes of shared memory one block may use on an H100 or H200."""
+MAMBA3_FP32_POINTERS = {
+    "adt_ptr", "w_ptr", "g_ptr", "qb_ptr", "kb_ptr", "phi_ptr", "D_ptr", "mx_ptr", "mz_ptr", "mo_ptr",
+    "states_ptr", "dstates_ptr", "dq_ptr", "dk_ptr", "dx_ptr", "dz_ptr", "dadt_ptr", "dw_ptr", "dg_ptr",
+    "dphi_ptr", "part_ptr",
+}
 PAPER = {"HAS_D": True, "HAS_BIAS": True, "SOFTPLUS": True, "BLOCK_P": 64, "BLOCK_N": 128,
          "DOT": tl.bfloat16, "PREC": "tf32"}
 
@@ -36,13 +50,15 @@ def _ptxas() -> str:
         return nvidia.get_ptxas().path
 
 
-def report(kernel, constexprs: dict, num_warps: int, num_stages: int) -> str:
-    """ptxas's register / spill line for one variant of an autotuned kernel."""
+def report(kernel, constexprs: dict, num_warps: int, num_stages: int,
+           fp32_pointers: set[str] = FP32_POINTERS, data: str = "*bf16") -> str:
+    """ptxas's register / spill line and the shared memory of one variant of an autotuned
+    kernel; ``fp32_pointers`` point to float32 tensors, the other pointers to ``data``."""
     fn = kernel.fn  # the JITFunction under the autotuner
     constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
     signature = {
         name: "constexpr" if name in constexprs
-        else ("*fp32" if name in FP32_POINTERS else "*bf16") if name.endswith("_ptr")
+        else ("*fp32" if name in fp32_pointers else data) if name.endswith("_ptr")
         else "i32"
         for name in fn.arg_names
     }
@@ -57,7 +73,26 @@ def report(kernel, constexprs: dict, num_warps: int, num_stages: int) -> str:
                                 capture_output=True, text=True)
     lines = [line.split("info    :")[-1].strip() for line in result.stderr.splitlines()
              if "registers" in line or "spill" in line]
-    return " | ".join(lines) or result.stderr.strip()[-300:]
+    shared = compiled.metadata.shared
+    over = " OVER THE LIMIT" if shared > SHARED_LIMIT else ""
+    return f"shared {shared} B{over} | " + (" | ".join(lines) or result.stderr.strip()[-300:])
+
+
+def main_mamba3() -> None:
+    """The Mamba-3 kernels at the paper's sizes (headdim 64, d_state 128), bf16 and fp32 inputs."""
+    print(f"triton {triton.__version__}, sm_90a, Mamba-3 kernels, paper shapes")
+    bf16, fp32 = ("bf16", torch.bfloat16, tl.bfloat16), ("fp32", torch.float32, tl.float32)
+    for (data, dtype, dot), rank in ((bf16, 1), (bf16, 4), (fp32, 1)):
+        base = {"P": 64, "N": 128, "R": rank, "T": mamba3.chunk_steps(rank, dtype), "MIMO": rank > 1,
+                "HAS_D": True, "HAS_Z": True, "HAS_O": True, "DOT": dot, "PREC": "tf32"}
+        for name, kernel, extra in (("_fwd", mamba3._fwd, {"STORE_STATES": True}),
+                                    ("_state_grads", mamba3._state_grads, {}),
+                                    ("_chunk_bwd states", mamba3._chunk_bwd, {"HAS_STATES": True}),
+                                    ("_chunk_bwd", mamba3._chunk_bwd, {"HAS_STATES": False})):
+            for config in kernel.configs:
+                line = report(kernel, {**base, **extra}, config.num_warps, config.num_stages,
+                              MAMBA3_FP32_POINTERS, "*fp32" if data == "fp32" else "*bf16")
+                print(f"{data} R={rank} {name:<18} warps {config.num_warps}: {line}", flush=True)
 
 
 def main() -> None:
@@ -82,4 +117,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_mamba3() if sys.argv[1:] == ["mamba3"] else main()
