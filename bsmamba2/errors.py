@@ -1,5 +1,6 @@
-"""The error type for problems a user can fix (the CLI prints its message as one line), and
-the guarded import of the MUSDB18 packages.
+"""The error type for problems a user can fix (the CLI prints its message as one line), the
+check that a feature's optional dependencies (its extra) are installed, and the guarded import
+of the MUSDB18 packages.
 
 musdb and museval import stempeg, which refuses to import without the ffmpeg and ffprobe
 programs (even for MUSDB18-HQ's WAV folders: musdb probes every file with ffprobe):
@@ -9,12 +10,34 @@ programs (even for MUSDB18-HQ's WAV folders: musdb probes every file with ffprob
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import shutil
 from types import ModuleType
 
 
 class BSMamba2Error(Exception):
     """Bad input, a missing file, an unusable checkpoint: reported without a traceback."""
+
+
+EXTRAS = {
+    "train": ("lightning", "jsonargparse", "tensorboard", "musdb"),
+    "eval": ("musdb", "museval", "librosa"),
+    "plot": ("matplotlib", "librosa"),
+    "web": ("starlette", "uvicorn"),
+}
+"""The modules each extra of ``pip install 'bsmamba2[EXTRA]'`` brings (pyproject.toml's
+optional dependencies); separation needs none of them."""
+_EXTRA_OF = {module: extra for extra, modules in reversed(EXTRAS.items()) for module in modules}
+
+
+def require_extra(feature: str, extra: str, modules: tuple[str, ...] | None = None) -> None:
+    """A one-line error naming the extra when a module ``feature`` needs (default: all of the
+    extra's) is not installed; found without importing anything."""
+    for module in EXTRAS[extra] if modules is None else modules:
+        if importlib.util.find_spec(module) is None:
+            raise BSMamba2Error(
+                f"{feature} needs {module}, which is not installed: pip install 'bsmamba2[{extra}]'"
+            )
 
 
 def require(module: str) -> ModuleType:
@@ -28,4 +51,5 @@ def require(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except (ImportError, RuntimeError) as exc:  # stempeg raises RuntimeError without ffmpeg
-        raise BSMamba2Error(f"cannot import {module} ({exc}): `pip install {module}`") from exc
+        extra = _EXTRA_OF.get(module, "eval")
+        raise BSMamba2Error(f"cannot import {module} ({exc}): pip install 'bsmamba2[{extra}]'") from exc

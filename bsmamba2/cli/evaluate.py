@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bsmamba2.errors import BSMamba2Error
+from bsmamba2.errors import BSMamba2Error, require_extra
 from bsmamba2.evaluation.results import format_table, plot, summarize, write_summary
 from bsmamba2.evaluation.runner import SeparateFn, evaluate_tracks
 from bsmamba2.evaluation.scoring import BACKENDS
@@ -59,6 +59,9 @@ def _settings(args: argparse.Namespace, weights: Path | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("bsmamba2 evaluate", "eval", ("museval", "musdb") if args.musdb else ("museval",))
+    if args.plot:
+        require_extra("evaluate --plot", "plot", ("matplotlib",))
     if args.estimates is not None and (args.checkpoint or args.model):
         raise BSMamba2Error("give either a model to separate with or --estimates (already separated)")
     if args.estimates is not None and not args.estimates.is_dir():

@@ -8,10 +8,11 @@ import argparse
 from bsmamba2.data.demo import make_demo
 from bsmamba2.data.musdb import SUBSETS
 from bsmamba2.data.sad import WINDOW_SECONDS, build_index
-from bsmamba2.errors import BSMamba2Error
+from bsmamba2.errors import BSMamba2Error, require_extra
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("bsmamba2 prepare", "train", ("musdb",))  # musdb's song list and validation split
     root = args.musdb
     if args.demo:
         if args.stems:

@@ -26,7 +26,7 @@ from bsmamba2.audio.io import (
     output_rate,
     subtype_for,
 )
-from bsmamba2.errors import BSMamba2Error
+from bsmamba2.errors import BSMamba2Error, require_extra
 from bsmamba2.separation import OutputExistsError, Separator
 from bsmamba2.separation.registry import KNOWN, resolve_weights
 from bsmamba2.separation.separator import DEFAULT_TEMPLATE, PRECISIONS
@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
             "no audio files found in the inputs" + (f" matching {args.glob!r}" if args.glob else "")
         )
     subtype_for(args.format, args.bit_depth)  # bad combinations fail before any work
+    if args.plot:
+        require_extra("separate --plot", "plot")
     if args.sample_rate is not None:
         output_rate(args.format, args.sample_rate, args.sample_rate)
     compression_level(args.format, args.bitrate, args.sample_rate or 48000, 2)
@@ -260,7 +262,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "separate",
         help="separate audio files into vocals and accompaniment",
-        description="Separate audio files (or every audio file under folders) into stems.",
+        description="Separate audio files (or every audio file under folders) into stems. The "
+        "default weights (--model bs_mamba2_vocals) were trained on MUSDB18, whose songs are "
+        "for academic, non-commercial research use: so are the weights.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")
     p.add_argument("-o", "--outdir", default="separated", help="output folder (default: %(default)s)")

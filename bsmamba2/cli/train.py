@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 
+from bsmamba2.errors import require_extra
+
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("bsmamba2 train", "train")
     from bsmamba2.training.launch import train  # Lightning loads slowly: only for this command
 
     train(args.lightning_args)

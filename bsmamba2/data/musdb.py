@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 import yaml
 
-from bsmamba2.errors import BSMamba2Error, require
+from bsmamba2.errors import BSMamba2Error, require, require_extra
 
 SAMPLE_RATE = 44100
 #: The four MUSDB18 sources, in the order the mixing dataset sums them.
@@ -89,9 +89,8 @@ def _subset_folder(root: Path, subset: str) -> Path:
 def musdb_setup() -> dict[str, Any]:
     """musdb's description of MUSDB18 (file names, stem ids, the 14 validation songs), read from
     its package data: importing musdb needs ffmpeg, which WAV folders do not."""
+    require_extra("reading MUSDB18", "train", ("musdb",))
     spec = importlib.util.find_spec("musdb")
-    if spec is None or not spec.submodule_search_locations:
-        raise DatasetError("the musdb package is not installed: `pip install musdb`")
     path = Path(next(iter(spec.submodule_search_locations))) / "configs" / "mus.yaml"
     try:
         return yaml.safe_load(path.read_text())

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bsmamba2.errors import require
+from bsmamba2.errors import require, require_extra
 from bsmamba2.evaluation.bsseval import METRICS
 from bsmamba2.evaluation.scoring import TargetScores, TrackResult
 from bsmamba2.fileio import atomic_write_text
@@ -170,6 +170,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def plot(out: Path, summary: dict[str, Any]) -> Path:
     """Per-track cSDR and uSDR of each target as horizontal bars: ``scores.png``."""
+    require_extra("the score plot", "plot", ("matplotlib",))
     import matplotlib
 
     matplotlib.use("Agg")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bsmamba2.errors import require_extra
 from bsmamba2.fileio import atomic_path
 
 
@@ -55,6 +56,7 @@ class SpectrogramSketch:
 
 def save_spectrograms(sketches: dict[str, SpectrogramSketch], path: str | os.PathLike, title: str) -> Path:
     """One panel per signal (log frequency, dB relative to the loudest), written atomically."""
+    require_extra("the spectrogram plot", "plot")
     import librosa.display
     import matplotlib
 

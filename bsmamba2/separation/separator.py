@@ -34,7 +34,7 @@ from bsmamba2.audio import (
 )
 from bsmamba2.audio.io import BLOCK, compression_level, output_rate, peak_warning
 from bsmamba2.checkpoint import load_model
-from bsmamba2.errors import BSMamba2Error
+from bsmamba2.errors import BSMamba2Error, require_extra
 from bsmamba2.model import istft, stft
 from bsmamba2.separation.batching import auto_batch_size, smaller_batch
 from bsmamba2.separation.chunking import Chunker
@@ -501,6 +501,8 @@ class Separator:
         decoded, and the outputs hold just it.
         """
         subtype = subtype_for(fmt, bit_depth)
+        if plot:
+            require_extra("the spectrogram plot (plot=True, --plot)", "plot")
         if sample_rate is not None and sample_rate <= 0:
             raise BSMamba2Error(f"invalid output sample rate {sample_rate}")
         paths = self.output_paths(path, outdir, stems, filename, fmt)
