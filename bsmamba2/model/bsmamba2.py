@@ -20,10 +20,8 @@ class BSMamba2(nn.Module):
 
     def __init__(self, config: BSMamba2Config | None = None, **overrides) -> None:
         super().__init__()
-        if config is None:  # the mixer's own defaults, whichever mixer the overrides name
-            cfg = BSMamba2Config.from_dict(overrides)
-        else:
-            cfg = BSMamba2Config.from_dict({**config.to_dict(), **overrides}) if overrides else config
+        # A new mixer named in the overrides starts from its own defaults (BSMamba2Config.replace).
+        cfg = (config or BSMamba2Config()).replace(**overrides)
         self.config = cfg
         widths = band_widths(cfg.bands, cfg.channels)
         # Registration order = the official state_dict order.

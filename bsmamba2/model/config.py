@@ -110,6 +110,15 @@ class BSMamba2Config:
         d["mixer_options"] = dict(self.mixer_options)
         return d
 
+    def replace(self, **changes: Any) -> BSMamba2Config:
+        """A copy with ``changes`` (validated, unknown keys rejected). A new ``mixer`` starts
+        from its own defaults: the old mixer's options go unless given again."""
+        data = self.to_dict()
+        if changes.get("mixer", self.mixer) != self.mixer:
+            for name in (*SHARED_OPTIONS, "mixer_options"):
+                del data[name]
+        return BSMamba2Config.from_dict({**data, **changes})
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BSMamba2Config:
         """Build from a mapping; unknown keys are an error so typos don't pass silently."""

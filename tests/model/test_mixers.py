@@ -78,6 +78,19 @@ def test_a_new_mixer_takes_its_own_defaults_and_options(toy):
     assert {m.recompute for m in model.modules() if isinstance(m, Toy)} == {"mixer"}
 
 
+def test_changing_the_mixer_starts_from_its_defaults(toy):
+    paper = BSMamba2Config(d_state=64)
+    assert paper.replace(depth=2).d_state == 64  # same mixer: its options stay
+    toy_cfg = paper.replace(mixer="toy", dim=16, depth=1)
+    assert toy_cfg == BSMamba2Config(**SMALL, mixer="toy")
+    assert paper.replace(mixer="toy", d_state=5, mixer_options={"gain": 1.0}).d_state == 5
+    assert toy_cfg.replace(mixer="mamba2") == BSMamba2Config(dim=16, depth=1)
+    with pytest.raises(ValueError, match="unknown BSMamba2 config keys: d_sate"):
+        paper.replace(d_sate=3)
+    model = BSMamba2(TINY, mixer="toy")
+    assert isinstance(model.layers[0][0].forward_blocks[0].mixer, Toy) and model.config.d_state == 3
+
+
 def test_a_new_mixer_round_trips_through_yaml_and_checkpoints(toy, tmp_path):
     cfg = BSMamba2Config(**SMALL, mixer="toy", d_state=4, mixer_options={"gain": 1.5})
     yaml_path = tmp_path / "toy.yaml"
