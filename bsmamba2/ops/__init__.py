@@ -7,17 +7,20 @@ Layout: each op has its reference and its kernel side by side under the same nam
 ``reference/norm.py`` ↔ ``triton/norm.py``; :mod:`bsmamba2.ops.dispatch` holds one function
 per op.
 
-How to add an op (say ``selective_scan``, in ``scan.py``):
+How to add an op (say ``selective_scan``, in ``selective.py``; the module is named apart from
+its function, as ``ssd.py`` holds ``ssd_scan``, because importing the function in
+``reference/__init__.py`` would otherwise hide the module there; Mamba-3's: ``mamba3.py``):
 
-1. ``ops/reference/scan.py``: the PyTorch reference with type hints and the op's contract in
-   its docstring (shapes, dtypes, what it returns); export it from ``ops/reference/__init__.py``.
+1. ``ops/reference/selective.py``: the PyTorch reference with type hints and the op's contract in
+   its docstring (shapes, dtypes, what it returns); import it in ``ops/reference/__init__.py``
+   (the dispatch finds ``reference.selective`` there, imported once, not per call).
    Test it against a float64 truth (a step-by-step recurrence) in ``tests/ops/``, forward and
    gradients (``torch.autograd.gradcheck``), on fresh random inputs (``tests/helpers/``).
 2. One function in ``ops/dispatch.py`` with the same signature (real keyword arguments, no
-   ``**kwargs``) whose body is ``return implementation("scan", x).selective_scan(...)``, and
+   ``**kwargs``) whose body is ``return implementation("selective", x).selective_scan(...)``, and
    its name in ``__all__`` below. Until a kernel exists, ``auto`` serves the reference and
    ``triton`` says there is none.
-3. Later, ``ops/triton/scan.py``: the kernel as a ``torch.autograd.Function`` behind a function
+3. Later, ``ops/triton/selective.py``: the kernel as a ``torch.autograd.Function`` behind a function
    with the reference's signature and type hints (what only the reference has, such as its
    ``chunk_size``, stays out of the shared contract). Test it against the reference run in
    float64 with ``tests/helpers/kernels.py`` (small shapes on the CPU interpreter, paper
