@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 
@@ -10,6 +11,7 @@ import torch
 
 from bsmamba2 import __version__, ops
 from bsmamba2.separation.compiling import cpp_compiler
+from bsmamba2.separation.separator import resolve_device
 
 
 def _triton_version() -> str:
@@ -34,6 +36,7 @@ def report() -> list[tuple[str, str]]:
         rows.append((f"cuda:{i}", f"{prop.name}, {prop.total_memory / 2**30:.1f} GiB"))
     if not torch.cuda.is_available():
         rows.append(("cuda", "not available"))
+    rows.append(("--device auto", str(resolve_device("auto"))))
     rows.append(("BSMAMBA2_KERNELS", ops.requested_backend()))
     devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     for dev in devices:
@@ -50,6 +53,9 @@ def report() -> list[tuple[str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     rows = report()
+    if args.json:
+        print(json.dumps(dict(rows)))
+        return 0
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
@@ -58,4 +64,5 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("info", help="show versions, devices and the kernel backend")
+    parser.add_argument("--json", action="store_true", help="one JSON object (label: value) instead of lines")
     parser.set_defaults(func=run)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import sys
 import time
 import warnings
@@ -93,7 +94,25 @@ def load_separator(
     return Separator(weights, **{**chosen, **settings})
 
 
+def list_models(as_json: bool) -> None:
+    """``--list-models``: every known checkpoint, as lines of text or one JSON object per line."""
+    for entry in KNOWN.values():
+        about = entry.describe()
+        if as_json:
+            print(json.dumps(about))
+            continue
+        cached = ("cached in " if about["cached"] else "not downloaded yet, goes to ") + str(about["path"])
+        print(f"{entry.name}: {entry.about}")
+        print(f"  {entry.size:,} bytes, SHA-256 {entry.sha256}, {cached}")
+        print(f"  trained on {entry.training_data}; licence: {entry.licence}")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.list_models:
+        list_models(args.json)
+        return 0
+    if not args.inputs:
+        raise BSMamba2Error("no INPUT: name audio files or folders to separate (or use --list-models)")
     outdir = Path(args.outdir)
     stems = [s for item in args.stems or [] for s in item.split(",") if s] or None
     files, missing = find_inputs(args.inputs, args.glob, outdir)
@@ -266,7 +285,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "default weights (--model bs_mamba2_vocals) were trained on MUSDB18, whose songs are "
         "for academic, non-commercial research use: so are the weights.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="audio files or folders (searched recursively)")
+    p.add_argument(
+        "--list-models",
+        action="store_true",
+        help="list the known checkpoints (size, SHA-256, training data, licence, cached or not) and exit",
+    )
+    p.add_argument("--json", action="store_true", help="with --list-models: one JSON object per line")
     p.add_argument("-o", "--outdir", default="separated", help="output folder (default: %(default)s)")
     p.add_argument(
         "--glob", help="file name pattern for folders, e.g. '*.flac' (default: common audio suffixes)"

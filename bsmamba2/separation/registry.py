@@ -19,10 +19,28 @@ class KnownCheckpoint:
     size: int
     sha256: str
     about: str
+    training_data: str = "unknown"
+    licence: str = "unknown"
 
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
+
+    def describe(self) -> dict[str, object]:
+        """What ``--list-models`` shows: the entry, where it is cached and whether it is there."""
+        path = cache_dir() / self.filename
+        cached = path.is_file() and path.stat().st_size == self.size
+        return {
+            "name": self.name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "training_data": self.training_data,
+            "licence": self.licence,
+            "about": self.about,
+            "url": self.url,
+            "path": str(path),
+            "cached": cached,
+        }
 
 
 KNOWN: dict[str, KnownCheckpoint] = {
@@ -34,6 +52,8 @@ KNOWN: dict[str, KnownCheckpoint] = {
             size=192_610_602,
             sha256="fceb733b41742abb8df563092f4cb5bbc9243c6c03e7f34dc44c14e60732c72f",
             about="vocals; paper-size BSMamba2 trained by ZFTurbo on MUSDB18 (MSST release v1.0.19)",
+            training_data="MUSDB18",
+            licence="research use: MUSDB18's songs are for academic, non-commercial use only",
         ),
     )
 }

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import bsmamba2
 from bsmamba2.cli.main import main
@@ -30,6 +32,13 @@ def test_info_lists_versions_and_backend(capsys, monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-bsmamba2")
     assert main(["info"]) == 0
     assert "no C++ compiler ($CXX or g++): separation stays eager" in capsys.readouterr().out
+
+
+def test_info_json_is_one_object_with_the_same_rows(capsys):
+    assert main(["info", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bsmamba2"] == bsmamba2.__version__ and report["kernels on cpu"] in ("torch", "triton")
+    assert report["--device auto"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_console_script_and_bad_backend_is_one_line():

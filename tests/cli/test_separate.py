@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -170,6 +172,24 @@ def test_tta_and_shifts_keep_the_null_test(tmp_path, ckpt, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*base, "--shifts", "0"])
     assert exit_info.value.code == 2 and "expected a whole number of at least 1, got '0'" in capsys.readouterr().err
+
+
+def test_list_models_says_size_hash_data_licence_and_cache(tmp_path, capsys, monkeypatch):
+    from bsmamba2.separation.registry import KNOWN
+
+    monkeypatch.setenv("BSMAMBA2_CACHE", str(tmp_path))
+    assert main(["separate", "--list-models"]) == 0
+    out = capsys.readouterr().out
+    entry = KNOWN["bs_mamba2_vocals"]
+    assert f"{entry.size:,} bytes, SHA-256 {entry.sha256}, not downloaded yet" in out
+    assert "trained on MUSDB18; licence: research use" in out
+    (tmp_path / entry.filename).write_bytes(b"x" * entry.size)  # the size of a complete download
+    assert main(["separate", "--list-models", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["name"] for r in rows] == list(KNOWN) and rows[0]["cached"] is True
+    assert rows[0]["path"] == str(tmp_path / entry.filename) and rows[0]["sha256"] == entry.sha256
+    assert main(["separate"]) == 1
+    assert "no INPUT: name audio files or folders" in capsys.readouterr().err
 
 
 def test_overwrite_protection(tmp_path, ckpt, capsys):
