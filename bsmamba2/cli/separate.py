@@ -111,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
     if args.list_models:
         list_models(args.json)
         return 0
+    if args.download_only:
+        print(resolve_weights(args.checkpoint, args.model, progress=not args.quiet))
+        return 0
     if not args.inputs:
         raise BSMamba2Error("no INPUT: name audio files or folders to separate (or use --list-models)")
     outdir = Path(args.outdir)
@@ -292,6 +295,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list the known checkpoints (size, SHA-256, training data, licence, cached or not) and exit",
     )
     p.add_argument("--json", action="store_true", help="with --list-models: one JSON object per line")
+    p.add_argument(
+        "--download-only",
+        action="store_true",
+        help="fetch the --model weights into the cache (verified), print their path and exit",
+    )
     p.add_argument("-o", "--outdir", default="separated", help="output folder (default: %(default)s)")
     p.add_argument(
         "--glob", help="file name pattern for folders, e.g. '*.flac' (default: common audio suffixes)"

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -44,9 +45,21 @@ def sha256_of(path: Path) -> str:
 
 def _interrupted(url: str, part: Path, size: int, why: str) -> DownloadError:
     done = part.stat().st_size if part.exists() else 0
+    if not done:  # nothing arrived (offline, refused, unknown host): nothing to resume
+        return DownloadError(f"download of {url} failed ({why})")
     return DownloadError(
         f"download of {url} interrupted at {done} of {size} bytes ({why}); run the command again to resume"
     )
+
+
+def ssl_context() -> ssl.SSLContext | None:
+    """certifi's CA bundle when certifi is installed, else Python's default (None): the Python of
+    python.org on macOS comes without CA certificates ("certificate verify failed")."""
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _transfer(url: str, part: Path, size: int, progress: bool) -> None:
@@ -55,7 +68,8 @@ def _transfer(url: str, part: Path, size: int, progress: bool) -> None:
     if have:
         headers["Range"] = f"bytes={have}-"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as resp:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=60, context=ssl_context()) as resp:
             if have and resp.status != 206:  # the server ignored the range: start over
                 have = 0
             with (

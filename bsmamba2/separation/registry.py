@@ -1,5 +1,9 @@
-"""Known checkpoints (name → URL, size, SHA-256), fetched into the cache on first use,
+"""Known checkpoints (name → URLs, size, SHA-256), fetched into the cache on first use,
 and the rule that decides which weights a command uses.
+
+An entry's ``url`` and ``mirrors`` hold the same file: they are tried in order, and whatever
+arrives must have the entry's size and SHA-256. ``hf://owner/repo/path`` names a file of a
+Hugging Face Hub repository (resolved by ``huggingface_hub`` when installed).
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bsmamba2.errors import BSMamba2Error
-from bsmamba2.separation.download import download
+from bsmamba2.separation.download import DownloadError, download
+
+HF_PREFIX = "hf://"
 
 
 @dataclass(frozen=True)
@@ -21,10 +27,15 @@ class KnownCheckpoint:
     about: str
     training_data: str = "unknown"
     licence: str = "unknown"
+    mirrors: tuple[str, ...] = ()  # the same file elsewhere (https:// or hf://), tried after url
 
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *self.mirrors)
 
     def describe(self) -> dict[str, object]:
         """What ``--list-models`` shows: the entry, where it is cached and whether it is there."""
@@ -38,6 +49,7 @@ class KnownCheckpoint:
             "licence": self.licence,
             "about": self.about,
             "url": self.url,
+            "mirrors": list(self.mirrors),
             "path": str(path),
             "cached": cached,
         }
@@ -71,7 +83,32 @@ def fetch(name_or_entry: str | KnownCheckpoint, progress: bool = True) -> Path:
         if entry not in KNOWN:
             raise BSMamba2Error(f"unknown model {entry!r} (known: {', '.join(KNOWN)})")
         entry = KNOWN[entry]
-    return download(entry.url, cache_dir() / entry.filename, entry.size, entry.sha256, progress)
+    dest = cache_dir() / entry.filename
+    failures = []
+    for url in entry.urls:
+        try:
+            return download(resolve_url(url), dest, entry.size, entry.sha256, progress)
+        except DownloadError as exc:
+            failures.append(str(exc))
+    raise DownloadError(
+        f"{'; '.join(failures)}. Without a network here: download {entry.url} by hand to {dest}, "
+        "or pass --checkpoint PATH to weights you have"
+    )
+
+
+def resolve_url(url: str) -> str:
+    """An ``https://`` URL for ``url``: ``hf://owner/repo/path/file`` becomes the file's address
+    on the Hugging Face Hub (through ``huggingface_hub`` when installed), others stay as they are."""
+    if not url.startswith(HF_PREFIX):
+        return url
+    owner, repo, *path = url.removeprefix(HF_PREFIX).split("/")
+    if not path:
+        raise BSMamba2Error(f"{url}: expected hf://owner/repo/path/to/file")
+    try:
+        from huggingface_hub import hf_hub_url
+    except ImportError:
+        return f"https://huggingface.co/{owner}/{repo}/resolve/main/{'/'.join(path)}"
+    return hf_hub_url(repo_id=f"{owner}/{repo}", filename="/".join(path))
 
 
 def no_weights_message() -> str:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.separation import registry
-from bsmamba2.separation.download import DownloadError
+from bsmamba2.separation.download import DownloadError, ssl_context
 from bsmamba2.separation.registry import KNOWN, KnownCheckpoint, fetch, resolve_weights
 from tests.helpers.http import PAYLOAD
 
@@ -90,3 +92,47 @@ def test_weight_resolution_order(tmp_path, cache, monkeypatch):
 def test_cache_dir_default(monkeypatch):
     monkeypatch.delenv("BSMAMBA2_CACHE", raising=False)
     assert registry.cache_dir() == Path.home() / ".cache" / "bsmamba2"
+
+
+def test_mirrors_are_tried_in_order_and_the_failure_says_what_to_do(server, cache):
+    good = hashlib.sha256(PAYLOAD).hexdigest()
+    dead = "http://127.0.0.1:9/weights.ckpt"
+    entry = KnownCheckpoint("test", dead, len(PAYLOAD), good, "test", mirrors=(server.url,))
+    assert fetch(entry, progress=False).read_bytes() == PAYLOAD  # the first URL fails, the mirror serves
+    (cache / "weights.ckpt").unlink()
+    offline = KnownCheckpoint("test", dead, len(PAYLOAD), good, "test", mirrors=(dead.replace(":9", ":7"),))
+    with pytest.raises(DownloadError) as info:
+        fetch(offline, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and message.count("download of http://127.0.0.1:") == 2
+    assert f"download {dead} by hand to {cache / 'weights.ckpt'}, or pass --checkpoint PATH" in message
+    assert "run the command again to resume" not in message  # nothing to resume: it never connected
+
+
+def test_hf_urls_name_a_file_of_the_hub(monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
+    assert registry.resolve_url("hf://owner/repo/dir/w.ckpt") == "https://huggingface.co/owner/repo/resolve/main/dir/w.ckpt"
+    assert registry.resolve_url("https://example.org/w.ckpt") == "https://example.org/w.ckpt"
+    hub = types.ModuleType("huggingface_hub")
+    hub.hf_hub_url = lambda repo_id, filename: f"https://mirror.example/{repo_id}/{filename}"
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)  # installed: it decides (endpoints, revisions)
+    assert registry.resolve_url("hf://owner/repo/w.ckpt") == "https://mirror.example/owner/repo/w.ckpt"
+    with pytest.raises(BSMamba2Error, match="expected hf://owner/repo/path/to/file"):
+        registry.resolve_url("hf://owner/repo")
+
+
+def test_certifi_supplies_the_certificates_when_installed(monkeypatch):
+    certifi = pytest.importorskip("certifi")
+    monkeypatch.setitem(sys.modules, "certifi", None)
+    assert ssl_context() is None  # Python's own store
+    monkeypatch.setitem(sys.modules, "certifi", certifi)
+    assert ssl_context().cert_store_stats()["x509_ca"] > 50  # certifi's bundle, loaded
+
+
+def test_download_only_fetches_and_prints_the_path(server, cache, capsys, monkeypatch):
+    from bsmamba2.cli.main import main
+
+    monkeypatch.setitem(KNOWN, "test", _entry(server.url))
+    assert main(["separate", "--model", "test", "--download-only", "-q"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path == cache / "weights.ckpt" and path.read_bytes() == PAYLOAD
