@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
@@ -10,6 +9,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bsmamba2 import ops
+from bsmamba2.model.dt_init import init_dt_bias
 from bsmamba2.model.norms import GatedRMSNorm
 
 _STATE_KEYS = {"dt_bias", "A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias", "norm.weight",
@@ -42,7 +42,7 @@ class Mamba2(nn.Module):
         self.nheads = self.d_inner // headdim
         conv_dim = self.d_inner + 2 * ngroups * d_state
         # Registration order matters: it is the official state_dict / parameters() order.
-        self.dt_bias = nn.Parameter(_init_dt_bias(self.nheads))
+        self.dt_bias = nn.Parameter(init_dt_bias(self.nheads))
         self.A_log = nn.Parameter(torch.empty(self.nheads).uniform_(1, 16).log())
         self.D = nn.Parameter(torch.ones(self.nheads))
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * ngroups * d_state + self.nheads, bias=False)
@@ -99,10 +99,3 @@ class Mamba2(nn.Module):
         )
         y = self.norm(y.reshape(b, length, self.d_inner), z)
         return self.out_proj(y)
-
-
-def _init_dt_bias(nheads: int, dt_min: float = 1e-3, dt_max: float = 1e-1) -> torch.Tensor:
-    """Inverse softplus of Δ ~ exp(U(log dt_min, log dt_max)), Δ ≥ 1e-4 (Mamba-2's init)."""
-    dt = torch.exp(torch.rand(nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    dt = dt.clamp(min=1e-4)
-    return dt + torch.log(-torch.expm1(-dt))

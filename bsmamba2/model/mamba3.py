@@ -10,7 +10,6 @@ and optionally multi-input multi-output (MIMO) updates of rank R. The scan is
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bsmamba2 import ops
+from bsmamba2.model.dt_init import init_dt_bias
 
 A_FLOOR = 1e-4
 
@@ -80,7 +80,7 @@ class Mamba3(nn.Module):
         self.sizes = [self.d_inner, self.d_inner, bc, bc, h, h, h, self.n_angles]
         # Registration order matters: it is the official state_dict / parameters() order.
         self.in_proj = nn.Linear(d_model, sum(self.sizes), bias=False)
-        self.dt_bias = nn.Parameter(_init_dt_bias(h))
+        self.dt_bias = nn.Parameter(init_dt_bias(h))
         self.B_bias = nn.Parameter(torch.ones(h, r, d_state))
         self.C_bias = nn.Parameter(torch.ones(h, r, d_state))
         self.B_norm = _Weight(d_state)
@@ -175,10 +175,3 @@ class _Weight(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
-
-
-def _init_dt_bias(nheads: int, dt_min: float = 1e-3, dt_max: float = 1e-1) -> torch.Tensor:
-    """Inverse softplus of Δ ~ exp(U(log dt_min, log dt_max)), Δ ≥ 1e-4 (the official init)."""
-    dt = torch.exp(torch.rand(nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    dt = dt.clamp(min=1e-4)
-    return dt + torch.log(-torch.expm1(-dt))
