@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bsmamba2.errors import BSMamba2Error, require_extra
 from bsmamba2.evaluation.results import format_table, plot, summarize, write_summary
 from bsmamba2.evaluation.runner import SeparateFn, evaluate_tracks
@@ -37,6 +39,12 @@ def _separator(args: argparse.Namespace, weights: Path) -> SeparateFn:
             **options,
         )
     return separator.separate
+
+
+def _metrics_device(device: str) -> str | torch.device:
+    """Where the metrics run: the separation's device, but the CPU for MPS (no float64 there)."""
+    resolved = resolve_device(device)
+    return "cpu" if resolved.type == "mps" else resolved
 
 
 def _settings(args: argparse.Namespace, weights: Path | None) -> dict[str, Any]:
@@ -83,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         separate=separate,
         estimates=args.estimates,
         backend=args.backend,
-        device=resolve_device(args.device),
+        device=_metrics_device(args.device),
         overwrite=args.overwrite,
         progress=not args.quiet,
     )

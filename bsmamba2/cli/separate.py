@@ -235,7 +235,11 @@ def add_separator_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ema", action="store_true", help="use the EMA weights of an official Lightning checkpoint"
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps (default: %(default)s)",
+    )
     p.add_argument(
         "--precision",
         default="auto",

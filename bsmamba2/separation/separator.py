@@ -59,14 +59,33 @@ class ClippingWarning(UserWarning):
     """An integer output file had samples beyond full scale, clipped (the message names the peak)."""
 
 
+def auto_device(cuda: bool, mps: bool) -> str:
+    """``--device auto``: CUDA if there is a GPU, else Apple's MPS, else the CPU."""
+    return "cuda" if cuda else "mps" if mps else "cpu"
+
+
+def mps_available() -> bool:
+    """Whether this torch and machine have Apple's Metal backend (macOS on Apple silicon)."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def fft_device(device: torch.device) -> torch.device:
+    """Where the STFT and iSTFT run: on ``device``, except on MPS, whose complex FFT support
+    is incomplete across torch versions: there on the CPU (as demucs does), the model on MPS."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` → the first CUDA device if there is one, else the CPU."""
+    """``auto`` → :func:`auto_device` (the first CUDA device, else MPS, else the CPU)."""
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(auto_device(torch.cuda.is_available(), mps_available()))
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise BSMamba2Error(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+        raise BSMamba2Error(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "mps" and not mps_available():
+        raise BSMamba2Error(f"device {device!r} requested but Apple's MPS is not available here")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BSMamba2Error(f"device {device!r} requested but CUDA is not available here")
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
@@ -229,7 +248,7 @@ class Separator:
 
     def _run_view(self, audio: np.ndarray) -> np.ndarray:
         """The model on (B, C, S) audio: (B, n_stems, C, S)."""
-        x = torch.from_numpy(audio).to(self.device)
+        x = torch.from_numpy(audio).to(fft_device(self.device))
         batch, channels, samples = x.shape
         model_channels = self.config.channels
         if model_channels == channels:
@@ -239,10 +258,11 @@ class Separator:
         else:  # mono model: every channel on its own
             inp = x.reshape(batch * channels, 1, samples)
         with torch.inference_mode():
-            spec = stft(inp, self.config)
+            spec = stft(inp, self.config).to(self.device)
             with self._autocast():
                 out = self._forward(spec)
-            wav = istft(out.to(torch.complex64), self.config, length=samples)  # (B', stems, Cm, S)
+            out = out.to(x.device, torch.complex64)
+            wav = istft(out, self.config, length=samples)  # (B', stems, Cm, S)
         if model_channels != channels:  # back to the input's channels
             wav = (
                 wav.mean(dim=2, keepdim=True)

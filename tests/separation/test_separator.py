@@ -14,9 +14,9 @@ from bsmamba2 import BSMamba2, BSMamba2Config, Separator, load_model
 from bsmamba2.audio import AudioError, read_audio
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model import istft, stft
-from bsmamba2.separation import ClippingWarning
+from bsmamba2.separation import ClippingWarning, separator
 from bsmamba2.separation.batching import auto_batch_size, segment_bytes
-from bsmamba2.separation.separator import resolve_precision
+from bsmamba2.separation.separator import auto_device, fft_device, resolve_device, resolve_precision
 from tests.helpers.configs import MICRO
 from tests.helpers.models import MaskModel
 
@@ -215,6 +215,24 @@ def test_precision_and_device_defaults():
         resolve_precision("fp8", torch.device("cpu"))
     with pytest.raises(Exception, match="unknown device"):
         Separator(MaskModel(), device="tpu", progress=False)
+
+
+
+def test_device_auto_prefers_cuda_then_mps_then_the_cpu(monkeypatch):
+    assert [auto_device(c, m) for c, m in [(True, True), (True, False), (False, True), (False, False)]] == [
+        "cuda", "cuda", "mps", "cpu"
+    ]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(separator, "mps_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")
+    monkeypatch.setattr(separator, "mps_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(BSMamba2Error, match="'mps' requested but Apple's MPS is not available here"):
+        resolve_device("mps")
+    # MPS lacks parts of complex FFT support: the STFT and iSTFT stay on the CPU there
+    assert fft_device(torch.device("mps")) == torch.device("cpu")
+    assert fft_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert fft_device(torch.device("cpu")) == torch.device("cpu")
 
 
 @pytest.mark.parametrize(
