@@ -14,7 +14,7 @@ import socket
 import sys
 
 from bsmamba2.cli.separate import add_separator_arguments, load_separator
-from bsmamba2.errors import BSMamba2Error
+from bsmamba2.errors import BSMamba2Error, require_extra
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
 
@@ -49,16 +49,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _require_web() -> None:
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as exc:
-        raise BSMamba2Error(
-            f"bsmamba2 serve needs the web extra ({exc.name} is not installed): pip install 'bsmamba2[web]'"
-        ) from None
-
-
 def _log_to_stderr() -> None:
     logger = logging.getLogger("bsmamba2.serve")
     handler = logging.StreamHandler(sys.stderr)
@@ -68,7 +58,7 @@ def _log_to_stderr() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _require_web()
+    require_extra("bsmamba2 serve", "web")
     import torch
     import uvicorn
 

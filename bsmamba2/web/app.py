@@ -13,6 +13,7 @@ of a URL or an upload's name is ever used as a path.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -28,6 +29,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bsmamba2.audio.io import AUDIO_SUFFIXES, BIT_DEPTHS, DEFAULT_BITRATES, FORMATS, LOSSY
+from bsmamba2.errors import EXTRAS
 from bsmamba2.web.jobs import JobError, JobQueue
 
 log = logging.getLogger("bsmamba2.serve")
@@ -64,6 +66,7 @@ def create_app(jobs: JobQueue, allowed_hosts: list[str] | None = None) -> Starle
                 "bit_depth_formats": [f for f in FORMATS if f not in LOSSY],
                 "bitrate_formats": list(DEFAULT_BITRATES),
                 "tta": separator.tta,
+                "picture": all(importlib.util.find_spec(m) is not None for m in EXTRAS["plot"]),
                 "tta_choice": len(jobs.separators) == 2,
                 "suffixes": sorted(AUDIO_SUFFIXES),
                 "limits": {

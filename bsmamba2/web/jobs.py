@@ -34,7 +34,7 @@ import torch
 
 from bsmamba2.audio import open_audio, subtype_for
 from bsmamba2.audio.io import AUDIO_SUFFIXES, FORMATS, compression_level
-from bsmamba2.errors import BSMamba2Error
+from bsmamba2.errors import BSMamba2Error, require_extra
 from bsmamba2.separation import Progress, Separator
 
 log = logging.getLogger("bsmamba2.serve")
@@ -126,6 +126,11 @@ class Options:
         if tta not in (None, True, False):
             raise JobError(f"tta must be true or false, got {tta!r}")
         picture = bool(raw.get("picture", False))
+        if picture:
+            try:
+                require_extra("the spectrogram picture", "plot")
+            except BSMamba2Error as exc:
+                raise JobError(str(exc)) from None
         duration = None if duration is None else float(duration)
         return cls(tuple(dict.fromkeys(stems)), fmt, bit_depth, bitrate, picture, float(start), duration, tta)
 

@@ -3,6 +3,7 @@ checks, downloads with ranges, the zip that removes its job; the command's own e
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -56,7 +57,7 @@ def test_a_page_session_over_http(site):
     status, info = api("GET", f"{url}/api/info")
     assert status == 200 and info["stems"] == ["vocals", "accompaniment"] and info["limits"]["max_bytes"] == 2**20
     assert (info["bit_depth_formats"], info["bitrate_formats"]) == (["wav", "flac"], ["mp3", "opus"])
-    assert (info["tta"], info["tta_choice"]) == (False, False)
+    assert (info["tta"], info["tta_choice"], info["picture"]) == (False, False, True)
     status, page = request("GET", url)[::2]
     assert status == 200 and b'<script src="/static/app.js">' in page
     assert request("GET", f"{url}/static/app.js")[0] == 200
@@ -156,10 +157,11 @@ def test_serve_errors_are_one_line(monkeypatch, capsys, tmp_path):
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("bsmamba2 serve: warning: listening on 0.0.0.0: anyone who can reach this machine")
     assert lines[1:] == ["bsmamba2: error: stopped before listening"]
-    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else find_spec(name, *a))
     assert main(args) == 1
     assert capsys.readouterr().err == (
-        "bsmamba2: error: bsmamba2 serve needs the web extra (uvicorn is not installed): pip install 'bsmamba2[web]'\n"
+        "bsmamba2: error: bsmamba2 serve needs uvicorn, which is not installed: pip install 'bsmamba2[web]'\n"
     )
 
 

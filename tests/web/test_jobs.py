@@ -373,3 +373,12 @@ def test_each_job_picks_tta_or_not_on_one_shared_model(tmp_path):
     np.testing.assert_allclose(runs[None], runs[False], atol=0)  # the server's setting: off
     np.testing.assert_allclose(runs[False], audio.T * [0.2, 0.8], atol=1e-5)
     np.testing.assert_allclose(runs[True], audio.T * [0.4, 0.6], atol=1e-5)
+
+
+def test_a_picture_without_the_plot_extra_is_one_line(make_queue, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
+    with pytest.raises(JobError, match=r"^the spectrogram picture needs matplotlib, which is not installed: pip install 'bsmamba2\[plot\]'$"):
+        make_queue().create({"picture": True})

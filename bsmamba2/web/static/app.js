@@ -77,6 +77,7 @@ async function setUp() {
   $("#format").append(...info.formats.map((f) => element("option", { value: f, text: f })));
   $("#bit-depth").append(...info.bit_depths.map((d) => element("option", { value: d, text: d })));
   $("#bitrate").append(...[96, 128, 192, 256, 320].map((k) => element("option", { value: k, text: `${k} kbps` })));
+  $("#picture").disabled = !info.picture;  // needs the plot extra
   $("#tta").checked = info.tta;
   $("#tta").disabled = !info.tta_choice;
   $("#format").addEventListener("change", formatChanged);
