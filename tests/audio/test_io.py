@@ -9,6 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from bsmamba2.audio import (
     AudioError,
@@ -20,6 +21,7 @@ from bsmamba2.audio import (
     subtype_for,
 )
 from bsmamba2.audio.io import BLOCK, compression_level, output_rate, peak_warning
+from bsmamba2.audio.resample import continuation
 from bsmamba2.separation.chunking import Chunker, crossfade_window
 
 
@@ -228,6 +230,26 @@ def test_stream_resampler_equals_whole_array(rate_in, rate_out):
         start += size
     parts.append(stream.flush())
     np.testing.assert_array_equal(np.concatenate(parts, axis=1), resample(x, rate_in, rate_out))
+
+
+def test_continuation_predicts_a_sum_of_sinusoids():
+    """Burg's predictor continues what it was fitted on (the definition: the true signal
+    past the end), fading it out with a half cosine."""
+    rng = np.random.default_rng(3)
+    t = np.arange(1500) / 44100
+    x = sum(rng.uniform(0.1, 0.3) * np.sin(2 * np.pi * rng.uniform(50, 15000) * t + rng.uniform(0, 6)) for _ in range(8))
+    known, future = x[None, :1000], x[1000:1200]
+    fade = 0.5 + 0.5 * np.cos(np.pi * np.arange(200) / 200)
+    error = np.abs(continuation(known, 260, 200)[0] - np.r_[future * fade, np.zeros(60)])
+    assert error[:10].max() < 1e-4 and error.max() < 0.02 * np.abs(x).max()  # exact where it counts
+    assert not continuation(np.zeros((2, 500)), 50, 50).any()  # silence stays silent
+
+
+@pytest.mark.parametrize(("rate_in", "rate_out"), [(88200, 44100), (44100, 8000), (8000, 44100), (44100, 44099)])
+@pytest.mark.parametrize("samples", [1, 2, 7, 1023, 1025])
+def test_resampled_length_is_soxrs_for_short_inputs(rate_in, rate_out, samples):
+    x = _noise(1, samples)
+    assert resample(x, rate_in, rate_out).shape == soxr.resample(x.T, rate_in, rate_out, quality="VHQ").T.shape
 
 
 @pytest.mark.parametrize(("segment", "overlap"), [(100, 25), (100, 50), (100, 0), (64, 1), (90, 60)])
