@@ -184,6 +184,18 @@ def check_compatible(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]
         raise CheckpointError(f"unexpected key {extra[0]!r} (unknown checkpoint layout)")
 
 
+def check_finite(weights: Mapping[str, torch.Tensor]) -> None:
+    """A one-line error naming the first tensor with NaN or infinite values: damaged bytes
+    inside a tensor load without complaint and would make every output NaN."""
+    for key, tensor in weights.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise CheckpointError(
+                    f"{bad} NaN or infinite values in {key!r}: the file is damaged (download it again)"
+                )
+
+
 def load_model(
     path: str | os.PathLike,
     ema: bool = False,
@@ -196,9 +208,8 @@ def load_model(
     comes from ``config``, from our format's metadata, or from the tensor shapes.
     """
     weights, stored, ema_tensors = read_weights(path, ema=ema)
-    cfg = config or stored or infer_config(weights)
-    model = BSMamba2(cfg)
     try:
+        model = BSMamba2(config or stored or infer_config(weights))
         check_compatible(model, weights)
         if ema_tensors is not None:
             params = [name for name, _ in model.named_parameters()]
@@ -206,6 +217,7 @@ def load_model(
                 raise CheckpointError(f"{len(ema_tensors)} EMA tensors for {len(params)} model parameters")
             weights = {**weights, **dict(zip(params, ema_tensors, strict=True))}
             check_compatible(model, weights)
+        check_finite(weights)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     model.load_state_dict(weights, strict=True)

@@ -55,6 +55,10 @@ class OutputExistsError(BSMamba2Error):
     """Outputs already there and ``overwrite`` not set: the file is skipped, nothing changes."""
 
 
+class NonFiniteOutputError(BSMamba2Error):
+    """The model gave NaN or infinite samples: nothing is written for that input."""
+
+
 class ClippingWarning(UserWarning):
     """An integer output file had samples beyond full scale, clipped (the message names the peak)."""
 
@@ -117,6 +121,15 @@ def wav_container(fmt: str, seconds: float | None, rate: int, channels: int, sub
         return "RF64"
     data = math.ceil(seconds * rate * 1.01) * channels * _SAMPLE_BYTES[subtype]
     return "RF64" if data + (1 << 20) > WAV_LIMIT else None
+
+
+@contextlib.contextmanager
+def _naming(where: str | os.PathLike) -> Iterator[None]:
+    """Put the input's name in front of a :class:`NonFiniteOutputError`."""
+    try:
+        yield
+    except NonFiniteOutputError as exc:
+        raise NonFiniteOutputError(f"{where}: {exc}") from None
 
 
 class _Fifo:
@@ -269,6 +282,9 @@ class Separator:
                 if channels == 1
                 else wav.reshape(batch, channels, -1, samples).transpose(1, 2)
             )
+        if not torch.isfinite(wav).all():  # never written: the file fails, its outputs are removed
+            hint = " (fp16 overflows: try --precision bf16 or fp32)" if self.precision == "fp16" else ""
+            raise NonFiniteOutputError(f"the model's output has NaN or infinite values{hint}")
         return wav.float().cpu().numpy()
 
     def _forward(self, spec: torch.Tensor) -> torch.Tensor:
@@ -450,7 +466,7 @@ class Separator:
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}
         rate, seconds = int(sample_rate), wav.shape[1] / sample_rate
         report = ProgressReporter(on_progress, "audio", seconds)
-        with self._bar(seconds, "separating") as bar:
+        with _naming("audio"), self._bar(seconds, "separating") as bar:
             for _, stems in self._stream(blocks, rate, rate, wav.shape[0], bar, report):
                 for name, part in stems.items():
                     parts[name].append(part)
@@ -536,7 +552,7 @@ class Separator:
         existing = [str(t) for t in targets if t.exists()]
         if existing and not overwrite:
             raise OutputExistsError(f"{path}: skipped, {existing[0]} exists (use --overwrite to replace)")
-        with open_audio(path, start, duration) as source, contextlib.ExitStack() as outputs:
+        with _naming(path), open_audio(path, start, duration) as source, contextlib.ExitStack() as outputs:
             report = ProgressReporter(on_progress, Path(path).name, source.duration)
             rate = output_rate(fmt, source.samplerate, sample_rate)
             compression_level(fmt, bitrate, rate, source.channels)  # a bad --bitrate fails before any work

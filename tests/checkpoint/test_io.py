@@ -215,3 +215,46 @@ def test_ema_requires_ema_weights(tmp_path, data_dir):
     with pytest.raises(CheckpointError) as exc:
         load_model(data_dir / "tiny_plain.pt", ema=True)
     assert_one_line(exc, "no EMA weights")
+
+
+def _damage_every_tensor(source: Path, target: Path) -> None:
+    """64 bytes of 0xFF (a float32 NaN) inside each stored tensor, as a bad download does:
+    the zip and the pickle stay readable."""
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        for info in archive.infolist():
+            if "/data/" not in info.filename or info.file_size < 64:
+                continue
+            name_len = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+            extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+            start = info.header_offset + 30 + name_len + extra_len + (info.file_size - 64) // 8 * 4
+            data[start : start + 64] = b"\xff" * 64
+    target.write_bytes(data)
+
+
+def test_refuses_non_finite_weights(tmp_path, data_dir, small_model):
+    _damage_every_tensor(data_dir / "tiny.ckpt", tmp_path / "damaged.ckpt")
+    with pytest.raises(CheckpointError) as exc:
+        load_model(tmp_path / "damaged.ckpt")
+    assert_one_line(exc, str(tmp_path / "damaged.ckpt"), "16 NaN or infinite values in 'layers.0.0.forward_blocks.0.norm.weight'")
+    sd = dict(small_model.state_dict())
+    sd["layers.1.0.linear.bias"] = sd["layers.1.0.linear.bias"].clone()
+    sd["layers.1.0.linear.bias"][3] = float("inf")
+    save_file(sd, tmp_path / "inf.safetensors")
+    with pytest.raises(CheckpointError) as exc:
+        load_model(tmp_path / "inf.safetensors")
+    assert_one_line(exc, "inf.safetensors: 1 NaN or infinite values in 'layers.1.0.linear.bias'")
+
+
+def test_every_layout_error_names_the_file(tmp_path):
+    path = tmp_path / "resnet.pt"
+    torch.save({"conv1.weight": torch.randn(4, 3, 3, 3)}, path)
+    with pytest.raises(CheckpointError) as exc:
+        load_model(path)
+    assert_one_line(exc, f"{path}: not a BSMamba2 state dict")
+    sd = BSMamba2(SMALL).state_dict()
+    sd["band_split.to_features.0.0.gamma"] = torch.ones(5)
+    torch.save(sd, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError) as exc:
+        load_model(tmp_path / "odd.pt")
+    assert_one_line(exc, f"{tmp_path / 'odd.pt'}: unknown BSMamba2 layout")

@@ -308,3 +308,22 @@ def test_batch_size_auto_or_a_number(tmp_path, ckpt, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*base, "--batch-size", "many"])
     assert exit_info.value.code == 2 and "expected auto or a whole number, got 'many'" in capsys.readouterr().err
+
+
+def test_non_finite_model_output_fails_the_file(tmp_path, capsys):
+    """Finite weights whose output overflows: an error for that file, no NaN file written."""
+    torch.manual_seed(3)
+    model = BSMamba2(MICRO)
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if "to_freqs" in name and name.endswith("0.2.bias"):
+                tensor.fill_(3e38)
+    save_model(model, tmp_path / "overflow.safetensors")
+    _wav(tmp_path / "in" / "song.wav")
+    args = ["separate", str(tmp_path / "in"), "-o", str(tmp_path / "out")]
+    code = main([*args, "--checkpoint", str(tmp_path / "overflow.safetensors"), *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert any("song.wav: the model's output has NaN or infinite values" in line for line in err), err
+    assert err[-1] == "0 separated, 0 skipped, 1 failed"
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
