@@ -16,7 +16,9 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +56,85 @@ DEFAULT_BITRATES = {"mp3": 320, "opus": 256}
 
 class AudioError(BSMamba2Error):
     """Unreadable, empty, NaN-carrying or unsupported audio; the message names the file."""
+
+
+class TruncatedAudioWarning(UserWarning):
+    """The file holds less audio than its header declares (an interrupted copy or download);
+    what is there is used."""
+
+
+def _truncation_warning(path: Path, declared: int, present: int, samplerate: int) -> None:
+    warnings.warn(
+        f"{path}: truncated: the header declares {declared / samplerate:.1f} s, the file holds "
+        f"{present / samplerate:.1f} s; using what is there",
+        TruncatedAudioWarning,
+        stacklevel=3,
+    )
+
+
+def declared_wav_frames(path: Path) -> int | None:
+    """The frame count a RIFF or RF64 WAV header declares, or None when it declares none (a
+    streamed WAV) or is not a WAV. libsndfile reports the frames actually present instead,
+    so a truncated file would otherwise pass unnoticed."""
+    with path.open("rb") as f:
+        head = f.read(12)
+        if head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            return None
+        block_align = data64 = None
+        for _ in range(64):  # chunks before "data": fmt, ds64, LIST, fact, ...
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if name == b"data":
+                if head[:4] == b"RF64" and size == 0xFFFFFFFF:
+                    size = data64
+                if not block_align or size in (None, 0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            if name not in (b"fmt ", b"ds64"):
+                f.seek(size + size % 2, 1)  # chunks are padded to even sizes
+                continue
+            body = f.read(size + size % 2)
+            if name == b"fmt " and len(body) >= 14:
+                block_align = int.from_bytes(body[12:14], "little")
+            elif name == b"ds64" and len(body) >= 16:
+                data64 = int.from_bytes(body[8:16], "little")
+    return None
+
+
+_decoder_messages = False
+
+
+def show_decoder_messages(show: bool = True) -> None:
+    """Let the decoders inside libsndfile print to stderr (``--verbose``); off by default."""
+    global _decoder_messages
+    _decoder_messages = show
+
+
+@contextmanager
+def _quiet_decoder() -> Iterator[None]:
+    """libmpg123, libsndfile's MP3 decoder, prints notes such as "Note: Illegal
+    Audio-MPEG-Header ... Trying to resync" straight to file descriptor 2 (no Python
+    stream to redirect), for damage it then decodes around; such notes would break the
+    one-line-per-problem output. So fd 2 points to /dev/null during each call into it."""
+    if _decoder_messages:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable stderr: nothing to protect
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _one_line(text: object) -> str:
@@ -115,11 +196,14 @@ class AudioSource:
             self.limit = max(1, round(duration * self.samplerate))
             self.frames = self.limit if self.frames is None else min(self.frames, self.limit)
 
+    exact_length = False  # whether ``frames`` is a count from a header (not an estimate)
+
     def _raw_blocks(self, blocksize: int) -> Iterator[np.ndarray]:
         raise NotImplementedError
 
     def blocks(self, blocksize: int = BLOCK) -> Iterator[np.ndarray]:
-        """(channels, n) float32 blocks; errors on NaN/inf samples and on no samples at all."""
+        """(channels, n) float32 blocks; errors on NaN/inf samples and on no samples at all,
+        a :class:`TruncatedAudioWarning` when decoding stops 1 % short of the declared length."""
         done = 0
         for block in self._raw_blocks(blocksize):
             if self.limit is not None:
@@ -135,6 +219,8 @@ class AudioSource:
         if done == 0:
             after = f" after {self.start / self.samplerate:g} s" if self.start else ""
             raise AudioError(f"{self.path}: zero-length audio (no samples decoded{after})")
+        if self.exact_length and self.frames and done < 0.99 * self.frames:
+            _truncation_warning(self.path, self.frames, done, self.samplerate)
 
     @property
     def duration(self) -> float | None:
@@ -151,6 +237,8 @@ class AudioSource:
 
 
 class _SoundFileSource(AudioSource):
+    exact_length = True
+
     def __init__(self, path: Path, handle: sf.SoundFile) -> None:
         self._handle = handle
         try:
@@ -158,12 +246,17 @@ class _SoundFileSource(AudioSource):
         except AudioError:
             handle.close()
             raise
+        declared = declared_wav_frames(path) if handle.format in ("WAV", "WAVEX", "RF64") else None
+        if declared is not None and declared > handle.frames:
+            _truncation_warning(path, declared, handle.frames, handle.samplerate)
 
     def _raw_blocks(self, blocksize: int) -> Iterator[np.ndarray]:
-        self._handle.seek(self.start)
+        with _quiet_decoder():
+            self._handle.seek(self.start)
         try:
             while True:
-                block = self._handle.read(blocksize, dtype="float32", always_2d=True)
+                with _quiet_decoder():
+                    block = self._handle.read(blocksize, dtype="float32", always_2d=True)
                 if not len(block):
                     return
                 yield block
@@ -250,7 +343,9 @@ def _open(path: Path) -> AudioSource:
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: the file is empty (0 bytes)")
     try:
-        return _SoundFileSource(path, sf.SoundFile(path))
+        with _quiet_decoder():
+            handle = sf.SoundFile(path)
+        return _SoundFileSource(path, handle)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         reason = _one_line(getattr(exc, "error_string", "") or exc)
     if not ffmpeg_available():

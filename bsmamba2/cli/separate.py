@@ -25,6 +25,7 @@ from bsmamba2.audio.io import (
     FORMATS,
     compression_level,
     output_rate,
+    show_decoder_messages,
     subtype_for,
 )
 from bsmamba2.errors import BSMamba2Error, require_extra
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.inputs:
         raise BSMamba2Error("no INPUT: name audio files or folders to separate (or use --list-models)")
+    show_decoder_messages(args.verbose)
     outdir = Path(args.outdir)
     stems = [s for item in args.stems or [] for s in item.split(",") if s] or None
     files, missing = find_inputs(args.inputs, args.glob, outdir)
@@ -370,5 +372,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars or summaries, only warnings and errors"
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show the decoders' own notes (libmpg123's 'Illegal Audio-MPEG-Header ... resync' "
+        "lines on damaged MP3s), hidden by default",
     )
     p.set_defaults(func=run)

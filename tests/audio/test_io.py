@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import soxr
 from bsmamba2.audio import (
     AudioError,
     StreamResampler,
+    TruncatedAudioWarning,
     audio_writer,
     open_audio,
     read_audio,
@@ -352,3 +354,33 @@ def test_a_preview_through_ffmpeg_seeks_in_the_input(tmp_path):
     np.testing.assert_array_equal(y, pcm[:, 12000:36000] / 32768.0)
     with open_audio(tmp_path / "a.m4a", start=0.9) as src:  # to the end
         assert np.concatenate(list(src.blocks(4096)), axis=1).shape == (2, 4800)
+
+
+def _truncate(path, fraction: float) -> None:
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.truncate(int(size * fraction))
+
+
+@pytest.mark.parametrize(("subtype", "container"), [("PCM_16", "WAV"), ("FLOAT", "WAV"), ("PCM_24", "RF64")])
+def test_truncated_wav_warns_and_reads_what_is_there(tmp_path, subtype, container):
+    """A 16 s header over 5.3 s of samples: libsndfile reports 5.3 s without a word."""
+    x = _noise(2, 16 * 8000, 0.1)
+    path = tmp_path / "cut.wav"
+    sf.write(path, x.T, 8000, subtype=subtype, format=container)
+    _truncate(path, 1 / 3)
+    with pytest.warns(TruncatedAudioWarning, match=r"cut.wav: truncated: the header declares 16.0 s, the file holds 5.3 s"):
+        y, _ = read_audio(path)
+    np.testing.assert_allclose(y, x[:, : y.shape[1]], atol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sf.write(path, x.T, 8000, subtype=subtype, format=container)
+        assert read_audio(path)[0].shape == x.shape  # whole files: no warning
+
+
+def test_truncated_mp3_warns(tmp_path):
+    path = tmp_path / "cut.mp3"
+    sf.write(path, _noise(2, 16 * 8000).T, 8000)
+    _truncate(path, 1 / 3)
+    with pytest.warns(TruncatedAudioWarning, match=r"cut.mp3: truncated: the header declares 16.0 s"):
+        read_audio(path)

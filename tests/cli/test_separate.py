@@ -327,3 +327,34 @@ def test_non_finite_model_output_fails_the_file(tmp_path, capsys):
     assert any("song.wav: the model's output has NaN or infinite values" in line for line in err), err
     assert err[-1] == "0 separated, 0 skipped, 1 failed"
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def _damaged_mp3(path) -> None:
+    """An MP3 with 200 junk bytes in the middle: libmpg123 resyncs and decodes it all, and
+    prints "Note: Illegal Audio-MPEG-Header ..." to file descriptor 2."""
+    sf.write(path, (np.random.randn(44100, 2) * 0.1).astype(np.float32), 44100)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2] = b"junk" * 50
+    path.write_bytes(data)
+
+
+def test_decoder_notes_only_with_verbose(tmp_path, ckpt, capfd):
+    _damaged_mp3(tmp_path / "song.mp3")
+    args = ["separate", str(tmp_path / "song.mp3"), "--checkpoint", str(ckpt), *FAST]
+    assert main([*args, "-o", str(tmp_path / "verbose"), "--verbose"]) == 0
+    assert "Illegal Audio-MPEG-Header" in capfd.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "quiet")]) == 0  # and --verbose is not left on
+    assert capfd.readouterr().err == ""
+
+
+def test_truncated_wav_is_separated_with_a_warning(tmp_path, ckpt, capsys):
+    x = np.random.randn(2, 2 * 44100).astype(np.float32) * 0.1
+    sf.write(tmp_path / "cut.wav", x.T, 44100, subtype="PCM_16")
+    size = (tmp_path / "cut.wav").stat().st_size
+    with (tmp_path / "cut.wav").open("r+b") as f:
+        f.truncate(size // 2)
+    code = main(["separate", str(tmp_path / "cut.wav"), "-o", str(tmp_path / "out"), "--checkpoint", str(ckpt), *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0
+    assert err == [f"bsmamba2: warning: {tmp_path / 'cut.wav'}: truncated: the header declares 2.0 s, the file holds 1.0 s; using what is there"]
+    assert sf.info(str(tmp_path / "out" / "cut" / "vocals.wav")).frames == sf.info(str(tmp_path / "cut.wav")).frames
