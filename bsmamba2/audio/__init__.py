@@ -9,6 +9,7 @@ from bsmamba2.audio.io import (
     check_channels,
     check_finite,
     open_audio,
+    pcm_to_float,
     read_audio,
     subtype_for,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "check_channels",
     "check_finite",
     "open_audio",
+    "pcm_to_float",
     "read_audio",
     "resample",
     "subtype_for",

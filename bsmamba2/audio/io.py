@@ -161,6 +161,22 @@ def check_finite(block: np.ndarray, where: str, offset: int, samplerate: int) ->
         raise AudioError(f"{where}: NaN or infinite sample at {bad / samplerate:.3f} s")
 
 
+def pcm_to_float(audio: np.ndarray) -> np.ndarray:
+    """float32 samples of an array: floats as they are, integer PCM scaled to [-1, 1) as
+    soundfile reads files (int16 / 2**15, int32 / 2**31, int8 / 2**7, uint8 around 128).
+    Other types have no agreed full scale (int64 could be anything) and are refused."""
+    if audio.dtype.kind == "f":
+        return audio.astype(np.float32, copy=False)
+    if audio.dtype in (np.int8, np.int16, np.int32):
+        return (audio / float(2 ** (8 * audio.dtype.itemsize - 1))).astype(np.float32)
+    if audio.dtype == np.uint8:
+        return ((audio.astype(np.float32) - 128) / 128).astype(np.float32)
+    raise AudioError(
+        f"audio: samples of type {audio.dtype} have no agreed full scale; pass float "
+        "(full scale 1.0) or int8, uint8, int16 or int32 PCM"
+    )
+
+
 class AudioSource:
     """An opened input: ``samplerate``, ``channels``, ``frames`` (None when unknown up front)
     and :meth:`blocks`, which yields validated float32 arrays shaped (channels, n).

@@ -30,6 +30,7 @@ from bsmamba2.audio import (
     check_channels,
     check_finite,
     open_audio,
+    pcm_to_float,
     subtype_for,
 )
 from bsmamba2.audio.io import BLOCK, compression_level, output_rate, peak_warning
@@ -443,13 +444,15 @@ class Separator:
     ) -> dict[str, np.ndarray]:
         """Stems of ``audio`` (channels, samples) or (samples,) at ``sample_rate``.
 
+        Floats are taken as they are (full scale 1.0); integer PCM (int8, uint8, int16,
+        int32) is scaled to [-1, 1) first, as soundfile reads it (int16 / 32768).
         Returns {stem: float32 array shaped like ``audio``, at ``sample_rate``}; for a
         one-stem model, ``vocals`` and ``accompaniment`` (= audio − vocals).
         ``on_progress`` gets a :class:`~bsmamba2.separation.progress.Progress` per block.
         """
         if isinstance(audio, torch.Tensor):
             audio = audio.detach().cpu().numpy()
-        audio = np.asarray(audio, dtype=np.float32)
+        audio = pcm_to_float(np.asarray(audio))
         mono = audio.ndim == 1
         wav = audio[None] if mono else audio
         if wav.ndim != 2:

@@ -438,3 +438,26 @@ def test_shifts_average_passes_over_delayed_inputs():
     np.testing.assert_array_equal(out["accompaniment"], x - out["vocals"])
     with pytest.raises(BSMamba2Error, match="shifts must be a whole number of at least 1, got 0"):
         Separator(SegmentLevelModel(), shifts=0)
+
+
+@pytest.mark.parametrize(("dtype", "subtype"), [(np.int16, "PCM_16"), (np.int32, "PCM_32"), (np.int8, "PCM_S8")])
+def test_integer_input_is_scaled_as_soundfile_reads_it(tmp_path, dtype, subtype):
+    """int16 samples of 20000 are 0.61 of full scale, not 20000.0."""
+    info = np.iinfo(dtype)
+    pcm = np.random.default_rng(5).integers(info.min, info.max, size=(2, 30011), endpoint=True).astype(dtype)
+    left_aligned = pcm.astype(np.int32) << (32 - 8 * pcm.itemsize)  # soundfile writes int8 from int32
+    sf.write(tmp_path / "pcm.aiff", left_aligned.T, 44100, subtype=subtype)
+    as_read = sf.read(tmp_path / "pcm.aiff", dtype="float32")[0].T
+    sep = Separator(MaskModel(), device="cpu", segment=0.25, overlap=0.25, progress=False)
+    out = sep.separate(pcm, 44100)
+    np.testing.assert_array_equal(out["vocals"] + out["accompaniment"], as_read)
+    assert np.abs(out["vocals"] - as_read).max() < 1e-5
+    np.testing.assert_array_equal(sep.separate(torch.from_numpy(pcm), 44100)["vocals"], out["vocals"])
+
+
+def test_unsigned_8_bit_and_unscaled_integers():
+    pcm = np.array([[0, 64, 128, 192, 255] * 2000], np.uint8)
+    out = Separator(MaskModel(), device="cpu", segment=0.25, progress=False).separate(pcm, 44100)
+    assert np.abs(out["vocals"] - (pcm.astype(np.float32) - 128) / 128).max() < 1e-5
+    with pytest.raises(AudioError, match="int64 have no agreed full scale"):
+        Separator(MaskModel(), device="cpu", progress=False).separate(np.ones((2, 1000), np.int64), 44100)
