@@ -24,8 +24,11 @@ museval rules reproduced here:
   digitally silent in it — "silent" meaning museval's test: the sum over channels is exactly 0
   at every sample of the window;
 - an estimate longer than its reference is truncated, a shorter one zero-padded at the end;
-- a window whose error energy is exactly 0 has SDR +inf, which museval's JSON stores as NaN:
-  :func:`csdr` ignores it like a NaN window.
+- a window whose error energy is exactly 0 has SDR +inf here, and :func:`csdr` ignores it
+  like a NaN window. museval itself gives +inf there only when the whole track is identical
+  (its JSON then stores NaN); where just some windows are, its least-squares projection
+  leaves rounding error and it reports a finite ~300–450 dB that enters its median. Such
+  windows only arise from copied samples; we keep the exact +inf rather than imitate noise.
 """
 
 from __future__ import annotations
