@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         weights = resolve_weights(args.checkpoint, args.model, progress=not args.quiet)
     settings = _settings(args, weights)
     separate = _separator(args, weights) if weights is not None else None
-    results = evaluate_tracks(
+    results, missing = evaluate_tracks(
         tracks,
         args.output,
         settings,
@@ -95,13 +95,18 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    summary = summarize(results, settings)
+    summary = summarize(results, settings, missing)
     written = write_summary(args.output, summary)
     if args.plot:
         written.append(plot(args.output, summary))
     print(format_table(summary))
     print("cSDR: museval v4 SDR, median over 1 s windows per track; uSDR: whole-track SDR")
     print("written: " + ", ".join(str(p) for p in written) + f" and per-track JSON in {args.output}")
+    if missing and not args.allow_missing:
+        raise BSMamba2Error(
+            f"{len(missing)} of {summary['expected']} tracks have no estimates in {args.estimates}, so the "
+            f"medians cover {summary['scored']}; --allow-missing accepts that"
+        )
     return 0
 
 
@@ -130,6 +135,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--split", choices=("train", "valid"), help="musdb's official 14-song validation split of train"
     )
     parser.add_argument("--tracks", nargs="+", metavar="NAME", help="only these tracks")
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="with --estimates: exit 0 although some tracks have no estimates (they are left out of "
+        "the medians; the summary says how many were scored of how many)",
+    )
     model = parser.add_argument_group("separation (without --estimates)")
     weights = model.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", metavar="PATH", help="weights: any checkpoint bsmamba2 reads")

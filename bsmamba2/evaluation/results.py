@@ -90,11 +90,14 @@ def _value(scores: TargetScores, metric: str) -> float:
     return scores.usdr if metric == "uSDR" else scores.median(metric)
 
 
-def summarize(results: list[TrackResult], settings: dict[str, Any]) -> dict[str, Any]:
+def summarize(
+    results: list[TrackResult], settings: dict[str, Any], missing: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Per-track scores and, per target, their median and mean over tracks.
 
     ``SDR`` is museval's (cSDR): per track the median over 1 s windows; ``uSDR`` the
     whole-track SDR. Papers report the median over tracks of cSDR and the mean of uSDR.
+    ``missing``: tracks expected but not scored (no estimates), counted in ``expected``.
     """
     metrics = _metrics(results)
     targets = list(dict.fromkeys(t for r in results for t in r.targets))
@@ -116,7 +119,15 @@ def summarize(results: list[TrackResult], settings: dict[str, Any]) -> dict[str,
         }
         for r in results
     ]
-    return {"settings": settings, "metrics": metrics, "aggregate": aggregate, "tracks": tracks}
+    return {
+        "settings": settings,
+        "metrics": metrics,
+        "scored": len(results),
+        "expected": len(results) + len(missing),
+        "missing": list(missing),
+        "aggregate": aggregate,
+        "tracks": tracks,
+    }
 
 
 def _json_number(value: Any) -> Any:
@@ -165,6 +176,13 @@ def format_table(summary: dict[str, Any]) -> str:
             lines.append("-" * len(lines[0]))
         cells = [f"{v:.3f}".rjust(w) for v, w in zip(row[1:], widths, strict=True)]
         lines.append("  ".join([row[0].ljust(name_width), *cells]))
+    scored, expected = summary.get("scored", len(summary["tracks"])), summary.get("expected")
+    count = f"{scored} of {expected} tracks scored" if expected is not None else f"{scored} tracks scored"
+    missing = summary.get("missing") or []
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        count += f"; no estimates for {shown}"
+    lines.append(count)
     return "\n".join(lines)
 
 

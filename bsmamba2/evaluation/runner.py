@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -54,6 +54,13 @@ def _stored(path: Path, subset: str, settings: dict[str, Any], overwrite: bool) 
     return result
 
 
+class Evaluation(NamedTuple):
+    """The results of the scored tracks and the names of those that had no estimates."""
+
+    results: list[TrackResult]
+    missing: list[str]
+
+
 def evaluate_tracks(
     tracks: Sequence[FolderTrack | MusdbTrack],
     out: Path,
@@ -64,16 +71,17 @@ def evaluate_tracks(
     device: str | torch.device | None = None,
     overwrite: bool = False,
     progress: bool = True,
-) -> list[TrackResult]:
+) -> Evaluation:
     """Score every track (estimates from ``separate`` or the ``estimates`` folder).
 
     Writes ``{out}/{subset}/{track}.json`` after each track and returns the results of all
-    tracks, including those read back from earlier runs. Notes (silent stems, tracks without
-    estimates) are printed as they come.
+    tracks, including those read back from earlier runs, and the tracks that had no
+    estimates (in the ``estimates`` folder). Notes (silent stems, zero-padded estimates,
+    tracks without estimates) are printed as they come.
     """
     if (separate is None) == (estimates is None):
         raise ValueError("give exactly one of separate and estimates")
-    results, reused = [], 0
+    results, missing, reused = [], [], 0
     bar = tqdm(tracks, desc="evaluate", unit="track", disable=not progress)
     for track in bar:
         bar.set_postfix_str(track.name[:40])
@@ -89,6 +97,7 @@ def evaluate_tracks(
             folder = estimates_folder(estimates, track)
             if folder is None:
                 tqdm.write(f"bsmamba2: {track.name}: no estimates in {estimates}, skipped", file=sys.stderr)
+                missing.append(track.name)
                 continue
             separated, rate = read_stems(folder)
             if rate != track.rate:
@@ -105,4 +114,4 @@ def evaluate_tracks(
         print(f"{reused} track(s) already scored in {out}: reused (--overwrite scores them again)")
     if not results:
         raise BSMamba2Error(f"no track was scored: no estimates found in {estimates}")
-    return results
+    return Evaluation(results, missing)

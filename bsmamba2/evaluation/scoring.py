@@ -83,6 +83,12 @@ def score_track(
                 )
             if refs and ref.shape[-1] != refs[0].shape[-1]:
                 raise BSMamba2Error(f"track {name!r}: the reference stems differ in length")
+            if est.shape[-1] < ref.shape[-1]:
+                short = (ref.shape[-1] - est.shape[-1]) / rate
+                notes.append(
+                    f"estimate {target!r} is {short:.3f} s shorter than its reference: "
+                    "zero-padded at the end (as museval does)"
+                )
             refs.append(ref)
             ests.append(match_length(ref, est))
             for kind, audio in (("reference", ref), ("estimate", est)):

@@ -109,7 +109,7 @@ class FullTrackValidation(pl.Callback):
         separator = Separator.official(pl_module.model, device=pl_module.device, progress=False)
         out = Path(trainer.default_root_dir) / "full_validation" / f"step-{trainer.global_step}"
         settings = {"protocol": "official", "step": trainer.global_step}
-        results = evaluate_tracks(
+        results, _ = evaluate_tracks(
             tracks, out, settings, separate=separator.separate, device=pl_module.device, progress=False
         )
         aggregate = summarize(results, settings)["aggregate"]

@@ -340,3 +340,25 @@ def test_unreadable_musdb_file_is_a_one_line_error(musdb_root, estimates, tmp_pa
     assert main([*args, "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("bsmamba2: error: cannot read") and "\n" not in err
+
+
+def test_missing_estimates_fail_unless_allowed_and_padding_is_reported(musdb_root, estimates, tmp_path, capsys):
+    """One of two tracks separated: the medians cover one track, so the summary says 1 of 2
+    and the exit code is 1 unless --allow-missing; the 100-sample-short estimates are noted."""
+    est = tmp_path / "est"
+    shutil.copytree(estimates / "test" / TEST_TRACKS[0], est / "test" / TEST_TRACKS[0])
+    args = ["evaluate", "--musdb", str(musdb_root), "--is-wav", "--estimates", str(est), "-q"]
+    assert main([*args, "-o", str(tmp_path / "strict")]) == 1
+    captured = capsys.readouterr()
+    assert f"{TEST_TRACKS[1]}: no estimates in {est}, skipped" in captured.err
+    assert "estimate 'vocals' is 0.002 s shorter than its reference: zero-padded" in captured.err
+    assert captured.err.strip().splitlines()[-1] == (
+        f"bsmamba2: error: 1 of 2 tracks have no estimates in {est}, so the medians cover 1; "
+        "--allow-missing accepts that"
+    )
+    assert f"1 of 2 tracks scored; no estimates for {TEST_TRACKS[1]}" in captured.out
+    summary = json.loads((tmp_path / "strict" / "summary.json").read_text())
+    assert (summary["scored"], summary["expected"], summary["missing"]) == (1, 2, [TEST_TRACKS[1]])
+    assert any("zero-padded" in note for note in summary["tracks"][0]["notes"])
+    assert main([*args, "-o", str(tmp_path / "lenient"), "--allow-missing"]) == 0
+    assert "1 of 2 tracks scored" in capsys.readouterr().out
