@@ -1,4 +1,4 @@
-"""MUSDB18-HQ (wav folders) and MUSDB18 (``.stem.mp4``) tracks.
+"""MUSDB18-HQ (wav folders) and MUSDB18 (``.stem.mp4``) tracks, for training and evaluation.
 
 musdb's dataset description gives the file names and the official train / validation split
 (14 validation songs). WAV folders are listed here from that description, the way musdb
@@ -6,12 +6,18 @@ lists them, so MUSDB18-HQ needs no ffmpeg (musdb itself probes every file with f
 stems are read with soundfile (random access to a window without decoding the file).
 ``.stem.mp4`` files are listed and read through musdb and its ffmpeg reader (slower: convert
 them with ``musdbconvert`` for long trainings).
+
+Subsets: ours are ``train`` (86 songs), ``valid`` (musdb's 14 validation songs, also in the
+``train`` folder) and ``test`` (50); musdb's and museval's selection (``subsets`` with an
+optional ``split``) maps onto them with :func:`subsets_for`, and :attr:`Track.folder` is the
+folder a song lives in, which museval's output layout uses.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,28 @@ SAMPLE_RATE = 44100
 STEMS: tuple[str, ...] = ("vocals", "drums", "bass", "other")
 #: Our subset names: musdb's ``train`` split into ``train`` (86 songs) and ``valid`` (14), and ``test``.
 SUBSETS: tuple[str, ...] = ("train", "valid", "test")
+#: What MUSDB18 mixes into its ``accompaniment`` target (musdb's ``mus.yaml``): all but the vocals.
+ACCOMPANIMENT_SOURCES: tuple[str, ...] = ("drums", "bass", "other")
+
+
+def accompaniment(stems: Mapping[str, np.ndarray]) -> np.ndarray:
+    """MUSDB18's accompaniment of ``stems`` (``(channels, samples)`` arrays): drums + bass +
+    other, summed in float64 as musdb sums its targets."""
+    return np.sum([np.asarray(stems[s], np.float64) for s in ACCOMPANIMENT_SOURCES], axis=0)
+
+
+def subsets_for(subset: str, split: str | None = None) -> tuple[str, ...]:
+    """Our subsets for musdb's selection: ``test``; ``train`` (all 100 songs: ``train`` and
+    ``valid``); ``train`` with ``split`` ``train`` or ``valid`` (that part only)."""
+    if subset not in ("train", "test"):
+        raise DatasetError(f"unknown MUSDB18 subset {subset!r}; choose test or train")
+    if split is not None and subset != "train":
+        raise DatasetError("--split selects part of the train subset: use it with --subset train")
+    if split not in (None, "train", "valid"):
+        raise DatasetError(f"unknown split {split!r}; choose train or valid")
+    if subset == "test":
+        return ("test",)
+    return (split,) if split else ("train", "valid")
 
 
 class DatasetError(BSMamba2Error):
@@ -44,6 +72,11 @@ class Track:
     paths: dict[str, str]  # "mixture" and every stem → file
     stem_ids: dict[str, int]  # stream index inside a .stem.mp4 (unused for wav)
 
+    @property
+    def folder(self) -> str:
+        """``train`` or ``test``: where the song lives (``valid`` songs are in ``train``)."""
+        return "test" if self.subset == "test" else "train"
+
     def read(self, stem: str, start: int = 0, frames: int | None = None) -> np.ndarray:
         """``stem`` ("mixture" or a source) as float32 ``(channels, frames)``, zero-padded past the end."""
         frames = self.length - start if frames is None else frames
@@ -54,7 +87,7 @@ class Track:
             else:
                 audio, rate = _read_stem_mp4(path, self.stem_ids[stem], start, frames)
         except (RuntimeError, OSError, ValueError) as exc:
-            raise DatasetError(f"{path}: unreadable audio ({str(exc).strip().splitlines()[0]})") from None
+            raise DatasetError(f"cannot read {path}: {str(exc).strip().splitlines()[0]}") from None
         if rate != SAMPLE_RATE:
             raise DatasetError(f"{path}: sample rate {rate} Hz, MUSDB18 is {SAMPLE_RATE} Hz")
         if audio.shape[1] != 2:
@@ -113,11 +146,13 @@ def _wav_tracks(folder: Path, subset: str) -> list[Track]:
         paths = {key: str(folder / name / file) for key, file in files.items()}
         missing = [s for s in STEMS if not os.path.exists(paths[s])]
         if missing:
-            raise DatasetError(f"{name}: missing stems {', '.join(missing)}")
+            missing_stems = ", ".join(missing)
+            raise DatasetError(f"{folder / name}: incomplete MUSDB18 track, missing stems {missing_stems}")
         try:
             length = min(sf.info(paths[s]).frames for s in ("mixture", *STEMS))
         except (RuntimeError, OSError) as exc:
-            raise DatasetError(f"{name}: unreadable wav ({str(exc).strip().splitlines()[0]})") from None
+            message = str(exc).strip().splitlines()[0]
+            raise DatasetError(f"cannot read MUSDB18 track {folder / name}: {message}") from None
         stem_ids = {key: setup["stem_ids"][key] for key in files}
         tracks.append(Track(name, subset, length, True, paths, stem_ids))
     return tracks

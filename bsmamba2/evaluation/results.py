@@ -1,14 +1,18 @@
 """Evaluation outputs: museval per-track JSON, summary JSON/CSV, printed table, plot.
 
-Per-track files are written by museval's own ``TrackStore`` at ``{out}/{subset}/{track}.json``,
-so ``museval.EvalStore().add_eval_dir(out)`` and museval's aggregation read them. Metrics the
-fast backend does not compute (SIR/SAR/ISR) are NaN there. Extra scores (uSDR, the unrounded
-cSDR, notes) go under the key ``"bsmamba2"``, which museval ignores.
+Per-track files are in museval's format at ``{out}/{subset}/{track}.json`` (what its
+``TrackStore`` writes: per target, per 1 s frame, SDR/SIR/SAR/ISR rounded to 1e-5, ±inf as
+NaN), so ``museval.EvalStore().add_eval_dir(out)`` and museval's aggregation read them.
+They are written here rather than through ``TrackStore`` because importing museval needs
+ffmpeg, which scoring MUSDB18-HQ's WAV folders does not. Metrics the fast backend does not
+compute (SIR/SAR/ISR) are NaN there. Extra scores (uSDR, the unrounded cSDR, notes) go under
+the key ``"bsmamba2"``, which museval ignores.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import io
 import json
 import math
@@ -17,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bsmamba2.errors import require, require_extra
+from bsmamba2.errors import require_extra
 from bsmamba2.evaluation.bsseval import METRICS
 from bsmamba2.evaluation.scoring import TargetScores, TrackResult
 from bsmamba2.fileio import atomic_write_text
@@ -32,24 +36,40 @@ def track_path(out: Path, subset: str, name: str) -> Path:
     return out / subset / f"{name}.json"
 
 
+def _museval_value(value: float) -> float:
+    """A per-frame value as museval stores it: rounded to 1e-5, ±inf as NaN."""
+    return round(float(value), 5) if math.isfinite(value) else math.nan
+
+
 def write_track(out: Path, result: TrackResult, extra: dict[str, Any]) -> Path:
-    """Save ``result`` in museval's JSON format (validated against museval's schema)."""
-    museval = require("museval")
-    store = museval.TrackStore(track_name=result.name, win=1.0, hop=1.0)
+    """Save ``result`` in museval's per-track JSON format (1 s frames), with our extras."""
+    targets = []
     for target, scores in result.targets.items():
         n = len(scores.frames["SDR"])
-        values = {m: scores.frames.get(m, np.full(n, np.nan)).tolist() for m in METRICS}
-        store.add_target(target_name=target, values=values)
-    store.validate()
-    store.scores["bsmamba2"] = {
+        values = {m: scores.frames.get(m, np.full(n, np.nan)) for m in METRICS}
+        frames = [
+            {"time": float(i), "duration": 1.0, "metrics": {m: _museval_value(values[m][i]) for m in METRICS}}
+            for i in range(n)
+        ]
+        targets.append({"name": target, "frames": frames})
+    scores = {"targets": targets, "museval_version": _museval_version()}
+    scores["bsmamba2"] = {
         **extra,
         "cSDR": {t: s.csdr for t, s in result.targets.items()},
         "uSDR": {t: s.usdr for t, s in result.targets.items()},
         "notes": result.notes,
     }
     path = track_path(out, result.subset, result.name)
-    atomic_write_text(path, store.json)
+    atomic_write_text(path, json.dumps(scores, indent=2))
     return path
+
+
+def _museval_version() -> str:
+    """The installed museval's version (without importing it: that needs ffmpeg)."""
+    try:
+        return importlib.metadata.version("museval")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def read_track(path: Path, subset: str) -> tuple[TrackResult, dict[str, Any]]:

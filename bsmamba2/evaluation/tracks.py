@@ -1,21 +1,29 @@
-"""Tracks to evaluate: MUSDB18 through the musdb package, or folders of ``{track}/{stem}.wav``.
+"""Tracks to evaluate: MUSDB18(-HQ) songs (listed and read by :mod:`bsmamba2.data.musdb`,
+as for training), or folders of ``{track}/{stem}.wav``.
 
 Audio is returned as ``(channels, samples)`` arrays, the convention of
-:mod:`bsmamba2.evaluation.metrics` and of the Separator.
+:mod:`bsmamba2.evaluation.metrics` and of the Separator; references in float64, as musdb
+hands them to museval.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from bsmamba2.audio import open_audio, read_audio
-from bsmamba2.errors import BSMamba2Error, require
-
-#: What MUSDB18 mixes into the accompaniment target (musdb's ``mus.yaml``).
-ACCOMPANIMENT_SOURCES = ("drums", "bass", "other")
+from bsmamba2.data.musdb import (
+    ACCOMPANIMENT_SOURCES,
+    SAMPLE_RATE,
+    STEMS,
+    DatasetError,
+    Track,
+    accompaniment,
+    list_tracks,
+    subsets_for,
+)
+from bsmamba2.errors import BSMamba2Error
 
 
 def read_stems(folder: Path, names: list[str] | None = None) -> tuple[dict[str, np.ndarray], int | None]:
@@ -32,12 +40,6 @@ def read_stems(folder: Path, names: list[str] | None = None) -> tuple[dict[str, 
             raise BSMamba2Error(f"{path} is at {file_rate} Hz but other files of {folder} at {rate} Hz")
         rate = file_rate
     return stems, rate
-
-
-def _last_line(exc: Exception) -> str:
-    """The last line of a tool's message (ffmpeg puts the cause there)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
 
 
 class FolderTrack:
@@ -67,38 +69,31 @@ class FolderTrack:
             wanted += ACCOMPANIMENT_SOURCES
         stems, _ = read_stems(self.folder, wanted)
         found = {t: stems[t] for t in targets if t != "mixture" and t in stems}
-        sources = [stems.get(s) for s in ACCOMPANIMENT_SOURCES]
-        complete = all(source is not None for source in sources)
+        complete = all(s in stems for s in ACCOMPANIMENT_SOURCES)
         if "accompaniment" in targets and "accompaniment" not in found and complete:
-            found["accompaniment"] = np.sum(sources, axis=0)
+            found["accompaniment"] = accompaniment(stems)
         return found
 
 
 class MusdbTrack:
-    """A track of a ``musdb.DB``; targets as musdb mixes them (float64, like museval gets them)."""
+    """A MUSDB18 song: its stems and musdb's targets (the stems, and accompaniment = drums +
+    bass + other). ``subset`` is its folder (``train`` or ``test``, museval's output layout)."""
 
-    def __init__(self, track) -> None:
+    rate = SAMPLE_RATE
+
+    def __init__(self, track: Track) -> None:
         self.track = track
         self.name: str = track.name
-        self.subset: str = track.subset
-        self.rate = int(track.rate)
-
-    def _read(self, what: str, read: Callable[[], np.ndarray]) -> np.ndarray:
-        """``(channels, samples)`` audio from musdb (stempeg and ffmpeg), errors as one line."""
-        try:
-            audio = read()
-        except Exception as exc:  # stempeg/ffmpeg raise many types for unreadable files
-            raise BSMamba2Error(
-                f"cannot read the {what} of MUSDB18 track {self.name!r}: {_last_line(exc)}"
-            ) from exc
-        return np.ascontiguousarray(audio.T)
+        self.subset: str = track.folder
 
     def mixture(self) -> np.ndarray:
-        return self._read("mixture", lambda: self.track.audio)
+        return self.track.read("mixture")
 
     def references(self, targets: list[str]) -> dict[str, np.ndarray]:
-        found = [t for t in targets if t in self.track.targets]
-        return {t: self._read(t, lambda t=t: self.track.targets[t].audio) for t in found}
+        wanted = [t for t in targets if t in (*STEMS, "accompaniment")]
+        needed = {s for t in wanted for s in (ACCOMPANIMENT_SOURCES if t == "accompaniment" else (t,))}
+        stems = {s: self.track.read(s).astype(np.float64) for s in sorted(needed)}
+        return {t: accompaniment(stems) if t == "accompaniment" else stems[t] for t in wanted}
 
 
 def folder_tracks(root: Path, names: list[str] | None = None) -> list[FolderTrack]:
@@ -114,28 +109,19 @@ def folder_tracks(root: Path, names: list[str] | None = None) -> list[FolderTrac
 def musdb_tracks(
     root: Path, is_wav: bool, subset: str, split: str | None, names: list[str] | None = None
 ) -> list[MusdbTrack]:
-    """Tracks of MUSDB18 (``.stem.mp4``) or, with ``is_wav``, MUSDB18-HQ, via ``musdb.DB``.
+    """Songs of MUSDB18 (``.stem.mp4``) or, with ``is_wav``, MUSDB18-HQ (no ffmpeg needed).
 
-    ``split="valid"``/``"train"`` selects musdb's official 14-song validation split of the
-    train subset (or the rest of it).
+    ``subset`` ``test`` or ``train``; ``split="valid"``/``"train"`` selects musdb's official
+    14-song validation split of the train subset (or the rest of it).
     """
-    if split is not None and subset != "train":
-        raise BSMamba2Error("--split selects part of the train subset: use it with --subset train")
     if not (root / subset).is_dir():
         raise BSMamba2Error(f"{root} is not a MUSDB18 folder: {root / subset} does not exist")
-    musdb = require("musdb")
-    try:
-        db = musdb.DB(root=str(root), is_wav=is_wav, subsets=subset, split=split)
-    except Exception as exc:  # stempeg probes every mixture file with ffprobe
-        raise BSMamba2Error(f"cannot read MUSDB18 in {root / subset}: {_last_line(exc)}") from exc
-    if not db.tracks:
+    parts = subsets_for(subset, split)
+    tracks = sorted((t for part in parts for t in list_tracks(root, part, is_wav)), key=lambda t: t.name)
+    if not tracks:
         hint = "" if is_wav else " (MUSDB18-HQ folders of .wav files need --is-wav)"
-        raise BSMamba2Error(f"no MUSDB18 tracks found in {root / subset}{hint}")
-    tracks = _select(db.tracks, names, f"{root / subset}")
-    for track in tracks:
-        if track.rate is None:  # musdb lists a track folder even without its mixture
-            raise BSMamba2Error(f"{track.path} does not exist: incomplete MUSDB18 track {track.name!r}")
-    return [MusdbTrack(t) for t in tracks]
+        raise DatasetError(f"no MUSDB18 tracks found in {root / subset}{hint}")
+    return [MusdbTrack(t) for t in _select(tracks, names, f"{root / subset}")]
 
 
 def _select(tracks: list, names: list[str] | None, where: str) -> list:

@@ -79,10 +79,12 @@ class FullTrackValidation(pl.Callback):
         self.every_n_epochs = every_n_epochs
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Fail now, not hours in: the songs are read through musdb, which needs ffmpeg
-        (training on MUSDB18-HQ itself does not)."""
+        """Fail now, not hours in: MUSDB18's ``.stem.mp4`` songs are read through musdb, which
+        needs ffmpeg (MUSDB18-HQ's WAV folders are read without it, as for training)."""
         from bsmamba2.errors import BSMamba2Error, require
 
+        if trainer.datamodule.is_wav:
+            return
         try:
             require("musdb")
         except BSMamba2Error as exc:

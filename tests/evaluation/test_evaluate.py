@@ -30,9 +30,9 @@ def _no_default_weights(monkeypatch):
     monkeypatch.delenv("BSMAMBA2_CHECKPOINT", raising=False)
 
 
-def _write(path: Path, audio: np.ndarray) -> None:
+def _write(path: Path, audio: np.ndarray, subtype: str = "FLOAT") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, audio.T, RATE, subtype="FLOAT")
+    sf.write(path, audio.T, RATE, subtype=subtype)
 
 
 def _make_track(
@@ -41,9 +41,11 @@ def _make_track(
     n = int(seconds * RATE)
     stems = {s: (rng.standard_normal((channels, n)) * 0.1).astype(np.float32) for s in SOURCES}
     stems["vocals"][:, : int(silence * RATE)] = 0  # a silent vocal passage: window 0 NaN
+    # 16-bit, as MUSDB18-HQ ships: musdb decodes WAVs to 16 bits (through ffmpeg), so museval's
+    # own pipeline sees exactly the samples soundfile reads only for 16-bit files
     for name, audio in stems.items():
-        _write(folder / f"{name}.wav", audio)
-    _write(folder / "mixture.wav", sum(stems.values()))
+        _write(folder / f"{name}.wav", audio, "PCM_16")
+    _write(folder / "mixture.wav", sum(stems.values()), "PCM_16")
 
 
 @pytest.fixture(scope="module")
@@ -272,10 +274,22 @@ def test_bad_estimates_are_one_line_errors(musdb_root, estimates, tmp_path, caps
     assert "channel" in capsys.readouterr().err
 
 
-def test_missing_ffmpeg_is_a_clear_error(musdb_root, estimates, tmp_path, capsys, monkeypatch):
+def test_musdb18hq_needs_no_ffmpeg_and_missing_ffmpeg_is_a_clear_error(
+    musdb_root, estimates, tmp_path, capsys, monkeypatch
+):
+    """WAV folders are read and scored without ffmpeg (the same per-track JSON, which
+    museval reads back); museval itself and .stem.mp4 files need it: one line saying so."""
+    args = ["evaluate", "--musdb", str(musdb_root), "--is-wav", "--estimates", str(estimates), "-q"]
+    assert main([*args, "-o", str(tmp_path / "with")]) == 0
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    args = ["evaluate", "--musdb", str(musdb_root), "--is-wav", "--estimates", str(estimates)]
-    assert main([*args, "-o", str(tmp_path), "-q"]) == 1
+    assert main([*args, "-o", str(tmp_path / "without")]) == 0
+    for name in TEST_TRACKS:
+        with_ffmpeg = (tmp_path / "with" / "test" / f"{name}.json").read_text()
+        assert (tmp_path / "without" / "test" / f"{name}.json").read_text() == with_ffmpeg
+    capsys.readouterr()
+    assert main([*args, "-o", str(tmp_path / "slow"), "--backend", "museval"]) == 1
+    assert "ffmpeg" in capsys.readouterr().err
+    assert main(["evaluate", "--musdb", str(musdb_root), "--estimates", str(estimates), "-o", str(tmp_path)]) == 1
     assert "ffmpeg" in capsys.readouterr().err
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import numpy as np
@@ -321,10 +322,11 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("bsmamba2: error:") and "no SAD index; run `bsmamba2 prepare" in err
 
 
-def test_full_track_validation_needs_ffmpeg_up_front(monkeypatch):
-    """Training on MUSDB18-HQ needs no ffmpeg, but this callback reads songs through musdb:
-    without ffmpeg it stops the run at the start, in one line, not at its first validation."""
+def test_full_track_validation_needs_ffmpeg_up_front_for_stem_mp4_only(monkeypatch):
+    """MUSDB18's .stem.mp4 songs are read through musdb: without ffmpeg the callback stops the
+    run at the start, in one line, not at its first validation. MUSDB18-HQ needs no ffmpeg."""
     monkeypatch.setattr(shutil, "which", lambda name: None)
     callback = FullTrackValidation(every_n_epochs=1)
     with pytest.raises(BSMamba2Error, match=r"FullTrackValidation: musdb needs the ffmpeg .*drop this callback"):
-        callback.on_fit_start(None, None)
+        callback.on_fit_start(SimpleNamespace(datamodule=SimpleNamespace(is_wav=False)), None)
+    callback.on_fit_start(SimpleNamespace(datamodule=SimpleNamespace(is_wav=True)), None)
