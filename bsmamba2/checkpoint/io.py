@@ -83,7 +83,7 @@ def _ema_weights(path: Path, obj: Any, raw: dict[str, torch.Tensor]) -> list[tor
         ema = obj["optimizer_states"][0]["ema"]
     except (KeyError, IndexError, TypeError):
         raise CheckpointError(
-            f"{path}: no EMA weights (optimizer_states[0]['ema']) in this checkpoint"
+            f"{path}: ema=True, but there are no EMA weights (optimizer_states[0]['ema']) in it"
         ) from None
     if not isinstance(ema, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in ema):
         raise CheckpointError(f"{path}: the EMA entry is not a sequence of tensors")
@@ -104,7 +104,7 @@ def read_weights(
     if _is_safetensors(path):
         weights, meta = _read_safetensors(path)
         if ema:
-            raise CheckpointError(f"{path}: safetensors files hold one set of weights; drop --ema")
+            raise CheckpointError(f"{path}: ema=True, but safetensors files hold one set of weights")
         config = None
         if meta.get("format") == FORMAT_NAME:
             config = BSMamba2Config.from_dict(json.loads(meta["config"]))
@@ -204,8 +204,17 @@ def load_model(
 ) -> BSMamba2:
     """A BSMamba2 in eval mode with the weights of any supported checkpoint.
 
-    ``ema=True`` takes the EMA weights of an official Lightning checkpoint. The architecture
-    comes from ``config``, from our format's metadata, or from the tensor shapes.
+    Args:
+        path: a checkpoint in any layout of the module docstring (official Lightning
+            ``.ckpt``, plain state dict, ``.safetensors``, our format).
+        ema: take the EMA weights of an official Lightning checkpoint instead of the raw ones.
+        device: where the model goes (``"cpu"``, ``"cuda"``, a ``torch.device``).
+        config: the architecture; by default our format's stored config, else inferred from
+            the tensor shapes (``ngroups`` cannot be seen in them: 1).
+
+    Raises:
+        CheckpointError: one line naming the file and the first problem (missing, empty,
+            truncated, foreign, mis-shaped or non-finite weights, no EMA weights for ``ema``).
     """
     weights, stored, ema_tensors = read_weights(path, ema=ema)
     try:

@@ -125,7 +125,12 @@ def _total_sums_torch(r: torch.Tensor, e: torch.Tensor):
 
 
 def match_length(reference: Any, estimate: Any) -> Any:
-    """``estimate`` cut or zero-padded at the end to the length of ``reference`` (as museval)."""
+    """``estimate`` cut or zero-padded at the end to the length of ``reference`` (as museval).
+
+    Args:
+        reference: any array or tensor, time on the last axis.
+        estimate: the same kind; a torch tensor stays a torch tensor.
+    """
     ref_len, est_len = reference.shape[-1], estimate.shape[-1]
     if est_len >= ref_len:
         return estimate[..., :ref_len]
@@ -146,10 +151,17 @@ def _check_shapes(reference: Any, estimate: Any, min_ndim: int) -> None:
 def usdr_batch(reference: Any, estimate: Any) -> Any:
     """uSDR in dB of each item: ``10·log10((Σs² + 1e-7) / (Σ(s − ŝ)² + 1e-7))``.
 
-    Shapes ``(..., channels, samples)``; sums run over channels and samples, so the result has
-    shape ``(...)``: a float64 torch tensor on the input's device for torch inputs, a numpy
-    float64 array (0-d for 2-D inputs) otherwise. The estimate is cut or zero-padded to the
-    reference length (as museval). Meant for validation during training, on GPU batches too.
+    Sums run over channels and samples. Meant for validation during training, on GPU
+    batches too.
+
+    Args:
+        reference: ``(..., channels, samples)``, numpy or torch (any device).
+        estimate: the same leading axes; cut or zero-padded to the reference's length (as
+            museval).
+
+    Returns:
+        shape ``(...)``: a float64 torch tensor on the reference's device for torch inputs,
+        a numpy float64 array (0-d for 2-D inputs) otherwise.
     """
     _check_shapes(reference, estimate, 2)
     estimate = match_length(reference, estimate)
@@ -170,14 +182,20 @@ def usdr_batch(reference: Any, estimate: Any) -> Any:
 
 
 def usdr(reference: Any, estimate: Any) -> float:
-    """Whole-track uSDR in dB of one source, ``(channels, samples)`` (mono: ``(1, samples)``)."""
+    """Whole-track uSDR in dB of one source (see :func:`usdr_batch`).
+
+    Args:
+        reference: ``(channels, samples)`` (mono: ``(1, samples)``), numpy or torch.
+        estimate: the same channels; cut or zero-padded to the reference's length.
+    """
     if reference.ndim != 2:
         raise ValueError(f"usdr expects (channels, samples) arrays, got {tuple(reference.shape)}")
     return float(usdr_batch(reference, estimate))
 
 
 def n_windows(length: int, window: int = WINDOW, hop: int = HOP) -> int:
-    """Number of museval windows in a signal of ``length`` samples."""
+    """Number of museval windows in a signal of ``length`` samples (one window, all of it,
+    when ``length`` is not longer than ``window``), windows starting every ``hop`` samples."""
     if window >= length:
         return 1
     return (length - window + hop) // hop
@@ -192,11 +210,18 @@ def framewise_sdr(
 ) -> np.ndarray:
     """Per-window SDR in dB exactly as museval v4 (``museval.evaluate``) computes it.
 
-    ``references``/``estimates``: ``(sources, channels, samples)`` — all sources of a track
-    evaluated together, since silence in any one of them makes the window NaN for all (this is
-    museval's rule) — or ``(channels, samples)`` for one source. ``device``: where to compute
-    (default: where the references are; the CPU path uses numpy). Returns float64 ``(sources, n_windows)``, or
-    ``(n_windows,)`` for one source; NaN for silent windows, +inf for a window with no error.
+    Args:
+        references: ``(sources, channels, samples)``, all sources of a track together (silence
+            in any one of them makes the window NaN for all: museval's rule), or ``(channels,
+            samples)`` for one source; numpy or torch.
+        estimates: the same shape but for the length, cut or zero-padded to the references'.
+        window: samples per window (museval: 1 s at 44.1 kHz).
+        hop: samples between window starts.
+        device: where to compute (default: where the references are; the CPU uses numpy).
+
+    Returns:
+        float64 ``(sources, n_windows)``, or ``(n_windows,)`` for one source; NaN for silent
+        windows, +inf for a window with no error.
     """
     single = references.ndim == 2
     if single:
@@ -234,7 +259,9 @@ def framewise_sdr(
 def median_sdr(sdr: np.ndarray) -> np.ndarray:
     """Median over the last axis of the finite windows, NaN when none: museval's track score.
 
-    ±inf windows count as NaN, as in museval's JSON files.
+    Args:
+        sdr: per-window values, windows on the last axis (as :func:`framewise_sdr` returns);
+            ±inf windows count as NaN, as in museval's JSON files.
     """
     values = np.where(np.isfinite(sdr), sdr, np.nan)
     flat = values.reshape(-1, values.shape[-1])
@@ -253,11 +280,19 @@ def csdr(
     hop: int = HOP,
     device: str | torch.device | None = None,
 ) -> Any:
-    """museval's per-track SDR: median of :func:`framewise_sdr` over the non-NaN windows.
+    """museval's per-track SDR: median of :func:`framewise_sdr` over the valid windows.
 
-    Same arguments as :func:`framewise_sdr`. Returns a float64 array ``(sources,)``, or a float
-    for one ``(channels, samples)`` source; NaN when no window is valid (e.g. a silent estimate,
-    which museval itself rejects with an error).
+    Args:
+        references: as for :func:`framewise_sdr`.
+        estimates: as for :func:`framewise_sdr`.
+        window: as for :func:`framewise_sdr`.
+        hop: as for :func:`framewise_sdr`.
+        device: as for :func:`framewise_sdr`.
+
+    Returns:
+        a float64 array ``(sources,)``, or a float for one ``(channels, samples)`` source;
+        NaN when no window is valid (e.g. a silent estimate, which museval itself rejects
+        with an error).
     """
     per_window = framewise_sdr(references, estimates, window, hop, device)
     result = median_sdr(per_window)

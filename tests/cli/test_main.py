@@ -54,3 +54,24 @@ def test_console_script_and_bad_backend_is_one_line():
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "usage: bsmamba2" in capsys.readouterr().out
+
+
+def test_library_parameters_become_flags(tmp_path, capsys):
+    """The library says ``ema=True``; the command line, where the user typed --ema, says so."""
+    from argparse import Namespace
+
+    from bsmamba2 import BSMamba2, save_model
+    from bsmamba2.checkpoint import CheckpointError, load_model
+    from bsmamba2.cli.main import as_flags
+    from tests.helpers.configs import MICRO
+
+    args = Namespace(ema=True, overlap=0.999, batch_size=4)
+    assert as_flags("overlap=0.999 makes the hop 1 sample", args) == "--overlap 0.999 makes the hop 1 sample"
+    assert as_flags("ema=True, but batch_size=4; key=value", args) == "--ema, but --batch-size 4; key=value"
+    save_model(BSMamba2(MICRO), tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match=r"m.safetensors: ema=True, but safetensors files hold one set"):
+        load_model(tmp_path / "m.safetensors", ema=True)
+    (tmp_path / "song.wav").write_bytes(b"")
+    code = main(["separate", str(tmp_path / "song.wav"), "--checkpoint", str(tmp_path / "m.safetensors"), "--ema"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.endswith("m.safetensors: --ema, but safetensors files hold one set of weights"), err
