@@ -100,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         written.append(plot(args.output, summary))
     print(format_table(summary))
-    print("cSDR: museval v4 SDR, median over 1 s windows per track; uSDR: whole-track SDR")
+    print(
+        "cSDR: museval v4 SDR, median over 1 s windows per track; uSDR: whole-track SDR; "
+        "bleedless/fullness: mel-spectrogram scores (MVSep/MSST), 100 at best"
+    )
     print("written: " + ", ".join(str(p) for p in written) + f" and per-track JSON in {args.output}")
     if missing and not args.allow_missing:
         raise BSMamba2Error(

@@ -36,6 +36,10 @@ def track_path(out: Path, subset: str, name: str) -> Path:
     return out / subset / f"{name}.json"
 
 
+#: Our per-target scores in a track's JSON (under "bsmamba2"), by the attribute's name.
+_OURS = ("cSDR", "uSDR", "bleedless", "fullness")
+
+
 def _museval_value(value: float) -> float:
     """A per-frame value as museval stores it: rounded to 1e-5, ±inf as NaN."""
     return round(float(value), 5) if math.isfinite(value) else math.nan
@@ -55,8 +59,7 @@ def write_track(out: Path, result: TrackResult, extra: dict[str, Any]) -> Path:
     scores = {"targets": targets, "museval_version": _museval_version()}
     scores["bsmamba2"] = {
         **extra,
-        "cSDR": {t: s.csdr for t, s in result.targets.items()},
-        "uSDR": {t: s.usdr for t, s in result.targets.items()},
+        **{key: {t: getattr(s, key.lower()) for t, s in result.targets.items()} for key in _OURS},
         "notes": result.notes,
     }
     path = track_path(out, result.subset, result.name)
@@ -76,16 +79,20 @@ def read_track(path: Path, subset: str) -> tuple[TrackResult, dict[str, Any]]:
     """A result saved by :func:`write_track`, and the settings it was computed with."""
     data = json.loads(path.read_text())
     ours = data.get("bsmamba2", {})
+    if any(key not in ours for key in _OURS):
+        raise KeyError(f"{path} lacks some of {_OURS} (an older version wrote it)")
     targets = {}
     for target in data["targets"]:
+        name = target["name"]
         frames = {
             m: np.array([float(f["metrics"].get(m, math.nan)) for f in target["frames"]]) for m in METRICS
         }
-        scores = TargetScores(frames, float(ours.get("uSDR", {}).get(target["name"], math.nan)))
-        scores.csdr = float(ours.get("cSDR", {}).get(target["name"], scores.csdr))
-        targets[target["name"]] = scores
+        value = {key: float(ours[key].get(name, math.nan)) for key in _OURS}
+        scores = TargetScores(frames, value["uSDR"], value["bleedless"], value["fullness"])
+        scores.csdr = value["cSDR"]
+        targets[name] = scores
     result = TrackResult(path.stem, subset, targets, list(ours.get("notes", [])))
-    return result, {k: v for k, v in ours.items() if k not in ("cSDR", "uSDR", "notes")}
+    return result, {k: v for k, v in ours.items() if k not in (*_OURS, "notes")}
 
 
 def _stat(values: list[float], how: str) -> float:
@@ -97,17 +104,20 @@ def _stat(values: list[float], how: str) -> float:
 
 
 def _metrics(results: list[TrackResult]) -> list[str]:
-    """SDR and uSDR, plus SIR/SAR/ISR where some track has them (museval backend)."""
+    """SDR, uSDR, bleedless and fullness, plus SIR/SAR/ISR where some track has them (museval
+    backend)."""
     extra = [
         m
         for m in METRICS[1:]
         if any(np.isfinite(s.frames.get(m, np.array([]))).any() for r in results for s in r.targets.values())
     ]
-    return ["SDR", "uSDR", *extra]
+    return ["SDR", "uSDR", "bleedless", "fullness", *extra]
 
 
 def _value(scores: TargetScores, metric: str) -> float:
-    return scores.usdr if metric == "uSDR" else scores.median(metric)
+    if metric in ("uSDR", "bleedless", "fullness"):
+        return getattr(scores, metric.lower())
+    return scores.median(metric)
 
 
 def summarize(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from bsmamba2.errors import BSMamba2Error
+from bsmamba2.evaluation.bleed import bleedless_fullness
 from bsmamba2.evaluation.bsseval import METRICS, museval_scores, target_groups
 from bsmamba2.evaluation.metrics import framewise_sdr, match_length, median_sdr, usdr
 
@@ -16,10 +18,13 @@ BACKENDS = ("fast", "museval")
 
 @dataclass
 class TargetScores:
-    """Per-window metrics (``{"SDR": (windows,), ...}``; the fast backend has SDR only) and uSDR."""
+    """Per-window metrics (``{"SDR": (windows,), ...}``; the fast backend has SDR only), uSDR,
+    and the mel-spectrogram scores bleedless and fullness (:mod:`.bleed`)."""
 
     frames: dict[str, np.ndarray]
     usdr: float
+    bleedless: float = math.nan
+    fullness: float = math.nan
     csdr: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -62,7 +67,7 @@ def score_track(
     Targets are scored in museval's groups (:func:`target_groups`) with 1 s windows and hop;
     estimates are cut or zero-padded to the reference length. ``backend``: ``"fast"`` (exact
     SDR only: numpy on the CPU, torch on a GPU ``device``) or ``"museval"`` (SDR/SIR/SAR/ISR
-    from museval itself).
+    from museval itself); uSDR, bleedless and fullness with either.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
@@ -107,6 +112,7 @@ def score_track(
         for i, target in enumerate(group):
             if target in scored:
                 per_target = {m: frames[m][i] for m in METRICS if m in frames}
-                scores[target] = TargetScores(per_target, usdr(refs[i], ests[i]))
+                bleedless, fullness = bleedless_fullness(refs[i], ests[i], rate)
+                scores[target] = TargetScores(per_target, usdr(refs[i], ests[i]), bleedless, fullness)
     ordered = {t: scores[t] for t in targets}
     return TrackResult(name, subset, ordered, list(dict.fromkeys(notes)))

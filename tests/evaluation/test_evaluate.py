@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from bsmamba2.cli.main import main
+from bsmamba2.evaluation.bleed import bleedless_fullness
 from bsmamba2.evaluation.bsseval import target_groups
 from bsmamba2.evaluation.scoring import score_track
 
@@ -140,7 +141,8 @@ def test_model_end_to_end_resume_and_plot(model_root, tmp_path, data_dir, capsys
     jsons = sorted((out / "test").glob("*.json"))
     assert [p.stem for p in jsons] == sorted(TEST_TRACKS)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["settings"]["protocol"] == "custom" and summary["metrics"] == ["SDR", "uSDR"]
+    assert summary["settings"]["protocol"] == "custom"
+    assert summary["metrics"] == ["SDR", "uSDR", "bleedless", "fullness"]
     for track in summary["tracks"]:
         frames = _frames(out / "test" / f"{track['track']}.json")
         for target in ("vocals", "accompaniment"):
@@ -151,7 +153,7 @@ def test_model_end_to_end_resume_and_plot(model_root, tmp_path, data_dir, capsys
     assert summary["aggregate"]["vocals"]["SDR_median"] == pytest.approx(np.median(vocals))
     assert summary["aggregate"]["vocals"]["SDR_mean"] == pytest.approx(np.mean(vocals))
     rows = (out / "summary.csv").read_text().splitlines()
-    assert rows[0] == "track,subset,target,SDR,uSDR" and len(rows) == 5
+    assert rows[0] == "track,subset,target,SDR,uSDR,bleedless,fullness" and len(rows) == 5
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
 
     mtimes = [p.stat().st_mtime_ns for p in jsons]
@@ -376,3 +378,32 @@ def test_missing_estimates_fail_unless_allowed_and_padding_is_reported(musdb_roo
     assert any("zero-padded" in note for note in summary["tracks"][0]["notes"])
     assert main([*args, "-o", str(tmp_path / "lenient"), "--allow-missing"]) == 0
     assert "1 of 2 tracks scored" in capsys.readouterr().out
+
+
+def test_bleedless_and_fullness_in_json_csv_and_table(musdb_root, estimates, tmp_path, capsys):
+    """Each track's scores are bleedless_fullness of its (zero-padded) estimate; resumed runs
+    read them back."""
+    name = TEST_TRACKS[0]
+    out = tmp_path / "out"
+    args = ["evaluate", "--musdb", str(musdb_root), "--is-wav", "--estimates", str(estimates), "-q"]
+    assert main([*args, "--tracks", name, "-o", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "vocals bleedless" in table and "accompaniment fullness" in table
+    folder = musdb_root / "test" / name
+    stems = {s: sf.read(folder / f"{s}.wav", always_2d=True)[0].T for s in SOURCES}
+    references = {"vocals": stems["vocals"], "accompaniment": stems["drums"] + stems["bass"] + stems["other"]}
+    summary = json.loads((out / "summary.json").read_text())
+    track_json = json.loads((out / "test" / f"{name}.json").read_text())["bsmamba2"]
+    rows = {row.split(",")[2]: row.split(",") for row in (out / "summary.csv").read_text().splitlines()[1:]}
+    for target, reference in references.items():
+        estimate = sf.read(estimates / "test" / name / f"{target}.wav", dtype="float32", always_2d=True)[0].T
+        padded = np.pad(estimate, ((0, 0), (0, reference.shape[1] - estimate.shape[1])))
+        bleedless, fullness = bleedless_fullness(reference, padded, RATE)
+        assert 0 < bleedless < 100 and 0 < fullness < 100
+        scores = summary["tracks"][0]["scores"][target]
+        assert (scores["bleedless"], scores["fullness"]) == pytest.approx((bleedless, fullness), rel=1e-12)
+        assert track_json["bleedless"][target] == scores["bleedless"]
+        assert summary["aggregate"][target]["fullness_median"] == pytest.approx(fullness, rel=1e-12)
+        assert float(rows[target][5]) == pytest.approx(bleedless, abs=1e-5)
+    assert main([*args, "--tracks", name, "-o", str(out)]) == 0  # resumed: the same numbers
+    assert json.loads((out / "summary.json").read_text())["aggregate"] == summary["aggregate"]
