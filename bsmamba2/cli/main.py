@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def as_flags(message: str, args: argparse.Namespace) -> str:
     """A library error in the command line's words: the library names its parameters
     (``ema=True``, ``overlap=0.999``), the user typed flags (``--ema``, ``--overlap 0.999``).
-    Only names that are options of the command are rewritten."""
+    Only names that are options of the command, set to True or a number, are rewritten."""
 
     def flag(match: re.Match) -> str:
         name, value = match.group(1), match.group(2)
@@ -43,7 +43,7 @@ def as_flags(message: str, args: argparse.Namespace) -> str:
         option = "--" + name.replace("_", "-")
         return option if value == "True" else f"{option} {value}"
 
-    return re.sub(r"\b([a-z][a-z_]*)=([^\s,;:)]+)", flag, message)
+    return re.sub(r"\b([a-z][a-z_]*)=(True|[-+]?\d[\w.+-]*)", flag, message)
 
 
 def main(argv: list[str] | None = None) -> int:

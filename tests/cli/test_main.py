@@ -67,7 +67,8 @@ def test_library_parameters_become_flags(tmp_path, capsys):
 
     args = Namespace(ema=True, overlap=0.999, batch_size=4)
     assert as_flags("overlap=0.999 makes the hop 1 sample", args) == "--overlap 0.999 makes the hop 1 sample"
-    assert as_flags("ema=True, but batch_size=4; key=value", args) == "--ema, but --batch-size 4; key=value"
+    assert as_flags("ema=True, but batch_size=4; key=1", args) == "--ema, but --batch-size 4; key=1"
+    assert as_flags("/music/overlap=loud/a.wav", args) == "/music/overlap=loud/a.wav"  # paths stay
     save_model(BSMamba2(MICRO), tmp_path / "m.safetensors")
     with pytest.raises(CheckpointError, match=r"m.safetensors: ema=True, but safetensors files hold one set"):
         load_model(tmp_path / "m.safetensors", ema=True)
