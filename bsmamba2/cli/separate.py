@@ -31,7 +31,7 @@ from bsmamba2.audio.io import (
 from bsmamba2.errors import BSMamba2Error, require_extra
 from bsmamba2.separation import OutputExistsError, Separator
 from bsmamba2.separation.registry import KNOWN, resolve_weights
-from bsmamba2.separation.separator import DEFAULT_TEMPLATE, PRECISIONS
+from bsmamba2.separation.separator import ACCOMPANIMENT, DEFAULT_TEMPLATE, PRECISIONS
 
 
 def find_inputs(inputs: list[str], pattern: str | None, outdir: Path) -> tuple[list[Path], list[str]]:
@@ -108,6 +108,21 @@ def list_models(as_json: bool) -> None:
         print(f"  trained on {entry.training_data}; licence: {entry.licence}")
 
 
+def file_template(template: str, path: Path, inputs: list[str]) -> str:
+    """``--filename`` for one input, its command-line fields filled in: ``{dir}``, the input's
+    folder relative to the INPUT folder it was found in (``.`` for a file named directly), and
+    ``{trackext}``, its suffix without the dot; the Separator fills in the rest."""
+    folder = "."
+    for item in inputs:
+        root = Path(item).resolve()
+        if root.is_dir() and path.resolve().is_relative_to(root):
+            folder = path.resolve().parent.relative_to(root).as_posix() or "."
+            break
+    for field, value in (("dir", folder), ("trackext", path.suffix.lstrip("."))):
+        template = template.replace("{" + field + "}", value.replace("{", "{{").replace("}", "}}"))
+    return template
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_models:
         list_models(args.json)
@@ -120,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     show_decoder_messages(args.verbose)
     outdir = Path(args.outdir)
     stems = [s for item in args.stems or [] for s in item.split(",") if s] or None
+    if args.two_stems:
+        stems = [args.two_stems, ACCOMPANIMENT]
     files, missing = find_inputs(args.inputs, args.glob, outdir)
     for message in missing:
         print(f"bsmamba2: error: {message}", file=sys.stderr)
@@ -135,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     compression_level(args.format, args.bitrate, args.sample_rate or 48000, 2)
     separator = load_separator(args, progress=not args.quiet, official=args.official)
     # Template and stems too.
-    separator.output_paths(files[0], outdir, stems, args.filename, args.format)
+    first = file_template(args.filename, files[0], args.inputs)
+    separator.output_paths(files[0], outdir, stems, first, args.format)
     failed, skipped, planned = len(missing), 0, {}
     say = (lambda *a, **k: None) if args.quiet else tqdm.write
     if args.compile == "yes":
@@ -145,11 +163,14 @@ def run(args: argparse.Namespace) -> int:
     ):
         start = time.perf_counter()
         try:
-            targets = separator.output_paths(path, outdir, stems, args.filename, args.format)
+            filename = file_template(args.filename, path, args.inputs)
+            targets = separator.output_paths(path, outdir, stems, filename, args.format)
             clash = next((t for t in targets.values() if t in planned), None)
             if clash:
                 raise BSMamba2Error(
-                    f"{path}: {clash} is also the output of {planned[clash]}; use --filename with more fields"
+                    f"{path}: {clash} is also the output of {planned[clash]}; tell them apart in --filename "
+                    "with {dir} (the input's folder) or {trackext} (its suffix), e.g. "
+                    "--filename '{dir}/{track}/{stem}.{ext}'"
                 )
             planned.update(dict.fromkeys(targets.values(), path))
             with warnings.catch_warnings(record=True) as caught:
@@ -158,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
                     path,
                     outdir,
                     stems=stems,
-                    filename=args.filename,
+                    filename=filename,
                     fmt=args.format,
                     bit_depth=args.bit_depth,
                     bitrate=args.bitrate,
@@ -232,12 +253,17 @@ def add_separator_arguments(p: argparse.ArgumentParser) -> None:
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", metavar="PATH", help="weights: any checkpoint bsmamba2 reads")
     weights.add_argument(
-        "--model", choices=sorted(KNOWN), help="weights: a known checkpoint, downloaded on first use"
+        "--model",
+        "-n",
+        "--name",
+        choices=sorted(KNOWN),
+        help="weights: a known checkpoint, downloaded on first use (-n/--name as in demucs)",
     )
     p.add_argument(
         "--ema", action="store_true", help="use the EMA weights of an official Lightning checkpoint"
     )
     p.add_argument(
+        "-d",
         "--device",
         default="auto",
         help="auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps (default: %(default)s)",
@@ -306,17 +332,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="fetch the --model weights into the cache (verified), print their path and exit",
     )
-    p.add_argument("-o", "--outdir", default="separated", help="output folder (default: %(default)s)")
+    p.add_argument(
+        "-o", "--outdir", "--out", default="separated", help="output folder (default: %(default)s)"
+    )
     p.add_argument(
         "--glob", help="file name pattern for folders, e.g. '*.flac' (default: common audio suffixes)"
     )
     add_separator_arguments(p)
     p.add_argument("--official", action="store_true", help="the official protocol: 8 s segments, no overlap")
-    p.add_argument("--stems", action="append", metavar="NAME[,NAME]", help="stems to write (default: all)")
+    chosen = p.add_mutually_exclusive_group()
+    chosen.add_argument(
+        "--stems", action="append", metavar="NAME[,NAME]", help="stems to write (default: all)"
+    )
+    chosen.add_argument(
+        "--two-stems",
+        metavar="STEM",
+        help="as in demucs: STEM and accompaniment (the mixture minus STEM), e.g. --two-stems vocals",
+    )
     p.add_argument(
         "--filename",
         default=DEFAULT_TEMPLATE,
-        help="output path template under OUTDIR with {track} {stem} {ext} {model} (default: %(default)s)",
+        help="output path template under OUTDIR with {track} {stem} {ext} {model}, and {dir} (the "
+        "input's folder under the INPUT folder) and {trackext} (its suffix) (default: %(default)s)",
     )
     formats = p.add_mutually_exclusive_group()
     formats.add_argument(

@@ -500,7 +500,7 @@ class Separator:
             except (KeyError, IndexError, ValueError) as exc:
                 raise BSMamba2Error(
                     f"bad --filename template {filename!r} ({type(exc).__name__}: {exc}); "
-                    "fields: {track} {stem} {ext} {model}"
+                    "fields: {track} {stem} {ext} {model}, and on the command line {dir} {trackext}"
                 ) from None
         if len(set(paths.values())) < len(paths):
             raise BSMamba2Error(

@@ -192,6 +192,35 @@ def test_list_models_says_size_hash_data_licence_and_cache(tmp_path, capsys, mon
     assert "no INPUT: name audio files or folders" in capsys.readouterr().err
 
 
+def test_dir_and_trackext_fields_keep_same_named_tracks_apart(tmp_path, ckpt, capsys):
+    for name in ("a/song.wav", "b/song.wav", "song.flac"):
+        _wav(tmp_path / "in" / name, subtype="PCM_16")
+    base = ["separate", str(tmp_path / "in"), "--checkpoint", str(ckpt), *FAST]
+    assert main([*base, "-o", str(tmp_path / "clash")]) == 1  # all three are song/vocals.wav
+    err = capsys.readouterr().err
+    assert "is also the output of" in err and "{dir} (the input's folder) or {trackext}" in err
+    assert main([*base, "-o", str(tmp_path / "out"), "--filename", "{dir}/{track}/{stem}.{ext}"]) == 0
+    found = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("vocals.wav"))
+    assert found == ["a/song/vocals.wav", "b/song/vocals.wav", "song/vocals.wav"]
+    direct = ["separate", str(tmp_path / "in" / "a" / "song.wav"), str(tmp_path / "in" / "song.flac")]
+    direct += ["--checkpoint", str(ckpt), *FAST, "-o", str(tmp_path / "ext"), "--filename", "{track}.{trackext}/{stem}.{ext}"]
+    assert main(direct) == 0
+    assert sorted(p.name for p in (tmp_path / "ext").iterdir()) == ["song.flac", "song.wav"]
+
+
+def test_demucs_names_for_model_device_output_and_two_stems(tmp_path, ckpt, monkeypatch):
+    from bsmamba2.separation import registry
+
+    _wav(tmp_path / "a.wav")
+    monkeypatch.setitem(registry.KNOWN, "micro", registry.KnownCheckpoint("micro", "http://127.0.0.1:9/m", 1, "0", "x"))
+    monkeypatch.setattr(registry, "fetch", lambda name, progress=True: ckpt)
+    args = ["separate", str(tmp_path / "a.wav"), "-n", "micro", "-d", "cpu", "--out", str(tmp_path / "o")]
+    assert main([*args, *FAST, "--two-stems", "vocals"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o" / "a").iterdir()) == ["accompaniment.wav", "vocals.wav"]
+    with pytest.raises(SystemExit):
+        main([*args, *FAST, "--two-stems", "vocals", "--stems", "vocals"])  # one or the other
+
+
 def test_overwrite_protection(tmp_path, ckpt, capsys):
     _wav(tmp_path / "a.wav")
     args = [
