@@ -67,7 +67,10 @@ def _settings(args: argparse.Namespace, weights: Path | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    require_extra("bsmamba2 evaluate", "eval", ("museval", "musdb") if args.musdb else ("museval",))
+    needed = ["librosa"]  # bleedless/fullness's mel filterbank
+    needed += ["musdb"] if args.musdb else []
+    needed += ["museval"] if args.backend == "museval" else []
+    require_extra("bsmamba2 evaluate", "eval", tuple(needed))
     if args.plot:
         require_extra("evaluate --plot", "plot", ("matplotlib",))
     if args.estimates is not None and (args.checkpoint or args.model):
