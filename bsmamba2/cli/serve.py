@@ -98,21 +98,21 @@ def run(args: argparse.Namespace) -> int:
         keep_seconds=args.keep_minutes * 60,
     )
     jobs = JobQueue(separator, limits, workers=args.jobs, root=args.workdir, twin=twin)
-    _log_to_stderr()
-    app = create_app(jobs, allowed_hosts=LOCAL_HOSTS if local else None)
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(
-        f"bsmamba2 serve: http://{shown}:{port}/ (model {separator.name} on {separator.device}, "
-        f"{args.jobs} job(s) at a time); Ctrl+C stops it and deletes every job's files",
-        flush=True,
-    )
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    try:
+    try:  # from here on, any way out deletes the jobs' folders
+        _log_to_stderr()
+        app = create_app(jobs, allowed_hosts=LOCAL_HOSTS if local else None)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        shown = f"[{args.host}]" if ":" in args.host else args.host
+        print(
+            f"bsmamba2 serve: http://{shown}:{port}/ (model {separator.name} on {separator.device}, "
+            f"{args.jobs} job(s) at a time); Ctrl+C stops it and deletes every job's files",
+            flush=True,
+        )
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn shuts down gracefully, then raises the Ctrl+C again
         pass
     finally:
-        jobs.close()  # also done by the app's shutdown; here for a server that failed to start
+        jobs.close()  # also done by the app's shutdown; here for a Ctrl+C before uvicorn took over
     print("bsmamba2 serve: stopped; every job's files are deleted", file=sys.stderr)
     return 0
 
