@@ -53,3 +53,12 @@ def require(module: str) -> ModuleType:
     except (ImportError, RuntimeError) as exc:  # stempeg raises RuntimeError without ffmpeg
         extra = _EXTRA_OF.get(module, "eval")
         raise BSMamba2Error(f"cannot import {module} ({exc}): pip install 'bsmamba2[{extra}]'") from exc
+
+
+class ParameterError(BSMamba2Error, ValueError):
+    """A bad argument of a library function; ``parameter`` is its name, so the command line
+    can name its own flag instead."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter

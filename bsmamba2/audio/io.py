@@ -11,6 +11,8 @@ final name only once complete.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -27,7 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from bsmamba2.errors import BSMamba2Error
-from bsmamba2.fileio import atomic_path
+from bsmamba2.fileio import WriteError, atomic_path
 
 BLOCK = 1 << 16  # samples per block read (~1.5 s at 44.1 kHz)
 FORMATS = ("wav", "flac", "mp3", "ogg", "opus")
@@ -393,6 +395,26 @@ def subtype_for(fmt: str, bit_depth: str | None) -> str:
     return _SUBTYPES[depth]
 
 
+WAV_LIMIT = 2**32 - 1
+"""Bytes: RIFF's 32-bit size fields; RF64 has 64-bit ones."""
+_SAMPLE_BYTES = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}
+
+
+def wav_container(fmt: str, seconds: float | None, rate: int, channels: int, subtype: str) -> str | None:
+    """``"RF64"`` for a WAV output that could outgrow RIFF's 4 GB limit, else None (the suffix's format).
+
+    ``seconds`` of output at ``rate``: the input's length, an estimate for ffmpeg inputs, so
+    it gets 1 % headroom plus 1 MiB for the headers; unknown (None) counts as too long. A
+    3.5-hour float stereo file at 44.1 kHz (4.4 GB) is RF64, a 3-hour one (3.8 GB) a WAV.
+    """
+    if fmt != "wav":
+        return None
+    if seconds is None:
+        return "RF64"
+    data = math.ceil(seconds * rate * 1.01) * channels * _SAMPLE_BYTES[subtype]
+    return "RF64" if data + (1 << 20) > WAV_LIMIT else None
+
+
 def output_rate(fmt: str, input_rate: int, requested: int | None = None) -> int:
     """The sample rate of an output: ``requested`` (``--sample-rate``) or the input's; for MP3
     and Opus, which store only some rates, the next one up from the input's (Opus: 48 kHz for
@@ -433,11 +455,31 @@ def compression_level(fmt: str, bitrate: int | None, samplerate: int, channels: 
     return 1.0 - (kbps * 1000 / channels - 6000) / 250000
 
 
+_ERRNOS = {os.strerror(code).lower(): code for code in
+           (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG, errno.EIO)}
+
+
+def _libsndfile_failure(exc: Exception, path: Path, handle: sf.SoundFile | None = None) -> BSMamba2Error:
+    """libsndfile's error as one line naming ``path``: a :class:`~bsmamba2.fileio.WriteError`
+    when the system refused (soundfile's message is then only "System error."; libsndfile
+    keeps the system's reason, "System error : No space left on device.", for
+    ``sf_strerror``, of the file or, for a failed open, global), else an :class:`AudioError`."""
+    detail = ""
+    with contextlib.suppress(AttributeError, TypeError):  # soundfile's cffi handles, if present
+        c_handle = handle._file if handle is not None and handle._file is not None else sf._ffi.NULL
+        detail = sf._ffi.string(sf._snd.sf_strerror(c_handle)).decode(errors="replace")
+    if detail.startswith("System error : "):
+        reason = detail.removeprefix("System error : ").rstrip(".").lower()
+        return WriteError(f"{reason} writing {path}", _ERRNOS.get(reason))
+    return AudioError(f"{path}: cannot write ({_one_line(getattr(exc, 'error_string', '') or exc)})")
+
+
 class AudioWriter:
     """Appends (channels, n) blocks to an open output; made by :func:`audio_writer`.
 
     Integer and lossy subtypes are clipped to full scale; :attr:`peak` records the largest
     absolute sample seen so the caller can warn about it (float files keep every value as is).
+    A failing write (a full disk, ...) is a :class:`~bsmamba2.fileio.WriteError`.
     """
 
     def __init__(self, handle: sf.SoundFile, path: Path, subtype: str) -> None:
@@ -454,7 +496,17 @@ class AudioWriter:
             self.peak = max(self.peak, float(np.abs(block).max()))
         if self.subtype != "FLOAT":
             block = np.clip(block, -1.0, 1.0)
-        self._handle.write(block.T)
+        try:
+            self._handle.write(block.T)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise _libsndfile_failure(exc, self.path, self._handle) from None
+
+    def close(self) -> None:
+        """Finish the file (libsndfile writes the header's sizes now)."""
+        try:
+            self._handle.close()
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise _libsndfile_failure(exc, self.path) from None
 
 
 @contextmanager
@@ -481,10 +533,18 @@ def audio_writer(
         options = {"compression_level": level, "bitrate_mode": "CONSTANT" if codec == "mp3" else None}
         try:
             handle = sf.SoundFile(tmp, "w", samplerate, channels, subtype=subtype, format=fmt, **options)
-        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+        except sf.LibsndfileError as exc:
+            raise _libsndfile_failure(exc, path) from None
+        except (RuntimeError, ValueError) as exc:
             raise AudioError(f"{path}: cannot write ({_one_line(exc)})") from None
-        with handle:
-            yield AudioWriter(handle, path, subtype)
+        writer = AudioWriter(handle, path, subtype)
+        try:
+            yield writer
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                handle.close()
+            raise
+        writer.close()
 
 
 def peak_warning(writer: AudioWriter) -> str:

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from bsmamba2.checkpoint.registry import resolve
 from bsmamba2.checkpoint.safe_pickle import torch_load
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.fileio import atomic_path
@@ -197,7 +198,7 @@ def check_finite(weights: Mapping[str, torch.Tensor]) -> None:
 
 
 def load_model(
-    path: str | os.PathLike,
+    name_or_path: str | os.PathLike,
     ema: bool = False,
     device: str | torch.device = "cpu",
     config: BSMamba2Config | None = None,
@@ -205,8 +206,10 @@ def load_model(
     """A BSMamba2 in eval mode with the weights of any supported checkpoint.
 
     Args:
-        path: a checkpoint in any layout of the module docstring (official Lightning
-            ``.ckpt``, plain state dict, ``.safetensors``, our format).
+        name_or_path: a checkpoint in any layout of the module docstring (official Lightning
+            ``.ckpt``, plain state dict, ``.safetensors``, our format), or the name of a known
+            checkpoint (``"bs_mamba2_vocals"``, :data:`bsmamba2.checkpoint.registry.KNOWN`),
+            downloaded into the cache on first use.
         ema: take the EMA weights of an official Lightning checkpoint instead of the raw ones.
         device: where the model goes (``"cpu"``, ``"cuda"``, a ``torch.device``).
         config: the architecture; by default our format's stored config, else inferred from
@@ -216,6 +219,7 @@ def load_model(
         CheckpointError: one line naming the file and the first problem (missing, empty,
             truncated, foreign, mis-shaped or non-finite weights, no EMA weights for ``ema``).
     """
+    path = resolve(name_or_path)
     weights, stored, ema_tensors = read_weights(path, ema=ema)
     try:
         model = BSMamba2(config or stored or infer_config(weights))

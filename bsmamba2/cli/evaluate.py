@@ -8,35 +8,28 @@ from typing import Any
 
 import torch
 
+from bsmamba2.checkpoint.registry import resolve_weights
+from bsmamba2.cli.options import add_chunking_options, add_device_options, add_weight_options, load_separator
+from bsmamba2.device import resolve_device
 from bsmamba2.errors import BSMamba2Error, require_extra
 from bsmamba2.evaluation.results import format_table, plot, summarize, write_summary
 from bsmamba2.evaluation.runner import SeparateFn, evaluate_tracks
 from bsmamba2.evaluation.scoring import BACKENDS
 from bsmamba2.evaluation.tracks import folder_tracks, musdb_tracks
-from bsmamba2.separation import Separator
-from bsmamba2.separation.registry import KNOWN, resolve_weights
-from bsmamba2.separation.separator import PRECISIONS, resolve_device
+from bsmamba2.separation.chunking import DEFAULT_SEGMENT
 
 
-def _separator(args: argparse.Namespace, weights: Path) -> SeparateFn:
-    """The Separator's ``separate``: official protocol unless --segment/--overlap are given."""
-    options = dict(
-        device=args.device,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        progress=not args.quiet,
-        ema=args.ema,
-        tta=args.tta,
-        shifts=args.shifts,
-    )
+def _separator(args: argparse.Namespace) -> SeparateFn:
+    """The Separator's ``separate``: official protocol unless --segment/--overlap are given
+    (then 8 s and no overlap stand for the one not given)."""
     if args.segment is None and args.overlap is None:
-        separator = Separator.official(weights, **options)
+        separator = load_separator(args, progress=not args.quiet, official=True)
     else:
-        separator = Separator(
-            weights,
-            segment=8.0 if args.segment is None else args.segment,
+        separator = load_separator(
+            args,
+            progress=not args.quiet,
+            segment=DEFAULT_SEGMENT if args.segment is None else args.segment,
             overlap=0.0 if args.overlap is None else args.overlap,
-            **options,
         )
     return separator.separate
 
@@ -86,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.estimates is None:
         weights = resolve_weights(args.checkpoint, args.model, progress=not args.quiet)
     settings = _settings(args, weights)
-    separate = _separator(args, weights) if weights is not None else None
+    separate = _separator(args) if weights is not None else None
     results, missing = evaluate_tracks(
         tracks,
         args.output,
@@ -116,10 +109,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="score separations: museval cSDR and uSDR on MUSDB18 or folders of stems",
+        help=summary,
         description=(
             "Separate MUSDB18 tracks with a checkpoint (official protocol: 8 s chunks, no overlap) "
             "or read existing separations ({track}/{stem}.wav), and score them: cSDR exactly as "
@@ -148,25 +141,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the medians; the summary says how many were scored of how many)",
     )
     model = parser.add_argument_group("separation (without --estimates)")
-    weights = model.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", metavar="PATH", help="weights: any checkpoint bsmamba2 reads")
-    weights.add_argument(
-        "--model", choices=sorted(KNOWN), help="weights: a known checkpoint, downloaded on first use"
-    )
-    model.add_argument("--ema", action="store_true", help="use the EMA weights of the checkpoint")
-    model.add_argument("--segment", type=float, help="chunk length in seconds (default: official 8 s)")
-    model.add_argument("--overlap", type=float, help="chunk overlap fraction (default: official 0)")
-    model.add_argument("--batch-size", type=int, default=1, help="chunks per forward pass")
-    model.add_argument(
-        "--tta", action="store_true", help="test-time augmentation as in separate (3x the time)"
-    )
-    model.add_argument(
-        "--shifts", type=int, default=1, metavar="N", help="delayed passes as in separate (N× the time)"
-    )
-    model.add_argument(
-        "--precision", choices=["auto", *PRECISIONS], default="auto", help="autocast precision"
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (model and metrics)")
+    add_weight_options(model)
+    add_chunking_options(model, official=True)
+    add_device_options(parser)  # --device runs the metrics too
     parser.add_argument(
         "--backend",
         choices=BACKENDS,

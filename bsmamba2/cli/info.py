@@ -9,9 +9,10 @@ import sys
 
 import torch
 
-from bsmamba2 import __version__, ops
+from bsmamba2 import ops
+from bsmamba2._version import __version__
+from bsmamba2.device import resolve_device
 from bsmamba2.separation.compiling import cpp_compiler
-from bsmamba2.separation.separator import resolve_device
 
 
 def _triton_version() -> str:
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("info", help="show versions, devices and the kernel backend")
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("info", help=summary)
     parser.add_argument("--json", action="store_true", help="one JSON object (label: value) instead of lines")
     parser.set_defaults(func=run)

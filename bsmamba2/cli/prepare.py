@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser(
         "prepare",
-        help="source activity detection on MUSDB18(-HQ): the index of salient windows (resumable)",
+        help=summary,
         description="Finds the salient 8 s windows of every stem (spec §4) and writes them to a JSON "
         "index; an interrupted run continues where it stopped.",
     )

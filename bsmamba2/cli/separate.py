@@ -11,35 +11,47 @@ import fnmatch
 import json
 import sys
 import time
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import soundfile as sf
-import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from bsmamba2.audio.io import (
     AUDIO_SUFFIXES,
     BIT_DEPTHS,
     DEFAULT_BITRATES,
     FORMATS,
+    AudioError,
     compression_level,
+    open_audio,
     output_rate,
     show_decoder_messages,
     subtype_for,
 )
+from bsmamba2.checkpoint.registry import KNOWN, resolve_weights
+from bsmamba2.cli.options import add_separator_options, load_separator, reported_warnings
 from bsmamba2.errors import BSMamba2Error, require_extra
-from bsmamba2.separation import OutputExistsError, Separator
-from bsmamba2.separation.registry import KNOWN, resolve_weights
-from bsmamba2.separation.separator import ACCOMPANIMENT, DEFAULT_TEMPLATE, PRECISIONS
+from bsmamba2.fileio import STOPS_EVERY_WRITE, WriteError
+from bsmamba2.separation.naming import ACCOMPANIMENT, DEFAULT_TEMPLATE
 
 
-def find_inputs(inputs: list[str], pattern: str | None, outdir: Path) -> tuple[list[Path], list[str]]:
+@dataclass
+class Inputs:
+    """What the INPUT arguments name: audio ``files``, one-line ``errors`` for inputs that do not
+    exist, and how many audio files were left out because they lie under the output folder."""
+
+    files: list[Path]
+    errors: list[str]
+    under_output: int
+
+
+def find_inputs(inputs: list[str], pattern: str | None, outdir: Path) -> Inputs:
     """Files named directly, and files under the folders (recursively, matching ``pattern``
-    or any audio suffix); never hidden files or anything already under ``outdir``.
-    Returns (files, one-line errors for inputs that do not exist).
+    or any audio suffix); never hidden files or anything already under ``outdir`` (earlier
+    outputs would become inputs).
     """
-    files, errors = [], []
+    files, errors, under_output = [], [], 0
     out = outdir.resolve()
     for item in inputs:
         path = Path(item)
@@ -50,18 +62,20 @@ def find_inputs(inputs: list[str], pattern: str | None, outdir: Path) -> tuple[l
                 relative = found.relative_to(path).parts
                 if not found.is_file() or any(p.startswith(".") for p in relative):
                     continue
-                if found.resolve().is_relative_to(out):
-                    continue
-                if (
+                if not (
                     fnmatch.fnmatch(found.name, pattern)
                     if pattern
                     else found.suffix.lower() in AUDIO_SUFFIXES
                 ):
+                    continue
+                if found.resolve().is_relative_to(out):
+                    under_output += 1
+                else:
                     files.append(found)
         else:
             errors.append(f"{path}: no such file or directory")
     unique = list(dict.fromkeys(p.resolve() for p in files))
-    return [Path(p) for p in unique], errors
+    return Inputs([Path(p) for p in unique], errors, under_output)
 
 
 def _summary(path: Path, outputs: dict[str, Path], seconds: float) -> str:
@@ -74,25 +88,23 @@ def _summary(path: Path, outputs: dict[str, Path], seconds: float) -> str:
     )
 
 
-def load_separator(
-    args: argparse.Namespace, progress: bool, model: torch.nn.Module | None = None, **settings
-) -> Separator:
-    """The :class:`Separator` the arguments of :func:`add_separator_arguments` ask for;
-    ``model`` one already loaded (shared, not loaded again), ``settings`` override arguments."""
-    weights = model if model is not None else resolve_weights(args.checkpoint, args.model, progress=progress)
-    chosen = {
-        "device": args.device,
-        "segment": args.segment,
-        "overlap": args.overlap,
-        "batch_size": args.batch_size,
-        "precision": args.precision,
-        "progress": progress,
-        "ema": args.ema,
-        "compile": {"yes": True, "no": False}.get(args.compile, "auto"),
-        "tta": args.tta,
-        "shifts": args.shifts,
-    }
-    return Separator(weights, **{**chosen, **settings})
+def _error(message: object) -> None:
+    tqdm.write(f"bsmamba2: error: {message}", file=sys.stderr)
+
+
+def _usable(files: list[Path]) -> tuple[list[Path], int]:
+    """The files that open as audio (header only), and how many did not (each said on one line):
+    bad inputs are reported before the model is loaded."""
+    usable, failed = [], 0
+    for path in files:
+        try:
+            open_audio(path).close()
+        except AudioError as exc:
+            failed += 1
+            _error(exc)
+        else:
+            usable.append(path)
+    return usable, failed
 
 
 def list_models(as_json: bool) -> None:
@@ -137,30 +149,44 @@ def run(args: argparse.Namespace) -> int:
     stems = [s for item in args.stems or [] for s in item.split(",") if s] or None
     if args.two_stems:
         stems = [args.two_stems, ACCOMPANIMENT]
-    files, missing = find_inputs(args.inputs, args.glob, outdir)
-    for message in missing:
-        print(f"bsmamba2: error: {message}", file=sys.stderr)
-    if not files:
-        raise BSMamba2Error(
-            "no audio files found in the inputs" + (f" matching {args.glob!r}" if args.glob else "")
-        )
+    if args.official and (args.segment is not None or args.overlap is not None):
+        raise BSMamba2Error("--official fixes 8 s segments without overlap: drop --segment and --overlap")
     subtype_for(args.format, args.bit_depth)  # bad combinations fail before any work
     if args.plot:
         require_extra("separate --plot", "plot")
     if args.sample_rate is not None:
         output_rate(args.format, args.sample_rate, args.sample_rate)
     compression_level(args.format, args.bitrate, args.sample_rate or 48000, 2)
-    separator = load_separator(args, progress=not args.quiet, official=args.official)
+    inputs = find_inputs(args.inputs, args.glob, outdir)
+    for message in inputs.errors:
+        _error(message)
+    skipped_note = (
+        f"{inputs.under_output} audio file{'s' * (inputs.under_output != 1)} under the output folder "
+        f"{outdir} left out (earlier outputs are never inputs; choose another -o to separate them)"
+    )
+    if not inputs.files and not inputs.errors:
+        found = "no audio files found in the inputs" + (f" matching {args.glob!r}" if args.glob else "")
+        raise BSMamba2Error(found + (f": {skipped_note}" if inputs.under_output else ""))
+    if inputs.under_output:
+        print(f"bsmamba2: note: {skipped_note}", file=sys.stderr)
+    files, failed = _usable(inputs.files)
+    failed += len(inputs.errors)
+    if not files:
+        return 1
+    # torch and the model only now: the checks above answer within a second.
+    from bsmamba2.separation import OutputExistsError
+
+    progress = not args.quiet and sys.stderr.isatty()  # no bars (cursor codes) in logs
+    separator = load_separator(args, progress=progress, official=args.official)
     # Template and stems too.
     first = file_template(args.filename, files[0], args.inputs)
     separator.output_paths(files[0], outdir, stems, first, args.format)
-    failed, skipped, planned = len(missing), 0, {}
+    separated, skipped, not_attempted, planned = 0, 0, 0, {}
     say = (lambda *a, **k: None) if args.quiet else tqdm.write
     if args.compile == "yes":
         say("compiling the model on the first segment: minutes the first time, cached on disk after")
-    for path in tqdm(
-        files, desc="files", unit="file", disable=args.quiet or len(files) < 2, dynamic_ncols=True
-    ):
+    bar = tqdm(files, desc="files", unit="file", disable=not progress or len(files) < 2, dynamic_ncols=True)
+    for index, path in enumerate(bar):
         start = time.perf_counter()
         try:
             filename = file_template(args.filename, path, args.inputs)
@@ -173,8 +199,7 @@ def run(args: argparse.Namespace) -> int:
                     "--filename '{dir}/{track}/{stem}.{ext}'"
                 )
             planned.update(dict.fromkeys(targets.values(), path))
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with reported_warnings(args.quiet):
                 outputs = separator.separate_file(
                     path,
                     outdir,
@@ -189,43 +214,34 @@ def run(args: argparse.Namespace) -> int:
                     overwrite=args.overwrite,
                     plot=args.plot,
                 )
-            for warning in caught:
-                print(f"bsmamba2: warning: {warning.message}", file=sys.stderr)
         except OutputExistsError as exc:
             skipped += 1
             say(f"{exc}")
+        except WriteError as exc:
+            failed += 1
+            _error(exc)
+            if exc.errno in STOPS_EVERY_WRITE:  # e.g. a full disk: every other file would fail too
+                not_attempted = len(files) - index - 1
+                if not_attempted:
+                    files_were = "file was" if not_attempted == 1 else "files were"
+                    _error(f"stopped: the other {not_attempted} {files_were} not attempted")
+                break
         except (BSMamba2Error, OSError) as exc:
             failed += 1
-            tqdm.write(f"bsmamba2: error: {exc}", file=sys.stderr)
+            _error(exc)
         else:
+            separated += 1
             say(
                 _summary(path, {k: v for k, v in outputs.items() if k != "plot"}, time.perf_counter() - start)
             )
-    done = len(files) - skipped - (failed - len(missing))
+    bar.close()
     if not args.quiet or failed:
         print(
-            f"{done} separated, {skipped} skipped, {failed} failed", file=sys.stderr if failed else sys.stdout
+            f"{separated} separated, {skipped} skipped, {failed} failed"
+            + (f", {not_attempted} not attempted" if not_attempted else ""),
+            file=sys.stderr if failed else sys.stdout,
         )
     return 1 if failed else 0
-
-
-def _batch_size(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}") from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
 
 
 def _seconds(text: str) -> float:
@@ -248,74 +264,10 @@ def _kbps(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected kbps such as 192 or 192k, got {text!r}") from None
 
 
-def add_separator_arguments(p: argparse.ArgumentParser) -> None:
-    """The weights and how to run them: shared by ``separate`` and ``serve``."""
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", metavar="PATH", help="weights: any checkpoint bsmamba2 reads")
-    weights.add_argument(
-        "--model",
-        "-n",
-        "--name",
-        choices=sorted(KNOWN),
-        help="weights: a known checkpoint, downloaded on first use (-n/--name as in demucs)",
-    )
-    p.add_argument(
-        "--ema", action="store_true", help="use the EMA weights of an official Lightning checkpoint"
-    )
-    p.add_argument(
-        "-d",
-        "--device",
-        default="auto",
-        help="auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps (default: %(default)s)",
-    )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", *PRECISIONS],
-        help="autocast precision; auto = bf16 on CUDA, fp32 on the CPU",
-    )
-    p.add_argument(
-        "--compile",
-        nargs="?",
-        const="yes",
-        default="auto",
-        choices=["auto", "yes", "no"],
-        help="CPU: torch.compile the Mamba-2 modules (1.5-1.8x faster per segment after a compile "
-        "of minutes on the first one, cached on disk); auto (the default) times the first segment "
-        "on the CPU and compiles for the rest of the file when that saves time overall; "
-        "--compile alone means yes",
-    )
-    p.add_argument("--segment", type=float, default=8.0, help="seconds per model call (default: %(default)s)")
-    p.add_argument(
-        "--overlap", type=float, default=0.25, help="cross-faded fraction of a segment (default: %(default)s)"
-    )
-    p.add_argument(
-        "--batch-size",
-        type=_batch_size,
-        default="auto",
-        help="segments per forward pass, or auto: 1 on the CPU, what fits in half the free memory "
-        "on CUDA, halved if CUDA runs out of memory (default: %(default)s)",
-    )
-    p.add_argument(
-        "--tta",
-        action="store_true",
-        help="test-time augmentation: each segment also channel-swapped and polarity-inverted, the "
-        "three outputs averaged (as MSST's --use_tta); 3x the time (2x for mono)",
-    )
-    p.add_argument(
-        "--shifts",
-        type=_positive,
-        default=1,
-        metavar="N",
-        help="N passes over the input, all but the first delayed by a random amount up to "
-        "0.5 s, averaged (as demucs's --shifts); N times the time (default: %(default)s)",
-    )
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     p = subparsers.add_parser(
         "separate",
-        help="separate audio files into vocals and accompaniment",
+        help=summary,
         description="Separate audio files (or every audio file under folders) into stems. The "
         "default weights (--model bs_mamba2_vocals) were trained on MUSDB18, whose songs are "
         "for academic, non-commercial research use: so are the weights.",
@@ -338,8 +290,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--glob", help="file name pattern for folders, e.g. '*.flac' (default: common audio suffixes)"
     )
-    add_separator_arguments(p)
-    p.add_argument("--official", action="store_true", help="the official protocol: 8 s segments, no overlap")
+    add_separator_options(p)
+    p.add_argument(
+        "--official",
+        action="store_true",
+        help="the official protocol: 8 s segments, no overlap (not with --segment or --overlap)",
+    )
     chosen = p.add_mutually_exclusive_group()
     chosen.add_argument(
         "--stems", action="append", metavar="NAME[,NAME]", help="stems to write (default: all)"

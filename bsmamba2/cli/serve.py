@@ -13,7 +13,7 @@ import logging
 import socket
 import sys
 
-from bsmamba2.cli.separate import add_separator_arguments, load_separator
+from bsmamba2.cli.options import add_separator_options, load_separator
 from bsmamba2.errors import BSMamba2Error, require_extra
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
@@ -117,17 +117,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     p = subparsers.add_parser(
         "serve",
-        help="a local web app: separate files from the browser",
+        help=summary,
         description="Start a local web page for separating files: choose or drop audio files, follow "
         "each file's progress, play and download the stems. Listens on 127.0.0.1 (this machine only) "
         "unless --host says otherwise. Needs the web extra: pip install 'bsmamba2[web]'.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s; 0: any free one)")
-    add_separator_arguments(p)
+    add_separator_options(p)
     p.add_argument(
         "--jobs",
         type=int,

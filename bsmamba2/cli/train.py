@@ -20,10 +20,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     # '+' as prefix: every '--option' stays in lightning_args, for LightningCLI to parse.
     parser = subparsers.add_parser(
-        "train", help="train a model (LightningCLI; see recipes/musdb18hq)", add_help=False, prefix_chars="+"
+        "train", help=summary, add_help=False, prefix_chars="+"
     )
     parser.add_argument("lightning_args", nargs=argparse.REMAINDER)
     parser.set_defaults(func=run)

@@ -7,14 +7,19 @@ so auto fills half of the free memory, estimated from the size of the largest ac
 a factor for the other tensors alive at the same time (the 60 s paper-model pass on an H100
 peaks at 5.6 GB, 3.2× its in_proj output in bf16: :data:`ACTIVATION_FACTOR` leaves margin).
 An estimate can still be wrong on a busy card, so the separator halves the batch when CUDA
-runs out of memory and carries on (:func:`smaller_batch`).
+runs out of memory and carries on (:func:`smaller_batch`). A segment or an explicit batch
+whose estimate exceeds all the memory there is (:func:`check_memory`) would only end in an
+out-of-memory kill after minutes of work: an error, or fewer segments with a warning.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 
-from bsmamba2.errors import BSMamba2Error
+from bsmamba2.errors import BSMamba2Error, ParameterError
 from bsmamba2.model import BSMamba2Config
 
 ACTIVATION_FACTOR = 6.0
@@ -29,6 +34,44 @@ def segment_bytes(config: BSMamba2Config, segment_samples: int, element_bytes: i
     d_inner = config.expand * config.dim
     in_proj = 2 * d_inner + 2 * config.ngroups * config.d_state + d_inner // config.headdim
     return int(ACTIVATION_FACTOR * len(config.bands) * frames * in_proj * element_bytes)
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """All the memory there is: the GPU's on CUDA, the machine's RAM on the CPU (None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        return None
+
+
+def check_memory(
+    config: BSMamba2Config, segment_samples: int, batch_size: int, device: torch.device, precision: str
+) -> int:
+    """``batch_size``, or as many segments as the estimate fits in all of ``device``'s memory
+    (with a warning); an error when a single segment does not fit."""
+    total = memory_bytes(device)
+    if total is None:
+        return batch_size
+    per_segment = segment_bytes(config, segment_samples, 4 if precision == "fp32" else 2)
+    seconds = segment_samples / config.sample_rate
+    if per_segment > total:
+        raise ParameterError(
+            "segment",
+            f"segment of {seconds:g} s needs ~{per_segment / 2**30:.1f} GiB per model call (estimate), more "
+            f"than the {total / 2**30:.1f} GiB of memory on {device.type}: use a shorter segment",
+        )
+    fits = max(1, total // per_segment)
+    if batch_size <= fits:
+        return batch_size
+    warnings.warn(
+        f"batch size {batch_size}: that many {seconds:g} s segments need "
+        f"~{batch_size * per_segment / 2**30:.0f} GiB (estimate), more than the "
+        f"{total / 2**30:.1f} GiB of memory on {device.type}: using {fits}",
+        stacklevel=3,
+    )
+    return fits
 
 
 def auto_batch_size(

@@ -1,11 +1,15 @@
 """Cutting a stream into overlapping segments and cross-fading the processed ones back.
 
-The input is padded with ``pad`` zeros at both ends so the first and last real samples sit
-in the flat middle of a segment, where the model sees context on both sides, rather than in
-a fade. Segments start every ``hop`` samples; each processed segment is weighted by a
-window that ramps up over the overlap, stays at one, and ramps down, and the sum is divided
-by the summed weights, so the weights at every sample add up to one exactly (no level
-change, no seams), whatever the overlap. With no overlap and no padding this is the
+The input is padded with ``pad`` zeros at both ends (the overlap, at most one hop) so the
+first and last real samples sit in the flat middle of a segment, where the model sees
+context on both sides, rather than in a fade. Capping the padding at one hop keeps a short
+input from being cut into more segments than its length needs: with overlap 0.999, padding
+by the whole overlap would turn 100 samples into a thousand 8 s segments.
+
+Segments start every ``hop`` samples; each processed segment is weighted by a window that
+ramps up over the overlap, stays at one, and ramps down, and the sum is divided by the
+summed weights, so the weights at every sample add up to one exactly (no level change, no
+seams), whatever the overlap. With no overlap and no padding this is the
 official protocol: back-to-back segments, the last one zero-padded.
 
 Only the samples that later segments can still touch are kept, so memory stays at a few
@@ -15,8 +19,59 @@ segments however long the stream.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
+
+from bsmamba2.errors import ParameterError
+
+DEFAULT_SEGMENT = 8.0
+"""Seconds per model call: the training length, and the official evaluation chunk."""
+DEFAULT_OVERLAP = 0.25
+"""The cross-faded fraction of a segment."""
+
+
+def segment_count(samples: int, segment: int, hop: int, pad: int) -> int:
+    """How many segments of ``segment`` samples every ``hop`` cover ``samples`` padded by ``pad``
+    at both ends (the last one zero-padded to full length)."""
+    return max(1, math.ceil((2 * pad + samples - segment) / hop) + 1)
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """Segment length, hop and edge padding in samples."""
+
+    segment: int
+    hop: int
+    pad: int
+
+    @classmethod
+    def from_seconds(cls, segment: float, overlap: float, rate: int, window: int) -> Chunking:
+        """``segment`` seconds at ``rate`` overlapping by the fraction ``overlap``; the segment must
+        be longer than one STFT ``window`` and the hop at least one window (a shorter hop only
+        multiplies the work). Errors name the parameter."""
+        if not (math.isfinite(segment) and segment > window / rate):
+            raise ParameterError(
+                "segment",
+                f"segment must be longer than {window / rate:.3f} s (one STFT window), got {segment}",
+            )
+        if not 0 <= overlap < 1:
+            raise ParameterError("overlap", f"overlap must be in [0, 1), got {overlap}")
+        samples = round(segment * rate)
+        overlap_samples = min(round(overlap * samples), samples - 1)
+        hop = samples - overlap_samples
+        if hop < window:
+            most = math.floor((1 - window / samples) * 1000) / 1000
+            raise ParameterError(
+                "overlap",
+                f"overlap {overlap} leaves {hop} samples between {segment:g} s segments, less than one "
+                f"STFT window ({window}): use an overlap of at most {most}"
+            )
+        return cls(samples, hop, min(overlap_samples, hop))
+
+    def segments_for(self, samples: int) -> int:
+        """How many segments an input of ``samples`` samples is cut into."""
+        return segment_count(samples, self.segment, self.hop, self.pad)
 
 
 def crossfade_window(segment: int, overlap: int) -> np.ndarray:
@@ -60,7 +115,7 @@ class Chunker:
 
     def segments_for(self, samples: int) -> int:
         """How many segments an input of ``samples`` samples is cut into."""
-        return max(1, math.ceil((2 * self.pad + samples - self.segment) / self.hop) + 1)
+        return segment_count(samples, self.segment, self.hop, self.pad)
 
     def _cut(self) -> list[np.ndarray]:
         out = []

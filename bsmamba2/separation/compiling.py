@@ -10,8 +10,11 @@ exceeds that: a whole song with the paper model, not a short clip or a small mod
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -50,9 +53,20 @@ def compile_blocks(model: torch.nn.Module, device: torch.device, backend: str = 
         name = os.environ.get("CXX") or "g++"
         raise BSMamba2Error(f"compile: torch.compile needs a C++ compiler ({name!r} not found); "
                             "install one or run without compiling")
-    for module in model.modules():
-        if isinstance(module, BidirectionalMamba):
-            module.compile(backend=backend)
+    with quiet_compiler():
+        for module in model.modules():
+            if isinstance(module, BidirectionalMamba):
+                module.compile(backend=backend)
+
+
+@contextlib.contextmanager
+def quiet_compiler() -> Iterator[None]:
+    """Compiling, and calls into compiled modules, without torch's own noise: inductor imports
+    ``torch.utils.mkldnn``, whose 14 ``torch.jit.script_method`` decorators each warn that
+    torch.jit is deprecated; that says nothing about this run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script_method` is deprecated", DeprecationWarning)
+        yield
 
 
 def uncompile_blocks(model: torch.nn.Module) -> None:

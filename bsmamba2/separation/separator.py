@@ -12,7 +12,6 @@ to the input (to float32 rounding): nothing is rescaled.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 import warnings
@@ -33,23 +32,20 @@ from bsmamba2.audio import (
     pcm_to_float,
     subtype_for,
 )
-from bsmamba2.audio.io import BLOCK, compression_level, output_rate, peak_warning
+from bsmamba2.audio.io import BLOCK, compression_level, output_rate, peak_warning, wav_container
 from bsmamba2.checkpoint import load_model
-from bsmamba2.errors import BSMamba2Error, require_extra
+from bsmamba2.device import autocast, fft_device, resolve_device, resolve_precision
+from bsmamba2.errors import BSMamba2Error, ParameterError, require_extra
+from bsmamba2.fileio import remove_stale_temporaries
 from bsmamba2.model import istft, stft
-from bsmamba2.separation.batching import auto_batch_size, smaller_batch
-from bsmamba2.separation.chunking import Chunker
-from bsmamba2.separation.compiling import compile_blocks, compile_pays, uncompile_blocks
+from bsmamba2.separation.batching import auto_batch_size, check_memory, smaller_batch
+from bsmamba2.separation.chunking import DEFAULT_OVERLAP, DEFAULT_SEGMENT, Chunker, Chunking
+from bsmamba2.separation.compiling import compile_blocks, compile_pays, quiet_compiler, uncompile_blocks
+from bsmamba2.separation.naming import ACCOMPANIMENT, DEFAULT_TEMPLATE, output_paths
 from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
 from bsmamba2.separation.progress import ProgressCallback, ProgressReporter
 
-OFFICIAL_SEGMENT = 8.0  # seconds: the training length and the official evaluation chunk
 MAX_SHIFT = 0.5  # seconds: the largest delay of a --shifts pass (demucs's)
-ACCOMPANIMENT = "accompaniment"
-DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-WAV_LIMIT = 2**32 - 1  # bytes: RIFF's 32-bit size fields; RF64 has 64-bit ones
-_SAMPLE_BYTES = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}
 
 
 class OutputExistsError(BSMamba2Error):
@@ -62,66 +58,6 @@ class NonFiniteOutputError(BSMamba2Error):
 
 class ClippingWarning(UserWarning):
     """An integer output file had samples beyond full scale, clipped (the message names the peak)."""
-
-
-def auto_device(cuda: bool, mps: bool) -> str:
-    """``--device auto``: CUDA if there is a GPU, else Apple's MPS, else the CPU."""
-    return "cuda" if cuda else "mps" if mps else "cpu"
-
-
-def mps_available() -> bool:
-    """Whether this torch and machine have Apple's Metal backend (macOS on Apple silicon)."""
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
-
-
-def fft_device(device: torch.device) -> torch.device:
-    """Where the STFT and iSTFT run: on ``device``, except on MPS, whose complex FFT support
-    is incomplete across torch versions: there on the CPU (as demucs does), the model on MPS."""
-    return torch.device("cpu") if device.type == "mps" else device
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` → :func:`auto_device` (the first CUDA device, else MPS, else the CPU)."""
-    if str(device) == "auto":
-        return torch.device(auto_device(torch.cuda.is_available(), mps_available()))
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise BSMamba2Error(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from None
-    if dev.type == "mps" and not mps_available():
-        raise BSMamba2Error(f"device {device!r} requested but Apple's MPS is not available here")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BSMamba2Error(f"device {device!r} requested but CUDA is not available here")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise BSMamba2Error(
-            f"device {device!r} requested but there are {torch.cuda.device_count()} CUDA devices"
-        )
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → bf16 autocast on CUDA, fp32 on the CPU."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise BSMamba2Error(f"unknown precision {precision!r} (use auto, fp32, bf16 or fp16)")
-    return precision
-
-
-def wav_container(fmt: str, seconds: float | None, rate: int, channels: int, subtype: str) -> str | None:
-    """``"RF64"`` for a WAV output that could outgrow RIFF's 4 GB limit, else None (the suffix's format).
-
-    ``seconds`` of output at ``rate``: the input's length, an estimate for ffmpeg inputs, so
-    it gets 1 % headroom plus 1 MiB for the headers; unknown (None) counts as too long. A
-    3.5-hour float stereo file at 44.1 kHz (4.4 GB) is RF64, a 3-hour one (3.8 GB) a WAV.
-    """
-    if fmt != "wav":
-        return None
-    if seconds is None:
-        return "RF64"
-    data = math.ceil(seconds * rate * 1.01) * channels * _SAMPLE_BYTES[subtype]
-    return "RF64" if data + (1 << 20) > WAV_LIMIT else None
 
 
 @contextlib.contextmanager
@@ -152,32 +88,48 @@ class _Fifo:
 
 
 class Separator:
-    """Separates audio with a BSMamba2 (or anything :func:`bsmamba2.load_model` reads).
+    """Separates audio with a BSMamba2: arrays (:meth:`separate`) and files
+    (:meth:`separate_file`) of any length, rate and channel count, in cross-faded segments.
 
-    ``segment`` seconds per model call (default 8 s, the training length), ``overlap`` the
-    cross-faded fraction of a segment, ``batch_size`` segments per forward pass (``auto``: 1
-    on the CPU, what fits in half the free memory on CUDA; halved if CUDA runs out of memory),
-    ``precision`` ``auto|fp32|bf16|fp16`` (autocast; auto = bf16 on CUDA, fp32 on the CPU),
-    ``ema`` takes the EMA weights of an official checkpoint. ``official=True`` (or
-    :meth:`official`) reproduces the official evaluation protocol: back-to-back 8 s
-    segments, no overlap, the last one zero-padded. ``compile=True`` runs the Mamba-2
-    modules through ``torch.compile`` on the CPU (see :func:`compile_blocks`). A module
-    passed in is moved to ``device`` and put in eval mode.
+    Args:
+        model_or_path: a BSMamba2 (or any module with its interface: a ``config`` and complex
+            spectrogram in, stems out; moved to ``device`` and put in eval mode), a checkpoint
+            file of any layout :func:`bsmamba2.load_model` reads, or a known checkpoint's name
+            (``"bs_mamba2_vocals"``, downloaded on first use).
+        device: ``auto`` (the first CUDA device, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        segment: seconds per model call (default 8, the training length).
+        overlap: the cross-faded fraction of a segment (default 0.25); the hop between segments
+            must stay at least one STFT window.
+        batch_size: segments per forward pass; ``auto`` is 1 on the CPU and what fits in half the
+            free memory on CUDA. Halved if CUDA runs out of memory; lowered, with a warning,
+            when its estimate passes all of the device's memory.
+        precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``
+            (autocast).
+        progress: show tqdm bars.
+        ema: take the EMA weights of an official Lightning checkpoint.
+        official: the official evaluation protocol (or :meth:`official`): back-to-back 8 s
+            segments, no overlap, the last one zero-padded; not with ``segment`` or ``overlap``.
+        compile: ``True`` runs the Mamba-2 modules through ``torch.compile`` on the CPU
+            (:func:`~bsmamba2.separation.compiling.compile_blocks`); ``"auto"`` times the first
+            segment of each input and compiles for the rest when that saves time.
+        tta: run every segment also with its channels swapped and with its polarity inverted
+            (mono: only inverted), each output turned back, and average (MSST's ``--use_tta``);
+            ×3 the time.
+        shifts: passes over the input, all but the first delayed by a random amount up to
+            :data:`MAX_SHIFT` seconds (a fixed seed: the same input gives the same output), averaged
+            (demucs's ``--shifts``); ×N time. Both augmentations go through the same chunking.
 
-    Test-time augmentation, both averaged into the result and both through the same chunking:
-    ``tta=True`` runs every segment three times, as it is, with its channels swapped and with
-    its polarity inverted (mono: twice), each output turned back before the average, as MSST's
-    ``--use_tta``; ``shifts=N`` makes N passes over the input, all but the first delayed by a
-    random amount up to :data:`MAX_SHIFT` seconds (a fixed seed: the same input gives the same
-    output) so segment borders fall elsewhere, as demucs's ``--shifts``. Time is ×3 and ×N.
+    Raises:
+        ParameterError: a bad argument; ``parameter`` names it (the command line names its flag).
+        CheckpointError: weights that cannot be read.
     """
 
     def __init__(
         self,
         model_or_path: torch.nn.Module | str | os.PathLike,
         device: str | torch.device = "auto",
-        segment: float = OFFICIAL_SEGMENT,
-        overlap: float = 0.25,
+        segment: float | None = None,
+        overlap: float | None = None,
         batch_size: int | str = "auto",
         precision: str = "auto",
         progress: bool = True,
@@ -195,36 +147,42 @@ class Separator:
             self.model, self.name = load_model(model_or_path, ema=ema), Path(model_or_path).stem
         self.model.to(self.device).eval()
         if compile not in (True, False, "auto"):
-            raise BSMamba2Error(f"compile must be True, False or 'auto', got {compile!r}")
+            raise ParameterError("compile", f"compile must be True, False or 'auto', got {compile!r}")
         self.compile_mode = compile
         self.compiled = compile != "auto" and bool(compile)
         if self.compiled:
             compile_blocks(self.model, self.device)
         self.config = self.model.config
         self.stems = list(self.model.config.stem_names)
-        if official:
-            segment, overlap = OFFICIAL_SEGMENT, 0.0
-        shortest = self.config.n_fft / self.config.sample_rate  # one STFT window
-        if not segment > shortest:
-            raise BSMamba2Error(
-                f"segment must be longer than {shortest:.3f} s (one STFT window), got {segment}"
+        if official and (segment is not None or overlap is not None):
+            raise ParameterError(
+                "official", "official=True fixes 8 s segments without overlap; do not pass segment or overlap"
             )
-        if not 0 <= overlap < 1:
-            raise BSMamba2Error(f"overlap must be in [0, 1), got {overlap}")
-        if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
-            raise BSMamba2Error(f"batch size must be auto or at least 1, got {batch_size!r}")
-        self.segment_samples = max(1, round(segment * self.config.sample_rate))
-        overlap_samples = min(round(overlap * self.segment_samples), self.segment_samples - 1)
-        self.hop_samples = self.segment_samples - overlap_samples
-        self.pad_samples = overlap_samples  # edge context: first/last samples sit past the fade
-        self.batch_size = (
-            auto_batch_size(self.config, self.segment_samples, self.device, self.precision)
-            if batch_size == "auto"
-            else batch_size
+        if official:
+            segment, overlap = DEFAULT_SEGMENT, 0.0
+        self.chunking = Chunking.from_seconds(
+            DEFAULT_SEGMENT if segment is None else segment,
+            DEFAULT_OVERLAP if overlap is None else overlap,
+            self.config.sample_rate,
+            self.config.n_fft,
         )
+        self.segment_samples = self.chunking.segment
+        self.hop_samples = self.chunking.hop
+        self.pad_samples = self.chunking.pad
+        if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ParameterError("batch_size", f"batch size must be auto or at least 1, got {batch_size!r}")
+        self.batch_size = check_memory(
+            self.config,
+            self.segment_samples,
+            1 if batch_size == "auto" else batch_size,
+            self.device,
+            self.precision,
+        )
+        if batch_size == "auto":
+            self.batch_size = auto_batch_size(self.config, self.segment_samples, self.device, self.precision)
         self.progress = progress
         if not (isinstance(shifts, int) and shifts >= 1):
-            raise BSMamba2Error(f"shifts must be a whole number of at least 1, got {shifts!r}")
+            raise ParameterError("shifts", f"shifts must be a whole number of at least 1, got {shifts!r}")
         self.tta = bool(tta)
         most = max(1, round(MAX_SHIFT * self.config.sample_rate))
         delays = np.random.default_rng(0).integers(1, most + 1, size=shifts - 1)
@@ -242,12 +200,6 @@ class Separator:
         return [*self.stems, ACCOMPANIMENT] if len(self.stems) == 1 else list(self.stems)
 
     # -- the model on a batch of segments ---------------------------------------------------
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _run(self, segments: list[np.ndarray]) -> np.ndarray:
         """(B, C, S) audio → (B, n_stems, C, S) separated audio, C the input's channels; with
@@ -273,7 +225,7 @@ class Separator:
             inp = x.reshape(batch * channels, 1, samples)
         with torch.inference_mode():
             spec = stft(inp, self.config).to(self.device)
-            with self._autocast():
+            with autocast(self.precision, self.device):
                 out = self._forward(spec)
             out = out.to(x.device, torch.complex64)
             wav = istft(out, self.config, length=samples)  # (B', stems, Cm, S)
@@ -293,7 +245,8 @@ class Separator:
         if not self.compiled:
             return self.model(spec)
         try:
-            return self.model(spec)
+            with quiet_compiler():
+                return self.model(spec)
         except Exception as exc:  # inductor's failures have many types; eager is always there
             self.compiled = False
             uncompile_blocks(self.model)
@@ -308,7 +261,7 @@ class Separator:
         if bar.total is None:  # an input of unknown length: stay eager
             return
         passes = len(self.shift_samples)
-        total = passes * (bar.total * self.config.sample_rate + 2 * self.pad_samples) / self.hop_samples
+        total = passes * self.chunking.segments_for(round(bar.total * self.config.sample_rate))
         eager = per_segment * max(0.0, total - done)
         if not compile_pays(eager):
             return
@@ -350,7 +303,7 @@ class Separator:
         stems_out = StreamResampler(rate, out_rate, n_stems * channels)
         # One chunker per --shifts pass, each fed its delay in zeros first; their outputs wait
         # in `passes` (the delay dropped again) until all have them, then are averaged.
-        chunkers = [Chunker(self.segment_samples, self.hop_samples, self.pad_samples, channels)
+        chunkers = [Chunker(self.chunking.segment, self.chunking.hop, self.chunking.pad, channels)
                     for _ in self.shift_samples]
         passes = [_Fifo(n_stems * channels) for _ in chunkers]
         lead = list(self.shift_samples)  # samples still to drop from each pass's output
@@ -442,13 +395,22 @@ class Separator:
         sample_rate: int,
         on_progress: ProgressCallback | None = None,
     ) -> dict[str, np.ndarray]:
-        """Stems of ``audio`` (channels, samples) or (samples,) at ``sample_rate``.
+        """The stems of an array.
 
         Floats are taken as they are (full scale 1.0); integer PCM (int8, uint8, int16,
         int32) is scaled to [-1, 1) first, as soundfile reads it (int16 / 32768).
-        Returns {stem: float32 array shaped like ``audio``, at ``sample_rate``}; for a
-        one-stem model, ``vocals`` and ``accompaniment`` (= audio − vocals).
-        ``on_progress`` gets a :class:`~bsmamba2.separation.progress.Progress` per block.
+
+        Args:
+            audio: (channels, samples) or (samples,), numpy or torch, mono or stereo.
+            sample_rate: of ``audio``, any (resampled to the model's and back).
+            on_progress: gets a :class:`~bsmamba2.separation.progress.Progress` per block.
+
+        Returns:
+            {stem: float32 array shaped like ``audio``, at ``sample_rate``}; for a one-stem
+            model, ``vocals`` and ``accompaniment`` (= audio − vocals, sample by sample).
+
+        Raises:
+            AudioError: a bad shape, rate, channel count, or NaN/infinite samples.
         """
         if isinstance(audio, torch.Tensor):
             audio = audio.detach().cpu().numpy()
@@ -488,25 +450,7 @@ class Separator:
         """Where :meth:`separate_file` writes each selected stem (``filename`` is a template
         with ``{track} {stem} {ext} {model}``, relative to ``outdir``).
         """
-        chosen = list(stems) if stems else self.outputs
-        unknown = [s for s in chosen if s not in self.outputs]
-        if unknown:
-            raise BSMamba2Error(f"unknown stem {unknown[0]!r} (this model gives: {', '.join(self.outputs)})")
-        paths = {}
-        for stem in dict.fromkeys(chosen):
-            fields = {"track": Path(path).stem, "stem": stem, "ext": fmt, "model": self.name}
-            try:
-                paths[stem] = Path(outdir) / filename.format(**fields)
-            except (KeyError, IndexError, ValueError) as exc:
-                raise BSMamba2Error(
-                    f"bad --filename template {filename!r} ({type(exc).__name__}: {exc}); "
-                    "fields: {track} {stem} {ext} {model}, and on the command line {dir} {trackext}"
-                ) from None
-        if len(set(paths.values())) < len(paths):
-            raise BSMamba2Error(
-                f"--filename template {filename!r} gives every stem the same file; add {{stem}}"
-            )
-        return paths
+        return output_paths(path, outdir, self.outputs, self.name, stems, filename, fmt)
 
     def separate_file(
         self,
@@ -524,20 +468,39 @@ class Separator:
         start: float = 0.0,
         duration: float | None = None,
     ) -> dict[str, Path]:
-        """Separate one file into ``outdir`` (block by block); returns {stem: path}, plus
-        ``"plot"`` for the spectrogram PNG when ``plot`` is set.
+        """Separate one file into ``outdir``, block by block: files appear only when complete,
+        and a failure leaves no partial file (nor an empty folder made for it).
 
-        ``fmt`` ``wav|flac|mp3|ogg|opus``, ``bit_depth`` ``16|24|float`` for WAV and FLAC
-        (default: float WAV, 24-bit FLAC), ``bitrate`` kbps for MP3 and Opus (default 320 and
-        256), ``sample_rate`` of the outputs (default: the input's, or the next one MP3 or
-        Opus can store: :func:`~bsmamba2.audio.io.output_rate`); WAV outputs beyond 4 GB are
-        written as RF64 (:func:`wav_container`). Existing outputs are kept
-        (:class:`OutputExistsError`) unless ``overwrite``; files appear only when complete.
+        Args:
+            path: the input, any format soundfile or ffmpeg reads.
+            outdir: the output folder.
+            stems: the stems to write (default: all of :attr:`outputs`).
+            filename: the output path under ``outdir``, a template with the fields
+                ``{track} {stem} {ext} {model}``.
+            fmt: ``wav``, ``flac``, ``mp3``, ``ogg`` or ``opus``; WAV outputs beyond 4 GB are
+                written as RF64 (:func:`~bsmamba2.audio.io.wav_container`).
+            bit_depth: ``16``, ``24`` or ``float`` for WAV and FLAC (default: float WAV, 24-bit
+                FLAC).
+            sample_rate: of the outputs (default: the input's, or the next one MP3 or Opus can
+                store: :func:`~bsmamba2.audio.io.output_rate`).
+            overwrite: replace existing outputs (default: keep them, :class:`OutputExistsError`).
+            plot: also write a PNG of the spectrograms of the mixture and the stems.
+            on_progress: gets a :class:`~bsmamba2.separation.progress.Progress` per block (stages
+                separating, compiling, plotting, done; ``file`` the input's name).
+            bitrate: kbps for MP3 and Opus (default 320 and 256).
+            start: a preview: seconds into the input to begin at (only the part is decoded).
+            duration: a preview: seconds to separate (default: to the end).
+
+        Returns:
+            {stem: path}, plus ``"plot"`` for the PNG when ``plot`` is set.
+
+        Raises:
+            OutputExistsError: outputs already there and not ``overwrite`` (nothing changed).
+            AudioError: an input that cannot be read, or bad output settings.
+            WriteError: an output that cannot be written (a full disk, a read-only folder).
+
         Integer and lossy outputs beyond full scale are clipped with a :class:`ClippingWarning`.
-        ``on_progress`` gets a :class:`~bsmamba2.separation.progress.Progress` per block
-        (stages separating, compiling, plotting, done; ``file`` the input's name).
-        ``start`` and ``duration`` (seconds) separate only that part, a preview: only it is
-        decoded, and the outputs hold just it.
+        What a killed run left beside the outputs (temporary files no one writes) goes first.
         """
         subtype = subtype_for(fmt, bit_depth)
         if plot:
@@ -555,6 +518,8 @@ class Separator:
         existing = [str(t) for t in targets if t.exists()]
         if existing and not overwrite:
             raise OutputExistsError(f"{path}: skipped, {existing[0]} exists (use --overwrite to replace)")
+        for target in targets:  # what a killed run left behind
+            remove_stale_temporaries(target)
         with _naming(path), open_audio(path, start, duration) as source, contextlib.ExitStack() as outputs:
             report = ProgressReporter(on_progress, Path(path).name, source.duration)
             rate = output_rate(fmt, source.samplerate, sample_rate)

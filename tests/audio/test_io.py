@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 import subprocess
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from bsmamba2.audio import (
     resample,
     subtype_for,
 )
-from bsmamba2.audio.io import BLOCK, compression_level, output_rate, peak_warning
+from bsmamba2.audio.io import BLOCK, _libsndfile_failure, compression_level, output_rate, peak_warning
 from bsmamba2.audio.resample import continuation
 from bsmamba2.separation.chunking import Chunker, crossfade_window
 
@@ -118,7 +120,8 @@ def test_writer_is_atomic(tmp_path):
         writer.write(_noise(2, 1000))
         assert not target.exists()
         raise KeyboardInterrupt
-    assert not target.exists() and list(target.parent.iterdir()) == []
+    assert not target.exists() and not target.parent.exists()  # no temporary file, no empty folder
+    target.parent.mkdir()
     target.write_bytes(b"old")
     x = _noise(2, 1000)
     with audio_writer(target, 44100, 2) as writer:
@@ -384,3 +387,12 @@ def test_truncated_mp3_warns(tmp_path):
     _truncate(path, 1 / 3)
     with pytest.warns(TruncatedAudioWarning, match=r"cut.mp3: truncated: the header declares 16.0 s"):
         read_audio(path)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_real_full_device_is_named_as_such():
+    """/dev/full fails every write with ENOSPC: libsndfile's system reason reaches the message."""
+    with pytest.raises(sf.LibsndfileError) as info:
+        sf.SoundFile("/dev/full", "w", 44100, 2, subtype="FLOAT", format="WAV")
+    error = _libsndfile_failure(info.value, Path("out/vocals.wav"))
+    assert str(error) == "no space left on device writing out/vocals.wav" and error.errno == errno.ENOSPC

@@ -72,7 +72,10 @@ def test_library_parameters_become_flags(tmp_path, capsys):
     save_model(BSMamba2(MICRO), tmp_path / "m.safetensors")
     with pytest.raises(CheckpointError, match=r"m.safetensors: ema=True, but safetensors files hold one set"):
         load_model(tmp_path / "m.safetensors", ema=True)
-    (tmp_path / "song.wav").write_bytes(b"")
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(tmp_path / "song.wav", np.zeros((4410, 2), np.float32), 44100)  # inputs are checked first
     code = main(["separate", str(tmp_path / "song.wav"), "--checkpoint", str(tmp_path / "m.safetensors"), "--ema"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.endswith("m.safetensors: --ema, but safetensors files hold one set of weights"), err

@@ -175,7 +175,7 @@ def test_tta_and_shifts_keep_the_null_test(tmp_path, ckpt, capsys):
 
 
 def test_list_models_says_size_hash_data_licence_and_cache(tmp_path, capsys, monkeypatch):
-    from bsmamba2.separation.registry import KNOWN
+    from bsmamba2.checkpoint.registry import KNOWN
 
     monkeypatch.setenv("BSMAMBA2_CACHE", str(tmp_path))
     assert main(["separate", "--list-models"]) == 0
@@ -209,7 +209,7 @@ def test_dir_and_trackext_fields_keep_same_named_tracks_apart(tmp_path, ckpt, ca
 
 
 def test_demucs_names_for_model_device_output_and_two_stems(tmp_path, ckpt, monkeypatch):
-    from bsmamba2.separation import registry
+    from bsmamba2.checkpoint import registry
 
     _wav(tmp_path / "a.wav")
     monkeypatch.setitem(registry.KNOWN, "micro", registry.KnownCheckpoint("micro", "http://127.0.0.1:9/m", 1, "0", "x"))

@@ -11,12 +11,13 @@ import soundfile as sf
 import torch
 
 from bsmamba2 import BSMamba2, BSMamba2Config, Separator, load_model
+from bsmamba2 import device as device_module
 from bsmamba2.audio import AudioError, read_audio
+from bsmamba2.device import auto_device, fft_device, resolve_device, resolve_precision
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model import istft, stft
-from bsmamba2.separation import ClippingWarning, separator
+from bsmamba2.separation import ClippingWarning
 from bsmamba2.separation.batching import auto_batch_size, segment_bytes
-from bsmamba2.separation.separator import auto_device, fft_device, resolve_device, resolve_precision
 from tests.helpers.configs import MICRO
 from tests.helpers.models import MaskModel
 
@@ -252,9 +253,9 @@ def test_device_auto_prefers_cuda_then_mps_then_the_cpu(monkeypatch):
         "cuda", "cuda", "mps", "cpu"
     ]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(separator, "mps_available", lambda: True)
+    monkeypatch.setattr(device_module, "mps_available", lambda: True)
     assert resolve_device("auto") == torch.device("mps")
-    monkeypatch.setattr(separator, "mps_available", lambda: False)
+    monkeypatch.setattr(device_module, "mps_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(BSMamba2Error, match="'mps' requested but Apple's MPS is not available here"):
         resolve_device("mps")

@@ -8,8 +8,8 @@ import soundfile as sf
 
 from bsmamba2 import Separator
 from bsmamba2.audio import audio_writer
-from bsmamba2.separation import separator as separator_module
-from bsmamba2.separation.separator import WAV_LIMIT, wav_container
+from bsmamba2.audio import io as audio_io
+from bsmamba2.audio.io import WAV_LIMIT, wav_container
 from tests.helpers.models import MaskModel
 
 HOUR = 3600.0
@@ -61,7 +61,7 @@ def test_separate_file_switches_to_rf64_past_the_limit(tmp_path, monkeypatch):
     sep = Separator(MaskModel(gain=0.5), device="cpu", segment=0.5, progress=False)
     small = sep.separate_file(source, tmp_path / "a")
     assert {sf.info(str(p)).format for p in small.values()} == {"WAV"}
-    monkeypatch.setattr(separator_module, "WAV_LIMIT", 100_000)
+    monkeypatch.setattr(audio_io, "WAV_LIMIT", 100_000)
     big = sep.separate_file(source, tmp_path / "b")
     assert {sf.info(str(p)).format for p in big.values()} == {"RF64"}
     vocals, _ = sf.read(str(big["vocals"]), dtype="float32", always_2d=True)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from bsmamba2.checkpoint import registry
+from bsmamba2.checkpoint.download import DownloadError, ssl_context
+from bsmamba2.checkpoint.registry import KNOWN, KnownCheckpoint, fetch, resolve_weights
 from bsmamba2.errors import BSMamba2Error
-from bsmamba2.separation import registry
-from bsmamba2.separation.download import DownloadError, ssl_context
-from bsmamba2.separation.registry import KNOWN, KnownCheckpoint, fetch, resolve_weights
 from tests.helpers.http import PAYLOAD
 
 
@@ -136,3 +136,32 @@ def test_download_only_fetches_and_prints_the_path(server, cache, capsys, monkey
     assert main(["separate", "--model", "test", "--download-only", "-q"]) == 0
     path = Path(capsys.readouterr().out.strip())
     assert path == cache / "weights.ckpt" and path.read_bytes() == PAYLOAD
+
+
+def test_a_known_name_is_resolved_by_load_model_separator_and_the_commands(tmp_path, cache, monkeypatch):
+    """load_model("bs_mamba2_vocals"), Separator("bs_mamba2_vocals") and --checkpoint NAME
+    take the known checkpoint from the cache (downloaded on first use), as --model does."""
+    import numpy as np
+    import soundfile as sf
+
+    from bsmamba2 import BSMamba2, Separator, load_model, save_model
+    from bsmamba2.cli.main import main
+    from tests.helpers.configs import MICRO
+
+    entry = KNOWN["bs_mamba2_vocals"]
+    weights = cache / entry.filename
+    weights.parent.mkdir(parents=True)
+    save_model(BSMamba2(MICRO), weights)
+    asked = []
+    monkeypatch.setattr(registry, "download", lambda url, dest, size, sha, progress: asked.append(url) or Path(dest))
+    assert load_model("bs_mamba2_vocals").config == MICRO
+    sep = Separator("bs_mamba2_vocals", device="cpu", segment=0.5, progress=False)
+    assert sep.name == "bs_mamba2_vocals" and sep.config == MICRO
+    assert asked == [entry.url, entry.url]
+    sf.write(tmp_path / "a.wav", np.zeros((8000, 2), np.float32) + 0.1, 44100, subtype="FLOAT")
+    argv = ["separate", str(tmp_path / "a.wav"), "-o", str(tmp_path / "out"), "-q", "--segment", "0.5"]
+    assert main([*argv, "--checkpoint", "bs_mamba2_vocals"]) == 0
+    assert (tmp_path / "out" / "a" / "vocals.wav").is_file()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bs_mamba2_vocals").write_bytes(b"a file of that name wins")
+    assert registry.resolve("bs_mamba2_vocals") == Path("bs_mamba2_vocals")

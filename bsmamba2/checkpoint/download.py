@@ -25,7 +25,7 @@ try:
 except ImportError:  # Windows: no cross-process lock, downloads stay safe but may repeat
     fcntl = None
 
-from bsmamba2 import __version__
+from bsmamba2._version import __version__
 from bsmamba2.errors import BSMamba2Error
 
 _CHUNK = 1 << 20

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from bsmamba2.separation import download as download_module
-from bsmamba2.separation.download import download_lock
+from bsmamba2.checkpoint import download as download_module
+from bsmamba2.checkpoint.download import download_lock
 from tests.helpers.http import PAYLOAD
 
 FETCH = (
-    "import sys; from bsmamba2.separation.registry import KnownCheckpoint, fetch; "
+    "import sys; from bsmamba2.checkpoint.registry import KnownCheckpoint, fetch; "
     "print(fetch(KnownCheckpoint('test', sys.argv[1], int(sys.argv[2]), sys.argv[3], 'test')))"
 )
 

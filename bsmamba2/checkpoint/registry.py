@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bsmamba2.checkpoint.download import DownloadError, download
 from bsmamba2.errors import BSMamba2Error
-from bsmamba2.separation.download import DownloadError, download
 
 HF_PREFIX = "hf://"
 
@@ -111,6 +111,14 @@ def resolve_url(url: str) -> str:
     return hf_hub_url(repo_id=f"{owner}/{repo}", filename="/".join(path))
 
 
+def resolve(name_or_path: str | os.PathLike, progress: bool = True) -> Path:
+    """A checkpoint path as it is; a known name (``"bs_mamba2_vocals"``) that is not also an
+    existing file: its local copy, downloaded if missing."""
+    if isinstance(name_or_path, str) and name_or_path in KNOWN and not Path(name_or_path).exists():
+        return fetch(name_or_path, progress)
+    return Path(name_or_path)
+
+
 def no_weights_message() -> str:
     names = ", ".join(f"{c.name} ({c.size / 1e6:.0f} MB)" for c in KNOWN.values())
     return (
@@ -120,12 +128,13 @@ def no_weights_message() -> str:
 
 
 def resolve_weights(checkpoint: str | None = None, model: str | None = None, progress: bool = True) -> Path:
-    """--checkpoint, else --model (downloaded), else ``$BSMAMBA2_CHECKPOINT`` (path or name)."""
+    """--checkpoint (a path or a known name), else --model (downloaded), else
+    ``$BSMAMBA2_CHECKPOINT`` (a path or a known name)."""
     if checkpoint:
-        return Path(checkpoint)
+        return resolve(checkpoint, progress)
     if model:
         return fetch(model, progress)
     default = os.environ.get("BSMAMBA2_CHECKPOINT")
     if default:
-        return fetch(default, progress) if default in KNOWN and not Path(default).exists() else Path(default)
+        return resolve(default, progress)
     raise BSMamba2Error(no_weights_message())
