@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Benchmark the Mamba-2 (and Mamba-3) layers of BSMamba2 across kernel backends.
+"""Benchmark the Mamba-2 (and Mamba-1, Mamba-3) layers of BSMamba2 across kernel backends.
 
-Levels: op (SSD scan and the Mamba-3 scan, SISO and MIMO rank 4, on the time and band axes,
-causal conv1d, gated RMSNorm; forward and forward+backward), block (one bidirectional block
-on each axis, forward+backward) and model (a training step of batch 5 × 8 s, separating 60 s
-of stereo audio in one pass), for each mixer of ``--mixers``.
+Levels: op (SSD scan, the Mamba-1 selective scan and the Mamba-3 scan, SISO and MIMO rank 4,
+on the time and band axes, causal conv1d, gated RMSNorm; forward and forward+backward), block
+(one bidirectional block on each axis, forward+backward) and model (a training step of batch
+5 × 8 s, separating 60 s of stereo audio in one pass), for each mixer of ``--mixers``.
 Backends: ``triton`` (our kernels), ``torch`` (the PyTorch reference) and, when importable,
-``mamba_ssm`` / ``causal_conv1d`` (op level). Prints a table (median ms, speed-up over
+``mamba_ssm`` / ``causal_conv1d`` (op level; mamba_ssm's ``selective_scan_fn`` needs its CUDA
+extension). Prints a table (median ms, speed-up over
 ``torch``, achieved GB/s and TFLOP/s and their share of the card's measured peaks) and
 writes JSON.
 
@@ -79,12 +80,16 @@ class Timer:
             torch.cuda.synchronize()
 
     def __call__(self, fn: Callable[[], object]) -> float:
+        start = time.perf_counter()
         for _ in range(self.warmup):
             fn()
         self.sync()
+        # Slow calls (the PyTorch fallback) get fewer repetitions: at least 3, ~5 s in all.
+        each = (time.perf_counter() - start) / self.warmup
+        reps = max(min(3, self.reps), min(self.reps, int(5.0 / max(each, 1e-9))))
         if self.cuda:
             events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                      for _ in range(self.reps)]
+                      for _ in range(reps)]
             for start, end in events:
                 start.record()
                 fn()
@@ -92,7 +97,7 @@ class Timer:
             torch.cuda.synchronize()
             return statistics.median(start.elapsed_time(end) for start, end in events)
         times = []
-        for _ in range(self.reps):
+        for _ in range(reps):
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
@@ -162,10 +167,38 @@ def mamba3_inputs(seqs: int, length: int, cfg: BSMamba2Config, rank: int, device
     return args, kw
 
 
+def selective_scan_inputs(seqs: int, length: int, d: int, n: int, device, dtype, grad: bool):
+    """The Mamba-1 mixer's layout: u, Δ, z channel-last (b, l, d) tensors as (b, d, l) views, B
+    and C slices of x_proj's output; A, D and the Δ bias in fp32. Returns (args, leaves)."""
+    leaf = functools.partial(torch.Tensor.requires_grad_, requires_grad=grad)
+    u, z = (leaf(torch.randn(seqs, length, d, device=device, dtype=dtype)).transpose(1, 2) for _ in range(2))
+    delta = leaf(torch.randn(seqs, length, d, device=device, dtype=dtype) * 0.5 - 2).transpose(1, 2)
+    bc = torch.randn(seqs, length, 2 * n, device=device, dtype=dtype)
+    B, C = (leaf(t.detach()).transpose(1, 2) for t in bc.split(n, -1))
+    A = leaf(-torch.arange(1, n + 1, device=device, dtype=torch.float32).repeat(d, 1))
+    D = leaf(torch.ones(d, device=device))
+    bias = leaf(torch.randn(d, device=device) * 0.1)
+    args = (u, delta, A, B, C, D, z, bias)
+    return args, args
+
+
 def op_cases(shapes: dict, cfg: BSMamba2Config, device, dtype):
     """(name, make_inputs(grad) -> (fn, args), bytes_fwd, flops_fwd, bytes_bwd, flops_bwd)."""
     elt = torch.tensor([], dtype=dtype).element_size()
     cases = []
+    m1 = BSMamba2Config(mixer="mamba", dim=cfg.dim, expand=cfg.expand)  # d_state 16
+    for axis in ("time", "band"):
+        seqs, length = shapes[axis]
+
+        def make_scan(grad, seqs=seqs, length=length):
+            args, leaves = selective_scan_inputs(seqs, length, m1.d_inner, m1.d_state, device, dtype, grad)
+            return (lambda impl: impl.selective_scan(*args, delta_softplus=True)), leaves
+
+        # bytes: u, Δ, z, out (d channels) and B, C (n) once per step; no flops figure (the
+        # bound is one exponential per step, channel and state).
+        io = seqs * length * (4 * m1.d_inner + 2 * m1.d_state) * elt
+        cases.append((f"selective_scan {axis} ({seqs}×{length}, d {m1.d_inner}, n {m1.d_state})", make_scan,
+                      (io, None), (2.5 * io, None)))
     for axis in ("time", "band"):
         seqs, length = shapes[axis]
 
@@ -226,6 +259,13 @@ def external_impl(name: str):
             return mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=dt_bias,
                                              dt_softplus=dt_softplus)
 
+    try:  # mamba_ssm's CUDA selective scan: an extension built only on request
+        import selective_scan_cuda  # noqa: F401
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        Adapter.selective_scan = staticmethod(selective_scan_fn)
+    except Exception:
+        pass
     try:  # the official Mamba-3 SISO kernels (mamba_ssm from source; first call: minutes of autotuning)
         from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
 
@@ -250,6 +290,8 @@ def external_impl(name: str):
 def run_ops(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
     rows = []
     for name, make, cost_f, cost_b in op_cases(shapes, cfg, device, dtype):
+        if args.ops and name.split()[0] not in args.ops:
+            continue
         for bwd in (False, True):
             label = name + (" fwd+bwd" if bwd else " fwd")
             for be in args.backends:
@@ -273,7 +315,11 @@ def run_ops(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
                     if bwd:
                         with torch.no_grad():
                             step = functools.partial(step, dy=torch.randn_like(fn(impl)))
-                    rows.append(timed(Row("op", label, be), step, timer, cost_b if bwd else cost_f, peaks))
+                    row = timed(Row("op", label, be), step, timer, cost_b if bwd else cost_f, peaks)
+                if row.ms and op_name == "selective_scan":  # its bound: exponentials per second
+                    exps = math.prod(inputs[2].shape) * inputs[0].shape[0] * inputs[0].shape[2]
+                    row.extra["Gexp/s"] = round(exps * (2 if bwd else 1) / row.ms / 1e6)
+                rows.append(row)
     return rows
 
 
@@ -285,7 +331,7 @@ def timed(row: Row, step, timer: Timer, cost, peaks) -> Row:
     else:
         if cost:
             row.gbps = cost[0] / row.ms / 1e6
-            row.tflops = cost[1] / row.ms / 1e9
+            row.tflops = cost[1] / row.ms / 1e9 if cost[1] is not None else None
     print(f"  {row.level} {row.name} [{row.backend}]: {row.ms if row.ms is None else round(row.ms, 3)} ms "
           f"{row.note}", flush=True)  # progress, and what a killed run had measured
     return row
@@ -299,6 +345,8 @@ def mixer_configs(args, cfg: BSMamba2Config) -> list[tuple[str, BSMamba2Config]]
         own = mixer_defaults(name)
         data = {k: v for k, v in cfg.to_dict().items()
                 if k != "mixer_options" and (k not in SHARED_OPTIONS or k in own)}
+        if name == "mamba":  # Mamba-1's state is per channel: its own default (16), not Mamba-2's 128
+            data.pop("d_state")
         suffix = "" if name == "mamba2" else f" [{name}]"
         out.append((suffix, BSMamba2Config.from_dict({**data, "mixer": name})))
     return out
@@ -400,21 +448,29 @@ def model_rows(args, shapes, cfg, suffix, device, dtype, timer, peaks) -> list[R
     return rows
 
 
-def profile_ssd(shapes: dict, cfg: BSMamba2Config, device, dtype) -> None:
-    """Per-kernel CUDA time of one SSD forward+backward with our kernels, on each axis."""
+def profile_ssd(args, shapes: dict, cfg: BSMamba2Config, device, dtype) -> None:
+    """Per-kernel CUDA time of one forward+backward of each scan (SSD, and the Mamba-1
+    selective scan when --ops asks for it) with our kernels, on each axis."""
     from torch.profiler import ProfilerActivity, profile
 
-    for axis in ("time", "band"):
-        args, kw = ssd_inputs(*shapes[axis], cfg, device, dtype, True)
-        leaves = [*args, kw["dt_bias"]]
-        dy = torch.randn_like(args[0])
+    for axis, op_name in [(a, o) for o in ("ssd_scan", "selective_scan") for a in ("time", "band")
+                          if (args.ops is None and o == "ssd_scan") or (args.ops and o in args.ops)]:
+        if op_name == "ssd_scan":
+            inputs, kw = ssd_inputs(*shapes[axis], cfg, device, dtype, True)
+            leaves = [*inputs, kw["dt_bias"]]
+        else:
+            inputs, leaves = selective_scan_inputs(*shapes[axis], cfg.expand * cfg.dim, 16, device, dtype,
+                                                   True)
+            kw = {"delta_softplus": True}
+        with torch.no_grad():
+            dy = torch.randn_like(getattr(ops, op_name)(*inputs, **kw))
         with ops.use_backend("triton"):
             for record in (False, True):  # the first call compiles and autotunes
                 recorder = profile(activities=[ProfilerActivity.CUDA]) if record else contextlib.nullcontext()
                 with recorder as prof:
-                    torch.autograd.grad(ops.ssd_scan(*args, **kw), leaves, dy)  # as timed at op level
+                    torch.autograd.grad(getattr(ops, op_name)(*inputs, **kw), leaves, dy)  # as timed
                     torch.cuda.synchronize()
-        print(f"SSD fwd+bwd, {axis} axis {shapes[axis]}:")
+        print(f"{op_name} fwd+bwd, {axis} axis {shapes[axis]}:")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=40))
 
 
@@ -459,7 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="op,block,model", help="comma list of op, block, model")
     parser.add_argument("--json", default="benchmark_mamba_ssm.json", help="where to write the results")
     parser.add_argument("--mixers", default="mamba2",
-                        help="comma list of mixers (mamba2, mamba3) for the block and model levels")
+                        help="comma list of mixers (mamba2, mamba, mamba3) for the block and model levels")
+    parser.add_argument("--ops", default=None,
+                        help="comma list of ops to time (ssd_scan, selective_scan, mamba3_scan, "
+                        "causal_conv1d, gated_rms_norm; default: all)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--profile", action="store_true",
                         help="also print the per-kernel CUDA time of one SSD fwd+bwd per axis (GPU)")
@@ -472,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     default = ["triton", "torch", "mamba_ssm"] if on_gpu else ["torch"]
     args.backends = args.backends.split(",") if args.backends else default
     args.mixers = args.mixers.split(",")
+    args.ops = args.ops.split(",") if args.ops else None
     for be in args.backends:
         if be == "triton":
             with ops.use_backend("triton"):
@@ -490,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     fill_speedups(rows)
     print(table(rows, peaks))
     if args.profile and on_gpu:
-        profile_ssd(shapes, cfg, device, dtype)
+        profile_ssd(args, shapes, cfg, device, dtype)
     try:
         import triton
 

@@ -17,10 +17,13 @@ def test_benchmark_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     assert bench.main(["--device", "cpu", "--quick", "--shapes", "tiny", "--backends", "torch",
-                       "--json", str(out)]) == 0
+                       "--mixers", "mamba2,mamba", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     rows = result["rows"]
     assert {r["level"] for r in rows} == {"op", "block", "model"}
     assert all(r["ms"] and r["ms"] > 0 and r["backend"] == "torch" for r in rows), rows
     assert result["meta"]["torch"] and result["meta"]["dtype"] == "torch.float32"
-    assert "ssd_scan time" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ssd_scan time" in printed and "selective_scan band" in printed
+    model_rows = [r["name"] for r in rows if r["level"] == "model"]
+    assert len(model_rows) == 4 and sum("[mamba]" in name for name in model_rows) == 2

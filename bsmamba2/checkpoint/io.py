@@ -35,6 +35,7 @@ FORMAT_NAME = "bsmamba2"
 FORMAT_VERSION = "1"
 _PREFIX = "model."
 _MIXER = "layers.0.0.forward_blocks.0.mixer."
+_MIXER_RX = re.compile(r"(layers\.\d+\.\d+\.(?:forward|backward)_blocks\.\d+\.mixer\.)")
 
 
 class CheckpointError(BSMamba2Error, ValueError):
@@ -97,7 +98,27 @@ def read_weights(
     """The model's state dict from any supported layout, its stored config (ours only), and
     the EMA tensors (a list in parameter order) when ``ema`` is set.
     """
-    path = Path(path)
+    weights, config, ema_tensors, _ = _read(Path(path), ema)
+    return weights, config, ema_tensors
+
+
+def _omegaconf_value(node: Any, *keys: str) -> Any:
+    """The value at ``keys`` of an OmegaConf config as the safe unpickler leaves it (inert
+    stand-ins whose state holds ``_content`` dicts and ``_val`` leaves), or of a plain dict;
+    None where the path does not exist."""
+    for key in keys:
+        state = getattr(node, "state", None)
+        content = state.get("_content") if isinstance(state, dict) else node
+        if not isinstance(content, Mapping) or key not in content:
+            return None
+        node = content[key]
+    state = getattr(node, "state", None)
+    return state.get("_val") if isinstance(state, dict) else node
+
+
+def _read(path: Path, ema: bool):
+    """:func:`read_weights`, plus the mixer an official checkpoint's hyper-parameters name
+    (``model.module_type``), or None."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
@@ -109,7 +130,7 @@ def read_weights(
         config = None
         if meta.get("format") == FORMAT_NAME:
             config = BSMamba2Config.from_dict(json.loads(meta["config"]))
-        return _model_weights(weights), config, None
+        return _model_weights(weights), config, None, None
     try:
         obj = torch_load(str(path))
     except Exception as exc:  # torch raises many types for damaged files
@@ -121,7 +142,10 @@ def read_weights(
         raw = _tensor_mapping(obj.get("state_dict")) or _tensor_mapping(obj.get("model"))
     if raw is None:
         raise CheckpointError(f"{path}: unknown checkpoint layout (no state dict of tensors found)")
-    return _model_weights(raw), None, (_ema_weights(path, obj, raw) if ema else None)
+    hparams = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
+    module_type = _omegaconf_value(hparams, "model", "module_type")
+    return (_model_weights(raw), None, (_ema_weights(path, obj, raw) if ema else None),
+            module_type if isinstance(module_type, str) else None)
 
 
 def _count(weights: Mapping[str, torch.Tensor], pattern: str) -> int:
@@ -129,9 +153,31 @@ def _count(weights: Mapping[str, torch.Tensor], pattern: str) -> int:
     return len({m.group(1) for k in weights if (m := rx.fullmatch(k))})
 
 
-def infer_config(weights: Mapping[str, torch.Tensor], ngroups: int = 1) -> BSMamba2Config:
+def _check_one_mixer(weights: Mapping[str, torch.Tensor], mixer: str, dim: int, ngroups: int,
+                     module_type: str | None) -> None:
+    """Every mixer of the state dict is the first one's kind, and an official checkpoint's
+    ``module_type`` names that kind."""
+    prefixes = sorted({m.group(1) for k in weights if (m := _MIXER_RX.match(k))})
+    for prefix in prefixes:
+        state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        try:
+            other = infer_mixer(state, dim, ngroups)[0]
+        except ValueError:
+            other = None
+        if other != mixer:
+            raise CheckpointError(f"mixed mixer layouts: {prefix[:-1]} is not a {mixer!r} mixer "
+                                  "like the first")
+    if module_type is not None and module_type != mixer:
+        raise CheckpointError(f"hyper_parameters say module_type {module_type!r}, but the weights are a "
+                              f"{mixer!r} model")
+
+
+def infer_config(weights: Mapping[str, torch.Tensor], ngroups: int = 1,
+                 module_type: str | None = None) -> BSMamba2Config:
     """The architecture from tensor shapes (ngroups cannot be seen in them: default 1); the
-    mixer's part is its own inference function (:func:`bsmamba2.model.mixers.infer_mixer`)."""
+    mixer's part is its own inference function (:func:`bsmamba2.model.mixers.infer_mixer`),
+    the same for every mixer. ``module_type`` (an official checkpoint's), when given, must
+    name that mixer."""
     try:
         dim = weights["final_norm.gamma"].shape[0]
         depth = _count(weights, r"layers\.(\d+)\.0\.linear\.bias")
@@ -154,6 +200,7 @@ def infer_config(weights: Mapping[str, torch.Tensor], ngroups: int = 1) -> BSMam
     try:
         mixer, options = infer_mixer({k[len(_MIXER):]: v for k, v in weights.items() if k.startswith(_MIXER)},
                                      dim, ngroups)
+        _check_one_mixer(weights, mixer, dim, ngroups, module_type)
         return BSMamba2Config(
             dim=dim,
             depth=depth,
@@ -220,9 +267,9 @@ def load_model(
             truncated, foreign, mis-shaped or non-finite weights, no EMA weights for ``ema``).
     """
     path = resolve(name_or_path)
-    weights, stored, ema_tensors = read_weights(path, ema=ema)
+    weights, stored, ema_tensors, module_type = _read(Path(path), ema)
     try:
-        model = BSMamba2(config or stored or infer_config(weights))
+        model = BSMamba2(config or stored or infer_config(weights, module_type=module_type))
         check_compatible(model, weights)
         if ema_tensors is not None:
             params = [name for name, _ in model.named_parameters()]

@@ -12,6 +12,8 @@ import torch
 from bsmamba2 import ops
 from bsmamba2._version import __version__
 from bsmamba2.device import resolve_device
+from bsmamba2.model.config import BSMamba2Config
+from bsmamba2.model.mixers import MIXERS
 from bsmamba2.separation.compiling import cpp_compiler
 
 
@@ -37,6 +39,7 @@ def report() -> list[tuple[str, str]]:
         rows.append((f"cuda:{i}", f"{prop.name}, {prop.total_memory / 2**30:.1f} GiB"))
     if not torch.cuda.is_available():
         rows.append(("cuda", "not available"))
+    rows.append(("mixers", f"{', '.join(MIXERS)} (config key `mixer`, default {BSMamba2Config.mixer})"))
     rows.append(("--device auto", str(resolve_device("auto"))))
     rows.append(("BSMAMBA2_KERNELS", ops.requested_backend()))
     devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -34,12 +34,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from bsmamba2.model.mamba1 import Mamba1Mixer
 from bsmamba2.model.mamba2 import Mamba2
 from bsmamba2.model.mamba3 import Mamba3Mixer
 
 MIXERS: dict[str, type[nn.Module]] = {
     "mamba2": Mamba2,
     "mamba3": Mamba3Mixer,
+    "mamba": Mamba1Mixer,  # Mamba-1, the official code's module_type "mamba"
 }
 #: Options several mixers share by name: they are BSMamba2Config fields.
 SHARED_OPTIONS = ("expand", "headdim", "d_state", "ngroups", "d_conv")

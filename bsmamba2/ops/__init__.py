@@ -1,10 +1,12 @@
 """The ops of the mixers behind one door: ``ops.ssd_scan(...)``, ``ops.causal_conv1d(...)``,
-``ops.gated_rms_norm(...)``, served by the PyTorch reference or our Triton kernels as
-:mod:`bsmamba2.ops.backend` decides (``BSMAMBA2_KERNELS``, or ``ops.use_backend("torch")``).
+``ops.gated_rms_norm(...)`` (Mamba-2), ``ops.selective_scan(...)`` (Mamba-1), served by the
+PyTorch reference or our Triton kernels as :mod:`bsmamba2.ops.backend` decides
+(``BSMAMBA2_KERNELS``, or ``ops.use_backend("torch")``).
 
 Layout: each op has its reference and its kernel side by side under the same name,
 ``reference/ssd.py`` ↔ ``triton/ssd.py``, ``reference/conv.py`` ↔ ``triton/conv.py``,
-``reference/norm.py`` ↔ ``triton/norm.py``; :mod:`bsmamba2.ops.dispatch` holds one function
+``reference/norm.py`` ↔ ``triton/norm.py``, ``reference/selective.py`` ↔
+``triton/selective.py`` (the selective scan); :mod:`bsmamba2.ops.dispatch` holds one function
 per op.
 
 How to add an op (say ``selective_scan``, in ``selective.py``; the module is named apart from
@@ -30,8 +32,8 @@ How to add a mixer: see :mod:`bsmamba2.model.mixers`.
 """
 
 from bsmamba2.ops.backend import KernelBackendError, active_backend, requested_backend, use_backend
-from bsmamba2.ops.dispatch import causal_conv1d, gated_rms_norm, mamba3_scan, ssd_scan
+from bsmamba2.ops.dispatch import causal_conv1d, gated_rms_norm, mamba3_scan, selective_scan, ssd_scan
 from bsmamba2.ops.split import split_channels
 
 __all__ = ["KernelBackendError", "active_backend", "causal_conv1d", "gated_rms_norm", "mamba3_scan",
-           "requested_backend", "split_channels", "ssd_scan", "use_backend"]
+           "requested_backend", "selective_scan", "split_channels", "ssd_scan", "use_backend"]

@@ -94,3 +94,26 @@ def mamba3_scan(
     impl = implementation("mamba3", v) if requested_backend() == "triton" else reference.mamba3
     return impl.mamba3_scan(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, mimo_x=mimo_x,
                             mimo_z=mimo_z, mimo_o=mimo_o)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-1 selective scan with mamba_ssm's ``selective_scan_fn`` arguments; see
+    :func:`bsmamba2.ops.reference.selective.selective_scan` for the contract."""
+    return implementation("selective", u).selective_scan(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+        initial_state=initial_state, return_final_state=return_final_state,
+    )

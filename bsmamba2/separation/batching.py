@@ -32,7 +32,10 @@ def segment_bytes(config: BSMamba2Config, segment_samples: int, element_bytes: i
     """Estimated peak memory of the model's forward pass on one segment."""
     frames = segment_samples // config.hop_length + 1
     d_inner = config.expand * config.dim
-    in_proj = 2 * d_inner + 2 * config.ngroups * config.d_state + d_inner // config.headdim
+    if config.mixer == "mamba":  # Mamba-1: x | z
+        in_proj = 2 * d_inner
+    else:
+        in_proj = 2 * d_inner + 2 * config.ngroups * config.d_state + d_inner // config.headdim
     return int(ACTIVATION_FACTOR * len(config.bands) * frames * in_proj * element_bytes)
 
 

@@ -12,7 +12,9 @@ memory: the CPU path of the paper model is bound by them, not by arithmetic
 from bsmamba2.ops.reference.conv import causal_conv1d
 from bsmamba2.ops.reference.mamba3 import mamba3_scan, mamba3_scan_sequential
 from bsmamba2.ops.reference.norm import gated_rms_norm
+from bsmamba2.ops.reference.selective import selective_scan, selective_scan_sequential
 from bsmamba2.ops.reference.ssd import ssd_scan, ssd_scan_sequential
 
-__all__ = ["causal_conv1d", "gated_rms_norm", "mamba3_scan", "mamba3_scan_sequential", "ssd_scan",
+__all__ = ["causal_conv1d", "gated_rms_norm", "mamba3_scan", "mamba3_scan_sequential", "selective_scan",
+           "selective_scan_sequential", "ssd_scan",
            "ssd_scan_sequential"]
