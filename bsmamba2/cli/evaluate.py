@@ -19,15 +19,16 @@ from bsmamba2.evaluation.tracks import folder_tracks, musdb_tracks
 from bsmamba2.separation.chunking import DEFAULT_SEGMENT
 
 
-def _separator(args: argparse.Namespace) -> SeparateFn:
+def _separator(args: argparse.Namespace, weights: Path) -> SeparateFn:
     """The Separator's ``separate``: official protocol unless --segment/--overlap are given
     (then 8 s and no overlap stand for the one not given)."""
     if args.segment is None and args.overlap is None:
-        separator = load_separator(args, progress=not args.quiet, official=True)
+        separator = load_separator(args, progress=not args.quiet, model=weights, official=True)
     else:
         separator = load_separator(
             args,
             progress=not args.quiet,
+            model=weights,
             segment=DEFAULT_SEGMENT if args.segment is None else args.segment,
             overlap=0.0 if args.overlap is None else args.overlap,
         )
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.estimates is None:
         weights = resolve_weights(args.checkpoint, args.model, progress=not args.quiet)
     settings = _settings(args, weights)
-    separate = _separator(args) if weights is not None else None
+    separate = _separator(args, weights) if weights is not None else None
     results, missing = evaluate_tracks(
         tracks,
         args.output,

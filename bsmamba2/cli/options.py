@@ -161,11 +161,11 @@ def reported_warnings(quiet: bool) -> Iterator[None]:
 
 
 def load_separator(
-    args: argparse.Namespace, progress: bool, model: torch.nn.Module | None = None, **settings
+    args: argparse.Namespace, progress: bool, model: torch.nn.Module | Path | None = None, **settings
 ) -> Separator:
     """The :class:`Separator` the options above ask for (torch and the model load here);
-    ``model`` one already loaded (shared, not loaded again), ``settings`` add to or replace
-    the options. An error about a parameter names its flag."""
+    ``model`` one already loaded (shared, not loaded again) or the weights already resolved,
+    ``settings`` add to or replace the options. An error about a parameter names its flag."""
     from bsmamba2.separation import Separator
 
     weights = model if model is not None else resolve_weights(args.checkpoint, args.model, progress=progress)
