@@ -5,19 +5,23 @@ Per channel d and state n the scan is ``h_t = exp(Δ_t A_dn) h_{t−1} + Δ_t B_
 own decay, so unlike SSD there is no matrix form: the work is one exponential per (step,
 channel, state), the bound of the kernel.
 
-Forward: one program per (sequence, block of channels of one group) walks the sequence in
-tiles of ``TILE`` steps, the (channel, state) state carried across tiles in fp32 registers.
-Inside a tile the decays and inputs of all (step, channel, state) are computed at once and
-``tl.associative_scan`` runs the linear recurrence along the steps. With gradients
-recorded the state entering every tile but the first is stored for the backward.
+Layout: a program owns one sequence and a block of channels of one B/C group; its threads
+run along the channels, and each thread keeps all the states of its channels in registers
+(the tiles are (state, channel), the channel axis the one Triton spreads over lanes). The
+sum over the states (``Σ_n C_n h_n``) is then a sum inside a thread, and the recurrence is a
+plain loop over the steps: one exponential and two fused multiply-adds per (step, state),
+with no scan tree, shuffle or layout change. Every stride is left unspecialised
+(``do_not_specialize``) so that no load is laid out for contiguity: every tile keeps the one
+layout and nothing moves between threads except the channel sums of the backward.
 
-Backward: the same programs walk the tiles in reverse. Each tile restarts from its stored
-state, recomputes its states (the same scan), and runs the reverse recurrence of the state
-gradient ``r_t = C_t dy_t + a_{t+1} r_{t+1}`` as a reverse associative scan over triples
-(the coefficient a_{t+1} belongs to the next step, and the triple carries it, so no tensor
-is shifted). The parameter gradients (A, D, delta bias) are per-program partial sums, B and
-C's gradients per-(program, step) partial sums over the block's channels; the host adds
-them up (no atomics).
+Forward: the steps run in chunks of ``K`` (unrolled, so a chunk's loads are issued
+together); with gradients recorded the state entering every chunk but the first is stored.
+
+Backward: the chunks run in reverse. Each restarts from its stored state, recomputes its
+``K`` states into a register ring, then walks its steps backwards with the state gradient
+``r_t = C_t dy_t + a_{t+1} r_{t+1}`` (``a = exp(Δ A)``). B and C's gradients are sums over
+channels, per (program, step) partial sums that the host adds up; A's, D's and the delta
+bias's are per program; no atomics.
 
 The tensors keep mamba_ssm's ``selective_scan_fn`` layout, (batch, d, length), with any
 strides: the model hands in channel-last views, read and written as they are.
@@ -31,229 +35,240 @@ import triton.language as tl
 
 from bsmamba2.ops.triton.common import INTERPRET, block, configs, sigmoid, softplus
 
-TILE = 8 if INTERPRET else 16
-"""Steps per tile (also the spacing of the states stored for the backward): 16 steps × 16
-channels × 16 states keep the backward's ten live tiles in registers. The interpreter runs a
-scan one element at a time, so it gets small tiles: less padding to scan."""
-
 LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
-
-@triton.jit
-def _recurrence(a1, b1, a2, b2):
-    """Compose h ↦ a1 h + b1 (earlier) with h ↦ a2 h + b2 (later)."""
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _reverse_recurrence(q1, p1, f1, q2, p2, f2):
-    """Segments of the reverse recurrence r_t = g_t + a_{t+1} r_{t+1}; (q1, p1, f1) is the
-    later segment, (q2, p2, f2) the earlier one. A segment [s..e] maps the gradient flowing
-    in from after it, x, to its first r: r_s = q + p·x, with f = a_s (its first decay)."""
-    return q2 + p2 * f1 * q1, p2 * f1 * p1, f2
-
-
-@triton.jit
-def _tile_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, bias, A2, t, dch, on, mtd, mtn,
-                 sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, sCb, sCn, sCl, bi,
-                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """A tile's u, pre-softplus Δ, Δ (0 on masked lanes), B, C and the decays exp(Δ A)."""
-    raw = tl.load(delta_ptr + bi * sdb + dch[None, :] * sdd + t[:, None] * sdl, mask=mtd,
-                  other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        raw += bias[None, :]
-    dl = softplus(raw) if SOFTPLUS else raw
-    dl = tl.where(mtd, dl, 0.0)
-    uu = tl.load(u_ptr + bi * sub + dch[None, :] * sud + t[:, None] * sul, mask=mtd,
-                 other=0.0).to(tl.float32)
-    Bt = tl.load(B_ptr + bi * sBb + on[None, :] * sBn + t[:, None] * sBl, mask=mtn, other=0.0).to(tl.float32)
-    Ct = tl.load(C_ptr + bi * sCb + on[None, :] * sCn + t[:, None] * sCl, mask=mtn, other=0.0).to(tl.float32)
-    a = tl.exp2(dl[:, :, None] * A2[None, :, :])
-    b = (dl * uu)[:, :, None] * Bt[:, None, :]
-    return raw, dl, uu, Bt, Ct, a, b
+STRIDES_FWD = ["sud", "sdd", "sAd", "sAn", "szd", "sod", "ssn", "ssd"]
+STRIDES_BWD = [*STRIDES_FWD[:-2], "ssn", "ssd", "syd", "sgud", "sgdd", "sgzd", "spn"]
 
 
 @triton.jit
 def _channels(pid, NBLK, G, DG, BLOCK_D: tl.constexpr):
-    """(sequence, group, channel indices, channel mask) of a program."""
-    blk = pid % NBLK
-    gi = pid // NBLK % G
+    """(sequence, group, channel indices, channel mask) of a program. The sequence index is
+    int64 (it offsets the base pointers), the channel indices int32 (per-element offsets)."""
+    blk = (pid % NBLK).to(tl.int32)
+    gi = (pid // NBLK % G).to(tl.int32)
     bi = pid // (NBLK * G)
     dloc = blk * BLOCK_D + tl.arange(0, BLOCK_D)
     return bi, gi, gi * DG + dloc, dloc < DG
 
 
-@triton.autotune(configs=configs((4, 1, {"BLOCK_D": 16}), (8, 1, {"BLOCK_D": 32}), (4, 1, {"BLOCK_D": 8}),
-                                 interpret={"BLOCK_D": 4}),
-                 key=["DG", "N", "BLOCK_N", "HAS_Z", "STORE_STATES"])
 @triton.jit
+def _live(mask, t, L):
+    """mask, cleared if step t is past the end (compared as a tensor, as the interpreter needs)."""
+    return mask & (tl.zeros_like(mask.to(tl.int32)) + t < L)
+
+
+@triton.jit
+def _row(ptr, bi, sb, dch, sd, t, sl, m):
+    """One step of a (batch, d, length) tensor over the program's channels, in fp32."""
+    return tl.load(ptr + bi * sb + dch * sd + t * sl, mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mn, bi, dch, on,
+          sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """A step's pre-softplus Δ, Δ (0 on masked channels and steps), u and B."""
+    raw = _row(delta_ptr, bi, sdb, dch, sdd, t, sdl, m)
+    if HAS_BIAS:
+        raw += bias
+    dl = softplus(raw) if SOFTPLUS else raw
+    dl = tl.where(m, dl, 0.0)
+    uu = _row(u_ptr, bi, sub, dch, sud, t, sul, m)
+    Bt = tl.load(B_ptr + bi * sBb + on * sBn + t * sBl, mask=mn, other=0.0).to(tl.float32)
+    return raw, dl, uu, Bt
+
+
+@triton.jit
+def _params(A_ptr, bias_ptr, D_ptr, dch, md, on, mn, sAd, sAn, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """A·log2(e) as a (channel, state) tile, the delta bias and D of the program's channels."""
+    A2 = tl.load(A_ptr + on[None, :] * sAn + dch[:, None] * sAd, mask=md[:, None] & mn[None, :],
+                 other=0.0).to(tl.float32) * LOG2E
+    bias = tl.load(bias_ptr + dch, mask=md, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
+    Dv = tl.load(D_ptr + dch, mask=md, other=0.0).to(tl.float32) if HAS_D else 0.0
+    return A2, bias, Dv
+
+
+@triton.jit
+def _state_ptrs(ptr, bi, D_all, N, dch, on):
+    """Pointers to a (batch, d, n) state as a (channel, state) tile."""
+    return ptr + bi * D_all * N + (dch[:, None] * N + on[None, :])
+
+
+@triton.jit
+def _channel_sum(ptr, X, on, spn, mask, ones, DOT_SUM: tl.constexpr, PRECISION: tl.constexpr):
+    """Store Σ_channels X of a (channel, state) tile at ptr + n·spn. DOT_SUM: as the product
+    of a ones matrix with X, so the tensor cores add across threads (through one shared-memory
+    transpose) instead of a shuffle tree per state."""
+    if DOT_SUM:
+        rows = tl.arange(0, 16)[:, None]
+        sums = tl.dot(ones, X, input_precision=PRECISION)  # 16 equal rows
+        tl.store(ptr + rows * 0 + on[None, :] * spn, sums, mask=(rows == 0) & mask[None, :])
+    else:
+        tl.store(ptr + on * spn, tl.sum(X, 0), mask=mask)
+
+
+FWD_CONFIGS = configs((4, 1, {"BLOCK_D": 128}), (2, 1, {"BLOCK_D": 64}), (1, 1, {"BLOCK_D": 32}),
+                      interpret={"BLOCK_D": 4})
+if not INTERPRET:  # fewer registers (none spilled at d_state 16), more programs per SM
+    FWD_CONFIGS.append(triton.Config({"BLOCK_D": 128}, num_warps=4, num_stages=1, maxnreg=96))
+
+
+@triton.autotune(configs=FWD_CONFIGS, key=["DG", "N", "BLOCK_N", "HAS_Z", "STORE_STATES", "K"])
+@triton.jit(do_not_specialize=STRIDES_FWD)
 def _fwd(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, states_ptr, final_ptr,
-    L, N, DG, G, NT,
+    L, N, DG, G, NC,
     sub, sud, sul, sdb, sdd, sdl, sAd, sAn, sBb, sBg, sBn, sBl, sCb, sCg, sCn, sCl,
-    szb, szd, szl, sob, sod, sol,
+    szb, szd, szl, sob, sod, sol, ssb, ssc, ssn, ssd,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr, STORE_FINAL: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     NBLK = tl.cdiv(DG, BLOCK_D)
     bi, gi, dch, md = _channels(pid, NBLK, G, DG, BLOCK_D)
     D_all = G * DG
-    ot = tl.arange(0, BLOCK_T)
     on = tl.arange(0, BLOCK_N)
     mn = on < N
     dn_mask = md[:, None] & mn[None, :]
-    A = tl.load(A_ptr + dch[:, None] * sAd + on[None, :] * sAn, mask=dn_mask, other=0.0).to(tl.float32)
-    A2 = A * LOG2E
-    bias = tl.load(bias_ptr + dch, mask=md, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
-    Dv = tl.load(D_ptr + dch, mask=md, other=0.0).to(tl.float32) if HAS_D else 0.0
-    state_off = (bi * D_all + dch[:, None]) * N + on[None, :]
+    A2, bias, Dv = _params(A_ptr, bias_ptr, D_ptr, dch, md, on, mn, sAd, sAn, HAS_BIAS, HAS_D)
     if HAS_H0:
-        h = tl.load(h0_ptr + state_off, mask=dn_mask, other=0.0).to(tl.float32)
+        h = tl.load(_state_ptrs(h0_ptr, bi, D_all, N, dch, on), mask=dn_mask, other=0.0)
     else:
         h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     B_ptr += gi * sBg
     C_ptr += gi * sCg
-    for c in range(NT):
-        t = c * BLOCK_T + ot
-        mt = t < L
-        mtd = mt[:, None] & md[None, :]
-        mtn = mt[:, None] & mn[None, :]
-        _, _, uu, _, Ct, a, b = _tile_inputs(
-            u_ptr, delta_ptr, B_ptr, C_ptr, bias, A2, t, dch, on, mtd, mtn,
-            sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, sCb, sCn, sCl, bi, HAS_BIAS, SOFTPLUS)
+    for c in range(NC):
         if STORE_STATES:  # noqa: SIM102 (a compile-time flag, then a run-time test)
             if c > 0:
-                tl.store(states_ptr + ((bi * D_all + dch[:, None]) * (NT - 1) + c - 1) * N + on[None, :],
+                tl.store(states_ptr + bi * ssb + (c - 1) * ssc + on[None, :] * ssn + dch[:, None] * ssd,
                          h.to(states_ptr.dtype.element_ty), mask=dn_mask)
-        pa, pb = tl.associative_scan((a, b), 0, _recurrence)
-        hs = pa * h[None, :, :] + pb
-        y = tl.sum(hs * Ct[:, None, :], 2)
-        if HAS_D:
-            y += Dv[None, :] * uu
-        if HAS_Z:
-            zz = tl.load(z_ptr + bi * szb + dch[None, :] * szd + t[:, None] * szl, mask=mtd,
-                         other=0.0).to(tl.float32)
-            y *= zz * sigmoid(zz)
-        tl.store(out_ptr + bi * sob + dch[None, :] * sod + t[:, None] * sol, y.to(out_ptr.dtype.element_ty),
-                 mask=mtd)
-        # Masked steps keep the state (a = 1, b = 0): the last row is the state leaving the tile.
-        h = tl.sum(tl.where((ot == BLOCK_T - 1)[:, None, None], hs, 0.0), 0)
+        for k in tl.static_range(K):
+            t = c * K + k
+            m = _live(md, t, L)
+            mnt = _live(mn, t, L)
+            _, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mnt, bi, dch, on,
+                                  sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS)
+            Ct = tl.load(C_ptr + bi * sCb + on * sCn + t * sCl, mask=mnt, other=0.0).to(tl.float32)
+            # Masked steps keep the state: Δ = 0 makes the decay 1 and the input 0.
+            h = tl.exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
+            y = tl.sum(h * Ct[None, :], 1)
+            if HAS_D:
+                y += Dv * uu
+            if HAS_Z:
+                zz = _row(z_ptr, bi, szb, dch, szd, t, szl, m)
+                y *= zz * sigmoid(zz)
+            tl.store(out_ptr + bi * sob + dch * sod + t * sol, y.to(out_ptr.dtype.element_ty), mask=m)
     if STORE_FINAL:
-        tl.store(final_ptr + state_off, h, mask=dn_mask)
+        tl.store(_state_ptrs(final_ptr, bi, D_all, N, dch, on), h, mask=dn_mask)
 
 
-@triton.autotune(configs=configs((8, 1), (4, 1)), key=["DG", "N", "BLOCK_N", "BLOCK_D", "HAS_Z"])
-# ptxas (sm_90a, bf16, 16 × 16 × 16 tiles): 238 registers and no spills on 8 warps; 4 warps
-# spill ~110 bytes.
-@triton.jit
+@triton.jit(do_not_specialize=STRIDES_BWD)
 def _bwd(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, states_ptr, dout_ptr, dfin_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    L, N, DG, G, NT,
+    L, N, DG, G, NC,
     sub, sud, sul, sdb, sdd, sdl, sAd, sAn, sBb, sBg, sBn, sBl, sCb, sCg, sCn, sCl,
-    szb, szd, szl, syb, syd, syl, sgub, sgud, sgul, sgdb, sgdd, sgdl, sgzb, sgzd, sgzl,
+    szb, szd, szl, ssb, ssc, ssn, ssd, syb, syd, syl, sgub, sgud, sgul, sgdb, sgdd, sgdl, sgzb, sgzd, sgzl,
+    spn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_DFIN: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_SUM: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Input gradients of one (sequence, channel block); B and C's as partial sums over the
-    block (dB_ptr / dC_ptr: (batch, programs per sequence, length, N) fp32)."""
+    block (dB_ptr / dC_ptr: (batch, programs per sequence, length, N) fp32), A's per
+    (sequence, channel) (dA_ptr: (batch, d, N) fp32)."""
     pid = tl.program_id(0).to(tl.int64)
     NBLK = tl.cdiv(DG, BLOCK_D)
     bi, gi, dch, md = _channels(pid, NBLK, G, DG, BLOCK_D)
     D_all = G * DG
-    ot = tl.arange(0, BLOCK_T)
     on = tl.arange(0, BLOCK_N)
     mn = on < N
     dn_mask = md[:, None] & mn[None, :]
-    A = tl.load(A_ptr + dch[:, None] * sAd + on[None, :] * sAn, mask=dn_mask, other=0.0).to(tl.float32)
-    A2 = A * LOG2E
-    bias = tl.load(bias_ptr + dch, mask=md, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
-    Dv = tl.load(D_ptr + dch, mask=md, other=0.0).to(tl.float32) if HAS_D else 0.0
-    state_off = (bi * D_all + dch[:, None]) * N + on[None, :]
+    A2, bias, Dv = _params(A_ptr, bias_ptr, D_ptr, dch, md, on, mn, sAd, sAn, HAS_BIAS, HAS_D)
     if HAS_DFIN:
-        x = tl.load(dfin_ptr + state_off, mask=dn_mask, other=0.0).to(tl.float32)
+        x = tl.load(_state_ptrs(dfin_ptr, bi, D_all, N, dch, on), mask=dn_mask, other=0.0)
     else:
         x = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dA = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    ones = tl.full((BLOCK_T, BLOCK_D, BLOCK_N), 1.0, tl.float32)
+    ring_at = tl.arange(0, K)[:, None, None]
+    ones = tl.full((16, BLOCK_D), 1.0, tl.float32)
     B_ptr += gi * sBg
     C_ptr += gi * sCg
     part = pid % (G * NBLK)  # the program's index within its sequence
-    for cc in range(NT):
-        c = NT - 1 - cc
-        t = c * BLOCK_T + ot
-        mt = t < L
-        mtd = mt[:, None] & md[None, :]
-        mtn = mt[:, None] & mn[None, :]
+    part_base = (bi * G * NBLK + part) * L
+    for cc in range(NC):
+        c = NC - 1 - cc
         if c > 0:
-            h = tl.load(states_ptr + ((bi * D_all + dch[:, None]) * (NT - 1) + c - 1) * N + on[None, :],
+            h = tl.load(states_ptr + bi * ssb + (c - 1) * ssc + on[None, :] * ssn + dch[:, None] * ssd,
                         mask=dn_mask, other=0.0).to(tl.float32)
         elif HAS_H0:
-            h = tl.load(h0_ptr + state_off, mask=dn_mask, other=0.0).to(tl.float32)
+            h = tl.load(_state_ptrs(h0_ptr, bi, D_all, N, dch, on), mask=dn_mask, other=0.0)
         else:
             h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-        raw, dl, uu, Bt, Ct, a, b = _tile_inputs(
-            u_ptr, delta_ptr, B_ptr, C_ptr, bias, A2, t, dch, on, mtd, mtn,
-            sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, sCb, sCn, sCl, bi, HAS_BIAS, SOFTPLUS)
-        pa, pb = tl.associative_scan((a, b), 0, _recurrence)
-        hs = pa * h[None, :, :] + pb
-        dy = tl.load(dout_ptr + bi * syb + dch[None, :] * syd + t[:, None] * syl, mask=mtd,
-                     other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_ptr + bi * szb + dch[None, :] * szd + t[:, None] * szl, mask=mtd,
-                         other=0.0).to(tl.float32)
-            y = tl.sum(hs * Ct[:, None, :], 2)
+        # The chunk's states again, each step's entering state kept in a register ring.
+        ring = tl.zeros((K, BLOCK_N, BLOCK_D), dtype=tl.float32)  # (state, channel) tiles, as tl.trans gives
+        for k in tl.static_range(K):
+            t = c * K + k
+            m = _live(md, t, L)
+            _, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, _live(mn, t, L), bi, dch, on,
+                                  sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS)
+            ring = tl.where(ring_at == k, tl.trans(h)[None, :, :], ring)
+            h = tl.exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
+        for kk in tl.static_range(K):
+            k = K - 1 - kk
+            t = c * K + k
+            m = _live(md, t, L)
+            mnt = _live(mn, t, L)
+            raw, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mnt, bi, dch, on,
+                                    sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS)
+            Ct = tl.load(C_ptr + bi * sCb + on * sCn + t * sCl, mask=mnt, other=0.0).to(tl.float32)
+            # The ring's entry k (−0.0 elsewhere: adding it changes nothing, so the compiler
+            # reads the register instead of summing).
+            hp = tl.trans(tl.sum(tl.where(ring_at == k, ring, -0.0), 0))
+            a = tl.exp2(dl[:, None] * A2)
+            dlu = dl * uu
+            ht = a * hp + dlu[:, None] * Bt[None, :]
+            dy = _row(dout_ptr, bi, syb, dch, syd, t, syl, m)
+            if HAS_Z:
+                zz = _row(z_ptr, bi, szb, dch, szd, t, szl, m)
+                y = tl.sum(ht * Ct[None, :], 1)
+                if HAS_D:
+                    y += Dv * uu
+                sg = sigmoid(zz)
+                tl.store(dz_ptr + bi * sgzb + dch * sgzd + t * sgzl,
+                         (dy * y * sg * (1.0 + zz * (1.0 - sg))).to(dz_ptr.dtype.element_ty), mask=m)
+                dy = dy * zz * sg
+            r = x + Ct[None, :] * dy[:, None]  # the gradient of h_t
+            at = (part_base + t) * N
+            _channel_sum(dC_ptr + at, ht * dy[:, None], on, spn, mnt, ones, DOT_SUM, PRECISION)
+            _channel_sum(dB_ptr + at, r * dlu[:, None], on, spn, mnt, ones, DOT_SUM, PRECISION)
+            rB = tl.sum(r * Bt[None, :], 1)
+            rah = r * a * hp
+            dA += rah * dl[:, None]
+            x = a * r  # into the previous step
+            ddl = tl.sum(rah * A2, 1) * LN2 + uu * rB
+            du = dl * rB
             if HAS_D:
-                y += Dv[None, :] * uu
-            sg = sigmoid(zz)
-            dz = dy * y * sg * (1.0 + zz * (1.0 - sg))
-            tl.store(dz_ptr + bi * sgzb + dch[None, :] * sgzd + t[:, None] * sgzl,
-                     dz.to(dz_ptr.dtype.element_ty), mask=mtd)
-            dy = dy * zz * sg
-        # Gradient of each state: the reverse recurrence, plus what flows in from later tiles.
-        g = dy[:, :, None] * Ct[:, None, :]
-        q, p, _ = tl.associative_scan((g, ones, a), 0, _reverse_recurrence, reverse=True)
-        r = q + p * x[None, :, :]
-        x = tl.sum(tl.where((ot == 0)[:, None, None], a * r, 0.0), 0)  # into the previous tile
-        hm = hs - b  # a_t h_{t−1}
-        rB = tl.sum(r * Bt[:, None, :], 2)
-        rh = r * hm
-        ddl = tl.sum(rh * A[None, :, :], 2) + uu * rB
-        du = dl * rB
-        if HAS_D:
-            du += Dv[None, :] * dy
-            dD += tl.sum(dy * uu, 0)
-        tl.store(du_ptr + bi * sgub + dch[None, :] * sgud + t[:, None] * sgul, du.to(du_ptr.dtype.element_ty),
-                 mask=mtd)
-        part_off = ((bi * G * NBLK + part) * L + t[:, None]) * N + on[None, :]
-        tl.store(dB_ptr + part_off, tl.sum(r * (dl * uu)[:, :, None], 1), mask=mtn)
-        tl.store(dC_ptr + part_off, tl.sum(dy[:, :, None] * hs, 1), mask=mtn)
-        dA += tl.sum(rh * dl[:, :, None], 0)
-        draw = ddl * sigmoid(raw) if SOFTPLUS else ddl
-        draw = tl.where(mtd, draw, 0.0)
-        dbias += tl.sum(draw, 0)
-        tl.store(ddelta_ptr + bi * sgdb + dch[None, :] * sgdd + t[:, None] * sgdl,
-                 draw.to(ddelta_ptr.dtype.element_ty), mask=mtd)
-    tl.store(dA_ptr + state_off, dA, mask=dn_mask)
+                du += Dv * dy
+                dD += dy * uu
+            tl.store(du_ptr + bi * sgub + dch * sgud + t * sgul, du.to(du_ptr.dtype.element_ty), mask=m)
+            draw = ddl * sigmoid(raw) if SOFTPLUS else ddl
+            draw = tl.where(m, draw, 0.0)
+            dbias += draw
+            tl.store(ddelta_ptr + bi * sgdb + dch * sgdd + t * sgdl, draw.to(ddelta_ptr.dtype.element_ty),
+                     mask=m)
+    tl.store(_state_ptrs(dA_ptr, bi, D_all, N, dch, on), dA, mask=dn_mask)
     if HAS_D:
         tl.store(dD_ptr + bi * D_all + dch, dD, mask=md)
     if HAS_BIAS:
         tl.store(dbias_ptr + bi * D_all + dch, dbias, mask=md)
     if HAS_H0:
-        tl.store(dh0_ptr + state_off, x, mask=dn_mask)
-
-
-def _bwd_block(n: int) -> int:
-    """Channels per backward program: the tiles of 8 live (step, channel, state) tensors
-    stay in registers. Fixed, not autotuned: B and C's partial sums are per channel block."""
-    if INTERPRET:
-        return 4
-    return 16 if block(n, 1) <= 16 else 8
+        tl.store(_state_ptrs(dh0_ptr, bi, D_all, N, dch, on), x, mask=dn_mask)
 
 
 def _as_groups(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -275,6 +290,11 @@ def _empty_in_layout(t: torch.Tensor) -> torch.Tensor:
 
 def _strides(*tensors: torch.Tensor) -> list[int]:
     return [s for t in tensors for s in t.stride()]
+
+
+def _state_strides(states: torch.Tensor) -> list[int]:
+    """Strides of the stored (batch, chunk, n, d) states (zeros for the placeholder)."""
+    return list(states.stride()) if states.dim() == 4 else [0, 0, 0, 0]
 
 
 def check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[int, int, int, int, int]:
@@ -305,6 +325,22 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[in
     return b, d, length, n, g
 
 
+CHUNK = 4 if INTERPRET else 8
+"""Steps per chunk: the spacing of the states stored for the backward and the length of its
+register ring (CHUNK × states × channels per thread fp32 registers)."""
+
+
+def _bwd_config(n: int) -> dict:
+    """Launch settings of the backward. Fixed, not autotuned: B and C's partial sums are per
+    channel block. One warp of 16 channels: two threads per channel, each with half the
+    states (the backward's live tiles fit the registers). B and C's channel sums through the
+    tensor cores where the tile is large enough for tl.dot (16 × 16), else a shuffle tree."""
+    block_n = block(n, 1)
+    if INTERPRET:
+        return dict(BLOCK_D=4, num_warps=1, DOT_SUM=True, PRECISION="ieee")
+    return dict(BLOCK_D=16, num_warps=1, DOT_SUM=block_n >= 16, PRECISION="tf32")
+
+
 class SelectiveScan(torch.autograd.Function):
     """out (and the final state) of the selective scan, with the gradients of every input."""
 
@@ -312,27 +348,28 @@ class SelectiveScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final):
         b, d, length, n, g = check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
         Bg, Cg = _as_groups(B, "B"), _as_groups(C, "C")
-        nt = triton.cdiv(length, TILE)
+        nc = triton.cdiv(length, CHUNK)
         needs_grad = ctx.needs_input_grad is not None and any(ctx.needs_input_grad)
         dummy = A
-        store_states = needs_grad and nt > 1
-        # The states the backward restarts from: bf16 for bf16 inputs (half the memory; the
-        # gradients stay within bf16 rounding), else fp32 (fp16's range is too short).
+        store_states = needs_grad and nc > 1
+        # The states the backward restarts from, (batch, chunk, n, d): bf16 for bf16 inputs
+        # (half the memory; the gradients stay within bf16 rounding), else fp32 (fp16's
+        # range is too short).
         store = torch.bfloat16 if u.dtype == torch.bfloat16 else torch.float32
-        states = u.new_empty(b, d, nt - 1, n, dtype=store) if store_states else None
+        states = u.new_empty(b, nc - 1, n, d, dtype=store) if store_states else dummy
         final = u.new_empty(b, d, n, dtype=torch.float32) if return_final else None
         out = _empty_in_layout(u)  # the output in the input's layout
         common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                       SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None,
-                      BLOCK_T=TILE, BLOCK_N=block(n, 1))
+                      K=CHUNK, BLOCK_N=block(n, 1))
         zz = z if z is not None else u
         dg = d // g
         _fwd[lambda meta: (b * g * triton.cdiv(dg, meta["BLOCK_D"]),)](
             u, delta, A, Bg, Cg, D if D is not None else dummy, zz,
             delta_bias if delta_bias is not None else dummy,
             initial_state if initial_state is not None else dummy, out,
-            states if states is not None else dummy, final if final is not None else dummy,
-            length, n, dg, g, nt, *_strides(u, delta, A, Bg, Cg, zz, out),
+            states, final if final is not None else dummy,
+            length, n, dg, g, nc, *_strides(u, delta, A, Bg, Cg, zz, out), *_state_strides(states),
             STORE_STATES=store_states, STORE_FINAL=return_final, **common)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
         ctx.common = common
@@ -347,12 +384,12 @@ class SelectiveScan(torch.autograd.Function):
         Bg, Cg = _as_groups(B, "B"), _as_groups(C, "C")
         g = Bg.shape[1]
         dg = d // g
-        nt = triton.cdiv(length, TILE)
+        nc = triton.cdiv(length, ctx.common["K"])
         dummy = A
         if dout is None:
             dout = torch.zeros_like(u)
-        block_d = _bwd_block(n)
-        programs = g * triton.cdiv(dg, block_d)  # per sequence
+        launch = _bwd_config(n)
+        programs = g * triton.cdiv(dg, launch["BLOCK_D"])  # per sequence
         du, ddelta = _empty_in_layout(u), _empty_in_layout(delta)
         dz = _empty_in_layout(z) if z is not None else None
         dB_part = u.new_empty(b, programs, length, n, dtype=torch.float32)
@@ -363,14 +400,15 @@ class SelectiveScan(torch.autograd.Function):
         dh0 = u.new_empty(b, d, n, dtype=torch.float32) if initial_state is not None else None
         zz = z if z is not None else u
         gz = dz if dz is not None else du
-        opt = [t if t is not None else dummy for t in (D, zz, delta_bias, initial_state, states)]
+        opt = [t if t is not None else dummy for t in (D, zz, delta_bias, initial_state)]
         _bwd[(b * programs,)](
-            u, delta, A, Bg, Cg, *opt, dout, dfinal.contiguous() if dfinal is not None else dummy,
+            u, delta, A, Bg, Cg, *opt, states, dout, dfinal.contiguous() if dfinal is not None else dummy,
             du, ddelta, gz, dB_part, dC_part, dA_part,
             dD_part if dD_part is not None else dummy, dbias_part if dbias_part is not None else dummy,
             dh0 if dh0 is not None else dummy,
-            length, n, dg, g, nt, *_strides(u, delta, A, Bg, Cg, zz, dout, du, ddelta, gz),
-            HAS_DFIN=dfinal is not None, BLOCK_D=block_d, **ctx.common)
+            length, n, dg, g, nc, *_strides(u, delta, A, Bg, Cg, zz), *_state_strides(states),
+            *_strides(dout, du, ddelta, gz), dB_part.stride(3),
+            HAS_DFIN=dfinal is not None, **launch, **ctx.common)
 
         def group_sum(part: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
             total = part.view(b, g, programs // g, length, n).sum(2).transpose(-1, -2)  # (b, g, n, L)
