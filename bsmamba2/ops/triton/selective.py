@@ -6,16 +6,19 @@ own decay, so unlike SSD there is no matrix form: the work is one exponential pe
 channel, state), the bound of the kernel.
 
 Layout: a program owns one sequence and a block of channels of one B/C group; its threads
-run along the channels, and each thread keeps all the states of its channels in registers
-(the tiles are (state, channel), the channel axis the one Triton spreads over lanes). The
-sum over the states (``Σ_n C_n h_n``) is then a sum inside a thread, and the recurrence is a
-plain loop over the steps: one exponential and two fused multiply-adds per (step, state),
-with no scan tree, shuffle or layout change. Every stride is left unspecialised
-(``do_not_specialize``) so that no load is laid out for contiguity: every tile keeps the one
-layout and nothing moves between threads except the channel sums of the backward.
+run along the channels, and each thread keeps the states of its channel in registers (the
+tiles are (channel, state): Triton spreads their first axis over the lanes when no load says
+otherwise). The sum over the states (``Σ_n C_n h_n``) is then a sum inside a thread, and the
+recurrence a plain loop over the steps: one exponential and two fused multiply-adds per
+(step, state), with no scan tree, shuffle or layout change. The strides along channels and
+states are left unspecialised (``do_not_specialize``) so that no load is laid out for
+contiguity: every tile keeps the one layout, and nothing moves between threads except the
+channel sums of the backward. (The ring of the backward is (step, state, channel), the
+layout Triton gives a 3-D tile: ``tl.trans`` moves tiles in and out of it without data
+movement.)
 
-Forward: the steps run in chunks of ``K`` (unrolled, so a chunk's loads are issued
-together); with gradients recorded the state entering every chunk but the first is stored.
+Forward: the steps run in chunks of ``K`` (unrolled); with gradients recorded the state
+entering every chunk but the first is stored.
 
 Backward: the chunks run in reverse. Each restarts from its stored state, recomputes its
 ``K`` states into a register ring, then walks its steps backwards with the state gradient
@@ -332,13 +335,12 @@ register ring (CHUNK × states × channels per thread fp32 registers)."""
 
 def _bwd_config(n: int) -> dict:
     """Launch settings of the backward. Fixed, not autotuned: B and C's partial sums are per
-    channel block. One warp of 16 channels: two threads per channel, each with half the
-    states (the backward's live tiles fit the registers). B and C's channel sums through the
-    tensor cores where the tile is large enough for tl.dot (16 × 16), else a shuffle tree."""
-    block_n = block(n, 1)
+    channel block. One warp of 32 channels, B and C's channel sums through the tensor cores
+    where the tile is large enough for tl.dot (16 states), else a shuffle tree: the fastest
+    of tools/sweep_selective_scan.py's variants on the H200 (docs/benchmarks.md)."""
     if INTERPRET:
         return dict(BLOCK_D=4, num_warps=1, DOT_SUM=True, PRECISION="ieee")
-    return dict(BLOCK_D=16, num_warps=1, DOT_SUM=block_n >= 16, PRECISION="tf32")
+    return dict(BLOCK_D=32, num_warps=1, DOT_SUM=block(n, 1) >= 16, PRECISION="tf32")
 
 
 class SelectiveScan(torch.autograd.Function):
