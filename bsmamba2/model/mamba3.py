@@ -42,8 +42,10 @@ class Mamba3(nn.Module):
     R > 1 is MIMO (pairs (j, j + N/2), x/z/y projected per rank by ``mimo_x/z/o``).
     ``outproj_norm`` applies a per-head RMSNorm to y before the SiLU(z) gate. The state dict
     is the official ``mamba_ssm.modules.mamba3.Mamba3``'s (``is_mimo = mimo_rank > 1``), so its
-    weights load with ``strict=True``. (The official ``chunk_size`` is not an option here: each
-    implementation of the scan picks its own, 64 rows of T steps × R ranks.)
+    weights load with ``strict=True``. ``chunk_size`` is the scan's chunk in steps (None: the
+    official recommendation, 64 for SISO and 64 / R for MIMO, i.e. 64 rows of steps × ranks);
+    it changes speed and memory, not results (up to rounding). The Triton kernels take the
+    largest power of two up to it whose rows fit their tiles (64 rows, 32 in fp32).
     """
 
     def __init__(
@@ -57,12 +59,16 @@ class Mamba3(nn.Module):
         rope_fraction: float = 0.5,
         outproj_norm: bool = False,
         mimo_rank: int = 1,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         if rope_fraction not in (0.5, 1.0):
             raise ValueError(f"rope_fraction={rope_fraction}: expected 0.5 or 1.0")
         if mimo_rank < 1:
             raise ValueError(f"mimo_rank={mimo_rank}: expected 1 (SISO) or more (MIMO)")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size}: expected a positive number of steps (or None)")
+        self.chunk_size = chunk_size or max(1, 64 // mimo_rank)
         self.d_inner = expand * d_model
         if self.d_inner % headdim:
             raise ValueError(f"expand·d_model = {self.d_inner} is not a multiple of headdim {headdim}")
@@ -132,12 +138,13 @@ class Mamba3(nn.Module):
         biases = (self.C_bias, self.B_bias) if self.mimo else (self.C_bias[:, 0], self.B_bias[:, 0])
         z = z.reshape(b, length, h, p)
         gate_in_scan = not self.outproj_norm
-        mimo = {"mimo_x": self.mimo_x, "mimo_z": self.mimo_z,
+        mimo = {"mimo_x": self.mimo_x, "mimo_z": self.mimo_z if gate_in_scan else None,
                 "mimo_o": self.mimo_o if gate_in_scan else None} if self.mimo else {}
         y = ops.mamba3_scan(
             q, k, x.reshape(b, length, h, p),
             (A * dt).transpose(1, 2), dt.transpose(1, 2), trap.transpose(1, 2), *biases,
             theta.unsqueeze(2).expand(-1, -1, h, -1), self.D, z if gate_in_scan else None, **mimo,
+            chunk_size=self.chunk_size,
         )
         if self.outproj_norm:  # RMSNorm per head, then the gate (per rank for MIMO)
             y = F.rms_norm(y, (p,), eps=1e-5) * self.norm.weight.view(h, p)
@@ -164,9 +171,11 @@ class Mamba3Mixer(Mamba3):
         rope_fraction: float = 0.5,
         outproj_norm: bool = False,
         mimo_rank: int = 1,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__(d_model, d_state=d_state, expand=expand, headdim=headdim, ngroups=ngroups,
-                         rope_fraction=rope_fraction, outproj_norm=outproj_norm, mimo_rank=mimo_rank)
+                         rope_fraction=rope_fraction, outproj_norm=outproj_norm, mimo_rank=mimo_rank,
+                         chunk_size=chunk_size)
 
 
 class _Weight(nn.Module):

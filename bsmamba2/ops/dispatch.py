@@ -84,8 +84,10 @@ def mamba3_scan(
     mimo_x: torch.Tensor | None = None,
     mimo_z: torch.Tensor | None = None,
     mimo_o: torch.Tensor | None = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Mamba-3 scan, SISO or MIMO; see :func:`bsmamba2.ops.reference.mamba3.mamba3_scan`.
+    ``chunk_size`` (steps; None: 64 rows, 64 / R steps) is a speed knob of both implementations.
 
     Only ``BSMAMBA2_KERNELS=triton`` takes the Triton kernels: they pass every test in Triton's
     interpreter, but on a GPU only single-chunk fp32 calls have been checked so far (README),
@@ -93,7 +95,7 @@ def mamba3_scan(
     """
     impl = implementation("mamba3", v) if requested_backend() == "triton" else reference.mamba3
     return impl.mamba3_scan(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, mimo_x=mimo_x,
-                            mimo_z=mimo_z, mimo_o=mimo_o)
+                            mimo_z=mimo_z, mimo_o=mimo_o, chunk_size=chunk_size)
 
 
 def selective_scan(

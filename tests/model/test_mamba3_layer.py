@@ -128,3 +128,23 @@ def test_bad_configs_are_one_line_errors():
         Mamba3(32, rope_fraction=0.25)
     with pytest.raises(ValueError, match="mimo_rank"):
         Mamba3(32, mimo_rank=0)
+
+
+def test_chunk_size_reaches_the_scan_and_changes_no_result(monkeypatch):
+    """``chunk_size`` (steps; default 64 / R) is handed to the scan, and any chunk gives the same."""
+    from bsmamba2 import ops
+
+    seen, original = [], ops.mamba3_scan
+    monkeypatch.setattr(ops, "mamba3_scan", lambda *a, **kw: seen.append(kw["chunk_size"]) or original(*a, **kw))
+    u = torch.randn(2, 37, 16, dtype=torch.float64)
+    for rank in (1, 4):
+        torch.manual_seed(0)
+        default = Mamba3(16, d_state=16, headdim=16, mimo_rank=rank).double()
+        torch.manual_seed(0)
+        small = Mamba3(16, d_state=16, headdim=16, mimo_rank=rank, chunk_size=5).double()
+        want = default(u)
+        assert rel_err(small(u), want) <= 1e-12
+    assert seen == [64, 5, 16, 5]
+    assert Mamba3Mixer(16, d_state=16, headdim=16, chunk_size=8).chunk_size == 8
+    with pytest.raises(ValueError, match="chunk_size"):
+        Mamba3(32, chunk_size=0)

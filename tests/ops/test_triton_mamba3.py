@@ -27,7 +27,7 @@ CASES = (
      (801, 4, 1, True, False), (65, 2, 2, False, True), (801, 2, 2, False, True)]
     if ON_GPU
     else [(1, 1, 1, True, True), (65, 1, 2, False, True), (7, 2, 1, True, True), (63, 4, 1, True, True),
-          (33, 2, 1, True, False)]
+          (33, 2, 1, True, False), (9, 2, 2, False, True)]
 )
 
 
@@ -82,6 +82,14 @@ def test_official_scan_call(variant):
         assert_close(f"d{name}", g[name], t[f"grad.{name}"].to(DEVICE), torch.float32)
 
 
+def test_chunk_steps_fit_the_tiles():
+    """A power of two ≤ chunk_size, ≤ 64 rows (32 in fp32), ≥ 16 rows (the smallest dot)."""
+    assert kernels.chunk_steps(1, torch.bfloat16) == 64 and kernels.chunk_steps(1, torch.float32) == 32
+    assert kernels.chunk_steps(4, torch.bfloat16, 64) == 16 and kernels.chunk_steps(2, torch.float32, 48) == 16
+    assert kernels.chunk_steps(1, torch.bfloat16, 40) == 32 and kernels.chunk_steps(1, torch.float32, 1) == 16
+    assert kernels.chunk_steps(4, torch.bfloat16, 1) == 4
+
+
 def test_dispatch_serves_the_kernels(monkeypatch):
     args, weights = random_inputs(1, 9, 2, 16, 16, 2, dtype=torch.float32, device=DEVICE)
     monkeypatch.setenv("BSMAMBA2_KERNELS", "triton")
@@ -90,4 +98,8 @@ def test_dispatch_serves_the_kernels(monkeypatch):
     out = run(ops.mamba3_scan, args, weights)
     assert calls and out.shape == (1, 9, 2, 16)
     assert torch.allclose(out, run(ref.mamba3_scan, args, weights), atol=1e-4)
+    args, weights = random_inputs(1, 40, 2, 16, 16, 2, dtype=torch.float32, device=DEVICE)
+    want = run(ref.mamba3_scan, args, weights)
+    for chunk in (4, 16):  # 16 rows (5 chunks), 32 rows (3 chunks)
+        assert torch.allclose(run(ops.mamba3_scan, args, weights, chunk_size=chunk), want, atol=1e-4)
     assert not kernels.supports(torch.empty(1, 9, 2, 1, 12), torch.empty(1, 9, 2, 16), torch.empty(2, 2, 16))

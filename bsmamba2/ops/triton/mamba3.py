@@ -429,10 +429,15 @@ def _chunk_bwd(
     tl.store(dk_ptr + off, dk, mask=mr[:, None])
 
 
-def chunk_steps(rank: int, dtype: torch.dtype) -> int:
-    """Steps per chunk: 64 rows of rank R (32 for fp32, whose dot operands take twice the
-    shared memory: 64 rows need 240 KB in the backward, over the H100/H200's 227 KB)."""
-    return (CHUNK_ROWS if dtype != torch.float32 else CHUNK_ROWS // 2) // rank
+def chunk_steps(rank: int, dtype: torch.dtype, chunk_size: int | None = None) -> int:
+    """Steps per chunk: the largest power of two ≤ ``chunk_size`` (default: all that fit) whose
+    rows fit a tile, at most 64 rows of rank R (32 for fp32, whose dot operands take twice the
+    shared memory: 64 rows need 240 KB in the backward, over the H100/H200's 227 KB) and at
+    least 16 (the smallest dot)."""
+    most = (CHUNK_ROWS if dtype != torch.float32 else CHUNK_ROWS // 2) // rank
+    if chunk_size is None:
+        return most
+    return min(most, max(1 << (chunk_size.bit_length() - 1), 16 // rank, 1))
 
 
 class Mamba3Scan(torch.autograd.Function):
@@ -440,11 +445,12 @@ class Mamba3Scan(torch.autograd.Function):
     fp32; biases (h, r, n) fp32; φ (b, l, h, s) fp32; D (h); mimo_* (h, r, p) fp32 or None."""
 
     @staticmethod
-    def forward(ctx, q, k, v, adt, omega, gamma, q_bias, k_bias, phi, D, z, mimo_x, mimo_z, mimo_o):
+    def forward(ctx, q, k, v, adt, omega, gamma, q_bias, k_bias, phi, D, z, mimo_x, mimo_z, mimo_o,
+                chunk_size):
         b, length, r, g, n = q.shape
         h, p = v.shape[2:]
         mimo = mimo_x is not None
-        T = chunk_steps(r, v.dtype)
+        T = chunk_steps(r, v.dtype, chunk_size)
         nc = triton.cdiv(length, T)
         has_o = mimo_o is not None or not mimo
         out = v.new_empty((b, length, h, p) if has_o else (b, length, r, h, p))
@@ -503,7 +509,7 @@ class Mamba3Scan(torch.autograd.Function):
         dmz = part[:, 2 * rn + 1 + rp:2 * rn + 1 + 2 * rp].view(h, r, p) if mimo_z is not None else None
         dmo = part[:, 2 * rn + 1 + 2 * rp:].view(h, r, p) if mimo_o is not None else None
         return (dq.to(q.dtype), dk.to(k.dtype), dx.to(v.dtype), dadt, dw, dg, dqb, dkb, dphi, dD,
-                dz.to(z.dtype) if z is not None else None, dmx, dmz, dmo)
+                dz.to(z.dtype) if z is not None else None, dmx, dmz, dmo, None)
 
 
 def supports(q: torch.Tensor, v: torch.Tensor, mimo_x: torch.Tensor | None) -> bool:
@@ -529,9 +535,11 @@ def mamba3_scan(
     mimo_x: torch.Tensor | None = None,
     mimo_z: torch.Tensor | None = None,
     mimo_o: torch.Tensor | None = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """The Mamba-3 scan on CUDA tensors (or CPU ones under TRITON_INTERPRET=1); the contract
-    of :func:`bsmamba2.ops.reference.mamba3.mamba3_scan`."""
+    of :func:`bsmamba2.ops.reference.mamba3.mamba3_scan`. ``chunk_size`` in steps, as
+    :func:`chunk_steps` fits it to the tiles."""
     if not supports(q, v, mimo_x):
         raise ValueError(f"the Mamba-3 kernels need a power-of-two rank ≤ 16, d_state and headdim ≥ 16; "
                          f"got q {tuple(q.shape)}, v {tuple(v.shape)}")
@@ -543,8 +551,10 @@ def mamba3_scan(
     gamma = lam * delta
     omega = gamma + F.pad(((1 - lam) * delta)[..., 1:], (0, 1))
     phi = (math.pi * torch.tanh(angles.to(f32)) * delta.transpose(1, 2).unsqueeze(-1)).cumsum(1)
+    if z is None:  # no gate: mimo_z takes no part in the scan and gets no gradient (the oracle's)
+        mimo_z = None
     opt = [None if t is None else t.to(f32).contiguous() for t in (mimo_x, mimo_z, mimo_o)]
     return Mamba3Scan.apply(q.contiguous(), k.contiguous(), v.contiguous(), adt.to(f32).contiguous(),
                             omega.contiguous(), gamma.contiguous(), q_bias.to(f32).contiguous(),
                             k_bias.to(f32).contiguous(), phi.contiguous(), D,
-                            None if z is None else z.contiguous(), *opt)
+                            None if z is None else z.contiguous(), *opt, chunk_size)
