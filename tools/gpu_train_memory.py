@@ -23,6 +23,7 @@ import platform
 import re
 import statistics
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,10 +44,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(cfg: BSMamba2Config, setting: str, args: argparse.Namespace, device: torch.device) -> dict:
-    """Step times and peak memory (CUDA only) of ``args.warmup + args.steps`` steps.
+def training_step(cfg: BSMamba2Config, setting: str, args: argparse.Namespace,
+                  device: torch.device) -> tuple[BSMamba2Module, Callable[[], float]]:
+    """A fresh module and optimizer, and one step of the recipe on them as a callable that
+    returns the loss.
 
     ``setting``: a recompute mode, or ``mode:k`` to recompute in the first k layers only.
+    ``args``: ``seed``, ``batch_size``, ``seconds`` and ``precision`` (this script's options).
     """
     mode, _, layers = setting.partition(":")
     torch.manual_seed(args.seed)
@@ -58,20 +62,31 @@ def measure(cfg: BSMamba2Config, setting: str, args: argparse.Namespace, device:
     mixture = torch.randn(args.batch_size, cfg.channels, length, device=device) * 0.1
     targets = torch.randn(args.batch_size, len(module.targets), cfg.channels, length, device=device) * 0.1
     dtype = DTYPES[args.precision]
+
+    def step() -> float:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = module.compute_loss((mixture, targets))
+        loss.backward()
+        with torch.profiler.record_function("optimizer"):
+            torch.nn.utils.clip_grad_norm_(module.model.parameters(), GRADIENT_CLIP)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(module.model.parameters())
+        return float(loss.detach())  # a host sync, as Lightning's finite-loss check does
+
+    return module, step
+
+
+def measure(cfg: BSMamba2Config, setting: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """Step times and peak memory (CUDA only) of ``args.warmup + args.steps`` steps."""
+    _, step = training_step(cfg, setting, args, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, losses = [], []
     for _ in range(args.warmup + args.steps):
         _sync(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = module.compute_loss((mixture, targets))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.model.parameters(), GRADIENT_CLIP)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(module.model.parameters())
-        losses.append(float(loss.detach()))  # a host sync, as Lightning's finite-loss check does
+        losses.append(step())
         _sync(device)
         times.append(time.perf_counter() - start)
     row = {
