@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from bsmamba2.ops.backend import triton_interpreter
+from bsmamba2.ops.triton.tuned import known_config
 
 INTERPRET = triton_interpreter()
 """Kernels run in Triton's CPU interpreter (decided at import time, as Triton does)."""
@@ -28,6 +29,18 @@ def configs(*specs: tuple, interpret: dict | None = None) -> list[triton.Config]
     if INTERPRET:
         return [triton.Config(interpret if interpret is not None else (specs[0][2:] or ({},))[0])]
     return [triton.Config(*(spec[2:] or ({},)), num_warps=spec[0], num_stages=spec[1]) for spec in specs]
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)`` for an autotuned kernel, with the configuration known
+    best on this GPU model for this call when :mod:`bsmamba2.ops.triton.tuned` lists one (one
+    compile, no timing runs), else through the autotuner."""
+    config = known_config(kernel, args, kwargs)
+    if config is None:
+        kernel[grid](*args, **kwargs)
+    else:
+        warps, stages, meta = config
+        kernel.fn[grid](*args, **kwargs, **meta, num_warps=warps, num_stages=stages)
 
 
 def block(n: int, least: int = 16) -> int:

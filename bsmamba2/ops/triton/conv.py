@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bsmamba2.ops.triton.common import INTERPRET, configs, sigmoid
+from bsmamba2.ops.triton.common import INTERPRET, configs, launch, sigmoid
 
 SPAN = 64 if INTERPRET else 256
 """Backward: steps per program (a power of two), small in the interpreter so that tests at
@@ -234,7 +234,7 @@ class CausalConv1d(torch.autograd.Function):
                 steps = meta["BLOCK_L"] * meta["TILES"]
                 return b * triton.cdiv(length, steps), triton.cdiv(dc, meta["BLOCK_D"])
 
-            _conv_fwd[grid](
+            launch(_conv_fwd, grid,
                 x, weight, bias if bias is not None else weight, y, length, dc, _bucket(length),
                 *x.stride(), *weight.stride(), W=weight.shape[1], HAS_BIAS=bias is not None,
                 SILU=activation == "silu")
@@ -255,7 +255,7 @@ class CausalConv1d(torch.autograd.Function):
             def grid(meta):
                 return b, nt, triton.cdiv(dc, meta["BLOCK_D"])
 
-            _conv_bwd[grid](
+            launch(_conv_bwd, grid,
                 x, weight, bias if bias is not None else weight, dy, dx, part, length, dc,
                 _bucket(length), *x.stride(), dy.stride(0), dy.stride(1), *weight.stride(), W=width,
                 HAS_BIAS=bias is not None, SILU=ctx.silu)

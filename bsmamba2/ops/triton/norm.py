@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bsmamba2.ops.triton.common import configs, sigmoid
+from bsmamba2.ops.triton.common import configs, launch, sigmoid
 
 ROWS_PER_PROGRAM = 64  # backward: rows summed into one fp32 dweight partial
 TUNING = ((2, 1, {"ELEMS": 512}), (4, 1, {"ELEMS": 1024}), (4, 1, {"ELEMS": 2048}))
@@ -123,7 +123,7 @@ class GatedRMSNorm(torch.autograd.Function):
             def grid(meta):
                 return triton.cdiv(m, meta["BLOCK_M"]), ng
 
-            _norm_fwd[grid](x2, z2, weight, y, rstd, m, d, ng, x2.stride(0), z2.stride(0), eps, GS=gs,
+            launch(_norm_fwd, grid, x2, z2, weight, y, rstd, m, d, ng, x2.stride(0), z2.stride(0), eps, GS=gs,
                             HAS_Z=z is not None, BLOCK_G=triton.next_power_of_2(gs))
         ctx.save_for_backward(x2, z2 if z is not None else None, weight, rstd)
         ctx.shape = (x.shape, gs)
@@ -142,7 +142,7 @@ class GatedRMSNorm(torch.autograd.Function):
         dw = x2.new_empty(nprog, d, dtype=torch.float32)
         if m:
             zz = z2 if z2 is not None else x2
-            _norm_bwd[(nprog, ng)](
+            launch(_norm_bwd, (nprog, ng),
                 x2, zz, weight, dy, rstd, dx, dz if dz is not None else dx, dw, m, d, ng, x2.stride(0),
                 zz.stride(0), dy.stride(0), ROWS_PER_PROGRAM, GS=gs, HAS_Z=z2 is not None,
                 BLOCK_G=triton.next_power_of_2(gs))

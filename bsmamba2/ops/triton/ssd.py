@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bsmamba2.ops.triton.common import block, configs, dot_dtype, sigmoid, softplus
+from bsmamba2.ops.triton.common import block, configs, dot_dtype, launch, sigmoid, softplus
 
 CHUNK = 64
 
@@ -433,12 +433,12 @@ class SSDScan(torch.autograd.Function):
         strides = _strides(x, dt, B, C, y)
         final = None
         if short:
-            _short_fwd[(b * g,)](
+            launch(_short_fwd, (b * g,),
                 x, dt, A, B, C, D if D is not None else dummy, dt_bias if dt_bias is not None else dummy,
                 y, length, h, h // g, p, n, g, *strides, **common)
         else:
             final = x.new_empty(b, h, p, n, dtype=torch.float32) if return_final else dummy
-            _chunked_fwd[(b * h,)](
+            launch(_chunked_fwd, (b * h,),
                 x, dt, A, B, C, D if D is not None else dummy, dt_bias if dt_bias is not None else dummy,
                 initial_state if initial_state is not None else dummy, y, final, dummy,
                 length, h, h // g, p, n, *strides,
@@ -469,13 +469,13 @@ class SSDScan(torch.autograd.Function):
             states = x.new_empty(b, h, nc, n, p, dtype=store)  # (n, p) per chunk
             dstates = x.new_empty(b, h, nc, p, n, dtype=store)  # (p, n) per chunk
             has_h0 = initial_state is not None
-            _chunked_fwd[(b * h,)](
+            launch(_chunked_fwd, (b * h,),
                 x, dt, A, B, C, *opt, initial_state if has_h0 else dummy, dummy, dummy, states,
                 length, h, h // g, p, n, *_strides(x, dt, B, C, x),
                 HAS_H0=has_h0, STORE_FINAL=False, STORE_STATES=True, COMPUTE_Y=False, **common)
             dh0 = x.new_empty(b, h, p, n, dtype=torch.float32) if has_h0 else None
             dfin = dfinal.contiguous() if dfinal is not None else None
-            _state_grads[(b * h,)](
+            launch(_state_grads, (b * h,),
                 dt, A, C, opt[1], dy, dfin if dfin is not None else dummy, dstates,
                 dh0 if has_h0 else dummy, length, h, h // g, p, n, nc, *_strides(dt, C, dy),
                 HAS_BIAS=common["HAS_BIAS"], SOFTPLUS=common["SOFTPLUS"], HAS_DFIN=dfin is not None,
@@ -488,7 +488,7 @@ class SSDScan(torch.autograd.Function):
         part = [x.new_empty(b, h, nc, dtype=torch.float32) for _ in range(3)]
         for which in (PART_DX, PART_DB, PART_DC):
             heads = 1 if which is PART_DX and not ctx.short else h // g
-            _chunk_bwd[(b * (h // heads) * nc,)](
+            launch(_chunk_bwd, (b * (h // heads) * nc,),
                 x, dt, A, B, C, *opt, dy, states if states is not None else dummy,
                 dstates if dstates is not None else dummy, dx, ddt, dB, dC, *part,
                 length, h, h // g, p, n, nc, *_strides(x, dt, B, C, dy),
