@@ -5,6 +5,9 @@ Two workloads, each profiled with ``torch.profiler`` over ``--steps`` repetition
 
 - ``separate``: one pass over ``--seconds`` of stereo audio (STFT, model, iSTFT) under
   inference mode and autocast, as ``benchmark_mamba_ssm.py``'s "separate 60 s" row;
+- ``file``: ``Separator.separate_file`` on a generated ``--file-minutes`` stereo WAV (the
+  ``bsmamba2 separate`` path with its defaults: reading, segments, batches, overlap-add,
+  writing), to see how much of it the GPU is busy;
 - ``train``: the recipe's training step (``tools/gpu_train_memory.py``: loss, backward,
   clipping, AdamW, EMA) with the recipe's recompute setting.
 
@@ -45,6 +48,7 @@ from bsmamba2.model import BSMamba2, BSMamba2Config, istft, stft
 from bsmamba2.model.bands import BandSplit, MaskEstimator
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_separate import write_input
 from gpu_train_memory import DTYPES, training_step
 
 FAMILIES = (
@@ -257,6 +261,19 @@ def separate_pass(cfg: BSMamba2Config, args: argparse.Namespace, device: torch.d
     return model, one_pass
 
 
+def separate_file(cfg: BSMamba2Config, args: argparse.Namespace, device: torch.device, folder: Path):
+    torch.manual_seed(args.seed)
+    model = BSMamba2(cfg)
+    separator = bsmamba2.Separator(model, device=device, progress=False)
+    path = folder / "mixture.wav"
+    write_input(path, args.file_minutes, cfg.sample_rate)
+
+    def one_file() -> None:
+        separator.separate_file(path, folder / "out", overwrite=True)
+
+    return model, one_file
+
+
 def print_table(title: str, table: dict) -> None:
     print(f"\n{title}: wall {table['wall_ms']:.1f} ms per step (no profiler), "
           f"kernels {table['kernel_ms']:.1f} ms, span {table['span_ms']:.1f} ms, "
@@ -271,8 +288,9 @@ def print_table(title: str, table: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/bsmamba2.yaml", help="model config (YAML)")
-    parser.add_argument("--workloads", default="separate,train", help="comma list of separate, train")
+    parser.add_argument("--workloads", default="separate,train", help="comma list of separate, file, train")
     parser.add_argument("--seconds", type=float, default=60.0, help="audio of the separation pass")
+    parser.add_argument("--file-minutes", type=float, default=1.0, help="length of the file workload")
     parser.add_argument("--train-batch", type=int, default=5, help="training batch (segments)")
     parser.add_argument("--train-seconds", type=float, default=8.0, help="training segment length")
     parser.add_argument("--recompute", default="mixer:4", help="recompute setting (the recipe's: mixer:4)")
@@ -286,8 +304,12 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     cfg = BSMamba2Config.from_yaml(args.config)
     results = {}
+    scratch = tempfile.TemporaryDirectory()
     for workload in args.workloads.split(","):
-        if workload == "separate":
+        if workload == "file":
+            model, fn = separate_file(cfg, args, device, Path(scratch.name))
+            title = f"separate_file, {args.file_minutes:g}-minute stereo WAV, default settings"
+        elif workload == "separate":
             model, fn = separate_pass(cfg, args, device)
             title = f"separate {args.seconds:g} s stereo, one pass"
         elif workload == "train":
@@ -303,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         del model, fn
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    scratch.cleanup()
     if args.json:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
         meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
