@@ -24,6 +24,7 @@ EXTRAS = {
     "eval": ("musdb", "museval", "librosa"),
     "plot": ("matplotlib", "librosa"),
     "web": ("starlette", "uvicorn"),
+    "hub": ("huggingface_hub",),
 }
 """The modules each extra of ``pip install 'bsmamba2[EXTRA]'`` brings (pyproject.toml's
 optional dependencies); separation needs none of them."""

@@ -2,7 +2,7 @@
 # Install bsmamba2 on a fresh Linux machine into a virtual environment, .venv beside this
 # repository (BSMAMBA2_VENV to choose another folder): through apt-get what is missing of
 # ffmpeg (musdb/museval need its binaries), Chromium (the web app's browser test) and
-# python3-venv, then the CPU build of PyTorch and the package with all its extras (train,
+# python3-venv, then the CPU build of PyTorch and the package with all its extras (train, hub,
 # eval, plot, web) and the test/lint tools. A stock Debian/Ubuntu has `python3` but no
 # `python`, and its pip refuses system-wide installs (externally-managed-environment): the
 # virtual environment avoids both. Packages the system Python already has (e.g. a CUDA build of torch) are seen from

@@ -1,6 +1,7 @@
 """Resumable, verified downloads: a file appears under its final name only once its size
-and SHA-256 match; an interrupted transfer leaves a ``.part`` file the next call resumes
-(HTTP Range), a corrupt one is deleted. Processes fetching the same file take turns
+and SHA-256 match (the size the server announces and no hash check when the caller knows
+neither, as for a user's own URL without a hash); an interrupted transfer leaves a ``.part``
+file the next call resumes (HTTP Range), a corrupt one is deleted. Processes fetching the same file take turns
 (a ``.lock`` file beside it, POSIX ``flock``), so two commands started together download
 it once and both use it.
 """
@@ -43,13 +44,22 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _interrupted(url: str, part: Path, size: int, why: str) -> DownloadError:
+def _interrupted(url: str, part: Path, size: int | None, why: str) -> DownloadError:
     done = part.stat().st_size if part.exists() else 0
     if not done:  # nothing arrived (offline, refused, unknown host): nothing to resume
         return DownloadError(f"download of {url} failed ({why})")
     return DownloadError(
-        f"download of {url} interrupted at {done} of {size} bytes ({why}); run the command again to resume"
+        f"download of {url} interrupted at {done} of {size or 'unknown'} bytes ({why}); "
+        "run the command again to resume"
     )
+
+
+def _announced_size(resp: http.client.HTTPResponse) -> int | None:
+    """The whole file's size the server states: Content-Range's total for a resumed (206)
+    transfer, else Content-Length; None when it states none."""
+    total = (resp.headers.get("Content-Range") or "").rpartition("/")[2]
+    length = total if resp.status == 206 else resp.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
 
 
 def ssl_context() -> ssl.SSLContext | None:
@@ -62,7 +72,9 @@ def ssl_context() -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def _transfer(url: str, part: Path, size: int, progress: bool) -> None:
+def _transfer(url: str, part: Path, size: int | None, progress: bool) -> int | None:
+    """Fetch ``url`` into ``part`` (resuming what is there); the file's size, ``size`` or,
+    when that is None, the one the server announced (None if it announced none)."""
     have = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": f"bsmamba2/{__version__}"}
     if have:
@@ -72,6 +84,7 @@ def _transfer(url: str, part: Path, size: int, progress: bool) -> None:
         with urllib.request.urlopen(request, timeout=60, context=ssl_context()) as resp:
             if have and resp.status != 206:  # the server ignored the range: start over
                 have = 0
+            size = size if size is not None else _announced_size(resp)
             with (
                 part.open("ab" if have else "wb") as f,
                 tqdm(
@@ -89,13 +102,14 @@ def _transfer(url: str, part: Path, size: int, progress: bool) -> None:
                     f.write(block)
                     bar.update(len(block))
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have == size:  # nothing left to fetch
-            return
+        if exc.code == 416 and have and size in (None, have):  # nothing left to fetch
+            return have
         raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise _interrupted(url, part, size, f"{type(exc).__name__}: {exc}") from None
-    if part.stat().st_size < size:  # the server closed the connection early
+    if size is not None and part.stat().st_size < size:  # the server closed the connection early
         raise _interrupted(url, part, size, "connection closed")
+    return size
 
 
 @contextlib.contextmanager
@@ -135,32 +149,41 @@ def download_lock(dest: Path, progress: bool = True) -> Iterator[None]:
         os.close(fd)
 
 
-def download(url: str, dest: str | os.PathLike, size: int, sha256: str, progress: bool = True) -> Path:
+def download(
+    url: str, dest: str | os.PathLike, size: int | None, sha256: str | None, progress: bool = True
+) -> Path:
     """``dest``, fetched from ``url`` unless already there with the right size (one process
-    at a time: see :func:`download_lock`)."""
+    at a time: see :func:`download_lock`). ``size`` None: the size the server announces,
+    and any file already at ``dest`` is taken as complete (only verified files are renamed
+    there); ``sha256`` None: no hash check."""
     dest = Path(dest)
-    if dest.is_file() and dest.stat().st_size == size:
+
+    def present() -> bool:
+        return dest.is_file() and (size is None or dest.stat().st_size == size)
+
+    if present():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with download_lock(dest, progress):
-        if dest.is_file() and dest.stat().st_size == size:  # another process just fetched it
+        if present():  # another process just fetched it
             return dest
         return _fetch(url, dest, size, sha256, progress)
 
 
-def _fetch(url: str, dest: Path, size: int, sha256: str, progress: bool) -> Path:
+def _fetch(url: str, dest: Path, size: int | None, sha256: str | None, progress: bool) -> Path:
     """Transfer (or resume) into ``dest.part``, verify it, rename it to ``dest``."""
     part = dest.with_name(dest.name + ".part")
-    if part.exists() and part.stat().st_size > size:
+    if part.exists() and size is not None and part.stat().st_size > size:
         part.unlink()
-    _transfer(url, part, size, progress)
+    size = _transfer(url, part, size, progress)
     got = part.stat().st_size
-    digest = sha256_of(part) if got == size else None
-    if digest != sha256:
+    whole = size is None or got == size
+    digest = sha256_of(part) if whole and sha256 is not None else None
+    if not whole or digest != sha256:
         part.unlink()
         found = f"SHA-256 {digest}" if digest else f"{got} bytes"
-        raise DownloadError(
-            f"download of {url} is corrupt ({found}, expected {size} bytes with SHA-256 {sha256}); deleted it"
-        )
+        wanted = [f"{size} bytes"] * (size is not None) + [f"SHA-256 {sha256}"] * (sha256 is not None)
+        wanted = " with ".join(wanted)
+        raise DownloadError(f"download of {url} is corrupt ({found}, expected {wanted}); deleted it")
     os.replace(part, dest)
     return dest

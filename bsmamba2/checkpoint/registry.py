@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bsmamba2.checkpoint.download import DownloadError, download
+from bsmamba2.checkpoint.remote import HF_PREFIX, fetch_remote, hub_parts, is_remote
 from bsmamba2.errors import BSMamba2Error
-
-HF_PREFIX = "hf://"
 
 
 @dataclass(frozen=True)
@@ -101,19 +100,21 @@ def resolve_url(url: str) -> str:
     on the Hugging Face Hub (through ``huggingface_hub`` when installed), others stay as they are."""
     if not url.startswith(HF_PREFIX):
         return url
-    owner, repo, *path = url.removeprefix(HF_PREFIX).split("/")
-    if not path:
-        raise BSMamba2Error(f"{url}: expected hf://owner/repo/path/to/file")
+    repo_id, filename, revision = hub_parts(url)
     try:
         from huggingface_hub import hf_hub_url
     except ImportError:
-        return f"https://huggingface.co/{owner}/{repo}/resolve/main/{'/'.join(path)}"
-    return hf_hub_url(repo_id=f"{owner}/{repo}", filename="/".join(path))
+        return f"https://huggingface.co/{repo_id}/resolve/{revision or 'main'}/{filename}"
+    return hf_hub_url(repo_id=repo_id, filename=filename, revision=revision)
 
 
 def resolve(name_or_path: str | os.PathLike, progress: bool = True) -> Path:
     """A checkpoint path as it is; a known name (``"bs_mamba2_vocals"``) that is not also an
-    existing file: its local copy, downloaded if missing."""
+    existing file: its local copy, downloaded if missing; an ``https://``, ``http://`` or
+    ``hf://`` address (optionally ``#sha256=HEX``): its cached copy, fetched if missing
+    (:mod:`.remote`)."""
+    if is_remote(name_or_path):
+        return fetch_remote(name_or_path, cache_dir(), progress)
     if isinstance(name_or_path, str) and name_or_path in KNOWN and not Path(name_or_path).exists():
         return fetch(name_or_path, progress)
     return Path(name_or_path)
@@ -128,8 +129,8 @@ def no_weights_message() -> str:
 
 
 def resolve_weights(checkpoint: str | None = None, model: str | None = None, progress: bool = True) -> Path:
-    """--checkpoint (a path or a known name), else --model (downloaded), else
-    ``$BSMAMBA2_CHECKPOINT`` (a path or a known name)."""
+    """--checkpoint (a path, a known name or an address), else --model (downloaded), else
+    ``$BSMAMBA2_CHECKPOINT`` (the same kinds as --checkpoint)."""
     if checkpoint:
         return resolve(checkpoint, progress)
     if model:

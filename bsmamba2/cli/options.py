@@ -62,7 +62,11 @@ def add_weight_options(p: Options) -> None:
     """``--checkpoint PATH`` or ``--model NAME``, and ``--ema``."""
     weights = p.add_mutually_exclusive_group()
     weights.add_argument(
-        "--checkpoint", metavar="PATH", help="weights: any checkpoint bsmamba2 reads (or a known name)"
+        "--checkpoint",
+        metavar="PATH|URL",
+        help="weights: any checkpoint bsmamba2 reads, a known name, an https:// URL (downloaded once "
+        "into the cache, checked against the announced size) or hf://owner/repo[@revision]/file (a "
+        "Hugging Face Hub file, needs the [hub] extra); append #sha256=HEX to a URL to have it verified",
     )
     weights.add_argument(
         "--model",

@@ -114,7 +114,7 @@ def test_hf_urls_name_a_file_of_the_hub(monkeypatch):
     assert registry.resolve_url("hf://owner/repo/dir/w.ckpt") == "https://huggingface.co/owner/repo/resolve/main/dir/w.ckpt"
     assert registry.resolve_url("https://example.org/w.ckpt") == "https://example.org/w.ckpt"
     hub = types.ModuleType("huggingface_hub")
-    hub.hf_hub_url = lambda repo_id, filename: f"https://mirror.example/{repo_id}/{filename}"
+    hub.hf_hub_url = lambda repo_id, filename, revision=None: f"https://mirror.example/{repo_id}/{filename}"
     monkeypatch.setitem(sys.modules, "huggingface_hub", hub)  # installed: it decides (endpoints, revisions)
     assert registry.resolve_url("hf://owner/repo/w.ckpt") == "https://mirror.example/owner/repo/w.ckpt"
     with pytest.raises(BSMamba2Error, match="expected hf://owner/repo/path/to/file"):
