@@ -164,6 +164,23 @@ def reported_warnings(quiet: bool) -> Iterator[None]:
                 tqdm.write(f"bsmamba2: warning: {warning.message}", file=sys.stderr)
 
 
+def separator_settings(args: argparse.Namespace, **settings) -> dict:
+    """The :class:`Separator` arguments the options above ask for, but the weights;
+    ``settings`` add to or replace them."""
+    options = dict(
+        device=args.device,
+        segment=args.segment,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        ema=args.ema,
+        compile={"yes": True, "no": False, "auto": "auto"}[getattr(args, "compile", "no")],
+        tta=args.tta,
+        shifts=args.shifts,
+    )
+    return {**options, **settings}
+
+
 def load_separator(
     args: argparse.Namespace, progress: bool, model: torch.nn.Module | Path | None = None, **settings
 ) -> Separator:
@@ -173,20 +190,14 @@ def load_separator(
     from bsmamba2.separation import Separator
 
     weights = model if model is not None else resolve_weights(args.checkpoint, args.model, progress=progress)
-    options = dict(
-        device=args.device,
-        segment=args.segment,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        progress=progress,
-        ema=args.ema,
-        compile={"yes": True, "no": False, "auto": "auto"}[getattr(args, "compile", "no")],
-        tta=args.tta,
-        shifts=args.shifts,
-    )
+    with flag_errors(), reported_warnings(getattr(args, "quiet", False)):
+        return Separator(weights, **separator_settings(args, progress=progress, **settings))
+
+
+@contextlib.contextmanager
+def flag_errors() -> Iterator[None]:
+    """A library error about a parameter as one naming its flag (``--overlap: ...``)."""
     try:
-        with reported_warnings(getattr(args, "quiet", False)):
-            return Separator(weights, **{**options, **settings})
+        yield
     except ParameterError as exc:
         raise BSMamba2Error(f"{FLAGS.get(exc.parameter, exc.parameter)}: {exc}") from None

@@ -1,4 +1,5 @@
-"""Separation: the :class:`Separator` (chunking, cross-fades, streaming I/O) and its progress reports.
+"""Separation: the :class:`Separator` (chunking, cross-fades, streaming I/O), its progress
+reports, and :class:`SeparatorPool` (whole files in worker processes, one per device).
 
 The names load their modules on first use (:mod:`bsmamba2._lazy`): the command line reads
 the option defaults of :mod:`.chunking` without loading torch.
@@ -9,6 +10,8 @@ from typing import TYPE_CHECKING
 from bsmamba2._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from bsmamba2.separation.files import FileJob, FileReport, SeparatedFile
+    from bsmamba2.separation.pool import SeparatorPool
     from bsmamba2.separation.progress import Progress
     from bsmamba2.separation.separator import (
         ClippingWarning,
@@ -21,11 +24,25 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "ClippingWarning": "bsmamba2.separation.separator",
+        "FileJob": "bsmamba2.separation.files",
+        "FileReport": "bsmamba2.separation.files",
         "NonFiniteOutputError": "bsmamba2.separation.separator",
         "OutputExistsError": "bsmamba2.separation.separator",
         "Progress": "bsmamba2.separation.progress",
+        "SeparatedFile": "bsmamba2.separation.files",
         "Separator": "bsmamba2.separation.separator",
+        "SeparatorPool": "bsmamba2.separation.pool",
     },
 )
 
-__all__ = ["ClippingWarning", "NonFiniteOutputError", "OutputExistsError", "Progress", "Separator"]
+__all__ = [
+    "ClippingWarning",
+    "FileJob",
+    "FileReport",
+    "NonFiniteOutputError",
+    "OutputExistsError",
+    "Progress",
+    "SeparatedFile",
+    "Separator",
+    "SeparatorPool",
+]

@@ -41,6 +41,7 @@ from bsmamba2.model import istft, stft
 from bsmamba2.separation.batching import auto_batch_size, check_memory, smaller_batch
 from bsmamba2.separation.chunking import DEFAULT_OVERLAP, DEFAULT_SEGMENT, Chunker, Chunking
 from bsmamba2.separation.compiling import compile_blocks, compile_pays, quiet_compiler, uncompile_blocks
+from bsmamba2.separation.files import SeparatedFile
 from bsmamba2.separation.naming import ACCOMPANIMENT, DEFAULT_TEMPLATE, output_paths
 from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
 from bsmamba2.separation.progress import ProgressCallback, ProgressReporter
@@ -467,7 +468,7 @@ class Separator:
         bitrate: int | None = None,
         start: float = 0.0,
         duration: float | None = None,
-    ) -> dict[str, Path]:
+    ) -> SeparatedFile:
         """Separate one file into ``outdir``, block by block: files appear only when complete,
         and a failure leaves no partial file (nor an empty folder made for it).
 
@@ -492,7 +493,9 @@ class Separator:
             duration: a preview: seconds to separate (default: to the end).
 
         Returns:
-            {stem: path}, plus ``"plot"`` for the PNG when ``plot`` is set.
+            {stem: path}, plus ``"plot"`` for the PNG when ``plot`` is set; its ``duration``,
+            ``peaks`` and ``clipped`` say how long and how loud the stems are
+            (:class:`~bsmamba2.separation.files.SeparatedFile`).
 
         Raises:
             OutputExistsError: outputs already there and not ``overwrite`` (nothing changed).
@@ -537,7 +540,8 @@ class Separator:
                         writer.write(out[stem])
                     for name, sketch in sketches.items():
                         sketch.update(mix if name == "mixture" else out[name])
-        result = dict(paths)
+        peaks = {stem: writer.peak for stem, writer in writers.items()}
+        result = SeparatedFile(paths, report.done, peaks, [s for s, w in writers.items() if w.clipped])
         for writer in writers.values():
             if writer.clipped:
                 warnings.warn(peak_warning(writer), ClippingWarning, stacklevel=2)
