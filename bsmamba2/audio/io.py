@@ -4,7 +4,8 @@ Reading goes through soundfile (wav, flac, ogg, mp3, aiff, ...); anything libsnd
 not know (m4a, aac, opus, wma, video containers) is decoded by the ``ffmpeg`` binary when it
 is installed, streamed through a pipe. Every problem with an input is an :class:`AudioError`
 with a one-line message naming the file. Writing goes through libsndfile too: WAV, FLAC, and
-the lossy MP3 (LAME), Ogg Vorbis and Opus, at a chosen bitrate. Writing is atomic
+the lossy MP3 (LAME), Ogg Vorbis and Opus, at a chosen bitrate; a libsndfile built without
+one of these encoders (MP3 needs 1.1) hands it to ``ffmpeg``, fed through a pipe. Writing is atomic
 (:mod:`bsmamba2.fileio`): a hidden temporary file in the destination folder, renamed over the
 final name only once complete.
 """
@@ -496,10 +497,18 @@ class AudioWriter:
             self.peak = max(self.peak, float(np.abs(block).max()))
         if self.subtype != "FLOAT":
             block = np.clip(block, -1.0, 1.0)
+        self._emit(block)
+
+    def _emit(self, block: np.ndarray) -> None:
         try:
             self._handle.write(block.T)
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise _libsndfile_failure(exc, self.path, self._handle) from None
+
+    def abort(self) -> None:
+        """Give up the file after an error (the first error is the one reported)."""
+        with contextlib.suppress(Exception):
+            self._handle.close()
 
     def close(self) -> None:
         """Finish the file (libsndfile writes the header's sizes now)."""
@@ -507,6 +516,82 @@ class AudioWriter:
             self._handle.close()
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise _libsndfile_failure(exc, self.path) from None
+
+
+FFMPEG_ENCODERS = {
+    "MPEG_LAYER_III": ("libmp3lame", "mp3"),
+    "VORBIS": ("libvorbis", "ogg"),
+    "OPUS": ("libopus", "ogg"),
+}
+"""ffmpeg's encoder and container for each lossy codec, where libsndfile lacks it."""
+
+
+class _FfmpegWriter(AudioWriter):
+    """A lossy output encoded by the ``ffmpeg`` program, for a libsndfile built without that
+    encoder (MP3 needs libsndfile 1.1, Opus 1.0.29): float32 samples on its stdin."""
+
+    def __init__(self, tmp: Path, path: Path, samplerate: int, channels: int, subtype: str,
+                 bitrate: int | None) -> None:
+        encoder, container = FFMPEG_ENCODERS[subtype]
+        fmt = _CODEC_FORMATS[subtype]
+        kbps = bitrate or DEFAULT_BITRATES.get(fmt)
+        quality = ["-b:a", f"{kbps}k"] if kbps else ["-q:a", "5"]  # Vorbis: by quality, as libsndfile
+        command = [
+            "ffmpeg", "-nostdin", "-v", "error", "-y",
+            "-f", "f32le", "-ar", str(samplerate), "-ac", str(channels), "-i", "pipe:0",
+            "-c:a", encoder, *quality, "-f", container, str(tmp),
+        ]
+        self._messages = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close() or abort())
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=self._messages)
+        except OSError as exc:
+            self._messages.close()
+            raise AudioError(f"{path}: cannot start ffmpeg to write {fmt} ({exc})") from None
+        super().__init__(process, path, subtype)
+
+    def _failure(self) -> BSMamba2Error:
+        self._handle.wait()
+        self._messages.seek(0)
+        said = _one_line(self._messages.read().decode(errors="replace"))
+        message = said or f"exit code {self._handle.returncode}"
+        for reason, code in _ERRNOS.items():
+            if reason in message.lower():
+                return WriteError(f"{reason} writing {self.path}", code)
+        return AudioError(f"{self.path}: ffmpeg could not write it ({message})")
+
+    def _emit(self, block: np.ndarray) -> None:
+        try:
+            self._handle.stdin.write(np.ascontiguousarray(block.T, dtype="<f4").tobytes())
+        except OSError:  # ffmpeg stopped (a full disk, a missing encoder): it says why
+            raise self._failure() from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # ffmpeg gone: its exit code says why
+            self._handle.stdin.close()
+        try:
+            if self._handle.wait() != 0:
+                raise self._failure()
+        finally:
+            self._messages.close()
+
+    def abort(self) -> None:
+        self._handle.kill()
+        self._handle.wait()
+        self._messages.close()
+
+
+def libsndfile_encodes(subtype: str) -> bool:
+    """Whether this libsndfile writes a lossy codec (MP3 since 1.1, Opus since 1.0.29)."""
+    return subtype not in _CONTAINERS or subtype in sf.available_subtypes(_CONTAINERS[subtype])
+
+
+def _encoder_missing(path: Path, subtype: str) -> AudioError:
+    fmt = _CODEC_FORMATS[subtype]
+    return AudioError(
+        f"{path}: this libsndfile ({sf.__libsndfile_version__}) cannot write {fmt} and ffmpeg is not "
+        "installed: install ffmpeg or a newer libsndfile, or use --format flac or wav"
+    )
 
 
 @contextmanager
@@ -528,23 +613,41 @@ def audio_writer(
     path = Path(path)
     codec = _CODEC_FORMATS.get(subtype)
     level = compression_level(codec, bitrate, samplerate, channels) if codec else None
+    if codec and not libsndfile_encodes(subtype) and not ffmpeg_available():
+        raise _encoder_missing(path, subtype)
     with atomic_path(path, suffix=".part") as tmp:
-        fmt = container or _CONTAINERS.get(subtype) or path.suffix.lstrip(".").upper() or "WAV"
-        options = {"compression_level": level, "bitrate_mode": "CONSTANT" if codec == "mp3" else None}
-        try:
-            handle = sf.SoundFile(tmp, "w", samplerate, channels, subtype=subtype, format=fmt, **options)
-        except sf.LibsndfileError as exc:
-            raise _libsndfile_failure(exc, path) from None
-        except (RuntimeError, ValueError) as exc:
-            raise AudioError(f"{path}: cannot write ({_one_line(exc)})") from None
-        writer = AudioWriter(handle, path, subtype)
+        writer = None
+        if not codec or libsndfile_encodes(subtype):
+            try:
+                writer = _libsndfile_writer(tmp, path, samplerate, channels, subtype, container, level)
+            except AudioError:  # the format refused (not the disk): ffmpeg may still write it
+                if not codec or not ffmpeg_available():
+                    raise
+        if writer is None:
+            writer = _FfmpegWriter(tmp, path, samplerate, channels, subtype, bitrate)
         try:
             yield writer
         except BaseException:
-            with contextlib.suppress(Exception):  # the first error is the one to report
-                handle.close()
+            writer.abort()
             raise
         writer.close()
+
+
+def _libsndfile_writer(
+    tmp: Path, path: Path, samplerate: int, channels: int, subtype: str, container: str | None,
+    level: float | None,
+) -> AudioWriter:
+    """An open libsndfile output at ``tmp`` (errors name ``path``)."""
+    codec = _CODEC_FORMATS.get(subtype)
+    fmt = container or _CONTAINERS.get(subtype) or path.suffix.lstrip(".").upper() or "WAV"
+    options = {"compression_level": level, "bitrate_mode": "CONSTANT" if codec == "mp3" else None}
+    try:
+        handle = sf.SoundFile(tmp, "w", samplerate, channels, subtype=subtype, format=fmt, **options)
+    except sf.LibsndfileError as exc:
+        raise _libsndfile_failure(exc, path) from None
+    except (RuntimeError, ValueError) as exc:
+        raise AudioError(f"{path}: cannot write ({_one_line(exc)})") from None
+    return AudioWriter(handle, path, subtype)
 
 
 def peak_warning(writer: AudioWriter) -> str:

@@ -487,7 +487,8 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "--format",
         default="wav",
         choices=FORMATS,
-        help="output format; ogg is Vorbis, opus is Opus in Ogg (default: %(default)s)",
+        help="output format; ogg is Vorbis, opus is Opus in Ogg; mp3/ogg/opus by libsndfile, or by "
+        "ffmpeg where libsndfile lacks the encoder (default: %(default)s)",
     )
     formats.add_argument("--mp3", dest="format", action="store_const", const="mp3", help="= --format mp3")
     formats.add_argument("--flac", dest="format", action="store_const", const="flac", help="= --format flac")

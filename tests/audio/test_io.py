@@ -19,12 +19,20 @@ from bsmamba2.audio import (
     StreamResampler,
     TruncatedAudioWarning,
     audio_writer,
+    io,
     open_audio,
     read_audio,
     resample,
     subtype_for,
 )
-from bsmamba2.audio.io import BLOCK, _libsndfile_failure, compression_level, output_rate, peak_warning
+from bsmamba2.audio.io import (
+    BLOCK,
+    _libsndfile_failure,
+    compression_level,
+    ffmpeg_available,
+    output_rate,
+    peak_warning,
+)
 from bsmamba2.audio.resample import continuation
 from bsmamba2.separation.chunking import Chunker, crossfade_window
 
@@ -168,18 +176,33 @@ def _music(channels: int, seconds: float, rate: int) -> np.ndarray:
     return (np.stack(tones) + 0.01 * rng.standard_normal((channels, t.size))).astype(np.float32)
 
 
+def _without_lossy_encoders(monkeypatch) -> None:
+    """soundfile as on a libsndfile built without MP3, Vorbis and Opus (before 1.1)."""
+    available = sf.available_subtypes
+    lossy = {"MPEG_LAYER_III", "VORBIS", "OPUS"}
+    monkeypatch.setattr(
+        sf, "available_subtypes", lambda fmt=None: {k: v for k, v in available(fmt).items() if k not in lossy}
+    )
+
+
+@pytest.mark.parametrize("encoder", ["libsndfile", "ffmpeg"])
 @pytest.mark.parametrize(
     ("fmt", "rate", "channels", "kbps"),
     [("mp3", 44100, 2, 192), ("mp3", 22050, 1, 64), ("opus", 48000, 2, 128), ("ogg", 44100, 2, None)],
 )
-def test_lossy_round_trips(tmp_path, fmt, rate, channels, kbps):
+def test_lossy_round_trips(tmp_path, fmt, rate, channels, kbps, encoder, monkeypatch):
+    if encoder == "ffmpeg":
+        if not ffmpeg_available():
+            pytest.skip("needs ffmpeg")
+        _without_lossy_encoders(monkeypatch)  # the fallback, as where libsndfile lacks the encoder
     seconds = 3.0
     x = _music(channels, seconds, rate)
     target = tmp_path / f"a.{fmt}"
     with audio_writer(target, rate, channels, subtype_for(fmt, None), bitrate=kbps) as writer:
         for start in range(0, x.shape[1], 10000):
             writer.write(x[:, start : start + 10000])
-    assert not writer.clipped
+    assert (type(writer).__name__ == "_FfmpegWriter") == (encoder == "ffmpeg")
+    assert not writer.clipped and list(tmp_path.iterdir()) == [target]
     info = sf.info(str(target))
     assert info.format == ("MP3" if fmt == "mp3" else "OGG") and (info.samplerate, info.channels) == (rate, channels)
     y, read_rate = read_audio(target)
@@ -189,6 +212,27 @@ def test_lossy_round_trips(tmp_path, fmt, rate, channels, kbps):
     assert np.corrcoef(x.ravel(), y.ravel())[0, 1] > 0.99
     if kbps:  # the asked bitrate, to the codec's framing (Opus: a variable-rate target)
         assert abs(target.stat().st_size * 8 / seconds / 1000 - kbps) < 0.1 * kbps
+
+
+def test_without_an_mp3_encoder_or_ffmpeg_it_is_one_line(tmp_path, monkeypatch):
+    _without_lossy_encoders(monkeypatch)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    missing = r"cannot write mp3 and ffmpeg is not installed: install ffmpeg"
+    with pytest.raises(AudioError, match=missing), audio_writer(tmp_path / "a.mp3", 44100, 2, "MPEG_LAYER_III"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_ffmpeg_output_that_fails_leaves_nothing(tmp_path, monkeypatch):
+    if not ffmpeg_available():
+        pytest.skip("needs ffmpeg")
+    _without_lossy_encoders(monkeypatch)
+    monkeypatch.setitem(io.FFMPEG_ENCODERS, "MPEG_LAYER_III", ("libnosuchmp3", "mp3"))  # an ffmpeg without LAME
+    failing = r"a\.mp3: ffmpeg could not write it \(.*libnosuchmp3"
+    with pytest.raises(AudioError, match=failing), audio_writer(tmp_path / "a.mp3", 44100, 2, "MPEG_LAYER_III") as w:
+        for _ in range(20):
+            w.write(_music(2, 0.5, 44100))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_lossy_outputs_clip_and_say_how_to_keep_the_peak(tmp_path):
