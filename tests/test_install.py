@@ -107,6 +107,7 @@ MISSING = [
     (["prepare", "--demo", "{tmp}/demo"], "train"),
     (["evaluate", "--references", "{tmp}", "--estimates", "{tmp}"], "eval"),
     (["separate", "{song}", "--checkpoint", "{ckpt}", "-o", "{tmp}", "--plot"], "plot"),
+    (["separate", "--download-only", "--checkpoint", "hf://owner/repo/w.ckpt"], "hub"),
 ]
 
 
