@@ -1,6 +1,6 @@
 """``bsmamba2 separate`` over many files: ``--json`` and ``--report`` lines, ``-j N`` /
 ``--devices`` worker processes (the same bits as one worker, errors isolated, SIGTERM stopping
-every worker with no partial output) and ``--shard I/N``."""
+every worker with no partial output) and ``--shard I/N``. The pool itself: tests/separation/test_pool.py."""
 
 from __future__ import annotations
 
@@ -20,9 +20,6 @@ import torch
 from bsmamba2 import BSMamba2, save_model
 from bsmamba2.cli.main import main
 from bsmamba2.cli.separate import shard
-from bsmamba2.errors import ParameterError
-from bsmamba2.separation.files import FileJob
-from bsmamba2.separation.pool import SeparatorPool, largest_first
 from tests.helpers.configs import MICRO
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,26 +134,6 @@ def test_two_workers_write_the_same_bits_as_one_and_isolate_errors(
     assert sorted(line["input"] for line in two) == sorted(line["input"] for line in one)
     assert "NaN" in next(line["error"] for line in two if line["status"] == "failed")
     assert "3 separated, 0 skipped, 1 failed" in captured.err
-
-
-def test_the_pool_from_python_one_worker_per_device(tmp_path, ckpt, monkeypatch):
-    songs = [_wav(tmp_path / "in" / f"{name}.wav") for name in ("a", "b")]
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    jobs = [FileJob(p, tmp_path / "out", {"fmt": "wav"}) for p in songs]
-    _wav(songs[0], seconds=1.0)
-    assert [job.path for job in largest_first(jobs)] == [songs[0], songs[1]]
-    _wav(songs[1], seconds=2.0)
-    assert [job.path for job in largest_first(jobs)] == [songs[1], songs[0]]  # the largest first
-    seen = []
-    with SeparatorPool(ckpt, ["cpu", "cpu"], segment=0.5) as pool:
-        assert pool.outputs == ["vocals", "accompaniment"] and pool.name == "micro"
-        reports = list(pool.run(jobs, on_progress=seen.append))
-    assert sorted(r.input for r in reports) == sorted(str(p) for p in songs)
-    assert all(r.status == "separated" and set(r.outputs) == {"vocals", "accompaniment"} for r in reports)
-    assert {p.file for p in seen} == {str(p) for p in songs} and all(p.stage for p in seen)
-    with pytest.raises(ParameterError, match="overlap") as info, SeparatorPool(ckpt, ["cpu"], overlap=1.5):
-        pass
-    assert info.value.parameter == "overlap"
 
 
 def test_worker_options_are_one_line_errors(tmp_path, ckpt, capsys):
