@@ -154,12 +154,17 @@ def download(
 ) -> Path:
     """``dest``, fetched from ``url`` unless already there with the right size (one process
     at a time: see :func:`download_lock`). ``size`` None: the size the server announces,
-    and any file already at ``dest`` is taken as complete (only verified files are renamed
-    there); ``sha256`` None: no hash check."""
+    and a file already at ``dest`` is taken as complete (only verified files are renamed
+    there) if it has ``sha256``, or if there is no ``sha256`` to check (none: no hash check);
+    one that does not match is fetched again."""
     dest = Path(dest)
 
     def present() -> bool:
-        return dest.is_file() and (size is None or dest.stat().st_size == size)
+        if not dest.is_file():
+            return False
+        if size is not None:
+            return dest.stat().st_size == size
+        return sha256 is None or sha256_of(dest) == sha256
 
     if present():
         return dest

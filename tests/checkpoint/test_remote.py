@@ -70,6 +70,17 @@ def test_a_url_without_a_hash_is_checked_against_the_announced_size(server, cach
     assert server.ranges[-1] == "bytes=1000-" and path.read_bytes() == server.files["/weights.ckpt"]
 
 
+def test_a_hash_asked_for_later_checks_the_cached_copy(server, cache):
+    path = resolve_weights(server.url, progress=False)  # cached without a hash
+    asked = len(server.requests)
+    good = hashlib.sha256(server.files["/weights.ckpt"]).hexdigest()
+    assert resolve_weights(f"{server.url}#sha256={good}", progress=False) == path
+    assert len(server.requests) == asked  # the copy matches: no transfer
+    path.write_bytes(b"changed on disk")
+    assert resolve_weights(f"{server.url}#sha256={good}", progress=False).read_bytes() == server.files["/weights.ckpt"]
+    assert len(server.requests) == asked + 1  # fetched again
+
+
 def test_a_wrong_hash_is_one_line_and_nothing_is_cached(server, cache, capsys):
     code = main(["separate", "--download-only", "-q", "--checkpoint", f"{server.url}#sha256={'0' * 64}"])
     err = capsys.readouterr().err
