@@ -1,6 +1,6 @@
 """SeparatorPool, the worker processes behind ``separate -j`` and ``--devices``, from Python:
-one worker per device, progress of every worker, largest files first, a worker that dies
-fails only its file, a bad setting is the library's ParameterError."""
+one worker per device, progress of every worker, largest files first, existing outputs
+skipped, a worker that dies fails only its file, a bad setting is the library's ParameterError."""
 
 from __future__ import annotations
 
@@ -64,9 +64,16 @@ def test_one_worker_per_device_reports_and_progress(tmp_path, ckpt):
     with SeparatorPool(ckpt, ["cpu", "cpu"], segment=0.5) as pool:
         assert pool.outputs == ["vocals", "accompaniment"] and pool.name == "micro"
         reports = list(pool.run(jobs, on_progress=seen.append))
+        written = {p: p.read_bytes() for p in sorted((tmp_path / "out").rglob("*.wav"))}
+        again = list(pool.run(jobs))  # the outputs exist: skipped, as in one process
     assert sorted(r.input for r in reports) == sorted(str(p) for p in songs)
     assert all(r.status == "separated" and set(r.outputs) == {"vocals", "accompaniment"} for r in reports)
     assert {p.file for p in seen} == {str(p) for p in songs} and all(p.stage for p in seen)
+    assert [r.status for r in again] == ["skipped", "skipped"] and all("exists" in r.error for r in again)
+    assert [r.outputs for r in sorted(again, key=lambda r: r.input)] == [
+        r.outputs for r in sorted(reports, key=lambda r: r.input)
+    ]
+    assert len(written) == 4 and all(p.read_bytes() == data for p, data in written.items())
     with pytest.raises(ParameterError, match="overlap") as info, SeparatorPool(ckpt, ["cpu"], overlap=1.5):
         pass
     assert info.value.parameter == "overlap"
