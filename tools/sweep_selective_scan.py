@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Launch variants of the Triton selective scan on the paper's shapes (GPU): chunk length K
-(the forward's state spacing and the backward's register ring), channels per backward
-program, B/C channel sums through tl.dot or a shuffle tree, a register cap.
+(the forward's state spacing and the backward's register ring), channels and warps per
+backward program, a register cap.
 
 Each variant's gradients are checked against the default variant's (relative error), then
 fwd and fwd+bwd are timed (median GPU time of calls queued back to back, as
@@ -25,12 +25,11 @@ from benchmark_mamba_ssm import SHAPES, Timer, selective_scan_inputs
 from bsmamba2.ops.triton import selective
 
 VARIANTS = {  # name: (K, backward launch settings)
-    "K4 d16 dot": (4, dict(BLOCK_D=16, num_warps=1, DOT_SUM=True, PRECISION="tf32")),
-    "K4 d16 shuffle": (4, dict(BLOCK_D=16, num_warps=1, DOT_SUM=False, PRECISION="tf32")),
-    "K4 d32 dot": (4, dict(BLOCK_D=32, num_warps=1, DOT_SUM=True, PRECISION="tf32")),
-    "K8 d16 dot": (8, dict(BLOCK_D=16, num_warps=1, DOT_SUM=True, PRECISION="tf32")),
-    "K4 d16 dot r168": (4, dict(BLOCK_D=16, num_warps=1, DOT_SUM=True, PRECISION="tf32", maxnreg=168)),
-    "K4 d16 dot tf32x3": (4, dict(BLOCK_D=16, num_warps=1, DOT_SUM=True, PRECISION="tf32x3")),
+    "K4 d16": (4, dict(BLOCK_D=16, num_warps=1)),
+    "K4 d32": (4, dict(BLOCK_D=32, num_warps=1)),
+    "K8 d16": (8, dict(BLOCK_D=16, num_warps=1)),
+    "K4 d16 r168": (4, dict(BLOCK_D=16, num_warps=1, maxnreg=168)),
+    "K4 d32 w2": (4, dict(BLOCK_D=32, num_warps=2)),
 }
 
 

@@ -17,14 +17,17 @@ channel sums of the backward. (The ring of the backward is (step, state, channel
 layout Triton gives a 3-D tile: ``tl.trans`` moves tiles in and out of it without data
 movement.)
 
-Forward: the steps run in chunks of ``K`` (unrolled); with gradients recorded the state
-entering every chunk but the first is stored.
+Forward: the steps run in chunks of ``K`` (unrolled), the chunk's outputs kept in registers
+and stored at its end: the compiler moves no load past a store (the pointers may alias), so
+a per-step store would make every step wait for its loads; this way a chunk's loads are in
+flight together. With gradients recorded the state entering every chunk but the first is
+stored.
 
 Backward: the chunks run in reverse. Each restarts from its stored state, recomputes its
 ``K`` states into a register ring, then walks its steps backwards with the state gradient
-``r_t = C_t dy_t + a_{t+1} r_{t+1}`` (``a = exp(Δ A)``). B and C's gradients are sums over
-channels, per (program, step) partial sums that the host adds up; A's, D's and the delta
-bias's are per program; no atomics.
+``r_t = C_t dy_t + a_{t+1} r_{t+1}`` (``a = exp(Δ A)``), its outputs again stored at the
+chunk's end. B and C's gradients are sums over channels, per (program, step) partial sums
+that the host adds up; A's, D's and the delta bias's are per program; no atomics.
 
 The tensors keep mamba_ssm's ``selective_scan_fn`` layout, (batch, d, length), with any
 strides: the model hands in channel-last views, read and written as they are.
@@ -41,8 +44,9 @@ from bsmamba2.ops.triton.common import INTERPRET, block, configs, sigmoid, softp
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
-STRIDES_FWD = ["sud", "sdd", "sAd", "sAn", "szd", "sod", "ssn", "ssd"]
-STRIDES_BWD = [*STRIDES_FWD[:-2], "ssn", "ssd", "syd", "sgud", "sgdd", "sgzd", "spn"]
+STRIDES_FWD = ["sud", "sdd", "sAd", "sAn", "szd", "sod", "sol", "ssn", "ssd"]
+STRIDES_BWD = ["sud", "sdd", "sAd", "sAn", "szd", "ssn", "ssd", "syd", "sgud", "sgul", "sgdd", "sgdl",
+               "sgzd", "sgzl", "spn"]
 
 
 @triton.jit
@@ -60,6 +64,26 @@ def _channels(pid, NBLK, G, DG, BLOCK_D: tl.constexpr):
 def _live(mask, t, L):
     """mask, cleared if step t is past the end (compared as a tensor, as the interpreter needs)."""
     return mask & (tl.zeros_like(mask.to(tl.int32)) + t < L)
+
+
+@triton.jit
+def _put(tile, value, at):
+    """tile with value where ``at`` (a register ring: ``at`` is known at compile time)."""
+    return tl.where(at, value, tile)
+
+
+@triton.jit
+def _take(tile, at, axis: tl.constexpr):
+    """The entry of a register ring along ``axis`` where ``at``: −0.0 elsewhere, which adding
+    leaves unchanged, so the compiler reads the register instead of summing."""
+    return tl.sum(tl.where(at, tile, -0.0), axis)
+
+
+@triton.jit
+def _store_steps(ptr, tile, dch, sd, ts, sl, mask, L):
+    """Store a chunk's (channel, step) tile of a (batch, d, length) tensor at once: after its
+    loads, so that the compiler may issue those together (it moves no load past a store)."""
+    tl.store(ptr + dch[:, None] * sd + ts * sl, tile.to(ptr.dtype.element_ty), mask=mask & (ts < L))
 
 
 @triton.jit
@@ -98,23 +122,10 @@ def _state_ptrs(ptr, bi, D_all, N, dch, on):
     return ptr + bi * D_all * N + (dch[:, None] * N + on[None, :])
 
 
-@triton.jit
-def _channel_sum(ptr, X, on, spn, mask, ones, DOT_SUM: tl.constexpr, PRECISION: tl.constexpr):
-    """Store Σ_channels X of a (channel, state) tile at ptr + n·spn. DOT_SUM: as the product
-    of a ones matrix with X, so the tensor cores add across threads (through one shared-memory
-    transpose) instead of a shuffle tree per state."""
-    if DOT_SUM:
-        rows = tl.arange(0, 16)[:, None]
-        sums = tl.dot(ones, X, input_precision=PRECISION)  # 16 equal rows
-        tl.store(ptr + rows * 0 + on[None, :] * spn, sums, mask=(rows == 0) & mask[None, :])
-    else:
-        tl.store(ptr + on * spn, tl.sum(X, 0), mask=mask)
-
-
 FWD_CONFIGS = configs((4, 1, {"BLOCK_D": 128}), (2, 1, {"BLOCK_D": 64}), (1, 1, {"BLOCK_D": 32}),
                       interpret={"BLOCK_D": 4})
-if not INTERPRET:  # fewer registers (none spilled at d_state 16), more programs per SM
-    FWD_CONFIGS.append(triton.Config({"BLOCK_D": 128}, num_warps=4, num_stages=1, maxnreg=96))
+if not INTERPRET:  # fewer registers (fewer of a chunk's loads in flight), more programs per SM
+    FWD_CONFIGS += [triton.Config({"BLOCK_D": 128}, num_warps=4, num_stages=1, maxnreg=r) for r in (96, 128)]
 
 
 @triton.autotune(configs=FWD_CONFIGS, key=["DG", "N", "BLOCK_N", "HAS_Z", "STORE_STATES", "K"])
@@ -142,11 +153,13 @@ def _fwd(
         h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     B_ptr += gi * sBg
     C_ptr += gi * sCg
+    kcol = tl.arange(0, K)[None, :]  # the step of a chunk as a column
     for c in range(NC):
         if STORE_STATES:  # noqa: SIM102 (a compile-time flag, then a run-time test)
             if c > 0:
                 tl.store(states_ptr + bi * ssb + (c - 1) * ssc + on[None, :] * ssn + dch[:, None] * ssd,
                          h.to(states_ptr.dtype.element_ty), mask=dn_mask)
+        Y = tl.zeros((BLOCK_D, K), dtype=tl.float32)
         for k in tl.static_range(K):
             t = c * K + k
             m = _live(md, t, L)
@@ -162,7 +175,8 @@ def _fwd(
             if HAS_Z:
                 zz = _row(z_ptr, bi, szb, dch, szd, t, szl, m)
                 y *= zz * sigmoid(zz)
-            tl.store(out_ptr + bi * sob + dch * sod + t * sol, y.to(out_ptr.dtype.element_ty), mask=m)
+            Y = _put(Y, y[:, None], kcol == k)
+        _store_steps(out_ptr + bi * sob, Y, dch, sod, c * K + kcol, sol, md[:, None], L)
     if STORE_FINAL:
         tl.store(_state_ptrs(final_ptr, bi, D_all, N, dch, on), h, mask=dn_mask)
 
@@ -178,7 +192,6 @@ def _bwd(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_DFIN: tl.constexpr,
     K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_SUM: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Input gradients of one (sequence, channel block); B and C's as partial sums over the
     block (dB_ptr / dC_ptr: (batch, programs per sequence, length, N) fp32), A's per
@@ -199,7 +212,8 @@ def _bwd(
     dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     ring_at = tl.arange(0, K)[:, None, None]
-    ones = tl.full((16, BLOCK_D), 1.0, tl.float32)
+    kcol = tl.arange(0, K)[None, :]  # the step of a chunk as a column
+    krow = tl.arange(0, K)[:, None]  # ... and as a row
     B_ptr += gi * sBg
     C_ptr += gi * sCg
     part = pid % (G * NBLK)  # the program's index within its sequence
@@ -213,26 +227,38 @@ def _bwd(
             h = tl.load(_state_ptrs(h0_ptr, bi, D_all, N, dch, on), mask=dn_mask, other=0.0)
         else:
             h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-        # The chunk's states again, each step's entering state kept in a register ring.
+        # The chunk's states again: each step's entering state, Δ, pre-softplus Δ and u kept
+        # in register rings (the chunk's outputs are stored at its end, so nothing is loaded
+        # twice and the compiler may issue the chunk's loads together).
         ring = tl.zeros((K, BLOCK_N, BLOCK_D), dtype=tl.float32)  # (state, channel) tiles, as tl.trans gives
+        DL = tl.zeros((BLOCK_D, K), dtype=tl.float32)
+        RAW = tl.zeros((BLOCK_D, K), dtype=tl.float32)
+        UU = tl.zeros((BLOCK_D, K), dtype=tl.float32)
         for k in tl.static_range(K):
             t = c * K + k
             m = _live(md, t, L)
-            _, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, _live(mn, t, L), bi, dch, on,
-                                  sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS)
-            ring = tl.where(ring_at == k, tl.trans(h)[None, :, :], ring)
+            raw, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, _live(mn, t, L), bi, dch, on,
+                                    sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS)
+            ring = _put(ring, tl.trans(h)[None, :, :], ring_at == k)
+            DL = _put(DL, dl[:, None], kcol == k)
+            RAW = _put(RAW, raw[:, None], kcol == k)
+            UU = _put(UU, uu[:, None], kcol == k)
             h = tl.exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
+        DU = tl.zeros((BLOCK_D, K), dtype=tl.float32)
+        DDL = tl.zeros((BLOCK_D, K), dtype=tl.float32)
+        DZ = tl.zeros((BLOCK_D, K), dtype=tl.float32)
+        DB = tl.zeros((K, BLOCK_N), dtype=tl.float32)
+        DC = tl.zeros((K, BLOCK_N), dtype=tl.float32)
         for kk in tl.static_range(K):
             k = K - 1 - kk
             t = c * K + k
             m = _live(md, t, L)
             mnt = _live(mn, t, L)
-            raw, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mnt, bi, dch, on,
-                                    sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS)
+            dl = _take(DL, kcol == k, 1)
+            uu = _take(UU, kcol == k, 1)
+            Bt = tl.load(B_ptr + bi * sBb + on * sBn + t * sBl, mask=mnt, other=0.0).to(tl.float32)
             Ct = tl.load(C_ptr + bi * sCb + on * sCn + t * sCl, mask=mnt, other=0.0).to(tl.float32)
-            # The ring's entry k (−0.0 elsewhere: adding it changes nothing, so the compiler
-            # reads the register instead of summing).
-            hp = tl.trans(tl.sum(tl.where(ring_at == k, ring, -0.0), 0))
+            hp = tl.trans(_take(ring, ring_at == k, 0))
             a = tl.exp2(dl[:, None] * A2)
             dlu = dl * uu
             ht = a * hp + dlu[:, None] * Bt[None, :]
@@ -243,13 +269,11 @@ def _bwd(
                 if HAS_D:
                     y += Dv * uu
                 sg = sigmoid(zz)
-                tl.store(dz_ptr + bi * sgzb + dch * sgzd + t * sgzl,
-                         (dy * y * sg * (1.0 + zz * (1.0 - sg))).to(dz_ptr.dtype.element_ty), mask=m)
+                DZ = _put(DZ, (dy * y * sg * (1.0 + zz * (1.0 - sg)))[:, None], kcol == k)
                 dy = dy * zz * sg
             r = x + Ct[None, :] * dy[:, None]  # the gradient of h_t
-            at = (part_base + t) * N
-            _channel_sum(dC_ptr + at, ht * dy[:, None], on, spn, mnt, ones, DOT_SUM, PRECISION)
-            _channel_sum(dB_ptr + at, r * dlu[:, None], on, spn, mnt, ones, DOT_SUM, PRECISION)
+            DC = _put(DC, tl.sum(ht * dy[:, None], 0)[None, :], krow == k)
+            DB = _put(DB, tl.sum(r * dlu[:, None], 0)[None, :], krow == k)
             rB = tl.sum(r * Bt[None, :], 1)
             rah = r * a * hp
             dA += rah * dl[:, None]
@@ -259,12 +283,21 @@ def _bwd(
             if HAS_D:
                 du += Dv * dy
                 dD += dy * uu
-            tl.store(du_ptr + bi * sgub + dch * sgud + t * sgul, du.to(du_ptr.dtype.element_ty), mask=m)
-            draw = ddl * sigmoid(raw) if SOFTPLUS else ddl
-            draw = tl.where(m, draw, 0.0)
-            dbias += draw
-            tl.store(ddelta_ptr + bi * sgdb + dch * sgdd + t * sgdl, draw.to(ddelta_ptr.dtype.element_ty),
-                     mask=m)
+            DU = _put(DU, du[:, None], kcol == k)
+            if SOFTPLUS:
+                ddl *= sigmoid(_take(RAW, kcol == k, 1))
+            ddl = tl.where(m, ddl, 0.0)
+            dbias += ddl
+            DDL = _put(DDL, ddl[:, None], kcol == k)
+        ts = c * K + kcol
+        _store_steps(du_ptr + bi * sgub, DU, dch, sgud, ts, sgul, md[:, None], L)
+        _store_steps(ddelta_ptr + bi * sgdb, DDL, dch, sgdd, ts, sgdl, md[:, None], L)
+        if HAS_Z:
+            _store_steps(dz_ptr + bi * sgzb, DZ, dch, sgzd, ts, sgzl, md[:, None], L)
+        rows = c * K + krow  # (step, state) tiles of B and C's partial sums
+        part_mask = (rows < L) & mn[None, :]
+        tl.store(dC_ptr + (part_base + rows) * N + on[None, :] * spn, DC, mask=part_mask)
+        tl.store(dB_ptr + (part_base + rows) * N + on[None, :] * spn, DB, mask=part_mask)
     tl.store(_state_ptrs(dA_ptr, bi, D_all, N, dch, on), dA, mask=dn_mask)
     if HAS_D:
         tl.store(dD_ptr + bi * D_all + dch, dD, mask=md)
@@ -335,12 +368,11 @@ register ring (CHUNK × states × channels per thread fp32 registers)."""
 
 def _bwd_config(n: int) -> dict:
     """Launch settings of the backward. Fixed, not autotuned: B and C's partial sums are per
-    channel block. One warp of 32 channels, B and C's channel sums through the tensor cores
-    where the tile is large enough for tl.dot (16 states), else a shuffle tree: the fastest
-    of tools/sweep_selective_scan.py's variants on the H200 (docs/benchmarks.md)."""
+    channel block. One warp of 16 channels: two threads per channel, each with half the
+    states, which halves the registers of the state tiles and rings."""
     if INTERPRET:
-        return dict(BLOCK_D=4, num_warps=1, DOT_SUM=True, PRECISION="ieee")
-    return dict(BLOCK_D=32, num_warps=1, DOT_SUM=block(n, 1) >= 16, PRECISION="tf32")
+        return dict(BLOCK_D=4, num_warps=1)
+    return dict(BLOCK_D=16, num_warps=1)
 
 
 class SelectiveScan(torch.autograd.Function):
