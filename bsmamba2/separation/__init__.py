@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 from bsmamba2._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from bsmamba2.separation.engine import NonFiniteOutputError
     from bsmamba2.separation.files import FileJob, FileReport, SeparatedFile
     from bsmamba2.separation.pool import SeparatorPool
     from bsmamba2.separation.progress import Progress
     from bsmamba2.separation.separator import (
         ClippingWarning,
-        NonFiniteOutputError,
         OutputExistsError,
         Separator,
     )
@@ -26,7 +26,7 @@ __getattr__, __dir__ = lazy_exports(
         "ClippingWarning": "bsmamba2.separation.separator",
         "FileJob": "bsmamba2.separation.files",
         "FileReport": "bsmamba2.separation.files",
-        "NonFiniteOutputError": "bsmamba2.separation.separator",
+        "NonFiniteOutputError": "bsmamba2.separation.engine",
         "OutputExistsError": "bsmamba2.separation.separator",
         "Progress": "bsmamba2.separation.progress",
         "SeparatedFile": "bsmamba2.separation.files",

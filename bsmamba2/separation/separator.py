@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -34,13 +33,19 @@ from bsmamba2.audio import (
 )
 from bsmamba2.audio.io import BLOCK, compression_level, output_rate, peak_warning, wav_container
 from bsmamba2.checkpoint import load_model
-from bsmamba2.device import autocast, fft_device, resolve_device, resolve_precision
+from bsmamba2.device import resolve_device, resolve_precision
 from bsmamba2.errors import BSMamba2Error, ParameterError, require_extra
 from bsmamba2.fileio import remove_stale_temporaries
-from bsmamba2.model import istft, stft
-from bsmamba2.separation.batching import auto_batch_size, check_memory, smaller_batch
-from bsmamba2.separation.chunking import DEFAULT_OVERLAP, DEFAULT_SEGMENT, Chunker, Chunking
-from bsmamba2.separation.compiling import compile_blocks, compile_pays, quiet_compiler, uncompile_blocks
+from bsmamba2.separation.batching import auto_batch_size, check_memory
+from bsmamba2.separation.chunking import DEFAULT_OVERLAP, DEFAULT_SEGMENT, Chunking
+from bsmamba2.separation.engine import (
+    AutoCompile,
+    BatchSize,
+    Fifo,
+    NonFiniteOutputError,
+    SegmentModel,
+    SegmentStream,
+)
 from bsmamba2.separation.files import SeparatedFile
 from bsmamba2.separation.naming import ACCOMPANIMENT, DEFAULT_TEMPLATE, output_paths
 from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
@@ -51,10 +56,6 @@ MAX_SHIFT = 0.5  # seconds: the largest delay of a --shifts pass (demucs's)
 
 class OutputExistsError(BSMamba2Error):
     """Outputs already there and ``overwrite`` not set: the file is skipped, nothing changes."""
-
-
-class NonFiniteOutputError(BSMamba2Error):
-    """The model gave NaN or infinite samples: nothing is written for that input."""
 
 
 class ClippingWarning(UserWarning):
@@ -68,24 +69,6 @@ def _naming(where: str | os.PathLike) -> Iterator[None]:
         yield
     except NonFiniteOutputError as exc:
         raise NonFiniteOutputError(f"{where}: {exc}") from None
-
-
-class _Fifo:
-    """Samples waiting for their counterpart (the mixture waits for the separated stems)."""
-
-    def __init__(self, rows: int) -> None:
-        self.data = np.zeros((rows, 0), np.float32)
-
-    def __len__(self) -> int:
-        return self.data.shape[1]
-
-    def push(self, block: np.ndarray) -> None:
-        if block.shape[-1]:
-            self.data = np.concatenate([self.data, block.reshape(self.data.shape[0], -1)], axis=1)
-
-    def pop(self, n: int) -> np.ndarray:
-        out, self.data = self.data[:, :n], self.data[:, n:]
-        return out
 
 
 class Separator:
@@ -150,9 +133,11 @@ class Separator:
         if compile not in (True, False, "auto"):
             raise ParameterError("compile", f"compile must be True, False or 'auto', got {compile!r}")
         self.compile_mode = compile
-        self.compiled = compile != "auto" and bool(compile)
-        if self.compiled:
-            compile_blocks(self.model, self.device)
+        self.tta = bool(tta)
+        self.runner = SegmentModel(self.model, self.device, self.precision, self.tta)
+        """The model callable of the streaming engine (:mod:`.engine`)."""
+        if compile is True:
+            self.runner.compile()
         self.config = self.model.config
         self.stems = list(self.model.config.stem_names)
         if official and (segment is not None or overlap is not None):
@@ -172,19 +157,14 @@ class Separator:
         self.pad_samples = self.chunking.pad
         if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
             raise ParameterError("batch_size", f"batch size must be auto or at least 1, got {batch_size!r}")
-        self.batch_size = check_memory(
-            self.config,
-            self.segment_samples,
-            1 if batch_size == "auto" else batch_size,
-            self.device,
-            self.precision,
-        )
+        asked = 1 if batch_size == "auto" else batch_size
+        size = check_memory(self.config, self.segment_samples, asked, self.device, self.precision)
         if batch_size == "auto":
-            self.batch_size = auto_batch_size(self.config, self.segment_samples, self.device, self.precision)
+            size = auto_batch_size(self.config, self.segment_samples, self.device, self.precision)
+        self._batch = BatchSize(size, self.segment_samples / self.config.sample_rate, self.device)
         self.progress = progress
         if not (isinstance(shifts, int) and shifts >= 1):
             raise ParameterError("shifts", f"shifts must be a whole number of at least 1, got {shifts!r}")
-        self.tta = bool(tta)
         most = max(1, round(MAX_SHIFT * self.config.sample_rate))
         delays = np.random.default_rng(0).integers(1, most + 1, size=shifts - 1)
         self.shift_samples = [0, *(int(d) for d in delays)]
@@ -200,92 +180,36 @@ class Separator:
         """Every stem name :meth:`separate` returns."""
         return [*self.stems, ACCOMPANIMENT] if len(self.stems) == 1 else list(self.stems)
 
-    # -- the model on a batch of segments ---------------------------------------------------
-
-    def _run(self, segments: list[np.ndarray]) -> np.ndarray:
-        """(B, C, S) audio → (B, n_stems, C, S) separated audio, C the input's channels; with
-        ``tta`` the average over the views, each turned back (swapped or negated again)."""
-        x = np.stack(segments)
-        if not self.tta:
-            return self._run_view(x)
-        views = [self._run_view(x), -self._run_view(-x)]
-        if x.shape[1] == 2 and self.config.channels == 2:  # a mono model takes channels one by one
-            views.append(self._run_view(x[:, ::-1].copy())[:, :, ::-1])
-        return (sum(views) / len(views)).astype(np.float32)
-
-    def _run_view(self, audio: np.ndarray) -> np.ndarray:
-        """The model on (B, C, S) audio: (B, n_stems, C, S)."""
-        x = torch.from_numpy(audio).to(fft_device(self.device))
-        batch, channels, samples = x.shape
-        model_channels = self.config.channels
-        if model_channels == channels:
-            inp = x
-        elif model_channels == 2:  # mono input, stereo model: dual mono
-            inp = x.expand(batch, 2, samples)
-        else:  # mono model: every channel on its own
-            inp = x.reshape(batch * channels, 1, samples)
-        with torch.inference_mode():
-            spec = stft(inp, self.config).to(self.device)
-            with autocast(self.precision, self.device):
-                out = self._forward(spec)
-            out = out.to(x.device, torch.complex64)
-            wav = istft(out, self.config, length=samples)  # (B', stems, Cm, S)
-        if model_channels != channels:  # back to the input's channels
-            wav = (
-                wav.mean(dim=2, keepdim=True)
-                if channels == 1
-                else wav.reshape(batch, channels, -1, samples).transpose(1, 2)
-            )
-        if not torch.isfinite(wav).all():  # never written: the file fails, its outputs are removed
-            hint = " (fp16 overflows: try --precision bf16 or fp32)" if self.precision == "fp16" else ""
-            raise NonFiniteOutputError(f"the model's output has NaN or infinite values{hint}")
-        return wav.float().cpu().numpy()
-
-    def _forward(self, spec: torch.Tensor) -> torch.Tensor:
-        """The model on ``spec``; a compile that fails on this machine falls back to eager."""
-        if not self.compiled:
-            return self.model(spec)
-        try:
-            with quiet_compiler():
-                return self.model(spec)
-        except Exception as exc:  # inductor's failures have many types; eager is always there
-            self.compiled = False
-            uncompile_blocks(self.model)
-            while (inner := getattr(exc, "inner_exception", None) or exc.__cause__) is not None:
-                exc = inner  # torch wraps the compiler's own error
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-            warnings.warn(f"torch.compile failed ({reason}): continuing without compiling", stacklevel=2)
-            return self.model(spec)
-
-    def _maybe_compile(self, per_segment: float, done: int, bar: tqdm, report: ProgressReporter) -> None:
-        """``compile="auto"``: compile for the rest of the input if that saves time overall."""
-        if bar.total is None:  # an input of unknown length: stay eager
-            return
-        passes = len(self.shift_samples)
-        total = passes * self.chunking.segments_for(round(bar.total * self.config.sample_rate))
-        eager = per_segment * max(0.0, total - done)
-        if not compile_pays(eager):
-            return
-        report.report("compiling")
-        compile_blocks(self.model, self.device)
-        self.compiled = True
-        if self.progress:
-            more = f"{eager / 60:.0f} min" if eager >= 120 else f"{eager:.0f} s"
-            tqdm.write(f"{bar.desc}: compiling the Mamba-2 modules for the rest (eager would take "
-                       f"~{more} more; --compile no to skip); cached on disk after")
-
-    def _shrink_batch(self) -> None:
-        """After CUDA ran out of memory: half the batch, or a clear error at one segment."""
-        old = self.batch_size
-        self.batch_size = smaller_batch(old, self.segment_samples / self.config.sample_rate)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        warnings.warn(
-            f"out of GPU memory with {old} segments per pass: continuing with {self.batch_size}",
-            stacklevel=2,
-        )
-
     # -- streaming --------------------------------------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        """Segments per forward pass now (halved after CUDA ran out of memory)."""
+        return self._batch.size
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the model's Mamba modules run through ``torch.compile``."""
+        return self.runner.compiled
+
+    def _auto_compile(self, bar: tqdm, report: ProgressReporter) -> AutoCompile | None:
+        """``compile="auto"`` on the CPU, not compiled yet: the decision for this input."""
+        if self.compile_mode != "auto" or self.compiled or self.device.type != "cpu":
+            return None
+        total = None
+        if bar.total is not None:  # an input of unknown length stays eager
+            segments = self.chunking.segments_for(round(bar.total * self.config.sample_rate))
+            total = len(self.shift_samples) * segments
+
+        def compile_for_the_rest(eager: float) -> None:
+            report.report("compiling")
+            self.runner.compile()
+            if self.progress:
+                more = f"{eager / 60:.0f} min" if eager >= 120 else f"{eager:.0f} s"
+                tqdm.write(f"{bar.desc}: compiling the Mamba-2 modules for the rest (eager would take "
+                           f"~{more} more; --compile no to skip); cached on disk after")
+
+        return AutoCompile(total, compile_for_the_rest)
 
     def _stream(
         self,
@@ -296,85 +220,58 @@ class Separator:
         bar: tqdm,
         report: ProgressReporter,
     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """(mixture, {stem: audio}) blocks at ``out_rate`` for (channels, n) input blocks."""
-        rate = self.config.sample_rate
-        n_stems = len(self.stems)
-        to_model = StreamResampler(in_rate, rate, channels)
+        """(mixture, {stem: audio}) blocks at ``out_rate`` for (channels, n) input blocks: the
+        engine at the model's rate, resampled on both sides, paired with the mixture."""
+        rows = len(self.stems) * channels
+        engine = SegmentStream(self.runner, self.chunking, channels, rows, self._batch, self.shift_samples,
+                               self._auto_compile(bar, report))
+        to_model = StreamResampler(in_rate, self.config.sample_rate, channels)
         mix_out = StreamResampler(in_rate, out_rate, channels)
-        stems_out = StreamResampler(rate, out_rate, n_stems * channels)
-        # One chunker per --shifts pass, each fed its delay in zeros first; their outputs wait
-        # in `passes` (the delay dropped again) until all have them, then are averaged.
-        chunkers = [Chunker(self.chunking.segment, self.chunking.hop, self.chunking.pad, channels)
-                    for _ in self.shift_samples]
-        passes = [_Fifo(n_stems * channels) for _ in chunkers]
-        lead = list(self.shift_samples)  # samples still to drop from each pass's output
-        mixture, separated = _Fifo(channels), _Fifo(n_stems * channels)
-        pending = [(k, segment) for k, chunker in enumerate(chunkers)  # (pass, segment)
-                   for segment in chunker.feed(np.zeros((channels, lead[k]), np.float32))]
+        stems_out = StreamResampler(self.config.sample_rate, out_rate, rows)
+        mixture, separated = Fifo(channels), Fifo(rows)
 
-        decide = self.compile_mode == "auto" and not self.compiled and self.device.type == "cpu"
-
-        def cut(block: np.ndarray | None) -> list[tuple[int, np.ndarray]]:
-            """The segments each pass completes with ``block`` (None: the end of the input)."""
-            return [
-                (k, segment)
-                for k, chunker in enumerate(chunkers)
-                for segment in (chunker.finish() if block is None else chunker.feed(block))
-            ]
-
-        def process(segments: list[tuple[int, np.ndarray]], last: bool = False) -> None:
-            nonlocal decide
-            pending.extend(segments)
-            while pending and (len(pending) >= self.batch_size or last):
-                batch = pending[: self.batch_size]
-                start = time.perf_counter()
-                try:
-                    results = self._run([segment for _, segment in batch])
-                except torch.OutOfMemoryError:
-                    self._shrink_batch()
-                    continue
-                if decide:  # --compile auto: after the first batch, from its eager time
-                    decide = False
-                    self._maybe_compile((time.perf_counter() - start) / len(batch), len(batch), bar, report)
-                del pending[: len(batch)]
-                for (k, _), result in zip(batch, results, strict=True):
-                    done = chunkers[k].add(result).reshape(n_stems * channels, -1)
-                    drop = min(lead[k], done.shape[1])
-                    lead[k] -= drop
-                    passes[k].push(done[:, drop:])
-            n = min(len(p) for p in passes)
-            if n:
-                separated.push(stems_out(sum(p.pop(n) for p in passes) / len(passes)))
-
-        def ready(final: bool = False) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-            n = len(mixture)
-            if final:  # resampling can leave the stems a sample short or long
-                separated.push(np.zeros((n_stems * channels, max(0, n - len(separated))), np.float32))
-            n = min(n, len(separated))
-            if not n:
-                return
-            mix = mixture.pop(n)
-            stems = separated.pop(n).reshape(n_stems, channels, n)
-            out = {name: stems[i] for i, name in enumerate(self.stems)}
-            if n_stems == 1:
-                out[ACCOMPANIMENT] = mix - stems[0]
-            if (
-                bar.total is not None and bar.n + n / out_rate > bar.total
-            ):  # lengths from ffprobe are estimates
-                bar.total = bar.n + n / out_rate
-            bar.update(n / out_rate)
-            report.advance(n / out_rate)
-            yield mix, out
+        def push(done: np.ndarray) -> None:
+            if done.shape[1]:
+                separated.push(stems_out(done))
 
         for block in blocks:
             mixture.push(mix_out(block))
-            process(cut(to_model(block)))
-            yield from ready()
+            push(engine.feed(to_model(block)))
+            yield from self._paired(mixture, separated, out_rate, bar, report)
         mixture.push(mix_out.flush())
-        process(cut(to_model.flush()))
-        process(cut(None), last=True)
+        push(engine.feed(to_model.flush()))
+        push(engine.finish())
         separated.push(stems_out.flush())
-        yield from ready(final=True)
+        yield from self._paired(mixture, separated, out_rate, bar, report, final=True)
+
+    def _paired(
+        self,
+        mixture: Fifo,
+        separated: Fifo,
+        out_rate: int,
+        bar: tqdm,
+        report: ProgressReporter,
+        final: bool = False,
+    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """The mixture and the stems as far as both are there (at the end: all, the stems
+        padded, as resampling can leave them a sample short), with the accompaniment."""
+        n_stems, channels = len(self.stems), mixture.data.shape[0]
+        n = len(mixture)
+        if final:
+            separated.push(np.zeros((n_stems * channels, max(0, n - len(separated))), np.float32))
+        n = min(n, len(separated))
+        if not n:
+            return
+        mix = mixture.pop(n)
+        stems = separated.pop(n).reshape(n_stems, channels, n)
+        out = {name: stems[i] for i, name in enumerate(self.stems)}
+        if n_stems == 1:
+            out[ACCOMPANIMENT] = mix - stems[0]
+        if bar.total is not None and bar.n + n / out_rate > bar.total:  # lengths from ffprobe are estimates
+            bar.total = bar.n + n / out_rate
+        bar.update(n / out_rate)
+        report.advance(n / out_rate)
+        yield mix, out
 
     def _bar(self, seconds: float | None, desc: str) -> tqdm:
         """Seconds of audio done (the total is unknown for some ffmpeg inputs)."""

@@ -151,13 +151,13 @@ def test_read_only_folder_says_what_failed_and_where(tmp_path, ckpt):
 SLOW_RUN = textwrap.dedent(
     """
     import sys, time
-    from bsmamba2.separation.separator import Separator
+    from bsmamba2.separation.engine import SegmentModel
     from bsmamba2.cli.main import main
-    run = Separator._run
+    run = SegmentModel.__call__
     def slow(self, segments):  # long enough to be stopped half-way
         time.sleep(0.2)
         return run(self, segments)
-    Separator._run = slow
+    SegmentModel.__call__ = slow
     sys.exit(main(sys.argv[1:]))
     """
 )
@@ -230,16 +230,16 @@ def test_without_a_terminal_progress_is_plain_lines(tmp_path, ckpt):
 
 
 def test_framework_warnings_once_and_not_with_quiet(tmp_path, ckpt, capsys, monkeypatch):
-    from bsmamba2.separation.separator import Separator
+    from bsmamba2.separation.engine import SegmentModel
 
-    run = Separator._run
+    run = SegmentModel.__call__
 
     def noisy(self, segments):
         for _ in range(3):  # as a framework warns: from its own file
             __import__("warnings").warn_explicit("framework noise", UserWarning, torch.__file__, 1)
         return run(self, segments)
 
-    monkeypatch.setattr(Separator, "_run", noisy)
+    monkeypatch.setattr(SegmentModel, "__call__", noisy)
     song = _wav(tmp_path / "song.wav")
     argv = ["separate", str(song), "--checkpoint", str(ckpt), *FAST]
     assert main([*argv, "-o", str(tmp_path / "loud")]) == 0

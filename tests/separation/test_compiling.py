@@ -15,9 +15,9 @@ from bsmamba2 import BSMamba2, Separator, save_model
 from bsmamba2.cli.main import main
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.separation import compiling
-from bsmamba2.separation import separator as separator_module
+from bsmamba2.separation import engine as engine_module
 from bsmamba2.separation.compiling import compile_blocks, compile_pays
-from bsmamba2.separation.progress import ProgressReporter
+from bsmamba2.separation.engine import AutoCompile
 from tests.helpers.configs import TINY
 
 
@@ -71,7 +71,7 @@ def test_cli_compile_flag_reaches_the_separator(tmp_path, monkeypatch, capsys):
     """`bsmamba2 separate --compile` compiles the loaded model's blocks on the CPU and says so
     (the compile itself is replaced by a recorder here: the tests above cover it)."""
     calls = []
-    monkeypatch.setattr(separator_module, "compile_blocks", lambda model, device: calls.append(device))
+    monkeypatch.setattr(engine_module, "compile_blocks", lambda model, device: calls.append(device))
     ckpt = tmp_path / "tiny.safetensors"
     save_model(BSMamba2(TINY), ckpt)
     audio = (np.random.default_rng(1).standard_normal((6000, 2)) * 0.1).astype(np.float32)
@@ -94,7 +94,7 @@ def test_a_failing_compile_falls_back_to_eager(monkeypatch):
     audio = (np.random.default_rng(2).standard_normal((2, 30000)) * 0.1).astype(np.float32)
     kwargs = {"device": "cpu", "segment": 0.5, "progress": False}
     eager = Separator(model, **kwargs).separate(audio, 44100)
-    monkeypatch.setattr(separator_module, "compile_blocks",
+    monkeypatch.setattr(engine_module, "compile_blocks",
                         lambda model, device: compile_blocks(model, device, backend=broken))
     sep = Separator(model, compile=True, **kwargs)
     with pytest.warns(UserWarning, match="torch.compile failed .*Python.h: No such file or directory"):
@@ -119,7 +119,7 @@ def test_auto_compile_decides_after_the_first_batch(monkeypatch, capsys, cost, c
     """compile="auto" times the first batch eagerly and compiles for the rest only when the
     eager time it would save exceeds the compile's cost; the result does not change."""
     calls = []
-    monkeypatch.setattr(separator_module, "compile_blocks", lambda model, device: calls.append(device))
+    monkeypatch.setattr(engine_module, "compile_blocks", lambda model, device: calls.append(device))
     monkeypatch.setattr(compiling, "COMPILE_SECONDS", cost)
     monkeypatch.setattr(compiling.shutil, "which", lambda name: f"/usr/bin/{name}")
     audio = (np.random.default_rng(3).standard_normal((2, 30000)) * 0.1).astype(np.float32)
@@ -135,10 +135,11 @@ def test_auto_compile_decides_after_the_first_batch(monkeypatch, capsys, cost, c
 
 
 def test_auto_compile_stays_eager_for_an_unknown_length(monkeypatch):
-    monkeypatch.setattr(separator_module, "compile_blocks", lambda model, device: pytest.fail("compiled"))
+    monkeypatch.setattr(engine_module, "compile_blocks", lambda model, device: pytest.fail("compiled"))
     monkeypatch.setattr(compiling, "COMPILE_SECONDS", 0.0)
     sep = Separator(BSMamba2(TINY), device="cpu", progress=False, compile="auto")
-    sep._maybe_compile(1e6, 1, SimpleNamespace(total=None, desc="stream"), ProgressReporter(None, "stream", None))
+    assert sep._auto_compile(SimpleNamespace(total=None, desc="stream"), None).total_segments is None
+    assert not AutoCompile(None, lambda eager: pytest.fail("compiled")).decide(1e6, 1)
     assert not sep.compiled
     with pytest.raises(BSMamba2Error, match="compile must be True, False or 'auto'"):
         Separator(BSMamba2(TINY), device="cpu", compile="sometimes")
@@ -148,7 +149,7 @@ def test_auto_compile_stays_eager_for_an_unknown_length(monkeypatch):
 def test_cli_compile_auto_yes_no(tmp_path, monkeypatch, capsys, flag, compiled):
     """The default (auto) compiles when it pays (here: always, the cost set to zero); no never."""
     calls = []
-    monkeypatch.setattr(separator_module, "compile_blocks", lambda model, device: calls.append(device))
+    monkeypatch.setattr(engine_module, "compile_blocks", lambda model, device: calls.append(device))
     monkeypatch.setattr(compiling, "COMPILE_SECONDS", 0.0)
     monkeypatch.setattr(compiling.shutil, "which", lambda name: f"/usr/bin/{name}")
     ckpt = tmp_path / "tiny.safetensors"

@@ -348,10 +348,10 @@ def test_progress_callback_counts_seconds_to_the_end(tmp_path):
 
 def test_progress_callback_reports_a_compile(monkeypatch):
     """``compile="auto"`` deciding to compile says so before the first output."""
-    import bsmamba2.separation.separator as separator
+    import bsmamba2.separation.engine as engine
 
-    monkeypatch.setattr(separator, "compile_pays", lambda eager: True)
-    monkeypatch.setattr(separator, "compile_blocks", lambda model, device: None)
+    monkeypatch.setattr(engine, "compile_pays", lambda eager: True)
+    monkeypatch.setattr(engine, "compile_blocks", lambda model, device: None)
     events, record = _recorder()
     sep = Separator(MaskModel(), device="cpu", segment=0.5, compile="auto", progress=False)
     sep.separate(np.random.randn(2, 30000).astype(np.float32), 44100, on_progress=record)
