@@ -62,6 +62,11 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
         self.recompute = "none"
 
+    def activation_width(self) -> int:
+        """Elements per token of the widest activation of a forward: in_proj's x | z, 2·d_inner
+        (x_proj's Δ_low | B | C is narrower; the separator's memory estimate)."""
+        return self.in_proj.out_features
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (batch, length, d_model) → (batch, length, d_model)."""
         if self.recompute == "mixer" and torch.is_grad_enabled():

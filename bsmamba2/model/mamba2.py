@@ -65,6 +65,11 @@ class Mamba2(nn.Module):
         return {"d_state": (conv_dim - d_inner) // (2 * ngroups), "d_conv": d_conv,
                 "expand": d_inner // d_model, "headdim": d_inner // nheads, "ngroups": ngroups}
 
+    def activation_width(self) -> int:
+        """Elements per token of the widest activation of a forward: in_proj's z | x | B | C | dt
+        (the separator's memory estimate, :mod:`bsmamba2.separation.batching`)."""
+        return self.in_proj.out_features
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (batch, length, d_model) → (batch, length, d_model)."""
         if self.recompute == "mixer" and torch.is_grad_enabled():

@@ -120,6 +120,11 @@ class Mamba3(nn.Module):
     def mimo(self) -> bool:
         return self.mimo_rank > 1
 
+    def activation_width(self) -> int:
+        """Elements per token of the widest activation of a forward: in_proj's z | x | B | C | Δ |
+        A | trap | θ, B and C per MIMO rank (the separator's memory estimate)."""
+        return sum(self.sizes)
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (batch, length, d_model) → (batch, length, d_model)."""
         if self.recompute == "mixer" and torch.is_grad_enabled():

@@ -16,13 +16,13 @@ How to add a mixer (say Mamba-1, ``"mamba1"``):
    ``"mixer"``, see :func:`set_recompute`) that its ``forward`` honours, and a staticmethod
    ``infer_options(state, d_model, ngroups) -> dict | None``: its options from its own
    state-dict tensors (keys relative to the mixer, e.g. ``"in_proj.weight"``), or None when
-   the keys are not its own (that is how :func:`infer_mixer` tells mixers apart).
+   the keys are not its own (that is how :func:`infer_mixer` tells mixers apart). And a method
+   ``activation_width() -> int``: the elements per token of the widest activation its forward
+   allocates (the separator's memory estimate, ``separation/batching.py``, scales it).
 2. One line in :data:`MIXERS`.
 3. Tests in ``tests/model/``: against a float64 reference, and a checkpoint round trip
-   (``save_model`` / ``load_model`` with and without the stored config).
-
-(``separation/batching.py`` estimates memory from Mamba-2's widths; a mixer with other
-activations extends it.)
+   (``save_model`` / ``load_model`` with and without the stored config); its row in
+   ``tests/separation/test_batching.py`` measures the widest activation.
 """
 
 from __future__ import annotations
@@ -65,6 +65,13 @@ def mixer_defaults(name: str) -> dict[str, Any]:
 def build_mixer(name: str, d_model: int, options: Mapping[str, Any]) -> nn.Module:
     """Mixer ``name`` for width ``d_model`` with ``options`` (see ``BSMamba2Config.mixer_kwargs``)."""
     return mixer_class(name)(d_model, **options)
+
+
+def mixer_activation_width(name: str, d_model: int, options: Mapping[str, Any]) -> int:
+    """:meth:`activation_width` of mixer ``name`` with these options, from its own shapes (built
+    on the meta device: no memory, no initialisation work)."""
+    with torch.device("meta"):
+        return build_mixer(name, d_model, options).activation_width()
 
 
 def infer_mixer(

@@ -3,9 +3,11 @@
 On the CPU one segment already keeps every core busy, and more only cost RAM: auto is 1.
 On a GPU one 8 s segment leaves most of the card idle (the time-axis scan runs 62 sequences),
 so auto fills half of the free memory, estimated from the size of the largest activation,
-``in_proj``'s output (every Mamba-2 mixer's z | x | B | C | dt for every band and frame), times
-a factor for the other tensors alive at the same time (the 60 s paper-model pass on an H100
-peaks at 5.6 GB, 3.2× its in_proj output in bf16: :data:`ACTIVATION_FACTOR` leaves margin).
+the mixer's widest (its ``activation_width()``: ``in_proj``'s output, e.g. Mamba-2's
+z | x | B | C | dt, for every band and frame), times a factor for the other tensors alive at
+the same time (the 60 s paper-model pass on an H100 peaks at 5.6 GB, 3.2× its in_proj output
+in bf16: :data:`ACTIVATION_FACTOR` leaves margin). The estimate is the kernels' (CUDA): the
+CPU's PyTorch reference ops hold larger intermediates (tests/separation/test_batching.py).
 An estimate can still be wrong on a busy card, so the separator halves the batch when CUDA
 runs out of memory and carries on (:func:`smaller_batch`). A segment or an explicit batch
 whose estimate exceeds all the memory there is (:func:`check_memory`) would only end in an
@@ -21,6 +23,7 @@ import torch
 
 from bsmamba2.errors import BSMamba2Error, ParameterError
 from bsmamba2.model import BSMamba2Config
+from bsmamba2.model.mixers import mixer_activation_width
 
 ACTIVATION_FACTOR = 6.0
 """Peak inference memory of one segment, in multiples of its in_proj output."""
@@ -31,12 +34,8 @@ MAX_AUTO_BATCH = 16
 def segment_bytes(config: BSMamba2Config, segment_samples: int, element_bytes: int) -> int:
     """Estimated peak memory of the model's forward pass on one segment."""
     frames = segment_samples // config.hop_length + 1
-    d_inner = config.expand * config.dim
-    if config.mixer == "mamba":  # Mamba-1: x | z
-        in_proj = 2 * d_inner
-    else:
-        in_proj = 2 * d_inner + 2 * config.ngroups * config.d_state + d_inner // config.headdim
-    return int(ACTIVATION_FACTOR * len(config.bands) * frames * in_proj * element_bytes)
+    width = mixer_activation_width(config.mixer, config.dim, config.mixer_kwargs)
+    return int(ACTIVATION_FACTOR * len(config.bands) * frames * width * element_bytes)
 
 
 def memory_bytes(device: torch.device) -> int | None:
