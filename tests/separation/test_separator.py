@@ -3,6 +3,7 @@ null test, rates, channels, precision, batching, file output."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -471,10 +472,9 @@ def test_cuda_separation_matches_the_cpu(micro_model):
     x = np.random.default_rng(11).standard_normal((2, 70000)).astype(np.float32) * 0.3
     settings = {"segment": 0.5, "precision": "fp32", "progress": False}
     cpu = Separator(micro_model, device="cpu", **settings).separate(x, 44100)
-    cuda = Separator(micro_model, device="cuda", **settings)
+    cuda = Separator(copy.deepcopy(micro_model), device="cuda", **settings)
     assert cuda.batch_size >= 1
     got = cuda.separate(x, 44100)
     scale = np.abs(cpu["vocals"]).max()
     assert scale > 1e-3 and np.abs(got["vocals"] - cpu["vocals"]).max() <= 1e-2 * scale
     np.testing.assert_array_equal(got["accompaniment"], x - got["vocals"])
-    micro_model.cpu()
