@@ -7,7 +7,9 @@ the mixer's widest (its ``activation_width()``: ``in_proj``'s output, e.g. Mamba
 z | x | B | C | dt, for every band and frame), times a factor for the other tensors alive at
 the same time (the 60 s paper-model pass on an H100 peaks at 5.6 GB, 3.2× its in_proj output
 in bf16: :data:`ACTIVATION_FACTOR` leaves margin). The estimate is the kernels' (CUDA): the
-CPU's PyTorch reference ops hold larger intermediates (tests/separation/test_batching.py).
+CPU's PyTorch reference ops hold larger intermediates. On an H200 one 8 s segment of the paper
+model peaked at 852 MiB with Mamba-2 and 903 MiB with Mamba-1 (estimates 1319 and 1164), but
+at 4415 MiB with Mamba-3 (estimate 1355; tests/separation/test_batching.py records it).
 An estimate can still be wrong on a busy card, so the separator halves the batch when CUDA
 runs out of memory and carries on (:func:`smaller_batch`). A segment or an explicit batch
 whose estimate exceeds all the memory there is (:func:`check_memory`) would only end in an
