@@ -12,6 +12,7 @@ import torch
 
 from tests.helpers.kernels import DEVICE, ON_GPU, TOL, assert_close, poisoned_outputs
 from tests.helpers.mamba3 import cast, fixture_op, grads, random_inputs, run
+from tests.helpers.memory import LiveTensors
 
 from bsmamba2 import ops  # isort: skip (after tests.helpers.kernels, which sets TRITON_INTERPRET)
 from bsmamba2.ops.reference import mamba3 as ref
@@ -103,3 +104,19 @@ def test_dispatch_serves_the_kernels(monkeypatch):
     for chunk in (4, 16):  # 16 rows (5 chunks), 32 rows (3 chunks)
         assert torch.allclose(run(ops.mamba3_scan, args, weights, chunk_size=chunk), want, atol=1e-4)
     assert not kernels.supports(torch.empty(1, 9, 2, 1, 12), torch.empty(1, 9, 2, 16), torch.empty(2, 2, 16))
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_no_states_kept_without_a_backward(mode):
+    """The chunk states are stored for the backward only: under no_grad or inference_mode,
+    where weights still require grad, the forward makes no (b·h, chunk, n, p) states."""
+    args, weights = random_inputs(1, 40, 2, 16, 16, 2, dtype=torch.float32, device=DEVICE)
+    weights = {k: torch.nn.Parameter(v) for k, v in weights.items()}
+    states = (2, 3, 16, 16)  # 16-step chunks: rank 2 in fp32
+    with LiveTensors() as live:
+        out = run(kernels.mamba3_scan, args, weights, chunk_size=16)
+    assert out.requires_grad and states in live.shapes
+    with torch.no_grad() if mode == "no_grad" else torch.inference_mode(), LiveTensors() as live:
+        out_inference = run(kernels.mamba3_scan, args, weights, chunk_size=16)
+    assert states not in live.shapes
+    assert torch.equal(out_inference, out.detach())

@@ -11,7 +11,9 @@ import torch
 
 from bsmamba2.ops.reference import selective as reference
 from bsmamba2.ops.triton import selective_scan
+from bsmamba2.ops.triton.selective import CHUNK
 from tests.helpers.kernels import DEVICE, ON_GPU, assert_close, poisoned_outputs
+from tests.helpers.memory import LiveTensors
 
 LENGTHS = [1, 7, 62, 63, 256, 801]
 # (batch, d, n, groups): small for the interpreter, the paper's mixer on a GPU.
@@ -119,3 +121,20 @@ def test_bad_shapes_are_one_line_errors():
         selective_scan(*args[:3], args[3][..., :-1], args[4])
     with pytest.raises(ValueError, match="input-independent"):
         selective_scan(*args[:3], args[2], args[4])
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_no_states_kept_without_a_backward(mode):
+    """The chunk states are stored for the backward only: under no_grad or inference_mode,
+    where parameters still require grad, the forward makes its output and no (b, chunk, n, d)
+    states (they were kept through every inference pass)."""
+    b, d, n, length = 1, 8, 8, 4 * CHUNK + 1
+    ins = _inputs(b, d, length, n, 1, torch.float32)
+    states = (b, 4, n, d)
+    with LiveTensors() as live:
+        y = selective_scan(**ins, delta_softplus=True)
+    assert y.requires_grad and states in live.shapes  # autograd recording: the states are there
+    with torch.no_grad() if mode == "no_grad" else torch.inference_mode(), LiveTensors() as live:
+        y_inference = selective_scan(**ins, delta_softplus=True)
+    assert states not in live.shapes
+    assert torch.equal(y_inference, y.detach())

@@ -43,6 +43,15 @@ def launch(kernel, grid, *args, **kwargs) -> None:
         kernel.fn[grid](*args, **kwargs, **meta, num_warps=warps, num_stages=stages)
 
 
+def backward_ahead(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records the op for a backward: grad mode on and an input requiring
+    grad. Asked before ``Function.apply``: inside ``forward`` grad mode is always off, and
+    ``ctx.needs_input_grad`` follows ``requires_grad`` alone, which parameters keep under
+    ``no_grad`` and ``inference_mode`` (a forward that stored its states for the backward on
+    that ground would hold them through every inference pass)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def block(n: int, least: int = 16) -> int:
     """The power-of-two tile covering n (at least ``least``: tl.dot needs 16)."""
     return max(least, triton.next_power_of_2(n))

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from bsmamba2.ops.triton.common import configs, dot_dtype, sigmoid
+from bsmamba2.ops.triton.common import backward_ahead, configs, dot_dtype, sigmoid
 
 CHUNK_ROWS = 64
 
@@ -446,7 +446,7 @@ class Mamba3Scan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, adt, omega, gamma, q_bias, k_bias, phi, D, z, mimo_x, mimo_z, mimo_o,
-                chunk_size):
+                chunk_size, backward: bool):
         b, length, r, g, n = q.shape
         h, p = v.shape[2:]
         mimo = mimo_x is not None
@@ -454,15 +454,14 @@ class Mamba3Scan(torch.autograd.Function):
         nc = triton.cdiv(length, T)
         has_o = mimo_o is not None or not mimo
         out = v.new_empty((b, length, h, p) if has_o else (b, length, r, h, p))
-        store = torch.is_grad_enabled() or any(ctx.needs_input_grad)
-        states = v.new_empty((b * h, nc, n, p), dtype=torch.float32) if store and nc > 1 else out
+        states = v.new_empty((b * h, nc, n, p), dtype=torch.float32) if backward and nc > 1 else out
         meta = dict(P=p, N=n, R=r, T=T, MIMO=mimo, HAS_D=D is not None, HAS_Z=z is not None, HAS_O=has_o,
                     DOT=dot_dtype(v.dtype), PREC="tf32")
         dummy = adt
         _fwd[(b * h,)](q, k, v, adt, omega, gamma, q_bias, k_bias, phi, D if D is not None else dummy,
                        z if z is not None else dummy, mimo_x if mimo else dummy, mimo_z if mimo_z is not None
                        else dummy, mimo_o if mimo_o is not None else dummy, out, states,
-                       length, h, g, phi.shape[-1], nc, STORE_STATES=store and nc > 1, **meta)
+                       length, h, g, phi.shape[-1], nc, STORE_STATES=backward and nc > 1, **meta)
         ctx.meta = meta
         ctx.save_for_backward(q, k, v, adt, omega, gamma, q_bias, k_bias, phi, D, z, mimo_x, mimo_z, mimo_o,
                               states if nc > 1 else None)
@@ -509,7 +508,7 @@ class Mamba3Scan(torch.autograd.Function):
         dmz = part[:, 2 * rn + 1 + rp:2 * rn + 1 + 2 * rp].view(h, r, p) if mimo_z is not None else None
         dmo = part[:, 2 * rn + 1 + 2 * rp:].view(h, r, p) if mimo_o is not None else None
         return (dq.to(q.dtype), dk.to(k.dtype), dx.to(v.dtype), dadt, dw, dg, dqb, dkb, dphi, dD,
-                dz.to(z.dtype) if z is not None else None, dmx, dmz, dmo, None)
+                dz.to(z.dtype) if z is not None else None, dmx, dmz, dmo, None, None)
 
 
 def supports(q: torch.Tensor, v: torch.Tensor, mimo_x: torch.Tensor | None) -> bool:
@@ -554,7 +553,7 @@ def mamba3_scan(
     if z is None:  # no gate: mimo_z takes no part in the scan and gets no gradient (the oracle's)
         mimo_z = None
     opt = [None if t is None else t.to(f32).contiguous() for t in (mimo_x, mimo_z, mimo_o)]
-    return Mamba3Scan.apply(q.contiguous(), k.contiguous(), v.contiguous(), adt.to(f32).contiguous(),
-                            omega.contiguous(), gamma.contiguous(), q_bias.to(f32).contiguous(),
-                            k_bias.to(f32).contiguous(), phi.contiguous(), D,
-                            None if z is None else z.contiguous(), *opt, chunk_size)
+    inputs = (q.contiguous(), k.contiguous(), v.contiguous(), adt.to(f32).contiguous(), omega.contiguous(),
+              gamma.contiguous(), q_bias.to(f32).contiguous(), k_bias.to(f32).contiguous(), phi.contiguous(),
+              D, None if z is None else z.contiguous(), *opt)
+    return Mamba3Scan.apply(*inputs, chunk_size, backward_ahead(*inputs))

@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bsmamba2.ops.triton.common import INTERPRET, block, configs, sigmoid, softplus
+from bsmamba2.ops.triton.common import INTERPRET, backward_ahead, block, configs, sigmoid, softplus
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -379,13 +379,13 @@ class SelectiveScan(torch.autograd.Function):
     """out (and the final state) of the selective scan, with the gradients of every input."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final,
+                backward: bool):
         b, d, length, n, g = check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
         Bg, Cg = _as_groups(B, "B"), _as_groups(C, "C")
         nc = triton.cdiv(length, CHUNK)
-        needs_grad = ctx.needs_input_grad is not None and any(ctx.needs_input_grad)
         dummy = A
-        store_states = needs_grad and nc > 1
+        store_states = backward and nc > 1
         # The states the backward restarts from, (batch, chunk, n, d): bf16 for bf16 inputs
         # (half the memory; the gradients stay within bf16 rounding), else fp32 (fp16's
         # range is too short).
@@ -456,6 +456,7 @@ class SelectiveScan(torch.autograd.Function):
             None,
             dh0.to(initial_state.dtype) if dh0 is not None else None,
             None,
+            None,
         )
 
 
@@ -463,4 +464,5 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    return_last_state=False, *, initial_state=None, return_final_state=False):
     """Triton selective scan with the contract of :func:`bsmamba2.ops.reference.selective_scan`."""
     return SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                               bool(return_last_state or return_final_state))
+                               bool(return_last_state or return_final_state),
+                               backward_ahead(u, delta, A, B, C, D, z, delta_bias, initial_state))
