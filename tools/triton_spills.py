@@ -83,9 +83,10 @@ def main_mamba3() -> None:
     print(f"triton {triton.__version__}, sm_90a, Mamba-3 kernels, paper shapes")
     bf16, fp32 = ("bf16", torch.bfloat16, tl.bfloat16), ("fp32", torch.float32, tl.float32)
     for (data, dtype, dot), rank in ((bf16, 1), (bf16, 4), (fp32, 1)):
-        base = {"P": 64, "N": 128, "R": rank, "T": mamba3.chunk_steps(rank, dtype), "MIMO": rank > 1,
+        base = {"P": 64, "N": 128, "R": rank, "T": mamba3.chunk_steps(rank, dtype),
+                "BH": mamba3.pair_block(128), "MIMO": rank > 1,
                 "HAS_D": True, "HAS_Z": True, "HAS_O": True, "DOT": dot, "PREC": "tf32"}
-        for name, kernel, extra in (("_fwd", mamba3._fwd, {"STORE_STATES": True}),
+        for name, kernel, extra in (("_fwd", mamba3._fwd, {"HAS_STATES": True, "KEEP_STATES": True}),
                                     ("_state_grads", mamba3._state_grads, {}),
                                     ("_chunk_bwd states", mamba3._chunk_bwd, {"HAS_STATES": True}),
                                     ("_chunk_bwd", mamba3._chunk_bwd, {"HAS_STATES": False})):

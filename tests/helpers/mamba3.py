@@ -27,11 +27,12 @@ def fixture_op(variant: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
 
 
 def random_inputs(b: int, length: int, h: int, p: int, n: int, rank: int, dtype=torch.float64,
-                  g: int = 1, with_z: bool = True, device: str = "cpu",
+                  g: int = 1, with_z: bool = True, device: str = "cpu", angles: int | None = None,
                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Scan inputs of the magnitudes a trained layer sees: normed q/k, biases near 1, Δ in
-    ~(1e-3, 1), A·Δ from the heavy-tail A, angles that turn several times over the sequence."""
-    s = n // 4
+    ~(1e-3, 1), A·Δ from the heavy-tail A, angles that turn several times over the sequence
+    (``angles`` of them; default n / 4, rope_fraction 0.5)."""
+    s = angles or n // 4
     qk = (b, length, g, n) if rank == 1 else (b, length, rank, g, n)
     bias = (h, n) if rank == 1 else (h, rank, n)
     dt = torch.nn.functional.softplus(torch.randn(b, h, length) - 2)

@@ -32,10 +32,10 @@ CASES = (
 )
 
 
-def _check(length, rank, groups, with_z, with_o, dtype, slack=0.0):
-    b, h, p, n = SHAPE
+def _check(length, rank, groups, with_z, with_o, dtype, slack=0.0, shape=SHAPE, angles=None):
+    b, h, p, n = shape
     args, weights = random_inputs(b, length, h, p, n, rank, dtype=torch.float64, g=groups, with_z=with_z,
-                                  device=DEVICE)
+                                  device=DEVICE, angles=angles)
     if rank > 1 and not with_o:
         weights["mimo_o"] = None
     truth_weights = {k: v for k, v in weights.items() if v is not None}
@@ -59,6 +59,13 @@ def _check(length, rank, groups, with_z, with_o, dtype, slack=0.0):
 @pytest.mark.parametrize(("length", "rank", "groups", "with_z", "with_o"), CASES)
 def test_fp32(length, rank, groups, with_z, with_o):
     _check(length, rank, groups, with_z, with_o, torch.float32)
+
+
+@pytest.mark.parametrize(("length", "rank", "angles"), [(40, 1, 24), (21, 2, 32)])
+def test_fp32_several_blocks_of_pairs(length, rank, angles):
+    """d_state 64: the kernels walk the state in several blocks of rotation pairs (16 each),
+    rotated ones in more than one block, over several chunks."""
+    _check(length, rank, 1, True, True, torch.float32, shape=(1, 2, 16, 64), angles=angles)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="16-bit dots: GPU only (the interpreter computes them in fp32)")
