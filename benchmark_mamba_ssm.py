@@ -148,8 +148,10 @@ def ssd_cost(seqs: int, length: int, cfg: BSMamba2Config, elt: int, bwd: bool) -
     return (io * 2.5, flops * 4) if bwd else (io, flops)
 
 
-def mamba3_inputs(seqs: int, length: int, cfg: BSMamba2Config, rank: int, device, dtype, grad: bool):
-    """The Mamba-3 scan's arguments as the layer makes them (official layouts), SISO or MIMO."""
+def mamba3_inputs(seqs: int, length: int, cfg: BSMamba2Config, rank: int, device, dtype, grad: bool,
+                  chunk: int | None = None):
+    """The Mamba-3 scan's arguments as the layer makes them (official layouts), SISO or MIMO;
+    ``chunk``: the scan's chunk_size (None: its default)."""
     h, p, n, g = cfg.nheads, cfg.headdim, cfg.d_state, cfg.ngroups
     qk = (seqs, length, g, n) if rank == 1 else (seqs, length, rank, g, n)
     bias = (h, n) if rank == 1 else (h, rank, n)
@@ -164,7 +166,7 @@ def mamba3_inputs(seqs: int, length: int, cfg: BSMamba2Config, rank: int, device
             leaf(*bias, scale=0.5, shift=1.0, dt=f32), leaf(*bias, scale=0.5, shift=1.0, dt=f32),
             leaf(seqs, length, h, n // 4, dt=f32), leaf(h, dt=f32), leaf(seqs, length, h, p))
     kw = {} if rank == 1 else {f"mimo_{w}": leaf(h, rank, p, scale=0.3, shift=1.0, dt=f32) for w in "xzo"}
-    return args, kw
+    return args, {**kw, "chunk_size": chunk} if chunk else kw
 
 
 def selective_scan_inputs(seqs: int, length: int, d: int, n: int, device, dtype, grad: bool):
@@ -182,7 +184,7 @@ def selective_scan_inputs(seqs: int, length: int, d: int, n: int, device, dtype,
     return args, args
 
 
-def op_cases(shapes: dict, cfg: BSMamba2Config, device, dtype):
+def op_cases(shapes: dict, cfg: BSMamba2Config, device, dtype, mamba3_chunk: int | None = None):
     """(name, make_inputs(grad) -> (fn, args), bytes_fwd, flops_fwd, bytes_bwd, flops_bwd)."""
     elt = torch.tensor([], dtype=dtype).element_size()
     cases = []
@@ -213,8 +215,9 @@ def op_cases(shapes: dict, cfg: BSMamba2Config, device, dtype):
             seqs, length = shapes[axis]
 
             def make3(grad, seqs=seqs, length=length, rank=rank):
-                args, kw = mamba3_inputs(seqs, length, cfg, rank, device, dtype, grad)
-                return (lambda impl: impl.mamba3_scan(*args, **kw)), (*args, *kw.values())
+                args, kw = mamba3_inputs(seqs, length, cfg, rank, device, dtype, grad, mamba3_chunk)
+                weights = [v for v in kw.values() if isinstance(v, torch.Tensor)]
+                return (lambda impl: impl.mamba3_scan(*args, **kw)), (*args, *weights)
 
             kind = "SISO" if rank == 1 else f"MIMO r{rank}"
             cases.append((f"mamba3_scan {kind} {axis} ({seqs}×{length})", make3, None, None))
@@ -269,7 +272,7 @@ def external_impl(name: str):
     try:  # the official Mamba-3 SISO kernels (mamba_ssm from source; first call: minutes of autotuning)
         from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
 
-        def mamba3_scan(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, **mimo):
+        def mamba3_scan(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, chunk_size=None, **mimo):
             if mimo:
                 raise NotImplementedError("MIMO is the official TileLang kernel")
             return mamba3_siso_combined(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, chunk_size=64)
@@ -289,7 +292,7 @@ def external_impl(name: str):
 
 def run_ops(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
     rows = []
-    for name, make, cost_f, cost_b in op_cases(shapes, cfg, device, dtype):
+    for name, make, cost_f, cost_b in op_cases(shapes, cfg, device, dtype, args.mamba3_chunk):
         if args.ops and name.split()[0] not in args.ops:
             continue
         for bwd in (False, True):
@@ -348,6 +351,9 @@ def mixer_configs(args, cfg: BSMamba2Config) -> list[tuple[str, BSMamba2Config]]
         if name == "mamba":  # Mamba-1's state is per channel: its own default (16), not Mamba-2's 128
             data.pop("d_state")
         suffix = "" if name == "mamba2" else f" [{name}]"
+        if name == "mamba3" and args.mamba3_chunk:
+            data["mixer_options"] = {"chunk_size": args.mamba3_chunk}
+            suffix = f" [mamba3, chunk {args.mamba3_chunk}]"
         out.append((suffix, BSMamba2Config.from_dict({**data, "mixer": name})))
     return out
 
@@ -519,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", default=None,
                         help="comma list of ops to time (ssd_scan, selective_scan, mamba3_scan, "
                         "causal_conv1d, gated_rms_norm; default: all)")
+    parser.add_argument("--mamba3-chunk", type=int, default=None,
+                        help="chunk_size (steps) of the Mamba-3 scan rows and mixers (default: theirs)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--profile", action="store_true",
                         help="also print the per-kernel CUDA time of one SSD fwd+bwd per axis (GPU)")

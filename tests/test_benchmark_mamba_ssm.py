@@ -27,3 +27,21 @@ def test_benchmark_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     assert "ssd_scan time" in printed and "selective_scan band" in printed
     model_rows = [r["name"] for r in rows if r["level"] == "model"]
     assert len(model_rows) == 4 and sum("[mamba]" in name for name in model_rows) == 2
+
+
+def test_mamba3_chunk_option(tmp_path, monkeypatch):
+    """--mamba3-chunk reaches the op rows' scan calls and the mamba3 mixers' config."""
+    spec = importlib.util.spec_from_file_location("benchmark_mamba_ssm", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+    seen, original = [], bench.ops.mamba3_scan
+    monkeypatch.setattr(bench.ops, "mamba3_scan", lambda *a, **kw: seen.append(kw.get("chunk_size")) or original(*a, **kw))
+    out = tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--quick", "--shapes", "tiny", "--backends", "torch", "--levels", "op",
+                       "--ops", "mamba3_scan", "--mamba3-chunk", "8", "--json", str(out)]) == 0
+    assert seen and set(seen) == {8}
+    assert all(r["ms"] for r in json.loads(out.read_text())["rows"])
+    args = bench.argparse.Namespace(mixers=["mamba3", "mamba2"], mamba3_chunk=8)
+    (label, m3), (_, m2) = bench.mixer_configs(args, bench.SHAPES["tiny"]["cfg"])
+    assert m3.mixer_options["chunk_size"] == 8 and "chunk 8" in label and m2.mixer == "mamba2"

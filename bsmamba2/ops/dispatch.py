@@ -90,7 +90,7 @@ def mamba3_scan(
     ``chunk_size`` (steps; None: 64 rows, 64 / R steps) is a speed knob of both implementations.
 
     Only ``BSMAMBA2_KERNELS=triton`` takes the Triton kernels: they pass every test in Triton's
-    interpreter, but on a GPU only single-chunk fp32 calls have been checked so far (README),
+    interpreter and in fp32 on a GPU, but not yet every bf16 one there (docs/benchmarks.md),
     so ``auto`` serves the reference for now.
     """
     impl = implementation("mamba3", v) if requested_backend() == "triton" else reference.mamba3
