@@ -26,6 +26,12 @@ The (n, p) states stay in global memory (L2), read and written a block at a time
 fp32 by PyTorch around the kernels, so autograd differentiates tanh, the cumsum and the
 sigmoid. sin and cos are Triton's accurate ones. No dot accumulator is transposed into
 another dot (see :mod:`bsmamba2.ops.triton.ssd`): each orientation has its own dot.
+
+Dot operands are the input dtype (bf16/fp16 on tensor cores) for the scores, y and dv, but
+fp32 (tf32 on a GPU) for everything the angles' gradient is made of: the states, their
+gradients and the products behind dq̃, dk̃. dφ is a cancelling sum (turning every q̃, k̃ of a
+head by one angle changes nothing, so Σ_t dφ_t = 0) whose tail sums are the angles'
+gradient; with bf16 operands there it missed its tolerance at length 801 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -269,8 +275,8 @@ def _fwd(
                 y_in += tl.dot(q0d, h0.to(DOT), input_precision=PREC)
                 y_in += tl.dot(q1d, h1.to(DOT), input_precision=PREC)
                 if c + 1 < NC:
-                    h0 = decay * h0 + tl.dot(tl.trans(k0 * u[:, None]).to(DOT), Vd, input_precision=PREC)
-                    h1 = decay * h1 + tl.dot(tl.trans(k1 * u[:, None]).to(DOT), Vd, input_precision=PREC)
+                    h0 = decay * h0 + tl.dot(tl.trans(k0 * u[:, None]), V, input_precision=PREC)
+                    h1 = decay * h1 + tl.dot(tl.trans(k1 * u[:, None]), V, input_precision=PREC)
                     _store_state_rows(nxt, i0, i1, mj, h0, h1, P)
         if HAS_STATES:
             tl.debug_barrier()
@@ -300,10 +306,11 @@ def _state_grads(
     q_ptr, adt_ptr, qb_ptr, phi_ptr, z_ptr, mz_ptr, mo_ptr, dout_ptr, dstates_ptr,
     L, H, G, S, NC,
     P: tl.constexpr, N: tl.constexpr, R: tl.constexpr, T: tl.constexpr, BH: tl.constexpr,
-    MIMO: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+    MIMO: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr, PREC: tl.constexpr,
 ):
     """Reverse pass of one (sequence, head): the gradient of the state leaving each chunk, (n, p),
-    block of pairs by block: dH_{c−1} = e^{S_last,c} dH_c + (e^{S} q̃_c)ᵀ dY_c."""
+    block of pairs by block: dH_{c−1} = e^{S_last,c} dH_c + (e^{S} q̃_c)ᵀ dY_c (fp32 operands,
+    as for the forward's states: see the module docstring)."""
     NB: tl.constexpr = (N // 2 + BH - 1) // BH
     pid = tl.program_id(0).to(tl.int64)
     bi = pid // H
@@ -325,14 +332,13 @@ def _state_grads(
         decay = tl.exp(tl.sum(a, 0))
         zg, _, _ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
         _, _, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
-        dYd = dY.to(DOT)
         for nb in range(NB):
             j, i0, i1, mj = _pair_columns(nb, BH, N, MIMO)
             cos, sin = _turns(phi_ptr, bi, hi, t, mt, j, L, H, S, T, R, BH)
             q0, q1 = _pair(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N)
             d0, d1 = _state_rows(base + c * NP, i0, i1, mj, P)
-            d0 = decay * d0 + tl.dot(tl.trans(q0 * ecs[:, None]).to(DOT), dYd, input_precision=PREC)
-            d1 = decay * d1 + tl.dot(tl.trans(q1 * ecs[:, None]).to(DOT), dYd, input_precision=PREC)
+            d0 = decay * d0 + tl.dot(tl.trans(q0 * ecs[:, None]), dY, input_precision=PREC)
+            d1 = decay * d1 + tl.dot(tl.trans(q1 * ecs[:, None]), dY, input_precision=PREC)
             _store_state_rows(base + (c - 1) * NP, i0, i1, mj, d0, d1, P)
         tl.debug_barrier()
 
@@ -429,7 +435,7 @@ def _chunk_bwd(
         if HAS_D:
             tl.store(part_ptr + pbase + 2 * R * N, tl.sum(tl.sum(dY * V, 1), 0))
         dYd = dY.to(DOT)
-        DV = tl.dot(dYd, tl.trans(Vd), input_precision=PREC)
+        DV = tl.dot(dY, tl.trans(V), input_precision=PREC)  # fp32 operands: it makes dq̃
         # gradients of the weights: dW = (q̃·k̃)(dY·v)
         dW = Sc * DV
         dWE = dW * E  # strictly lower part, times the decay
@@ -442,10 +448,10 @@ def _chunk_bwd(
         # pass 2, per block of pairs: dq̃ = (dY·vᵀ ⊙ W)·k̃ + e^S dY·Hᵀ, dk̃ = (v·dYᵀ ⊙ Wᵀ)·q̃ + u v·dHᵀ;
         # the rotation x̃0 = x0 cos − x1 sin, x̃1 = x0 sin + x1 cos gives
         # dφ = x̃0 dx̃1 − x̃1 dx̃0 and (dx0, dx1) = (dx̃0 cos + dx̃1 sin, dx̃1 cos − dx̃0 sin).
-        # Also k̃·q̃ᵀ (for dv) and k̃·dH.
-        DVW = (DV * W).to(DOT)
+        # Also k̃·q̃ᵀ (for dv) and k̃·dH. dq̃, dk̃ from fp32 operands (module docstring).
+        DVW = DV * W
         WT, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, True)
-        DVTW = (tl.dot(Vd, tl.trans(dYd), input_precision=PREC) * WT).to(DOT)  # its own dot, no transpose
+        DVTW = tl.dot(V, tl.trans(dY), input_precision=PREC) * WT  # its own dot, no transpose
         ScT = tl.zeros((ROWS, ROWS), dtype=tl.float32)
         KdH = tl.zeros((ROWS, P), dtype=tl.float32)
         hdh = tl.zeros((), dtype=tl.float32)
@@ -457,20 +463,20 @@ def _chunk_bwd(
             q0d, q1d, k0d, k1d = q0.to(DOT), q1.to(DOT), k0.to(DOT), k1.to(DOT)
             ScT += tl.dot(k0d, tl.trans(q0d), input_precision=PREC)
             ScT += tl.dot(k1d, tl.trans(q1d), input_precision=PREC)
-            dq0 = tl.dot(DVW, k0d, input_precision=PREC)
-            dq1 = tl.dot(DVW, k1d, input_precision=PREC)
-            dk0 = tl.dot(DVTW, q0d, input_precision=PREC)
-            dk1 = tl.dot(DVTW, q1d, input_precision=PREC)
+            dq0 = tl.dot(DVW, k0, input_precision=PREC)
+            dq1 = tl.dot(DVW, k1, input_precision=PREC)
+            dk0 = tl.dot(DVTW, q0, input_precision=PREC)
+            dk1 = tl.dot(DVTW, q1, input_precision=PREC)
             if HAS_STATES:
                 h0, h1 = _state_rows(h_ptr, i0, i1, mj, P)
                 d0, d1 = _state_rows(dh_ptr, i0, i1, mj, P)
                 KdH += tl.dot(k0d, d0.to(DOT), input_precision=PREC)
                 KdH += tl.dot(k1d, d1.to(DOT), input_precision=PREC)
                 hdh += tl.sum(tl.sum(d0 * h0, 1), 0) + tl.sum(tl.sum(d1 * h1, 1), 0)
-                dq0 += ecs[:, None] * tl.dot(dYd, tl.trans(h0).to(DOT), input_precision=PREC)
-                dq1 += ecs[:, None] * tl.dot(dYd, tl.trans(h1).to(DOT), input_precision=PREC)
-                dk0 += u[:, None] * tl.dot(Vd, tl.trans(d0).to(DOT), input_precision=PREC)
-                dk1 += u[:, None] * tl.dot(Vd, tl.trans(d1).to(DOT), input_precision=PREC)
+                dq0 += ecs[:, None] * tl.dot(dY, tl.trans(h0), input_precision=PREC)
+                dq1 += ecs[:, None] * tl.dot(dY, tl.trans(h1), input_precision=PREC)
+                dk0 += u[:, None] * tl.dot(V, tl.trans(d0), input_precision=PREC)
+                dk1 += u[:, None] * tl.dot(V, tl.trans(d1), input_precision=PREC)
             dphi = q0 * dq1 - q1 * dq0 + k0 * dk1 - k1 * dk0
             tl.store(dphi_ptr + ((bi * L + t[:, None]) * H + hi) * S + j[None, :], _rank_sum(dphi, T, R, BH),
                      mask=mt[:, None] & (j < S)[None, :])
@@ -579,7 +585,7 @@ class Mamba3Scan(torch.autograd.Function):
         dummy = adt
         opt = (D if D is not None else dummy, z if z is not None else dummy, mimo_x if mimo else dummy,
                mimo_z if mimo_z is not None else dummy, mimo_o if mimo_o is not None else dummy)
-        common = {k_: meta[k_] for k_ in ("P", "N", "R", "T", "BH", "MIMO", "HAS_Z", "HAS_O", "DOT", "PREC")}
+        common = {k_: meta[k_] for k_ in ("P", "N", "R", "T", "BH", "MIMO", "HAS_Z", "HAS_O", "PREC")}
         dstates = dummy
         if nc > 1:
             dstates = torch.empty_like(states)
@@ -598,7 +604,7 @@ class Mamba3Scan(torch.autograd.Function):
                                   states if states is not None else dummy, dstates,
                                   dq, dk, dx, dz, dadt, dw, dg, dphi, part,
                                   length, h, g, s, nc, npart, HAS_D=D is not None,
-                                  HAS_STATES=nc > 1, **common)
+                                  HAS_STATES=nc > 1, DOT=meta["DOT"], **common)
         part = part.sum((0, 1))
         rn, rp = r * n, r * p
         dqb, dkb = part[:, :rn].view(h, r, n), part[:, rn:2 * rn].view(h, r, n)
