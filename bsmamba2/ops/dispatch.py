@@ -89,11 +89,16 @@ def mamba3_scan(
     """Mamba-3 scan, SISO or MIMO; see :func:`bsmamba2.ops.reference.mamba3.mamba3_scan`.
     ``chunk_size`` (steps; None: 64 rows, 64 / R steps) is a speed knob of both implementations.
 
-    Only ``BSMAMBA2_KERNELS=triton`` takes the Triton kernels: they pass every test in Triton's
-    interpreter and in fp32 on a GPU, but not yet every bf16 one there (docs/benchmarks.md),
-    so ``auto`` serves the reference for now.
+    ``auto`` serves CUDA tensors by the Triton kernels in the dtypes and shapes they are tested
+    in on a GPU (fp32 and bf16; power-of-two rank, d_state and headdim, as
+    :func:`bsmamba2.ops.triton.mamba3.supports` says), the rest by the reference;
+    ``BSMAMBA2_KERNELS=triton`` takes the kernels for every dtype and says in one line when
+    they cannot take the shapes.
     """
-    impl = implementation("mamba3", v) if requested_backend() == "triton" else reference.mamba3
+    impl = implementation("mamba3", v)
+    if impl is not reference.mamba3 and requested_backend() == "auto" and not (
+            v.dtype in (torch.float32, torch.bfloat16) and impl.supports(q, v, mimo_x)):
+        impl = reference.mamba3
     return impl.mamba3_scan(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, mimo_x=mimo_x,
                             mimo_z=mimo_z, mimo_o=mimo_o, chunk_size=chunk_size)
 

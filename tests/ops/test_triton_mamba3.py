@@ -130,3 +130,22 @@ def test_no_states_kept_without_a_backward(mode):
         out_inference = run(kernels.mamba3_scan, args, weights, chunk_size=16)
     assert states not in live.shapes
     assert torch.equal(out_inference, out.detach())
+
+
+def test_auto_serves_the_kernels_where_tested(monkeypatch):
+    """``auto`` (here with the backend rule giving Triton, as on CUDA) takes the kernels for
+    fp32 and bf16 in the shapes they take, the reference otherwise; ``triton`` says why not."""
+    from bsmamba2.ops import dispatch
+
+    monkeypatch.setattr(dispatch, "active_backend", lambda device, dtype: "triton")
+    calls, original = [], kernels.mamba3_scan
+    monkeypatch.setattr(kernels, "mamba3_scan", lambda *a, **kw: calls.append(a[2].dtype) or original(*a, **kw))
+    monkeypatch.setenv("BSMAMBA2_KERNELS", "auto")
+    for n, dtype, served in ((16, torch.float32, True), (16, torch.float16, False), (12, torch.float32, False)):
+        args, weights = random_inputs(1, 9, 2, 16, n, 1, dtype=dtype, device=DEVICE)
+        calls.clear()
+        out = run(ops.mamba3_scan, args, weights)
+        assert bool(calls) == served and out.dtype == dtype
+    monkeypatch.setenv("BSMAMBA2_KERNELS", "triton")
+    with pytest.raises(ValueError, match="power-of-two rank"):
+        run(ops.mamba3_scan, args, weights)
