@@ -244,6 +244,21 @@ def check_finite(weights: Mapping[str, torch.Tensor]) -> None:
                 )
 
 
+def checkpoint_config(path: str | os.PathLike) -> BSMamba2Config:
+    """The architecture of the checkpoint file ``path``, without building the model: our
+    format's stored config, else inferred from the tensor shapes (which reads the file).
+
+    Raises:
+        CheckpointError: one line naming the file, as :func:`load_model`.
+    """
+    path = Path(path)
+    weights, stored, _, module_type = _read(path, False)
+    try:
+        return stored or infer_config(weights, module_type=module_type)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     ema: bool = False,

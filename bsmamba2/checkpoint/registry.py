@@ -27,6 +27,18 @@ class KnownCheckpoint:
     training_data: str = "unknown"
     licence: str = "unknown"
     mirrors: tuple[str, ...] = ()  # the same file elsewhere (https:// or hf://), tried after url
+    mixer: str = "mamba2"  # the model's sequence mixer (bsmamba2.model.mixers)
+    targets: tuple[str, ...] = ("vocals",)  # the stems it separates
+
+    @property
+    def path(self) -> Path:
+        """Where the file is (or goes) in the cache."""
+        return cache_dir() / self.filename
+
+    @property
+    def cached(self) -> bool:
+        """Whether the whole file is in the cache."""
+        return self.path.is_file() and self.path.stat().st_size == self.size
 
     @property
     def filename(self) -> str:
@@ -38,8 +50,6 @@ class KnownCheckpoint:
 
     def describe(self) -> dict[str, object]:
         """What ``--list-models`` shows: the entry, where it is cached and whether it is there."""
-        path = cache_dir() / self.filename
-        cached = path.is_file() and path.stat().st_size == self.size
         return {
             "name": self.name,
             "size": self.size,
@@ -49,8 +59,8 @@ class KnownCheckpoint:
             "about": self.about,
             "url": self.url,
             "mirrors": list(self.mirrors),
-            "path": str(path),
-            "cached": cached,
+            "path": str(self.path),
+            "cached": self.cached,
         }
 
 
@@ -82,7 +92,7 @@ def fetch(name_or_entry: str | KnownCheckpoint, progress: bool = True) -> Path:
         if entry not in KNOWN:
             raise BSMamba2Error(f"unknown model {entry!r} (known: {', '.join(KNOWN)})")
         entry = KNOWN[entry]
-    dest = cache_dir() / entry.filename
+    dest = entry.path
     failures = []
     for url in entry.urls:
         try:

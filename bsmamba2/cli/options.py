@@ -58,22 +58,27 @@ def positive(text: str) -> int:
     return value
 
 
-def add_weight_options(p: Options) -> None:
-    """``--checkpoint PATH`` or ``--model NAME``, and ``--ema``."""
-    weights = p.add_mutually_exclusive_group()
+def add_weight_options(p: Options, many: bool = False) -> None:
+    """``--checkpoint PATH`` or ``--model NAME``, and ``--ema``; with ``many`` (``serve``'s
+    model picker) both, each as often as wanted (lists)."""
+    weights = p.add_argument_group() if many else p.add_mutually_exclusive_group()
+    again = " (repeat for more models)" if many else ""
     weights.add_argument(
         "--checkpoint",
         metavar="PATH|URL",
+        action="append" if many else "store",
         help="weights: any checkpoint bsmamba2 reads, a known name, an https:// URL (downloaded once "
         "into the cache, checked against the announced size) or hf://owner/repo[@revision]/file (a "
-        "Hugging Face Hub file, needs the [hub] extra); append #sha256=HEX to a URL to have it verified",
+        "Hugging Face Hub file, needs the [hub] extra); append #sha256=HEX to a URL to have it verified"
+        + again,
     )
     weights.add_argument(
         "--model",
         "-n",
         "--name",
         choices=sorted(KNOWN),
-        help="weights: a known checkpoint, downloaded on first use (-n/--name as in demucs)",
+        action="append" if many else "store",
+        help=f"weights: a known checkpoint, downloaded on first use (-n/--name as in demucs){again}",
     )
     p.add_argument(
         "--ema", action="store_true", help="use the EMA weights of an official Lightning checkpoint"
@@ -136,9 +141,10 @@ def add_compile_option(p: Options) -> None:
     )
 
 
-def add_separator_options(p: argparse.ArgumentParser) -> None:
-    """Everything :func:`load_separator` reads: shared by ``separate`` and ``serve``."""
-    add_weight_options(p)
+def add_separator_options(p: argparse.ArgumentParser, many_models: bool = False) -> None:
+    """Everything :func:`load_separator` reads: shared by ``separate`` and ``serve`` (which
+    takes ``many_models``: see :func:`add_weight_options`)."""
+    add_weight_options(p, many_models)
     add_device_options(p)
     add_compile_option(p)
     add_chunking_options(p)

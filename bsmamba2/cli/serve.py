@@ -1,8 +1,10 @@
-"""``bsmamba2 serve``: the local web app (``bsmamba2.web``) on one loaded model.
+"""``bsmamba2 serve``: the local web app (``bsmamba2.web``) over the models it is given.
 
-The port is bound before the model loads, so a port in use is a one-line error at once;
-the address is printed when the page is ready. Ctrl+C stops the server and deletes every
-job's files.
+Each ``--checkpoint`` and ``--model`` is an entry of the page's model picker (with none:
+``$BSMAMBA2_CHECKPOINT`` and every known checkpoint); the first loads at start, the others
+when a job first asks for them, and at most ``--max-models`` stay loaded. The port is bound
+before any model loads, so a port in use is a one-line error at once; the address is printed
+when the page is ready. Ctrl+C stops the server and deletes every job's files.
 """
 
 from __future__ import annotations
@@ -62,8 +64,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
+    from bsmamba2.checkpoint.registry import resolve
+    from bsmamba2.device import resolve_device
     from bsmamba2.web.app import LOCAL_HOSTS, create_app
     from bsmamba2.web.jobs import JobQueue, Limits
+    from bsmamba2.web.models import ModelShelf, model_choices
 
     for flag, value in [
         ("--max-upload-mb", args.max_upload_mb),
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         ("--keep-minutes", args.keep_minutes),
         ("--max-files", args.max_files),
         ("--jobs", args.jobs),
+        ("--max-models", args.max_models),
     ]:
         if not value > 0:
             raise BSMamba2Error(f"{flag} must be positive, got {value}")
@@ -85,11 +91,19 @@ def run(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     if args.jobs > 1 and args.compile != "no":  # one compile shared by parallel jobs would race
         args.compile = "no"
-    separator = load_separator(args, progress=False)
-    # The page's TTA box: the same model (shared) with the other setting; one compile at most.
-    twin = load_separator(args, progress=False, model=separator.model, tta=not args.tta, compile=False)
-    twin.name = separator.name
-    if separator.device.type == "cpu" and args.jobs > 1:
+    choices = model_choices(args.checkpoint or [], args.model or [])
+
+    def load(choice):
+        separator = load_separator(args, progress=False, model=resolve(choice.weights))
+        # The page's TTA box: the same model (shared) with the other setting; one compile at most.
+        twin = load_separator(args, progress=False, model=separator.model, tta=not args.tta, compile=False)
+        separator.name = twin.name = choice.name
+        return {separator.tta: separator, twin.tta: twin}
+
+    device = resolve_device(args.device)
+    models = ModelShelf(choices, load, device, args.tta, args.max_models)
+    models.separator(models.default)  # the default loads now: a bad checkpoint is an error at once
+    if device.type == "cpu" and args.jobs > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // args.jobs))  # not oversubscribed
     limits = Limits(
         max_bytes=int(args.max_upload_mb * 2**20),
@@ -97,14 +111,15 @@ def run(args: argparse.Namespace) -> int:
         max_files=args.max_files,
         keep_seconds=args.keep_minutes * 60,
     )
-    jobs = JobQueue(separator, limits, workers=args.jobs, root=args.workdir, twin=twin)
+    jobs = JobQueue(models, limits, workers=args.jobs, root=args.workdir)
     try:  # from here on, any way out deletes the jobs' folders
         _log_to_stderr()
         app = create_app(jobs, allowed_hosts=LOCAL_HOSTS if local else None)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         shown = f"[{args.host}]" if ":" in args.host else args.host
+        offered = f"model {choices[0].name}" if len(choices) == 1 else f"models {', '.join(models.choices)}"
         print(
-            f"bsmamba2 serve: http://{shown}:{port}/ (model {separator.name} on {separator.device}, "
+            f"bsmamba2 serve: http://{shown}:{port}/ ({offered} on {device}, "
             f"{args.jobs} job(s) at a time); Ctrl+C stops it and deletes every job's files",
             flush=True,
         )
@@ -121,13 +136,23 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     p = subparsers.add_parser(
         "serve",
         help=summary,
-        description="Start a local web page for separating files: choose or drop audio files, follow "
-        "each file's progress, play and download the stems. Listens on 127.0.0.1 (this machine only) "
-        "unless --host says otherwise. Needs the web extra: pip install 'bsmamba2[web]'.",
+        description="Start a local web page for separating files: choose or drop audio files, pick a "
+        "model, follow each file's progress, play and download the stems. The page offers every "
+        "--checkpoint and --model given (with none: $BSMAMBA2_CHECKPOINT and every known checkpoint); "
+        "each loads when first used. Listens on 127.0.0.1 (this machine only) unless --host says "
+        "otherwise. Needs the web extra: pip install 'bsmamba2[web]'.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s; 0: any free one)")
-    add_separator_options(p)
+    add_separator_options(p, many_models=True)
+    p.add_argument(
+        "--max-models",
+        type=int,
+        default=2,
+        metavar="N",
+        help="models kept loaded at once; loading one more drops the least recently used "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--jobs",
         type=int,

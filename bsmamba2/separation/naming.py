@@ -14,6 +14,12 @@ DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
 FIELDS = "{track} {stem} {ext} {model}"
 
 
+def output_names(stems: Sequence[str]) -> list[str]:
+    """What a separation gives for a model's ``stems``: those, plus the accompaniment for a
+    one-stem model."""
+    return [*stems, ACCOMPANIMENT] if len(stems) == 1 else list(stems)
+
+
 def output_paths(
     path: str | os.PathLike,
     outdir: str | os.PathLike,

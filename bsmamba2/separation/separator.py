@@ -47,7 +47,7 @@ from bsmamba2.separation.engine import (
     SegmentStream,
 )
 from bsmamba2.separation.files import SeparatedFile
-from bsmamba2.separation.naming import ACCOMPANIMENT, DEFAULT_TEMPLATE, output_paths
+from bsmamba2.separation.naming import ACCOMPANIMENT, DEFAULT_TEMPLATE, output_names, output_paths
 from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
 from bsmamba2.separation.progress import ProgressCallback, ProgressReporter
 
@@ -178,7 +178,7 @@ class Separator:
     @property
     def outputs(self) -> list[str]:
         """Every stem name :meth:`separate` returns."""
-        return [*self.stems, ACCOMPANIMENT] if len(self.stems) == 1 else list(self.stems)
+        return output_names(self.stems)
 
     # -- streaming --------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ from starlette.staticfiles import StaticFiles
 
 from bsmamba2.audio.io import AUDIO_SUFFIXES, BIT_DEPTHS, DEFAULT_BITRATES, FORMATS, LOSSY
 from bsmamba2.errors import EXTRAS
-from bsmamba2.web.jobs import JobError, JobQueue
+from bsmamba2.web.errors import JobError
+from bsmamba2.web.jobs import JobQueue
 
 log = logging.getLogger("bsmamba2.serve")
 CSRF_HEADER = "x-bsmamba2"
@@ -45,7 +46,7 @@ def _error(message: str, status: int = 400) -> JSONResponse:
 
 def create_app(jobs: JobQueue, allowed_hosts: list[str] | None = None) -> Starlette:
     """The app serving ``jobs``; ``allowed_hosts`` the Host names accepted (None: any)."""
-    separator = jobs.separator
+    models = jobs.models
     static = resources.files("bsmamba2.web") / "static"
 
     def job_of(request: Request):
@@ -58,16 +59,17 @@ def create_app(jobs: JobQueue, allowed_hosts: list[str] | None = None) -> Starle
         limits = jobs.limits
         return JSONResponse(
             {
-                "model": separator.name,
-                "device": str(separator.device),
-                "stems": separator.outputs,
+                "model": models.default,
+                "models": models.describe(),
+                "device": str(models.device),
+                "stems": list(models.choice(models.default).outputs),
                 "formats": list(FORMATS),
                 "bit_depths": list(BIT_DEPTHS),
                 "bit_depth_formats": [f for f in FORMATS if f not in LOSSY],
                 "bitrate_formats": list(DEFAULT_BITRATES),
-                "tta": separator.tta,
+                "tta": models.tta,
                 "picture": all(importlib.util.find_spec(m) is not None for m in EXTRAS["plot"]),
-                "tta_choice": len(jobs.separators) == 2,
+                "tta_choice": models.tta_choice,
                 "suffixes": sorted(AUDIO_SUFFIXES),
                 "limits": {
                     "max_bytes": limits.max_bytes,

@@ -2,9 +2,10 @@
 
 A :class:`Job` is one press of *Separate*: its own temporary folder holding the uploads
 (saved as ``input-N.<suffix>``, never under the name the browser sent) and the stems, and
-the state the page polls. :class:`JobQueue` shares one loaded :class:`Separator` between
-its worker threads (one on a GPU, as many as configured on the CPU), enforces the upload
-limits, reports per-file progress from the Separator's ``on_progress`` callback, and
+the state the page polls. :class:`JobQueue` shares the models of a
+:class:`~bsmamba2.web.models.ModelShelf` (each loaded on first use; each job names its model)
+between its worker threads (one on a GPU, as many as configured on the CPU), enforces the
+upload limits, reports per-file progress from the Separator's ``on_progress`` callback, and
 removes each job's folder when its zip was downloaded, when the user deletes it, when its
 retention time is over, or when the server stops. Nothing here knows about HTTP.
 """
@@ -36,18 +37,12 @@ from bsmamba2.audio import open_audio, subtype_for
 from bsmamba2.audio.io import AUDIO_SUFFIXES, FORMATS, compression_level
 from bsmamba2.errors import BSMamba2Error, require_extra
 from bsmamba2.separation import Progress, Separator
+from bsmamba2.web.errors import JobError
+from bsmamba2.web.models import ModelShelf
 
 log = logging.getLogger("bsmamba2.serve")
 
 PEAK_POINTS = 600  # bars in a stem's waveform picture
-
-
-class JobError(BSMamba2Error):
-    """A request the server refuses (bad option, limit exceeded, unknown job): one line for the page."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class Cancelled(Exception):
@@ -94,18 +89,24 @@ class Options:
     start: float = 0.0  # a preview: seconds from ``start`` on, ``duration`` long (None: to the end)
     duration: float | None = None
     tta: bool | None = None  # None: the server's setting
+    model: str = ""  # the name of the model that separates (ModelShelf)
 
     @classmethod
-    def parse(cls, raw: dict, separator: Separator) -> Options:
-        """Options from the page's JSON, checked against the model's stems and the formats."""
-        stems = raw.get("stems", separator.outputs)
+    def parse(cls, raw: dict, models: ModelShelf) -> Options:
+        """Options from the page's JSON, checked against the models, the chosen model's stems
+        and the formats."""
+        model = raw.get("model", models.default)
+        if not isinstance(model, str):
+            raise JobError(f"model must be a model's name, got {model!r}")
+        outputs = models.choice(model).outputs
+        stems = raw.get("stems", list(outputs))
         if not isinstance(stems, list) or not all(isinstance(s, str) for s in stems):
             raise JobError("stems must be a list of names")
         if not stems:
             raise JobError("choose at least one stem")
-        unknown = [s for s in stems if s not in separator.outputs]
+        unknown = [s for s in stems if s not in outputs]
         if unknown:
-            raise JobError(f"unknown stem {unknown[0]!r} (this model gives: {', '.join(separator.outputs)})")
+            raise JobError(f"unknown stem {unknown[0]!r} (this model gives: {', '.join(outputs)})")
         fmt = raw.get("format", "wav")
         if fmt not in FORMATS:
             raise JobError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -125,6 +126,8 @@ class Options:
         tta = raw.get("tta")
         if tta not in (None, True, False):
             raise JobError(f"tta must be true or false, got {tta!r}")
+        if tta is not None and tta != models.tta and not models.tta_choice:
+            raise JobError(f"this server runs with TTA {'on' if models.tta else 'off'} only")
         picture = bool(raw.get("picture", False))
         if picture:
             try:
@@ -132,7 +135,8 @@ class Options:
             except BSMamba2Error as exc:
                 raise JobError(str(exc)) from None
         duration = None if duration is None else float(duration)
-        return cls(tuple(dict.fromkeys(stems)), fmt, bit_depth, bitrate, picture, float(start), duration, tta)
+        return cls(tuple(dict.fromkeys(stems)), fmt, bit_depth, bitrate, picture, float(start), duration, tta,
+                   model)
 
 
 def _is_number(value: object) -> bool:
@@ -249,15 +253,16 @@ class Upload:
 
 
 class JobQueue:
-    """Jobs of one server: one loaded :class:`Separator`, ``workers`` threads (1 on a GPU).
+    """Jobs of one server: the models of a :class:`~bsmamba2.web.models.ModelShelf` (or one
+    loaded :class:`Separator`), ``workers`` threads (1 on a GPU).
 
-    ``twin``, if given, is a Separator of the same model with the other ``tta`` setting,
-    for the jobs that ask for it.
+    ``twin``, with a Separator, is one of the same model with the other ``tta`` setting, for
+    the jobs that ask for it.
     """
 
     def __init__(
         self,
-        separator: Separator,
+        models: ModelShelf | Separator,
         limits: Limits = Limits(),
         workers: int = 1,
         root: str | Path | None = None,
@@ -266,12 +271,11 @@ class JobQueue:
     ) -> None:
         if workers < 1:
             raise BSMamba2Error(f"--jobs must be at least 1, got {workers}")
-        if separator.device.type != "cpu" and workers > 1:
-            raise BSMamba2Error(f"one job at a time on {separator.device}: --jobs applies to the CPU only")
-        self.separator, self.limits, self.clock = separator, limits, clock
-        self.separators = {separator.tta: separator}
-        if twin is not None:
-            self.separators[twin.tta] = twin
+        if isinstance(models, Separator):
+            models = ModelShelf.of(models, twin)
+        if models.device.type != "cpu" and workers > 1:
+            raise BSMamba2Error(f"one job at a time on {models.device}: --jobs applies to the CPU only")
+        self.models, self.limits, self.clock = models, limits, clock
         if root is not None:
             Path(root).mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="bsmamba2-serve-", dir=root))
@@ -290,9 +294,7 @@ class JobQueue:
     # -- jobs -------------------------------------------------------------------------------
 
     def create(self, raw_options: dict) -> Job:
-        options = Options.parse(raw_options, self.separator)
-        if options.tta is not None and options.tta not in self.separators:
-            raise JobError(f"this server runs with TTA {'on' if self.separator.tta else 'off'} only")
+        options = Options.parse(raw_options, self.models)
         job_id = secrets.token_urlsafe(12)
         folder = self.root / job_id
         folder.mkdir()
@@ -372,6 +374,7 @@ class JobQueue:
     def state(self, job: Job) -> dict:
         return {
             "id": job.id,
+            "model": job.options.model,
             "status": job.status,
             "ahead": self.position(job),
             "files": [f.state() for f in job.files],
@@ -428,12 +431,15 @@ class JobQueue:
                 raise BSMamba2Error(self.too_long(entry.name, None))
             entry.stage, entry.done, entry.total = report.stage, report.done, report.total
 
-        entry.status, start = "separating", time.perf_counter()
+        entry.status = "separating"
         outdir = job.folder / f"output-{entry.index}"
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                separator = self.separators[self.separator.tta if options.tta is None else options.tta]
+                if not self.models.is_loaded(options.model):
+                    entry.stage = "loading the model"
+                separator = self.models.separator(options.model, options.tta)
+                start = time.perf_counter()  # the separation's own time, without the loading
                 paths = separator.separate_file(
                     entry.path,
                     outdir,

@@ -19,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
-from bsmamba2 import Separator
+from bsmamba2 import BSMamba2, Separator, save_model
 from bsmamba2.cli import serve
 from bsmamba2.cli.main import main
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.web.jobs import JobQueue, Limits
+from bsmamba2.web.models import ModelChoice, ModelShelf
+from tests.helpers.configs import MICRO
 from tests.helpers.models import MaskModel
 from tests.helpers.web import CSRF, request, serving, tones, wait_for
 
@@ -192,3 +195,61 @@ def test_the_command_serves_and_ctrl_c_deletes_everything(tmp_path):
         _, err = server.communicate(timeout=60)
     assert server.returncode == 0, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_page_offers_each_model_and_refuses_an_unknown_one(tmp_path):
+    def load(choice):
+        gain = {"quiet": 0.25, "loud": 0.5}[choice.name]
+        return {False: Separator(MaskModel(gain=gain), device="cpu", segment=0.5, progress=False)}
+
+    choices = [ModelChoice(name, f"{name}.ckpt", "mamba2", ("vocals", "accompaniment"), 1000) for name in ("quiet", "loud")]
+    jobs = JobQueue(ModelShelf(choices, load, torch.device("cpu"), tta_choice=False), root=tmp_path)
+    with serving(jobs) as url:
+        status, info = api("GET", f"{url}/api/info")
+        assert status == 200 and info["model"] == "quiet" and info["stems"] == ["vocals", "accompaniment"]
+        assert info["models"] == [
+            {"name": name, "mixer": "mamba2", "size": 1000, "cached": True, "loaded": False,
+             "stems": ["vocals", "accompaniment"]} for name in ("quiet", "loud")
+        ]
+        assert api("POST", f"{url}/api/jobs", {"model": "nope"}) == (
+            400, {"error": "unknown model 'nope' (this server offers: quiet, loud)"}
+        )
+        status, job = api("POST", f"{url}/api/jobs", {"model": "loud"})
+        assert status == 201 and job["model"] == "loud"
+        jobs_url = f"{url}/api/jobs/{job['id']}"
+        data, audio = wav_bytes(0.5, 3)
+        assert api("PUT", f"{jobs_url}/files?name=a.wav", data)[0] == 201
+        api("POST", f"{jobs_url}/start")
+        wait_for(lambda: api("GET", jobs_url)[1]["status"] == "done", 60, "the job")
+        vocals = sf.read(io.BytesIO(request("GET", f"{jobs_url}/files/0/stems/vocals")[2]), dtype="float32")[0]
+        np.testing.assert_allclose(vocals, 0.5 * audio.T, atol=1e-5)  # the loud model's mask
+        assert [m["loaded"] for m in api("GET", f"{url}/api/info")[1]["models"]] == [False, True]
+
+
+def test_the_command_serves_several_models_and_loads_each_when_asked(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    micro = save_model(BSMamba2(MICRO), tmp_path / "micro.safetensors")
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "bsmamba2", "serve", "--checkpoint", str(root / "tests/data/tiny.ckpt")]
+    command += ["--checkpoint", str(micro), "--max-models", "1", "--device", "cpu", "--port", "0"]
+    command += ["--workdir", str(tmp_path / "work"), "--compile", "no"]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        url = re.match(r"bsmamba2 serve: (http://127\.0\.0\.1:\d+)/ \(models tiny, micro on cpu, 1 job", line)
+        assert url, line + server.stderr.read() if server.poll() is not None else line
+        models = api("GET", f"{url[1]}/api/info")[1]["models"]
+        assert [(m["name"], m["mixer"], m["loaded"]) for m in models] == [("tiny", "mamba2", True), ("micro", "mamba2", False)]
+        assert models[1]["size"] == micro.stat().st_size and models[1]["stems"] == ["vocals", "accompaniment"]
+        _, job = api("POST", f"{url[1]}/api/jobs", {"model": "micro"})
+        jobs_url = f"{url[1]}/api/jobs/{job['id']}"
+        api("PUT", f"{jobs_url}/files?name=a.wav", wav_bytes(0.5, 5)[0])
+        api("POST", f"{jobs_url}/start")
+        state = wait_for(lambda: (s := api("GET", jobs_url)[1])["status"] == "done" and s, 120, "the job")
+        assert state["model"] == "micro" and state["files"][0]["status"] == "done"
+        models = api("GET", f"{url[1]}/api/info")[1]["models"]
+        assert [m["loaded"] for m in models] == [False, True]  # --max-models 1: tiny made room
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err

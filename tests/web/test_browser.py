@@ -1,8 +1,8 @@
 """``bsmamba2 serve`` in a real browser: headless Chromium (Debian's ``chromium``, driven by
-Playwright without a browser download) uploads a generated song and a broken file,
-separates a preview of the song with the small test model, plays and downloads the stems
-and the zip, cancels a second job; the files must have the preview's length and the input's
-rate and pass the null test. A screenshot goes to the test's folder,
+Playwright without a browser download) picks the small test model among two, uploads a
+generated song and a broken file, separates a preview of the song with it, plays and
+downloads the stems and the zip, cancels a second job; the files must have the preview's
+length and the input's rate and pass the null test. A screenshot goes to the test's folder,
 and to ``$BSMAMBA2_SCREENSHOT`` when set (how docs/serve.png is made)."""
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
-from bsmamba2 import Separator
+from bsmamba2 import BSMamba2, Separator, save_model
 from bsmamba2.web.jobs import JobQueue
+from bsmamba2.web.models import ModelChoice, ModelShelf, model_choices
+from tests.helpers.configs import MICRO
 from tests.helpers.web import serving, tones
 
 CHROMIUM = os.environ.get("BSMAMBA2_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -50,11 +53,22 @@ def _browser_or_skip():
     return sync_playwright
 
 
+def load(choice: ModelChoice) -> dict[bool, Separator]:
+    """A model and its TTA twin sharing it, as serve loads them."""
+    separator = Separator(choice.weights, device="cpu", progress=False, compile=False)
+    twin = Separator(separator.model, device="cpu", progress=False, compile=False, tta=True)
+    separator.name = twin.name = choice.name
+    return {False: separator, True: twin}
+
+
 @pytest.fixture
 def site(tmp_path, data_dir):
-    separator = Separator(data_dir / "tiny.ckpt", device="cpu", progress=False, compile=False)
-    twin = Separator(separator.model, device="cpu", progress=False, compile=False, tta=True)  # as serve does
-    jobs = JobQueue(separator, root=tmp_path / "server", twin=twin)
+    """Two models to pick from: a two-stem micro model (the default, never loaded here) and
+    the tiny official checkpoint."""
+    config = MICRO.replace(n_stems=2, targets=("drums", "bass"))
+    micro = save_model(BSMamba2(config), tmp_path / "micro-drums.safetensors")
+    choices = model_choices([str(micro), str(data_dir / "tiny.ckpt")])
+    jobs = JobQueue(ModelShelf(choices, load, torch.device("cpu")), root=tmp_path / "server")
     with serving(jobs) as url:
         yield url, jobs
 
@@ -77,7 +91,14 @@ def test_separate_play_and_download_in_chromium(site, tmp_path):
         page.on("pageerror", lambda e: problems.append(str(e)))
         page.on("request", lambda r: r.url.startswith(url) or r.url.startswith("data:") or foreign.append(r.url))
         page.goto(url)
+        page.wait_for_selector("#model:has-text('model micro-drums on cpu')")
+        assert page.inner_text("#stems").split() == ["Stems", "drums", "bass"]  # the default model's stems
+        offered = [o.strip() for o in page.eval_on_selector_all("#model-choice option", "os => os.map(o => o.text)")]
+        kilobytes = -(-jobs.models.choice("micro-drums").size // 1024)
+        assert offered == [f"micro-drums — mamba2, {kilobytes} KB, cached", "tiny — mamba2, 13 MB, cached"]
+        page.select_option("#model-choice", "tiny")
         page.wait_for_selector("#model:has-text('model tiny on cpu')")
+        assert page.inner_text("#stems").split() == ["Stems", "vocals", "accompaniment"]
         page.set_input_files("#files", [str(song), str(broken)])
         page.fill("#start", "0:01")  # a preview: 1.5 s from 1 s on
         page.fill("#duration", "1.5")
@@ -86,6 +107,8 @@ def test_separate_play_and_download_in_chromium(site, tmp_path):
         refused = page.inner_text(".file:has-text('broken.wav') .line.error")
         assert refused.startswith("broken.wav: not a readable audio file (") and "\n" not in refused
         assert page.inner_text(".job .status") == "done"
+        assert page.inner_text(".job .title") == "2 file(s), model tiny"
+        page.wait_for_selector("#model-choice option:has-text('tiny — mamba2, 13 MB, loaded')", state="attached")
         assert "1.5 s of audio in" in page.inner_text(".file:has-text('my song.wav') .line")
 
         played = page.evaluate(
@@ -135,6 +158,7 @@ def test_separate_play_and_download_in_chromium(site, tmp_path):
     # Both jobs are forgotten at once; the zip download removed the first one's folder, the
     # cancelled one's goes when the block it is on is done (close waits for that).
     assert jobs.jobs == {} and len(list(jobs.root.iterdir())) <= 1
+    assert [m["loaded"] for m in jobs.models.describe()] == [False, True]  # only the model picked loaded
     jobs.close()
     assert not jobs.root.exists()
 

@@ -15,8 +15,10 @@ import soundfile as sf
 import torch
 
 from bsmamba2 import Separator
+from bsmamba2.checkpoint.io import CheckpointError
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.web.jobs import JobError, JobQueue, Limits, display_name, waveform_peaks
+from bsmamba2.web.models import ModelChoice, ModelShelf
 from tests.helpers.models import MaskModel
 from tests.helpers.web import tones, wait_for
 
@@ -382,3 +384,70 @@ def test_a_picture_without_the_plot_extra_is_one_line(make_queue, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
     with pytest.raises(JobError, match=r"^the spectrogram picture needs matplotlib, which is not installed: pip install 'bsmamba2\[plot\]'$"):
         make_queue().create({"picture": True})
+
+
+def two_models(load) -> ModelShelf:
+    """quiet (a vocals model) first, then two (drums and bass), on the CPU."""
+    choices = [ModelChoice("quiet", "quiet.ckpt", "mamba2", ("vocals", "accompaniment")),
+               ModelChoice("two", "two.ckpt", "mamba", ("drums", "bass"))]
+    return ModelShelf(choices, load, torch.device("cpu"), tta_choice=False)
+
+
+def test_each_job_names_its_model_and_each_model_loads_once(tmp_path):
+    loads = []
+
+    def load(choice):
+        loads.append(choice.name)
+        model = MaskModel(gain=0.25) if choice.name == "quiet" else MaskModel(n_stems=2, targets=("drums", "bass"))
+        return {False: Separator(model, device="cpu", segment=0.5, progress=False)}
+
+    jobs = JobQueue(two_models(load), root=tmp_path)
+    path, audio = song(tmp_path, 0.6)
+    outputs = []
+    for model in (None, "two", "quiet", "two"):
+        job = jobs.create({} if model is None else {"model": model})
+        add(jobs, job, path)
+        jobs.start(job)
+        wait_for(lambda job=job: finished(job), 60, "the job")
+        assert jobs.state(job)["model"] == (model or "quiet") and job.files[0].status == "done"
+        outputs.append({stem: sf.read(p, dtype="float32", always_2d=True)[0] for stem, p in job.files[0].outputs.items()})
+    jobs.close()
+    assert loads == ["quiet", "two"]  # on first use, then shared
+    for got in (outputs[0], outputs[2]):
+        np.testing.assert_allclose(got["vocals"], 0.25 * audio.T, atol=1e-5)
+    for got in (outputs[1], outputs[3]):
+        assert list(got) == ["drums", "bass"]
+        np.testing.assert_allclose(got["bass"], 2 * audio.T, atol=1e-5)  # MaskModel: stem i is (i + 1) × the input
+
+
+def test_an_unknown_model_or_another_models_stem_is_refused(tmp_path):
+    jobs = JobQueue(two_models(lambda choice: pytest.fail("nothing loads for a refused job")), root=tmp_path)
+    with pytest.raises(JobError, match=r"^unknown model 'nope' \(this server offers: quiet, two\)$") as e:
+        jobs.create({"model": "nope"})
+    assert e.value.status == 400
+    with pytest.raises(JobError, match=r"^unknown stem 'vocals' \(this model gives: drums, bass\)$"):
+        jobs.create({"model": "two", "stems": ["vocals"]})
+    with pytest.raises(JobError, match=r"^model must be a model's name, got 3$"):
+        jobs.create({"model": 3})
+    assert jobs.create({"model": "two", "stems": ["bass"]}).options.stems == ("bass",)
+    jobs.close()
+    cuda = ModelShelf(list(jobs.models.choices.values()), lambda c: {}, torch.device("cuda"))
+    with pytest.raises(BSMamba2Error, match="one job at a time on cuda"):
+        JobQueue(cuda, workers=2, root=tmp_path)
+
+
+def test_a_model_that_fails_to_load_fails_its_files_with_one_line(tmp_path, caplog):
+    def load(choice):
+        raise CheckpointError(f"{choice.weights}: not a readable PyTorch checkpoint, truncated or corrupt")
+
+    jobs = JobQueue(two_models(load), root=tmp_path)
+    job = jobs.create({"model": "two"})
+    add(jobs, job, song(tmp_path, 0.3)[0])
+    with caplog.at_level(logging.ERROR, logger="bsmamba2.serve"):
+        jobs.start(job)
+        wait_for(lambda: finished(job), 60, "the job")
+    (entry,) = job.files
+    assert (job.status, entry.status) == ("done", "error")
+    assert entry.error == "two.ckpt: not a readable PyTorch checkpoint, truncated or corrupt"
+    assert entry.error in caplog.text
+    jobs.close()

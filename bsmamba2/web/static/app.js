@@ -57,7 +57,7 @@ function options() {
   const stems = [...document.querySelectorAll("#stems input:checked")].map((box) => box.value);
   const value = (id) => ($(id).disabled ? null : $(id).value || null);
   const bitrate = value("#bitrate");
-  return { stems, format: $("#format").value, bit_depth: value("#bit-depth"), bitrate: bitrate && Number(bitrate),
+  return { model: $("#model-choice").value, stems, format: $("#format").value, bit_depth: value("#bit-depth"), bitrate: bitrate && Number(bitrate),
     picture: $("#picture").checked, tta: $("#tta").checked, start: parseTime($("#start").value, "start") || 0,
     duration: parseTime($("#duration").value, "length") };
 }
@@ -69,11 +69,36 @@ function formatChanged() {
   $("#bitrate").disabled = !info.bitrate_formats.includes(format);
 }
 
+// "tiny — mamba2, 13 MB, loaded": what the picker says of each model before it is chosen.
+function describe(model) {
+  const where = model.loaded ? "loaded" : model.cached ? "cached" : "downloaded on first use";
+  const size = model.size === null ? "" : model.size < 2 ** 20 ? `, ${Math.ceil(model.size / 1024)} KB` : `, ${megabytes(model.size)}`;
+  return `${model.name} — ${model.mixer}${size}, ${where}`;
+}
+
+// After a job the server may hold other models loaded: the picker's labels follow.
+async function refreshModels() {
+  const fresh = await api("GET", "/api/info").catch(() => null);
+  if (!fresh) return;
+  info.models = fresh.models;
+  for (const option of $("#model-choice").options) {
+    option.textContent = describe(info.models.find((m) => m.name === option.value));
+  }
+}
+
+// The stems to choose from are the chosen model's.
+function modelChanged() {
+  const model = info.models.find((m) => m.name === $("#model-choice").value);
+  $("#stems").replaceChildren(element("span", { class: "label", text: "Stems" }), ...model.stems.map((stem) =>
+    element("label", {}, element("input", { type: "checkbox", value: stem, checked: "" }), ` ${stem}`)));
+  $("#model").textContent = `model ${model.name} on ${info.device}`;
+}
+
 async function setUp() {
   info = await api("GET", "/api/info");
-  for (const stem of info.stems) {
-    $("#stems").append(element("label", {}, element("input", { type: "checkbox", value: stem, checked: "" }), ` ${stem}`));
-  }
+  $("#model-choice").append(...info.models.map((m) => element("option", { value: m.name, text: describe(m) })));
+  $("#model-choice").value = info.model;
+  $("#model-choice").addEventListener("change", modelChanged);
   $("#format").append(...info.formats.map((f) => element("option", { value: f, text: f })));
   $("#bit-depth").append(...info.bit_depths.map((d) => element("option", { value: d, text: d })));
   $("#bitrate").append(...[96, 128, 192, 256, 320].map((k) => element("option", { value: k, text: `${k} kbps` })));
@@ -98,18 +123,19 @@ async function setUp() {
     choose([...event.dataTransfer.files]);
   });
   $("#separate").addEventListener("click", separate);
-  $("#model").textContent = `model ${info.model} on ${info.device}`;  // last: the page is ready
+  modelChanged();  // last: the page is ready
 }
 
 // -- one job -------------------------------------------------------------------------------
 
 class JobCard {
-  constructor(files) {
+  constructor(files, model) {
     this.rows = files.map((file) => ({ file, index: null, el: element("div", { class: "file" }), shown: false }));
     this.status = element("span", { class: "status", text: "uploading…" });
     this.message = element("p", { class: "error" });
     this.actions = element("div", { class: "actions" });
-    this.el = element("article", { class: "job" }, element("h2", {}, element("span", { text: `${files.length} file(s)` }), this.status),
+    const title = element("span", { class: "title", text: `${files.length} file(s), model ${model}` });
+    this.el = element("article", { class: "job" }, element("h2", {}, title, this.status),
       this.message, ...this.rows.map((row) => row.el), this.actions);
     for (const row of this.rows) row.el.append(element("div", { class: "name", text: row.file.name }), element("div", { class: "line" }));
     $("#jobs").prepend(this.el);
@@ -179,6 +205,7 @@ class JobCard {
     }
     if (state.status === "done" && !this.finished) {
       this.finished = true;
+      refreshModels();
       this.actions.replaceChildren();
       if (state.files.some((f) => f.status === "done")) {
         const zip = element("a", { class: "button", href: `/api/jobs/${this.id}/zip`, download: "", text: "Download all (zip)" });
@@ -290,7 +317,7 @@ async function separate() {
   const files = chosen;
   chosen = [];
   choose([]);
-  const card = new JobCard(files);
+  const card = new JobCard(files, opts.model);
   try {
     await card.run(opts);
   } catch (error) {
