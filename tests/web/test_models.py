@@ -118,3 +118,16 @@ def test_a_shelf_of_one_loaded_model_keeps_it():
     ]
     assert shelf.separator("bsmamba2") is separator and shelf.separator("bsmamba2", tta=True) is twin
     assert not ModelShelf.of(separator).tta_choice
+
+
+def test_a_url_checkpoint_is_fetched_at_start_and_named_after_its_file(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("BSMAMBA2_CACHE", str(tmp_path / "cache"))
+    saved = save_model(BSMamba2(MICRO.replace(mixer="mamba", d_state=4)), tmp_path / "x.safetensors")
+    server.files["/people/mine.safetensors"] = saved.read_bytes()
+    url = server.url.replace("/weights.ckpt", "/people/mine.safetensors")
+    (choice,) = model_choices([url])
+    assert (choice.name, choice.weights, choice.mixer, choice.size, choice.cached) == (
+        "mine", url, "mamba", saved.stat().st_size, True
+    )
+    asked = len(server.requests)
+    assert model_choices([url])[0].name == "mine" and len(server.requests) == asked  # from the cache
