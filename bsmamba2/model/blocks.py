@@ -27,7 +27,9 @@ class BidirectionalMamba(nn.Module):
     """x + merge([fwd(x), flip(bwd(flip(x)))]) over the sequence axis of (batch, length, dim).
 
     The merge is the official 1×1 ConvTranspose1d (weight [2·dim, dim, 1]), applied as a
-    matrix product.
+    matrix product. A mixer with a ``reverse`` attribute (Mamba-2) is made the mixer of the
+    reversed sequence instead: the backward block then needs no flipped copies (every part
+    of a block but the mixer works step by step).
     """
 
     def __init__(self, cfg: BSMamba2Config) -> None:
@@ -35,9 +37,13 @@ class BidirectionalMamba(nn.Module):
         self.forward_blocks = nn.ModuleList([MambaBlock(cfg)])
         self.backward_blocks = nn.ModuleList([MambaBlock(cfg)])
         self.linear = nn.ConvTranspose1d(2 * cfg.dim, cfg.dim, 1)
+        backward_mixer = self.backward_blocks[0].mixer
+        self.reverses = hasattr(backward_mixer, "reverse")
+        if self.reverses:
+            backward_mixer.reverse = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fwd = self.forward_blocks[0](x)
-        bwd = self.backward_blocks[0](x.flip(1)).flip(1)
+        bwd = self.backward_blocks[0](x) if self.reverses else self.backward_blocks[0](x.flip(1)).flip(1)
         merged = torch.cat([fwd, bwd], dim=-1)
         return x + nn.functional.linear(merged, self.linear.weight[:, :, 0].t(), self.linear.bias)

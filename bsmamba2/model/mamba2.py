@@ -21,7 +21,10 @@ class Mamba2(nn.Module):
 
     ``in_proj`` yields z | x | B | C | dt; B and C are shared by the heads of a group.
     ``recompute`` (see :func:`bsmamba2.model.mixers.set_recompute`) trades backward time for
-    activation memory while gradients are recorded; it changes no result.
+    activation memory while gradients are recorded; it changes no result. ``reverse`` makes it
+    the mixer of the reversed sequence, in the sequence's own order (flip, mix, flip), as the
+    backward direction of a bidirectional module: only the conv and the scan see the order
+    of the steps, and the kernels walk it backwards, so nothing is flipped on the GPU.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class Mamba2(nn.Module):
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
         self.recompute = "none"
+        self.reverse = False
 
     @staticmethod
     def infer_options(
@@ -77,6 +81,11 @@ class Mamba2(nn.Module):
         return self._mix(u)
 
     def _mix(self, u: torch.Tensor) -> torch.Tensor:
+        if self.reverse and not ops.reverses_in_kernels(u):
+            return self._mix_along(u.flip(1), reverse=False).flip(1)
+        return self._mix_along(u, self.reverse)
+
+    def _mix_along(self, u: torch.Tensor, reverse: bool) -> torch.Tensor:
         b, length, _ = u.shape
         gn = self.ngroups * self.d_state
         sizes = [self.d_inner, self.d_inner + 2 * gn, self.nheads]
@@ -90,7 +99,7 @@ class Mamba2(nn.Module):
             z, xbc, dt = (nn.functional.linear(u, w) for w in self.in_proj.weight.split(sizes))
         else:
             z, xbc, dt = self.in_proj(u).split(sizes, -1)
-        xbc = ops.causal_conv1d(xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
+        xbc = ops.causal_conv1d(xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", reverse=reverse)
         x, B, C = ops.split_channels(xbc, [self.d_inner, gn, gn])
         y = ops.ssd_scan(
             x.reshape(b, length, self.nheads, self.headdim),
@@ -101,6 +110,7 @@ class Mamba2(nn.Module):
             self.D,
             dt_bias=self.dt_bias,
             dt_softplus=True,
+            reverse=reverse,
         )
         y = self.norm(y.reshape(b, length, self.d_inner), z)
         return self.out_proj(y)

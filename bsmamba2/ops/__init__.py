@@ -32,8 +32,16 @@ How to add a mixer: see :mod:`bsmamba2.model.mixers`.
 """
 
 from bsmamba2.ops.backend import KernelBackendError, active_backend, requested_backend, use_backend
-from bsmamba2.ops.dispatch import causal_conv1d, gated_rms_norm, mamba3_scan, selective_scan, ssd_scan
+from bsmamba2.ops.dispatch import (
+    causal_conv1d,
+    gated_rms_norm,
+    mamba3_scan,
+    reverses_in_kernels,
+    selective_scan,
+    ssd_scan,
+)
 from bsmamba2.ops.split import split_channels
 
 __all__ = ["KernelBackendError", "active_backend", "causal_conv1d", "gated_rms_norm", "mamba3_scan",
-           "requested_backend", "selective_scan", "split_channels", "ssd_scan", "use_backend"]
+           "requested_backend", "reverses_in_kernels", "selective_scan", "split_channels", "ssd_scan",
+           "use_backend"]

@@ -44,22 +44,50 @@ def ssd_scan(
     dt_softplus: bool = False,
     initial_state: torch.Tensor | None = None,
     return_final_state: bool = False,
+    reverse: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Mamba-2 selective scan; see :func:`bsmamba2.ops.reference.ssd.ssd_scan` for the contract."""
-    return implementation("ssd", x).ssd_scan(
-        x, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
-        return_final_state=return_final_state,
-    )
+    """Mamba-2 selective scan; see :func:`bsmamba2.ops.reference.ssd.ssd_scan` for the contract.
+
+    ``reverse``: the scan of the sequences read from their last step to their first, returned
+    in their own order (= flip(scan(flip(...))) along the steps; the initial state enters at the
+    last step, the final state leaves at the first). The kernels walk the sequences backwards;
+    the reference is run on flipped copies.
+    """
+    impl = implementation("ssd", x)
+    if not reverse:
+        return impl.ssd_scan(x, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                             initial_state=initial_state, return_final_state=return_final_state)
+    if impl is not reference.ssd:
+        return impl.ssd_scan(x, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                             initial_state=initial_state, return_final_state=return_final_state, reverse=True)
+    out = impl.ssd_scan(x.flip(1), dt.flip(1), A, B.flip(1), C.flip(1), D, dt_bias=dt_bias,
+                        dt_softplus=dt_softplus, initial_state=initial_state,
+                        return_final_state=return_final_state)
+    return (out[0].flip(1), out[1]) if return_final_state else out.flip(1)
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  activation: str | None = None) -> torch.Tensor:
-    """Causal depthwise conv1d on (b, l, d); see :func:`bsmamba2.ops.reference.conv.causal_conv1d`."""
+                  activation: str | None = None, *, reverse: bool = False) -> torch.Tensor:
+    """Causal depthwise conv1d on (b, l, d); see :func:`bsmamba2.ops.reference.conv.causal_conv1d`.
+
+    ``reverse``: the conv of the reversed sequences, in their own order (anti-causal:
+    flip(conv(flip(x))) along the steps); the kernel reads backwards, the reference flips.
+    """
     impl = implementation("conv", x)
     if not 2 <= weight.shape[-1] <= 4 and requested_backend() == "auto":
         # the kernel covers widths 2–4 (Mamba-2 uses 4); auto serves others by reference
         impl = reference.conv
-    return impl.causal_conv1d(x, weight, bias, activation)
+    if not reverse:
+        return impl.causal_conv1d(x, weight, bias, activation)
+    if impl is not reference.conv:
+        return impl.causal_conv1d(x, weight, bias, activation, reverse=True)
+    return impl.causal_conv1d(x.flip(1), weight, bias, activation).flip(1)
+
+
+def reverses_in_kernels(t: torch.Tensor) -> bool:
+    """Whether the SSD scan and the conv walk sequences like ``t`` backwards themselves
+    (``reverse=True`` without flipped copies): the Triton kernels do, the reference flips."""
+    return implementation("ssd", t) is not reference.ssd and implementation("conv", t) is not reference.conv
 
 
 def gated_rms_norm(x: torch.Tensor, z: torch.Tensor | None, weight: torch.Tensor,

@@ -22,7 +22,7 @@ def _compare(fn, ref, inputs, dtype, **kwargs):
         weight = torch.randn(out.shape, device=DEVICE, dtype=torch.float64)
         got = torch.autograd.grad((out.double() * weight).sum(), leaves)
     doubles = [t.detach().double().requires_grad_() if t is not None else None for t in inputs]
-    truth = ref(*doubles, **kwargs)
+    truth = ref(*doubles, **{k: v for k, v in kwargs.items() if k != "reverse"})
     want = torch.autograd.grad((truth * weight).sum(), [t for t in doubles if t is not None])
     assert out.dtype == inputs[0].dtype
     assert_close("out", out, truth, dtype)
@@ -46,6 +46,22 @@ def test_causal_conv1d(length, width, activation, dtype):
     weight = torch.randn(CHANNELS, width, device=DEVICE, requires_grad=True)  # fp32, like the model
     bias = torch.randn(CHANNELS, device=DEVICE, requires_grad=True)
     _compare(causal_conv1d, reference.causal_conv1d, [x, weight, bias], dtype, activation=activation)
+
+
+@pytest.mark.parametrize(("length", "width", "dtype"), [(3, 4, torch.float32), (65, 3, torch.float32),
+                                                     (300, 4, torch.bfloat16)])
+def test_causal_conv1d_reverse(length, width, dtype):
+    """reverse=True: the kernels read and write backwards along the steps; the truth is the
+    reference on flipped copies (an anti-causal conv), gradients included."""
+    packed = torch.randn(2, length, CHANNELS + 24, device=DEVICE, dtype=dtype)
+    x = packed[..., 8 : 8 + CHANNELS].requires_grad_()
+    weight = torch.randn(CHANNELS, width, device=DEVICE, requires_grad=True)
+    bias = torch.randn(CHANNELS, device=DEVICE, requires_grad=True)
+
+    def flipped_reference(x, weight, bias, activation):
+        return reference.causal_conv1d(x.flip(1), weight, bias, activation).flip(1)
+
+    _compare(causal_conv1d, flipped_reference, [x, weight, bias], dtype, activation="silu", reverse=True)
 
 
 @pytest.mark.parametrize(("dtype", "bias", "channels_last"),

@@ -48,7 +48,8 @@ def _check(b, length, h, p, g, n, dtype, *, with_state=False, strided=False, dec
            **kw):
     """Compare outputs and input gradients with the float64 recurrence. baseline: allow each
     gradient the error of the fp32 PyTorch reference (strong decays make dA a sum of large
-    cancelling terms, which no fp32 computation resolves to 1e-4)."""
+    cancelling terms, which no fp32 computation resolves to 1e-4). reverse: the kernels walk
+    the sequences backwards, against the recurrence run on flipped copies."""
     x, dt, A, B, C, D, dt_bias = _inputs(b, length, h, p, g, n, dtype, strided=strided, decay=decay)
     D_arg = D if kw.get("use_d", True) else None
     bias_arg = dt_bias if kw.get("use_bias", True) else None
@@ -59,13 +60,19 @@ def _check(b, length, h, p, g, n, dtype, *, with_state=False, strided=False, dec
     named = {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D_arg, "dt_bias": bias_arg, "h0": h0}
     named = {k: t for k, t in named.items() if t is not None}
     leaves = list(named.values())
+    reverse = kw.get("reverse", False)
+
+    def steps(t):
+        return t.flip(1) if reverse else t
 
     y_true, fin_true = reference.ssd_scan_sequential(
-        x, dt, A, B, C, D_arg, dt_bias=bias_arg, dt_softplus=softplus, initial_state=h0)
+        steps(x), steps(dt), A, steps(B), steps(C), D_arg, dt_bias=bias_arg, dt_softplus=softplus,
+        initial_state=h0)
+    y_true = steps(y_true)
     gy, gf = torch.randn_like(y_true), torch.randn_like(fin_true)
     with poisoned_outputs():
         out = ssd_scan(x, dt, A, B, C, D_arg, dt_bias=bias_arg, dt_softplus=softplus,
-                       initial_state=h0, return_final_state=with_state)
+                       initial_state=h0, return_final_state=with_state, reverse=reverse)
         y, fin = out if with_state else (out, None)
         loss = (y.double() * gy).sum() + ((fin.double() * gf).sum() if with_state else 0)
         got = torch.autograd.grad(loss, leaves)
@@ -74,7 +81,8 @@ def _check(b, length, h, p, g, n, dtype, *, with_state=False, strided=False, dec
 
     slack = [0.0] * len(leaves)
     if baseline:
-        y32 = reference.ssd_scan(x, dt, A, B, C, D_arg, dt_bias=bias_arg, dt_softplus=softplus)
+        y32 = steps(reference.ssd_scan(steps(x), steps(dt), A, steps(B), steps(C), D_arg, dt_bias=bias_arg,
+                                       dt_softplus=softplus))
         ref32 = torch.autograd.grad((y32.double() * gy).sum(), leaves)
         slack = [2 * rel_err(r, w) for r, w in zip(ref32, want, strict=True)]
     assert y.dtype == x.dtype
@@ -117,6 +125,33 @@ def test_strided_views_and_strong_decay(length):
 @pytest.mark.parametrize("length", [33, 90])
 def test_without_d_bias_softplus(length):
     _check(*_shape_with(length), torch.float32, use_d=False, use_bias=False, softplus=False)
+
+
+@pytest.mark.parametrize("length", [7, 62, 200])
+def test_reverse(length):
+    """Backwards along the steps: one chunk (short kernel) and several (chunked kernels)."""
+    _check(*_shape_with(length), torch.float32, reverse=True)
+
+
+@pytest.mark.parametrize(("length", "dtype"), [(100, torch.float32), (257, torch.bfloat16)])
+def test_reverse_with_states_and_strided_views(length, dtype):
+    """The state enters at the last step and leaves at the first; x, B, C views of one tensor."""
+    _check(*_shape_with(length), dtype, reverse=True, with_state=True, strided=True)
+
+
+def test_reverse_through_the_dispatch_on_the_reference():
+    """ops.ssd_scan(reverse=True) served by the reference (flipped copies): the same contract."""
+    from bsmamba2 import ops
+
+    b, length, h, p, g, n = 2, 40, 2, 8, 1, 4
+    x, dt, A, B, C, D, dt_bias = (t.detach().double().cpu() for t in _inputs(b, length, h, p, g, n, torch.float32))
+    h0 = torch.randn(b, h, p, n, dtype=torch.float64)
+    kw = dict(dt_bias=dt_bias, dt_softplus=True, initial_state=h0)
+    with ops.use_backend("torch"):
+        y, fin = ops.ssd_scan(x, dt, A, B, C, D, **kw, return_final_state=True, reverse=True)
+    y_true, fin_true = reference.ssd_scan_sequential(x.flip(1), dt.flip(1), A, B.flip(1), C.flip(1), D, **kw)
+    assert rel_err(y, y_true.flip(1)) <= 1e-12
+    assert rel_err(fin, fin_true) <= 1e-12
 
 
 def test_matches_chunked_reference_model_layout():

@@ -52,6 +52,21 @@ def backward_ahead(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def along(reverse: bool, *tensors: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
+    """Pointers and strides of (batch, steps, ...) tensors for a kernel that walks the steps
+    t = 0, 1, ...: the tensors and their strides as they are, or with ``reverse`` a view
+    starting at the last step and the step stride negated, so that the kernel's step t is
+    step L − 1 − t: the kernel runs over the reversed sequences without a flipped copy."""
+    if not reverse:
+        return list(tensors), [s for t in tensors for s in t.stride()]
+    strides = []
+    for t in tensors:
+        s = list(t.stride())
+        s[1] = -s[1]
+        strides += s
+    return [t[:, -1:] for t in tensors], strides
+
+
 def block(n: int, least: int = 16) -> int:
     """The power-of-two tile covering n (at least ``least``: tl.dot needs 16)."""
     return max(least, triton.next_power_of_2(n))

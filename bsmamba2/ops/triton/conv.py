@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bsmamba2.ops.triton.common import INTERPRET, configs, launch, sigmoid
+from bsmamba2.ops.triton.common import INTERPRET, along, configs, launch, sigmoid
 
 SPAN = 64 if INTERPRET else 256
 """Backward: steps per program (a power of two), small in the interpreter so that tests at
@@ -77,7 +77,7 @@ def _load_rows(base, t, stride, md, lo, hi):
                  key=["Dc", "W", "L_BUCKET", "HAS_BIAS", "SILU"])
 @triton.jit
 def _conv_fwd(
-    x_ptr, w_ptr, b_ptr, y_ptr, L, Dc, L_BUCKET, sxb, sxl, sxd, swd, swk,
+    x_ptr, w_ptr, b_ptr, y_ptr, L, Dc, L_BUCKET, sxb, sxl, sxd, syl, swd, swk,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, TILES: tl.constexpr,
 ):
@@ -101,7 +101,7 @@ def _conv_fwd(
         if SILU:
             acc = acc / (1.0 + tl.exp(-acc))  # acc · sigmoid(acc) with one division
         m = (t < L)[:, None] & md[None, :]
-        tl.store(y_base + t.to(tl.int64)[:, None] * Dc, acc.to(y_ptr.dtype.element_ty), mask=m)
+        tl.store(y_base + t.to(tl.int64)[:, None] * syl, acc.to(y_ptr.dtype.element_ty), mask=m)
 
 
 @triton.autotune(configs=configs(*BWD_TUNING, interpret={"BLOCK_C": 4, "BLOCK_D": 32, "PREFETCH": 2}),
@@ -109,7 +109,7 @@ def _conv_fwd(
 @triton.jit
 def _conv_bwd(
     x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, part_ptr, L, Dc, L_BUCKET, sxb, sxl, sxd, syb, syl,
-    swd, swk,
+    sdxl, swd, swk,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH: tl.constexpr,
 ):
@@ -188,7 +188,7 @@ def _conv_bwd(
             dx = v3 * g0 + v2 * g1 + v1 * g2 + v0 * g3
         u = t - (W - 1)
         mu = ((u >= t0) & (u < t1))[:, None] & md[None, :]
-        tl.store(dx_base + u.to(tl.int64)[:, None] * Dc, dx.to(dx_ptr.dtype.element_ty), mask=mu)
+        tl.store(dx_base + u.to(tl.int64)[:, None] * sdxl, dx.to(dx_ptr.dtype.element_ty), mask=mu)
         x3 = x2
         x2 = x1
         x1 = x0
@@ -220,7 +220,7 @@ class CausalConv1d(torch.autograd.Function):
     """y = act(causal depthwise conv(x) + bias) on (b, l, d); gradients for x, weight, bias."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, activation):
+    def forward(ctx, x, weight, bias, activation, reverse):
         if activation not in (None, "silu"):
             raise ValueError(f"unsupported activation {activation!r}")
         if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[-1]:
@@ -234,12 +234,14 @@ class CausalConv1d(torch.autograd.Function):
                 steps = meta["BLOCK_L"] * meta["TILES"]
                 return b * triton.cdiv(length, steps), triton.cdiv(dc, meta["BLOCK_D"])
 
+            (xp, yp), (sxb, sxl, sxd, _, syl, _) = along(reverse, x, y)
             launch(_conv_fwd, grid,
-                x, weight, bias if bias is not None else weight, y, length, dc, _bucket(length),
-                *x.stride(), *weight.stride(), W=weight.shape[1], HAS_BIAS=bias is not None,
+                xp, weight, bias if bias is not None else weight, yp, length, dc, _bucket(length),
+                sxb, sxl, sxd, syl, *weight.stride(), W=weight.shape[1], HAS_BIAS=bias is not None,
                 SILU=activation == "silu")
         ctx.save_for_backward(x, weight, bias)
         ctx.silu = activation == "silu"
+        ctx.reverse = reverse
         return y
 
     @staticmethod
@@ -255,18 +257,21 @@ class CausalConv1d(torch.autograd.Function):
             def grid(meta):
                 return b, nt, triton.cdiv(dc, meta["BLOCK_D"])
 
+            (xp, dyp, dxp), (sxb, sxl, sxd, syb, syl, _, _, sdxl, _) = along(ctx.reverse, x, dy, dx)
             launch(_conv_bwd, grid,
-                x, weight, bias if bias is not None else weight, dy, dx, part, length, dc,
-                _bucket(length), *x.stride(), dy.stride(0), dy.stride(1), *weight.stride(), W=width,
+                xp, weight, bias if bias is not None else weight, dyp, dxp, part, length, dc,
+                _bucket(length), sxb, sxl, sxd, syb, syl, sdxl, *weight.stride(), W=width,
                 HAS_BIAS=bias is not None, SILU=ctx.silu)
         else:
             part.zero_()
         sums = part.sum(0)
         dbias = sums[width].to(bias.dtype) if bias is not None else None
-        return dx, sums[:width].t().to(weight.dtype), dbias, None
+        return dx, sums[:width].t().to(weight.dtype), dbias, None, None
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  activation: str | None = None) -> torch.Tensor:
-    """Triton causal depthwise conv1d; contract of :func:`bsmamba2.ops.reference.conv.causal_conv1d`."""
-    return CausalConv1d.apply(x, weight, bias, activation)
+                  activation: str | None = None, *, reverse: bool = False) -> torch.Tensor:
+    """Triton causal depthwise conv1d; contract of :func:`bsmamba2.ops.reference.conv.causal_conv1d`.
+    ``reverse``: the conv of the reversed sequences, in their own order (flip, conv, flip),
+    computed without flipped copies."""
+    return CausalConv1d.apply(x, weight, bias, activation, reverse)

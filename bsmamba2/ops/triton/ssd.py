@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bsmamba2.ops.triton.common import block, configs, dot_dtype, launch, sigmoid, softplus
+from bsmamba2.ops.triton.common import along, block, configs, dot_dtype, launch, sigmoid, softplus
 
 CHUNK = 64
 
@@ -393,10 +393,6 @@ def grad_buffers(x: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
     return dx.view(b, length, h, p), dB.view(b, length, g, n), dC.view(b, length, g, n)
 
 
-def _strides(*tensors: torch.Tensor) -> list[int]:
-    return [s for t in tensors for s in t.stride()]
-
-
 def _check(x, dt, A, B, C, D, dt_bias, initial_state) -> None:
     b, length, h, p = x.shape
     g, n = B.shape[-2:]
@@ -418,7 +414,7 @@ class SSDScan(torch.autograd.Function):
     """y (and the final state) of the SSD scan, with the gradients of every input."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, return_final):
+    def forward(ctx, x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, return_final, reverse):
         _check(x, dt, A, B, C, D, dt_bias, initial_state)
         b, length, h, p = x.shape
         g, n = B.shape[-2:]
@@ -430,17 +426,17 @@ class SSDScan(torch.autograd.Function):
             BLOCK_Q=block(length) if short else _chunk(x.dtype), BLOCK_P=block(p), BLOCK_N=block(n),
             DOT=dot_dtype(x.dtype), PREC="tf32",  # fp32 dots use tf32 on the GPU (exact in the interpreter)
         )
-        strides = _strides(x, dt, B, C, y)
+        (xp, dtp, Bp, Cp, yp), strides = along(reverse, x, dt, B, C, y)
         final = None
         if short:
             launch(_short_fwd, (b * g,),
-                x, dt, A, B, C, D if D is not None else dummy, dt_bias if dt_bias is not None else dummy,
-                y, length, h, h // g, p, n, g, *strides, **common)
+                xp, dtp, A, Bp, Cp, D if D is not None else dummy, dt_bias if dt_bias is not None else dummy,
+                yp, length, h, h // g, p, n, g, *strides, **common)
         else:
             final = x.new_empty(b, h, p, n, dtype=torch.float32) if return_final else dummy
             launch(_chunked_fwd, (b * h,),
-                x, dt, A, B, C, D if D is not None else dummy, dt_bias if dt_bias is not None else dummy,
-                initial_state if initial_state is not None else dummy, y, final, dummy,
+                xp, dtp, A, Bp, Cp, D if D is not None else dummy, dt_bias if dt_bias is not None else dummy,
+                initial_state if initial_state is not None else dummy, yp, final, dummy,
                 length, h, h // g, p, n, *strides,
                 HAS_H0=initial_state is not None, STORE_FINAL=return_final, STORE_STATES=False,
                 COMPUTE_Y=True, **{**common, "BLOCK_Q": FWD_CHUNK})
@@ -448,6 +444,7 @@ class SSDScan(torch.autograd.Function):
         ctx.dt_softplus = bool(dt_softplus)
         ctx.short = short
         ctx.common = common
+        ctx.reverse = reverse
         ctx.set_materialize_grads(False)
         return (y, final) if return_final else y
 
@@ -456,8 +453,9 @@ class SSDScan(torch.autograd.Function):
         x, dt, A, B, C, D, dt_bias, initial_state = ctx.saved_tensors
         b, length, h, p = x.shape
         g, n = B.shape[-2:]
-        common = ctx.common
+        common, reverse = ctx.common, ctx.reverse
         dy = torch.zeros_like(x) if dy is None else dy
+        (xp, dtp, Bp, Cp, dyp), strides = along(reverse, x, dt, B, C, dy)
         dummy = A
         opt = (D if D is not None else dummy, dt_bias if dt_bias is not None else dummy)
         nc = 1 if ctx.short else triton.cdiv(length, common["BLOCK_Q"])
@@ -470,36 +468,38 @@ class SSDScan(torch.autograd.Function):
             dstates = x.new_empty(b, h, nc, p, n, dtype=store)  # (p, n) per chunk
             has_h0 = initial_state is not None
             launch(_chunked_fwd, (b * h,),
-                x, dt, A, B, C, *opt, initial_state if has_h0 else dummy, dummy, dummy, states,
-                length, h, h // g, p, n, *_strides(x, dt, B, C, x),
+                xp, dtp, A, Bp, Cp, *opt, initial_state if has_h0 else dummy, dummy, dummy, states,
+                length, h, h // g, p, n, *strides[:15], *strides[:4],
                 HAS_H0=has_h0, STORE_FINAL=False, STORE_STATES=True, COMPUTE_Y=False, **common)
             dh0 = x.new_empty(b, h, p, n, dtype=torch.float32) if has_h0 else None
             dfin = dfinal.contiguous() if dfinal is not None else None
             launch(_state_grads, (b * h,),
-                dt, A, C, opt[1], dy, dfin if dfin is not None else dummy, dstates,
-                dh0 if has_h0 else dummy, length, h, h // g, p, n, nc, *_strides(dt, C, dy),
+                dtp, A, Cp, opt[1], dyp, dfin if dfin is not None else dummy, dstates,
+                dh0 if has_h0 else dummy, length, h, h // g, p, n, nc, *strides[4:7], *strides[11:],
                 HAS_BIAS=common["HAS_BIAS"], SOFTPLUS=common["SOFTPLUS"], HAS_DFIN=dfin is not None,
                 HAS_H0=has_h0, BLOCK_Q=common["BLOCK_Q"], BLOCK_P=common["BLOCK_P"],
                 BLOCK_N=common["BLOCK_N"], DOT=common["DOT"], PREC=common["PREC"])
             dh0 = dh0.to(initial_state.dtype) if has_h0 else None
         dx, dB, dC = grad_buffers(x, B, C)
+        (dxp, dBp, dCp), gstrides = along(reverse, dx, dB, dC)
         ddt = x.new_empty(b, length, h, dtype=torch.float32)
         # fp32 partial sums per (sequence, head, chunk) of dA, dD and dbias
         part = [x.new_empty(b, h, nc, dtype=torch.float32) for _ in range(3)]
         for which in (PART_DX, PART_DB, PART_DC):
             heads = 1 if which is PART_DX and not ctx.short else h // g
             launch(_chunk_bwd, (b * (h // heads) * nc,),
-                x, dt, A, B, C, *opt, dy, states if states is not None else dummy,
-                dstates if dstates is not None else dummy, dx, ddt, dB, dC, *part,
-                length, h, h // g, p, n, nc, *_strides(x, dt, B, C, dy),
-                dx.stride(0), dx.stride(1), dB.stride(0), dB.stride(1),
+                xp, dtp, A, Bp, Cp, *opt, dyp, states if states is not None else dummy,
+                dstates if dstates is not None else dummy, dxp, ddt, dBp, dCp, *part,
+                length, h, h // g, p, n, nc, *strides, *gstrides[:2], *gstrides[4:6],
                 HAS_STATES=not ctx.short, PART=which.value, HEADS=heads, **common)
+        if reverse:
+            ddt = ddt.flip(1)  # written at the kernel's steps (no strides): back to the sequence's
         dA, dD, dbias = (t.sum((0, 2)) for t in part)
         return (
             dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC,
             dD.to(D.dtype) if D is not None else None,
             dbias.to(dt_bias.dtype) if dt_bias is not None else None,
-            dh0, None, None,
+            dh0, None, None, None,
         )
 
 
@@ -515,7 +515,10 @@ def ssd_scan(
     dt_softplus: bool = False,
     initial_state: torch.Tensor | None = None,
     return_final_state: bool = False,
+    reverse: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Triton SSD scan with the contract of :func:`bsmamba2.ops.reference.ssd.ssd_scan`; the
-    kernels pick their own chunking."""
-    return SSDScan.apply(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, return_final_state)
+    kernels pick their own chunking. ``reverse``: the scan of the reversed sequences, in their
+    own order (flip, scan, flip; the state runs from the last step to the first), computed
+    without flipped copies."""
+    return SSDScan.apply(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, return_final_state, reverse)
