@@ -184,6 +184,13 @@ def _workers(pid: int) -> list[int]:
     return found
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT back to its default in the child, as a terminal has it: a test run started in the
+    background of a shell (``cmd &``) ignores SIGINT, the command would inherit that and rightly
+    go on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
 @pytest.mark.parametrize(
     "stop, code, said",
@@ -200,6 +207,7 @@ def test_stopping_stops_every_worker_and_leaves_no_partial_output(tmp_path, ckpt
     proc = subprocess.Popen(  # --tta --shifts 6: 18 passes over each file, long enough to stop half-way
         [sys.executable, "-m", "bsmamba2", *argv, "--tta", "--shifts", "6"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     deadline = time.monotonic() + 180
     while len(list(out.glob("*/.*.part"))) < 4:  # both workers are writing
