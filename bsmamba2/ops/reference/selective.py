@@ -5,28 +5,31 @@ B, C (batch, n, length) or (batch, groups, n, length); D, delta_bias (d,). Per c
 and state n: ``h_t = exp(Δ_t A_dn) h_{t−1} + Δ_t B_tn u_t``, ``y_t = Σ_n C_tn h_t + D u_t``,
 ``out = y ⊙ silu(z)``, with Δ = softplus(delta + delta_bias) when ``delta_softplus``.
 
-:func:`selective_scan` walks the sequence in chunks. Inside a chunk of q steps the
-recurrence is solved in log space, ``h_t = e^{S_t} (h_start + Σ_{s≤t} e^{−S_s} Δ_s B_s u_s)``
-with ``S`` the cumulative ``Δ A`` of the chunk: two cumulative sums over a
-(batch, d, q, n) tile instead of q dependent steps. ``e^{−S}`` grows with the decay over the
-chunk, so a chunk whose decay exceeds the float range is halved until it fits (down to a
-single step, which is exact). q is chosen so that a chunk tile stays cache-sized: on the
-paper model's shapes a single step is already a 4 MB slab of (batch, d, n), and the chunks
-are single steps, each a handful of passes over the slab.
+:func:`selective_scan` works in tiles of a few sequences × a few steps, with the state
+laid out (n, channels) so that every pass runs along the contiguous channels. Per tile, the
+work that does not depend on the previous step is done in large passes over the whole tile
+(Δ, the decays, the inputs Δ B u, the contraction with C as one batched product, D and the
+gate); per step only ``h = decay ⊙ h + input`` is left, one fused multiply-add. The decay is
+computed as ``2^{Δ A log2 e}``: ``exp2`` is several times cheaper than ``exp`` on the CPU. The
+recurrence stays the exact step recurrence (no log-space rescaling, so no overflow however
+strong the decay). A tile is sized to stay in the cache.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 from bsmamba2.ops.reference.common import compute_dtype, eager_inference
 
-CHUNK_ELEMENTS = 1 << 18
-"""Elements of a chunk's (batch, d, q, n) tile: q = this / (batch·d·n), at most MAX_CHUNK."""
-MAX_CHUNK = 64
-LOG_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
-"""Largest decay (in e-folds) over one log-space chunk: e^{±limit} stays finite."""
+LOG2E = 1 / math.log(2)
+TILE_STEPS = 4
+TILE_ELEMENTS = 1 << 20
+"""A tile is TILE_STEPS steps of as many sequences as keep its states (steps × sequences × d
+× n) within this (4 MB in float32): a step's multiply-add then spans enough elements that the
+per-op cost and the split over threads stay small (measured in docs/benchmarks.md)."""
 
 
 def _grouped(t: torch.Tensor) -> torch.Tensor:
@@ -73,12 +76,12 @@ def selective_scan_sequential(u, delta, A, B, C, D=None, z=None, delta_bias=None
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, *, initial_state=None, return_final_state=False,
-                   chunk: int | None = None):
+                   block: tuple[int, int] | None = None):
     """The selective scan (module docstring); ``selective_scan_fn``'s arguments and result.
 
     Returns out (u's dtype) and, with ``return_last_state`` / ``return_final_state``, the
-    final state (batch, d, n) in float32 (float64 for float64 input). ``chunk`` overrides
-    the chunk length (tests).
+    final state (batch, d, n) in float32 (float64 for float64 input). ``block`` overrides the
+    tile, (sequences, steps) (tests).
     """
     cdt = compute_dtype(u)
     b, d, length = u.shape
@@ -88,49 +91,83 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if d % g:
         raise ValueError(f"selective_scan: d ({d}) must be a multiple of the groups of B/C ({g})")
     dg = d // g
-    dl = _delta(delta, delta_bias, delta_softplus, cdt).view(b, g, dg, length)
-    us = u.to(cdt)
-    du = dl * us.view(b, g, dg, length)
-    # (b, g, L, n): a step's B and C are contiguous.
-    Bt, Ct = (t.to(cdt).transpose(-1, -2) for t in (Bg, Cg))
-    Ag = A.to(cdt).view(g, dg, n)
-    h = (initial_state.to(cdt, copy=True).view(b, g, dg, n) if initial_state is not None
-         else u.new_zeros(b, g, dg, n, dtype=cdt))
+    # Step-major views: (length, batch, groups, channels) and (length, batch, groups, n); a
+    # step's channels are contiguous in the model's channel-last tensors.
+    us, dls = (t.permute(2, 0, 1).unflatten(2, (g, dg)) for t in (u, delta))
+    zs = z.permute(2, 0, 1).unflatten(2, (g, dg)) if z is not None else None
+    Bs, Cs = (t.to(cdt).permute(3, 0, 1, 2) for t in (Bg, Cg))
+    A2 = (A.to(cdt) * LOG2E).view(g, dg, n).transpose(1, 2).contiguous()  # e^{Δ A} = 2^{Δ A log2 e}
+    bias = delta_bias.to(cdt).view(g, dg) if delta_bias is not None else None
+    Dg = D.to(cdt).view(g, dg) if D is not None else None
+    # The state, (batch, groups, n, channels), our own copy: the inference path updates it in place.
+    h0 = (initial_state.to(cdt).view(b, g, dg, n).transpose(-1, -2)
+          .clone(memory_format=torch.contiguous_format)
+          if initial_state is not None else u.new_zeros(b, g, n, dg, dtype=cdt))
     inplace = eager_inference(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    q = chunk or max(1, min(MAX_CHUNK, CHUNK_ELEMENTS // max(1, b * d * n)))
-    limit = LOG_LIMIT[cdt]
-    ys: list[torch.Tensor] = []
-    if inplace and q == 1:  # reused buffers: no 4 MB allocation per step
-        decay = u.new_empty(b, g, dg, n, dtype=cdt)
-        y_steps = u.new_empty(length, b, g, dg, 1, dtype=cdt)
-        ys = list(y_steps.squeeze(-1).unbind(0))
+    rows, q = block or _block(b, d, n)
+    tile = _tile_buffers(q, rows, g, n, dg, u, cdt) if inplace else None
+    out = u.new_empty(b, length, g, dg) if inplace else None
+    finals, pieces = [], []
+    for s0 in range(0, b, rows):
+        h, chunks = h0[s0:s0 + rows], []
+        for t0 in range(0, length, q):
+            part = (slice(t0, t0 + q), slice(s0, s0 + rows))
+            y, h = _tile(h, dls[part], us[part], zs[part] if zs is not None else None, Bs[part], Cs[part],
+                          A2, bias, Dg, delta_softplus, tile)
+            if inplace:
+                out[s0:s0 + rows, t0:t0 + q].copy_(y.transpose(0, 1))
+            else:
+                chunks.append(y)
+        finals.append(h)
+        if not inplace:
+            pieces.append(torch.cat(chunks).transpose(0, 1))
+    out = (out if inplace else torch.cat(pieces).to(u.dtype)).view(b, length, d).transpose(1, 2)
+    if not (return_last_state or return_final_state):
+        return out
+    return out, torch.cat(finals).transpose(-1, -2).reshape(b, d, n)
 
-    def step(h: torch.Tensor, t: int) -> torch.Tensor:
-        if inplace and q == 1:
-            h.mul_(torch.mul(dl[:, :, :, t, None], Ag, out=decay).exp_())
-            h.addcmul_(du[:, :, :, t, None], Bt[:, :, None, t])
-            torch.matmul(h, Ct[:, :, t, :, None], out=y_steps[t])
-            return h
-        h = torch.exp(dl[:, :, :, t, None] * Ag) * h + du[:, :, :, t, None] * Bt[:, :, None, t]
-        ys.append((h @ Ct[:, :, t, :, None]).squeeze(-1))  # (b, g, dg)
-        return h
 
-    def run(h: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
-        if t1 - t0 == 1:
-            return step(h, t0)
-        S = (dl[:, :, :, t0:t1, None] * Ag[:, :, None]).cumsum(3)  # (b, g, dg, q, n)
-        if -S[:, :, :, -1].min() > limit:  # e^{−S} would overflow: halve the chunk
-            mid = (t0 + t1) // 2
-            return run(run(h, t0, mid), mid, t1)
-        w = torch.exp(-S) * (du[:, :, :, t0:t1, None] * Bt[:, :, None, t0:t1])
-        hs = torch.exp(S) * (h[:, :, :, None] + w.cumsum(3))
-        ys.append((hs * Ct[:, :, None, t0:t1]).sum(-1))  # (b, g, dg, q)
-        return hs[:, :, :, -1]
+def _block(b: int, d: int, n: int) -> tuple[int, int]:
+    """(sequences, steps) of a tile: TILE_STEPS steps of as many sequences as TILE_ELEMENTS allow."""
+    return max(1, min(b, TILE_ELEMENTS // (TILE_STEPS * d * n))), TILE_STEPS
 
-    for t0 in range(0, length, q):
-        h = run(h, t0, min(t0 + q, length))
-    y = torch.stack(ys, 1) if q == 1 else torch.cat([p if p.dim() == 4 else p[..., None] for p in ys], -1)
-    y = y.reshape(b, length, d).transpose(1, 2) if q == 1 else y.reshape(b, d, length)
-    out = _finish(y, us, D, z).to(u.dtype)
-    final = h.reshape(b, d, n)
-    return (out, final) if (return_last_state or return_final_state) else out
+
+def _tile_buffers(q: int, rows: int, g: int, n: int, dg: int, like: torch.Tensor,
+                  dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The buffers a tile's passes write into in inference: nothing is allocated per tile."""
+    decay = like.new_empty(q, rows, g, n, dg, dtype=dtype)  # then the states
+    return {"decay": decay, "inputs": torch.empty_like(decay),
+            "y": like.new_empty(q, rows, g, 1, dg, dtype=dtype),
+            **{name: like.new_empty(q, rows, g, dg, dtype=dtype) for name in ("delta", "du")}}
+
+
+def _tile(h, dl, u, z, B, C, A2, bias, D, softplus, buffers):
+    """One tile of steps × sequences: (y (steps, sequences, g, dg), the state after it).
+
+    The step-independent work is done for the whole tile in a few large passes (Δ, the decays
+    2^{Δ A log2 e}, the inputs Δ u B, the contraction with C, D and the gate); what is left
+    per step is one fused multiply-add ``h = decay ⊙ h + input``. With ``buffers`` (inference)
+    the large passes write into its buffers, the states overwrite the decays and the final
+    state is written into ``h``.
+    """
+    k, m = dl.shape[:2]
+    buf = {name: t[:k, :m] for name, t in buffers.items()} if buffers else {}
+    out = buf.get
+    dl = torch.add(dl, bias, out=out("delta")) if bias is not None else dl.to(A2.dtype)
+    if softplus:
+        dl = F.softplus(dl)
+    du = torch.mul(dl, u, out=out("du"))
+    decay = torch.exp2(torch.mul(dl[..., None, :], A2, out=out("decay")), out=out("decay"))
+    x = torch.mul(du[..., None, :], B[..., None], out=out("inputs"))
+    states, state = [], h
+    for t in range(k):
+        state = torch.addcmul(x[t], decay[t], state, out=decay[t] if buf else None)
+        states.append(state)
+    hs = decay if buf else torch.stack(states)
+    y = torch.matmul(C[..., None, :], hs, out=out("y")).squeeze(-2)
+    if D is not None:
+        y = y.addcmul_(u, D) if buf else torch.addcmul(y, u, D)
+    if z is not None:
+        gate = F.silu(z.to(y.dtype))
+        y = y.mul_(gate) if buf else y * gate
+    return y, h.copy_(state) if buf else state
