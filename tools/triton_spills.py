@@ -36,7 +36,7 @@ SHARED_LIMIT = 232_448
 """Bytes of shared memory one block may use on an H100 or H200."""
 MAMBA3_FP32_POINTERS = {
     "adt_ptr", "w_ptr", "g_ptr", "qb_ptr", "kb_ptr", "phi_ptr", "D_ptr", "mx_ptr", "mz_ptr", "mo_ptr",
-    "states_ptr", "dstates_ptr", "dq_ptr", "dk_ptr", "dx_ptr", "dz_ptr", "dadt_ptr", "dw_ptr", "dg_ptr",
+    "states_ptr", "dstates_ptr", "st_ptr", "dqk_ptr", "dx_ptr", "dz_ptr", "dadt_ptr", "dw_ptr", "dg_ptr",
     "dphi_ptr", "part_ptr",
 }
 PAPER = {"HAS_D": True, "HAS_BIAS": True, "SOFTPLUS": True, "BLOCK_P": 64, "BLOCK_N": 128,
@@ -83,17 +83,23 @@ def main_mamba3() -> None:
     print(f"triton {triton.__version__}, sm_90a, Mamba-3 kernels, paper shapes")
     bf16, fp32 = ("bf16", torch.bfloat16, tl.bfloat16), ("fp32", torch.float32, tl.float32)
     for (data, dtype, dot), rank in ((bf16, 1), (bf16, 4), (fp32, 1)):
-        base = {"P": 64, "N": 128, "R": rank, "T": mamba3.chunk_steps(rank, dtype),
-                "BH": mamba3.pair_block(128), "MIMO": rank > 1,
-                "HAS_D": True, "HAS_Z": True, "HAS_O": True, "DOT": dot, "PREC": "tf32"}
-        for name, kernel, extra in (("_fwd", mamba3._fwd, {"HAS_STATES": True, "KEEP_STATES": True}),
-                                    ("_state_grads", mamba3._state_grads, {}),
-                                    ("_chunk_bwd states", mamba3._chunk_bwd, {"HAS_STATES": True}),
-                                    ("_chunk_bwd", mamba3._chunk_bwd, {"HAS_STATES": False})):
+        base = {"P": 64, "N": 128, "BH": mamba3.half_block(128), "R": rank,
+                "T": mamba3.chunk_steps(rank, dtype), "MIMO": rank > 1, "HAS_Z": True, "HAS_O": True,
+                "PREC": "tf32"}
+        with_dot = {"HAS_D": True, "DOT": dot}
+        for name, kernel, extra in (
+                ("_fwd", mamba3._fwd, {**with_dot, "HAS_STATES": True, "COMPUTE_Y": True}),
+                ("_fwd states pass", mamba3._fwd, {**with_dot, "HAS_STATES": True, "COMPUTE_Y": False}),
+                ("_state_grads", mamba3._state_grads, {}),
+                ("_chunk_bwd_v states", mamba3._chunk_bwd_v, {**with_dot, "HAS_STATES": True}),
+                ("_chunk_bwd_v", mamba3._chunk_bwd_v, {**with_dot, "HAS_STATES": False}),
+                *((f"_chunk_bwd_qk part {part}", mamba3._chunk_bwd_qk,
+                   {"HG": 16, "PART": part, "HAS_STATES": True})
+                  for part in (mamba3.PART_DK.value, mamba3.PART_DQ.value))):
             for config in kernel.configs:
                 line = report(kernel, {**base, **extra}, config.num_warps, config.num_stages,
                               MAMBA3_FP32_POINTERS, "*fp32" if data == "fp32" else "*bf16")
-                print(f"{data} R={rank} {name:<18} warps {config.num_warps}: {line}", flush=True)
+                print(f"{data} R={rank} {name:<22} warps {config.num_warps}: {line}", flush=True)
 
 
 def main() -> None:

@@ -82,5 +82,12 @@ def softplus(u):
 
 
 @triton.jit
+def cumsum_grad(dcs, dcs_last):
+    """The gradient of the terms a_k of a chunk's cumulative sums cs_t = Σ_{k≤t} a_k and of
+    its total cs_last = Σ_k a_k, from theirs: da_k = Σ_{t≥k} dcs_t + dcs_last."""
+    return tl.sum(dcs, 0) - tl.cumsum(dcs, 0) + dcs + dcs_last
+
+
+@triton.jit
 def sigmoid(u):
     return 1.0 / (1.0 + tl.exp(-u))

@@ -29,7 +29,16 @@ import torch
 import triton
 import triton.language as tl
 
-from bsmamba2.ops.triton.common import along, block, configs, dot_dtype, launch, sigmoid, softplus
+from bsmamba2.ops.triton.common import (
+    along,
+    block,
+    configs,
+    cumsum_grad,
+    dot_dtype,
+    launch,
+    sigmoid,
+    softplus,
+)
 
 CHUNK = 64
 
@@ -57,8 +66,7 @@ def _intra_fwd(G, cs, delta, X, causal, DOT: tl.constexpr, PREC: tl.constexpr):
 @triton.jit
 def _dt_grads(ddelta, dcs, dcs_last, u, delta, mask, A, SOFTPLUS: tl.constexpr):
     """Chain rule from (direct dΔ, d cumsum) to the raw dt; also the dA contribution."""
-    # cs_t = Σ_{k≤t} a_k and cs_last = Σ_k a_k, so da_k = Σ_{t≥k} dcs_t + dcs_last.
-    da = tl.sum(dcs, 0) - tl.cumsum(dcs, 0) + dcs + dcs_last
+    da = cumsum_grad(dcs, dcs_last)
     dd = ddelta + da * A
     du = dd * sigmoid(u) if SOFTPLUS else dd
     return tl.where(mask, du, 0.0), tl.sum(da * delta, 0)
