@@ -51,6 +51,9 @@ import triton.language as tl
 from bsmamba2.ops.triton.common import configs, cumsum_grad, dot_dtype, launch, sigmoid
 
 CHUNK_ROWS = 64
+FWD_ROWS = 32
+"""Rows per chunk of the forward's output pass (at most): as the SSD forward's, smaller tiles
+than the backward's, which keep the pass's registers in bounds."""
 PART_DK, PART_DQ = (tl.constexpr(i) for i in range(2))
 """What a launch of :func:`_chunk_bwd_qk` computes: dk (with its angle gradient), dq (adding its)."""
 
@@ -230,11 +233,14 @@ def _fwd(
     L, H, G, S, NC,
     P: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
     MIMO: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr,
-    HAS_STATES: tl.constexpr, COMPUTE_Y: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+    HAS_STATES: tl.constexpr, COMPUTE_Y: tl.constexpr, DOT: tl.constexpr, STATE_DOT: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """One (sequence, head) walks its chunks with the state in registers. COMPUTE_Y: the
     outputs; else (the backward's first pass) the state entering every chunk, stored as
-    (2, N/2, P) fp32 per chunk in ``states_ptr``. HAS_STATES False: one chunk, no state."""
+    (2, BH, P) fp32 per chunk in ``states_ptr``. HAS_STATES False: one chunk, no state.
+    STATE_DOT: the operand dtype of the state update (fp32 for the states the angles' gradient
+    is made of, the input dtype when they only make y)."""
     ROWS: tl.constexpr = T * R
     pid = tl.program_id(0).to(tl.int64)
     bi = pid // H
@@ -286,11 +292,12 @@ def _fwd(
                 rows = ((bi * L + tr[:, None]) * R + (orow % R)[:, None]) * H + hi
                 tl.store(out_ptr + rows * P + op[None, :], y.to(out_ptr.dtype.element_ty), mask=mr[:, None])
         if HAS_STATES:
-            # H ← e^{S_last} H + Σ_s e^{S_last−S_s} ω_s k̃_s v_sᵀ (fp32 operands: module docstring)
-            u = tl.exp(tl.minimum(cs_last - cs_r, 0.0)) * w_r
+            # H ← e^{S_last} H + Σ_s e^{S_last−S_s} ω_s k̃_s v_sᵀ
+            u = (tl.exp(tl.minimum(cs_last - cs_r, 0.0)) * w_r)[:, None]
             decay = tl.exp(cs_last)
-            H0 = tl.dot(tl.trans(k0 * u[:, None]), V, decay * H0, input_precision=PREC)
-            H1 = tl.dot(tl.trans(k1 * u[:, None]), V, decay * H1, input_precision=PREC)
+            Vs = V.to(STATE_DOT)
+            H0 = tl.dot(tl.trans((k0 * u).to(STATE_DOT)), Vs, decay * H0, input_precision=PREC)
+            H1 = tl.dot(tl.trans((k1 * u).to(STATE_DOT)), Vs, decay * H1, input_precision=PREC)
 
 
 @triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N", "R", "T"])
@@ -548,8 +555,10 @@ class Mamba3Scan(torch.autograd.Function):
         h, p = v.shape[2:]
         mimo = mimo_x is not None
         T = chunk_steps(r, v.dtype, chunk_size)
-        nc = triton.cdiv(length, T)
         has_o = mimo_o is not None or not mimo
+        # the forward's chunks: the whole sequence if it fits one, else at most FWD_ROWS rows
+        fwd_steps = T if length <= T else min(T, FWD_ROWS // r)
+        fwd_chunks = triton.cdiv(length, fwd_steps)
         out = v.new_empty((b, length, h, p) if has_o else (b, length, r, h, p))
         # the constexprs every kernel takes
         meta = dict(P=p, N=n, BH=half_block(n), R=r, T=T, MIMO=mimo, HAS_Z=z is not None, HAS_O=has_o,
@@ -558,8 +567,9 @@ class Mamba3Scan(torch.autograd.Function):
         opt = (D if D is not None else dummy, z if z is not None else dummy, mimo_x if mimo else dummy,
                mimo_z if mimo_z is not None else dummy, mimo_o if mimo_o is not None else dummy)
         launch(_fwd, (b * h,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt, out, dummy,
-               length, h, g, phi.shape[-1], nc, HAS_D=D is not None, HAS_STATES=nc > 1,
-               COMPUTE_Y=True, DOT=dot_dtype(v.dtype), **meta)
+               length, h, g, phi.shape[-1], fwd_chunks, HAS_D=D is not None, HAS_STATES=fwd_chunks > 1,
+               COMPUTE_Y=True, DOT=dot_dtype(v.dtype), STATE_DOT=dot_dtype(v.dtype),
+               **{**meta, "T": fwd_steps})
         ctx.meta = meta
         ctx.save_for_backward(q, k, v, adt, omega, gamma, q_bias, k_bias, phi, D, z, mimo_x, mimo_z, mimo_o)
         return out
@@ -586,7 +596,7 @@ class Mamba3Scan(torch.autograd.Function):
             dstates = torch.empty_like(states)
             launch(_fwd, (b * h,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt, dummy, states,
                    length, h, g, s, nc, HAS_D=D is not None, HAS_STATES=True, COMPUTE_Y=False, DOT=DOT,
-                   **meta)
+                   STATE_DOT=tl.float32, **meta)
             launch(_state_grads, (b * h,), q, adt, q_bias, phi, opt[1], opt[3], opt[4], dout, dstates,
                    length, h, g, s, nc, **meta)
         dq = torch.empty(q.shape, dtype=f32, device=q.device)
