@@ -445,7 +445,8 @@ def _chunk_bwd_v(
         tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dV, mask=mt[:, None])
 
 
-@triton.autotune(configs=configs((4, 1), (8, 1)), key=["HG", "P", "N", "R", "T", "HAS_STATES", "PART"])
+@triton.autotune(configs=configs((4, 1), (8, 1)), key=["HG", "P", "N", "R", "T", "HAS_STATES", "PART"],
+                 restore_value=["dphi_ptr"])  # PART_DQ adds to dφ: every timing run from the same dφ
 @triton.jit
 def _chunk_bwd_qk(
     q_ptr, k_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, qb_ptr, kb_ptr, phi_ptr, z_ptr,
