@@ -103,19 +103,25 @@ def _turns(phi_ptr, bi, hi, t, mt, L, H, S, T: tl.constexpr, R: tl.constexpr, BH
 
 
 @triton.jit
+def _rank_rows(x, T: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+    """A per-rank tile (R, C) repeated for the T steps: (T·R, C), row i of rank i % R."""
+    return tl.reshape(tl.broadcast_to(x[None, :, :], (T, R, C)), (T * R, C))
+
+
+@triton.jit
 def _rotated(x_ptr, bias_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin,
-             T: tl.constexpr, R: tl.constexpr, N: tl.constexpr):
+             T: tl.constexpr, R: tl.constexpr, N: tl.constexpr, BH: tl.constexpr):
     """Head hi's q̃ or k̃ of the chunk as its two halves: R(φ)·(x + bias) on every pair,
     fp32 (T·R, BH) each, 0 past the end and on missing pairs."""
     ROWS: tl.constexpr = T * R
-    r = tl.arange(0, ROWS) % R
-    mr = _rows(mt, T, R)[:, None] & mj[None, :]
-    row = ((((bi * L + _rows(t, T, R)) * R + r) * G + gi) * N)[:, None]
-    brow = ((hi * R + r) * N)[:, None]
-    x0 = tl.load(x_ptr + row + i0[None, :], mask=mr, other=0.0).to(tl.float32)
-    x1 = tl.load(x_ptr + row + i1[None, :], mask=mr, other=0.0).to(tl.float32)
-    x0 = tl.where(mr, x0 + tl.load(bias_ptr + brow + i0[None, :], mask=mr, other=0.0), 0.0)
-    x1 = tl.where(mr, x1 + tl.load(bias_ptr + brow + i1[None, :], mask=mr, other=0.0), 0.0)
+    mr = _rows(mt, T, R)[:, None]
+    row = ((((bi * L + _rows(t, T, R)) * R + tl.arange(0, ROWS) % R) * G + gi) * N)[:, None]
+    bias = bias_ptr + ((hi * R + tl.arange(0, R)) * N)[:, None]  # (R, 1): the head's rows
+    m = mr & mj[None, :]
+    x0 = tl.load(x_ptr + row + i0[None, :], mask=m, other=0.0).to(tl.float32)
+    x1 = tl.load(x_ptr + row + i1[None, :], mask=m, other=0.0).to(tl.float32)
+    x0 = tl.where(m, x0 + _rank_rows(tl.load(bias + i0[None, :], mask=mj[None, :], other=0.0), T, R, BH), 0.0)
+    x1 = tl.where(m, x1 + _rank_rows(tl.load(bias + i1[None, :], mask=mj[None, :], other=0.0), T, R, BH), 0.0)
     return x0 * cos - x1 * sin, x0 * sin + x1 * cos
 
 
@@ -263,11 +269,11 @@ def _fwd(
         cs_r = _rows(cs, T, R)
         w_r = _rows(w, T, R)
         cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
-        k0, k1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N)
+        k0, k1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
         if not COMPUTE_Y:
             _store_halves(states_ptr + (pid * NC + c) * 2 * BH * P, H0, H1, BH, P)
         else:
-            q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N)
+            q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
             q0d, q1d = q0.to(DOT), q1.to(DOT)
             Sc = tl.dot(q0d, tl.trans(k0.to(DOT)), input_precision=PREC)
             Sc = tl.dot(q1d, tl.trans(k1.to(DOT)), Sc, input_precision=PREC)
@@ -330,7 +336,7 @@ def _state_grads(
             zg, _, _ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
             _, _, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
             cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
-            q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N)
+            q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
             decay = tl.exp(tl.sum(a, 0))
             dH0 = tl.dot(tl.trans(q0 * ecs[:, None]), dY, decay * dH0, input_precision=PREC)
             dH1 = tl.dot(tl.trans(q1 * ecs[:, None]), dY, decay * dH1, input_precision=PREC)
@@ -373,8 +379,8 @@ def _chunk_bwd_v(
     g_r = _rows(g, T, R)
     Dh = tl.load(D_ptr + hi).to(tl.float32) if HAS_D else 0.0
     cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
-    q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N)
-    k0, k1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N)
+    q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+    k0, k1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
     q0d, q1d, k0d, k1d = q0.to(DOT), q1.to(DOT), k0.to(DOT), k1.to(DOT)
     Sc = tl.dot(q0d, tl.trans(k0d), input_precision=PREC)
     Sc = tl.dot(q1d, tl.trans(k1d), Sc, input_precision=PREC)
@@ -491,8 +497,8 @@ def _chunk_bwd_qk(
         cs_r = _rows(cs, T, R)
         w_r = _rows(w, T, R)
         cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
-        q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N)
-        k0, k1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N)
+        q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+        k0, k1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
         if PART == PART_DQ:
             W, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, False)
             M = tl.dot(dY, tl.trans(V), input_precision=PREC) * W
@@ -524,9 +530,9 @@ def _chunk_bwd_qk(
         acc0 += g0
         acc1 += g1
     row = ((((bi * L + tr) * R + orow % R) * G + gi) * N)[:, None]
-    mr = _rows(mt, T, R)[:, None] & mj[None, :]
-    tl.store(dqk_ptr + row + i0[None, :], acc0, mask=mr)
-    tl.store(dqk_ptr + row + i1[None, :], acc1, mask=mr)
+    mr = _rows(mt, T, R)[:, None]
+    tl.store(dqk_ptr + row + i0[None, :], acc0, mask=mr & mj[None, :])
+    tl.store(dqk_ptr + row + i1[None, :], acc1, mask=mr & mj[None, :])
 
 
 def chunk_steps(rank: int, dtype: torch.dtype, chunk_size: int | None = None) -> int:
