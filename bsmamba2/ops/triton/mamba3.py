@@ -109,6 +109,13 @@ def _rank_rows(x, T: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
 
 
 @triton.jit
+def _rank_weight(ptr, hi, T: tl.constexpr, P: tl.constexpr, R: tl.constexpr):
+    """Head hi's (R, P) MIMO weight repeated for the rows of the T steps: (T·R, P) fp32."""
+    w = tl.load(ptr + (hi * R + tl.arange(0, R))[:, None] * P + tl.arange(0, P)[None, :])
+    return _rank_rows(w, T, R, P)
+
+
+@triton.jit
 def _rotated(x_ptr, bias_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin,
              T: tl.constexpr, R: tl.constexpr, N: tl.constexpr, BH: tl.constexpr):
     """Head hi's q̃ or k̃ of the chunk as its two halves: R(φ)·(x + bias) on every pair,
@@ -129,15 +136,13 @@ def _rotated(x_ptr, bias_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin,
 def _values(x_ptr, mx_ptr, bi, hi, t, mt, L, H, T: tl.constexpr, P: tl.constexpr, R: tl.constexpr,
             MIMO: tl.constexpr):
     """v rows (T·R, P): x_t ⊙ mimo_x_r (x_t for SISO), fp32; x per row and mimo_x per row."""
-    ROWS: tl.constexpr = T * R
-    orow = tl.arange(0, ROWS)
     op = tl.arange(0, P)
     tr = _rows(t, T, R)
     mr = _rows(mt, T, R)
     x = tl.load(x_ptr + ((bi * L + tr[:, None]) * H + hi) * P + op[None, :], mask=mr[:, None],
                 other=0.0).to(tl.float32)
     if MIMO:
-        mx = tl.load(mx_ptr + (hi * R + (orow % R)[:, None]) * P + op[None, :])
+        mx = _rank_weight(mx_ptr, hi, T, P, R)
         return x * mx, x, mx
     return x, x, x
 
@@ -173,8 +178,6 @@ def _weights(cs_r, w_r, g_r, tr, TRANSPOSED: tl.constexpr):
 def _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T: tl.constexpr, P: tl.constexpr, R: tl.constexpr,
           HAS_Z: tl.constexpr, MIMO: tl.constexpr):
     """Per row: the gate input (z or z ⊙ mimo_z_r), z itself, mimo_z (T·R, P)."""
-    ROWS: tl.constexpr = T * R
-    orow = tl.arange(0, ROWS)
     op = tl.arange(0, P)
     tr = _rows(t, T, R)
     mr = _rows(mt, T, R)
@@ -182,10 +185,10 @@ def _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T: tl.constexpr, P: tl.constexpr, 
         z = tl.load(z_ptr + ((bi * L + tr[:, None]) * H + hi) * P + op[None, :], mask=mr[:, None],
                     other=0.0).to(tl.float32)
         if MIMO:
-            mz = tl.load(mz_ptr + (hi * R + (orow % R)[:, None]) * P + op[None, :])
+            mz = _rank_weight(mz_ptr, hi, T, P, R)
             return z * mz, z, mz
         return z, z, z
-    zero = tl.zeros((ROWS, P), dtype=tl.float32)
+    zero = tl.zeros((T * R, P), dtype=tl.float32)
     return zero, zero, zero
 
 
@@ -202,10 +205,7 @@ def _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T: tl.constexpr, P: tl.
     if HAS_O:
         do = tl.load(dout_ptr + ((bi * L + tr[:, None]) * H + hi) * P + op[None, :], mask=mr[:, None],
                      other=0.0).to(tl.float32)
-        if MIMO:
-            mo = tl.load(mo_ptr + (hi * R + (orow % R)[:, None]) * P + op[None, :])
-        else:
-            mo = tl.full((ROWS, P), 1.0, dtype=tl.float32)
+        mo = _rank_weight(mo_ptr, hi, T, P, R) if MIMO else tl.full((ROWS, P), 1.0, dtype=tl.float32)
     else:  # per-rank outputs (b, l, r, h, p)
         do = tl.load(dout_ptr + (((bi * L + tr[:, None]) * R + (orow % R)[:, None]) * H + hi) * P
                      + op[None, :], mask=mr[:, None], other=0.0).to(tl.float32)
@@ -288,7 +288,7 @@ def _fwd(
                 y = y * zg * sigmoid(zg)
             if HAS_O:
                 if MIMO:
-                    mo = tl.load(mo_ptr + (hi * R + (orow % R)[:, None]) * P + op[None, :])
+                    mo = _rank_weight(mo_ptr, hi, T, P, R)
                     out = _rank_sum(y * mo, T, R, P)
                 else:
                     out = y
