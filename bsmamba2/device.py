@@ -8,6 +8,8 @@ bad inputs) without loading it.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from typing import TYPE_CHECKING
 
 from bsmamba2.errors import BSMamba2Error
@@ -17,7 +19,9 @@ if TYPE_CHECKING:
 
 DEVICES = "auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps"
 PRECISIONS = ("fp32", "bf16", "fp16")
-"""Autocast precisions; ``auto`` is bf16 on CUDA and fp32 on the CPU."""
+"""Autocast precisions; ``auto`` is bf16 on CUDA and on CPUs with bf16 instructions, else fp32."""
+CPU_BF16_VARIABLE = "BSMAMBA2_CPU_BF16"
+"""``1`` or ``0``: take the CPU as one with (without) fast bf16, whatever it reports."""
 _DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -63,10 +67,41 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX), or
+    ``$BSMAMBA2_CPU_BF16`` says so (``1``/``0``).
+
+    There the model's matrix products run several times faster in bf16 than in fp32
+    (docs/benchmarks.md) and the official golden model's output stays within 1e-2 (relative)
+    of fp32 (tests/model/test_bsmamba2.py); elsewhere bf16 is converted in software, slower.
+    """
+    forced = os.environ.get(CPU_BF16_VARIABLE, "")
+    if forced not in ("", "0", "1"):
+        raise BSMamba2Error(f"{CPU_BF16_VARIABLE}={forced!r}: expected 1, 0 or nothing")
+    return forced == "1" if forced else _detected_cpu_bf16()
+
+
+@functools.cache
+def _detected_cpu_bf16() -> bool:
+    """What the CPU reports (torch's own probe; older torch versions have only private ones)."""
+    import torch
+
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        found = capabilities()
+        return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
+    names = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    probes = [getattr(torch.cpu, name, None) for name in names]
+    return any(probe() for probe in probes if probe is not None)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → bf16 autocast on CUDA, fp32 on the CPU."""
+    """``auto`` → bf16 autocast on CUDA and on a CPU with bf16 instructions
+    (:func:`cpu_has_fast_bf16`), fp32 elsewhere (other CPUs, MPS)."""
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
+            return "bf16"
+        return "fp32"
     if precision not in PRECISIONS:
         raise BSMamba2Error(f"unknown precision {precision!r} (use auto, fp32, bf16 or fp16)")
     return precision

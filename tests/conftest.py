@@ -23,6 +23,10 @@ from tests.helpers.http import Server, serving
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# `--precision auto` is bf16 on CPUs with bf16 instructions: the suite runs in fp32 on any CPU
+# (its subprocesses too) unless a test says otherwise, so results do not depend on the machine.
+os.environ.setdefault("BSMAMBA2_CPU_BF16", "0")
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -35,6 +39,13 @@ def data_dir() -> Path:
 def expected() -> dict[str, np.ndarray]:
     with np.load(DATA / "expected.npz") as npz:
         return {k: npz[k] for k in npz.files}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compile_cache(tmp_path_factory) -> None:
+    """torch.compile's cache and bsmamba2's markers in it (bsmamba2.separation.compiling) go to
+    a folder of the session, not to the user's cache."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor")))
 
 
 @pytest.fixture

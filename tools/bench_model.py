@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
 import time
 from contextlib import nullcontext
 from datetime import datetime, timezone
@@ -25,21 +27,31 @@ from bsmamba2.model import BSMamba2, BSMamba2Config, stft
 from bsmamba2.separation.compiling import compile_blocks
 
 
-def time_forward(model: BSMamba2, spec: torch.Tensor, precision: str, repeats: int) -> list[float]:
-    """Wall times of the warm-up forward pass, then of ``repeats`` more."""
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (inductor's compile
+    workers): on a shared machine the work done, where wall time also counts others' jobs."""
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def time_forward(
+    model: BSMamba2, spec: torch.Tensor, precision: str, repeats: int
+) -> tuple[list[float], list[float]]:
+    """Wall and CPU times of the warm-up forward pass, then of ``repeats`` more."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     ctx = torch.autocast(spec.device.type, dtype=dtype) if dtype else nullcontext()
-    times = []
+    walls, cpus = [], []
     with torch.inference_mode(), ctx:
         for _ in range(repeats + 1):
             if spec.is_cuda:
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             model(spec)
             if spec.is_cuda:
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return times
+            walls.append(time.perf_counter() - start)
+            cpus.append(cpu_seconds() - cpu)
+    return walls, cpus
 
 
 def main() -> None:
@@ -70,16 +82,19 @@ def main() -> None:
     spec = stft(audio, cfg)[None]
     rows = []
     for precision in args.precisions.split(","):
-        first, *times = time_forward(model, spec, precision, args.repeats)
+        (first, *times), (first_cpu, *cpu_times) = time_forward(model, spec, precision, args.repeats)
         best = min(times)
         rows.append({"precision": precision, "seconds": best, "x_real_time": args.seconds / best,
-                     "times": times, "first_seconds": first})
+                     "times": times, "first_seconds": first, "cpu_seconds": min(cpu_times),
+                     "cpu_times": cpu_times, "first_cpu_seconds": first_cpu})
     print(f"BSMamba2 forward, {args.config}, {args.seconds:g} s stereo clip, device {args.device}, "
           f"{torch.get_num_threads()} threads, allocator tuned: {tuned}, compiled: {args.compile}")
-    print(f"{'precision':<10} {'seconds':>9} {'x real time':>12} {'time / audio':>13} {'first pass s':>13}")
+    print(f"{'precision':<10} {'seconds':>9} {'x real time':>12} {'time / audio':>13} {'first pass s':>13} "
+          f"{'CPU s':>8} {'first CPU s':>12}")
     for r in rows:
         print(f"{r['precision']:<10} {r['seconds']:>9.2f} {r['x_real_time']:>12.3f} "
-              f"{r['seconds'] / args.seconds:>12.2f}x {r['first_seconds']:>13.1f}")
+              f"{r['seconds'] / args.seconds:>12.2f}x {r['first_seconds']:>13.1f} "
+              f"{r['cpu_seconds']:>8.1f} {r['first_cpu_seconds']:>12.1f}")
     if args.json:
         meta = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -87,6 +102,8 @@ def main() -> None:
             "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "config": args.config, "seconds_audio": args.seconds,
             "device": args.device, "allocator_tuned": tuned, "compiled": args.compile,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "load_average": os.getloadavg(),
         }
         args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -48,6 +49,12 @@ class UnitMask(nn.Module):
         return spec.unsqueeze(1)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (compile workers)."""
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
@@ -76,17 +83,21 @@ def child(args: argparse.Namespace) -> None:
         batch_size=args.batch_size if args.batch_size == "auto" else int(args.batch_size),
         precision=args.precision,
         progress=False,
-        compile=args.compile,
+        compile={"yes": True, "no": False, "auto": "auto"}[args.compile],
     )
     baseline = peak_rss_mb()
-    walls = []
+    walls, cpus = [], []
     for _ in range(args.repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         sep.separate_file(args.child, Path(args.child).parent / "out", overwrite=True)
         walls.append(time.perf_counter() - start)
+        cpus.append(cpu_seconds() - cpu)
     gpu = torch.cuda.max_memory_allocated() / 2**20 if sep.device.type == "cuda" else None
-    print(json.dumps({"wall_s": walls[-1], "first_wall_s": walls[0], "batch_size": sep.batch_size,
-                      "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu}))
+    print(json.dumps({"wall_s": walls[-1], "first_wall_s": walls[0], "cpu_s": cpus[-1],
+                      "first_cpu_s": cpus[0], "batch_size": sep.batch_size, "precision": sep.precision,
+                      "compiled": sep.compiled,
+                      "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu,
+                      "load_average": os.getloadavg()}))
 
 
 def main() -> None:
@@ -100,10 +111,11 @@ def main() -> None:
     parser.add_argument("--batch-size", default="1", help="a number or auto")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=1, help="runs per process; the last is reported")
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the Mamba-2 modules (compile time counts in the wall time; "
-                        "set TORCHINDUCTOR_CACHE_DIR to an empty folder for a cold cache)")
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16, fp16 or auto (the command's)")
+    parser.add_argument("--compile", nargs="?", const="yes", default="no", choices=["yes", "no", "auto"],
+                        help="torch.compile the Mamba-2 modules (yes; auto: as the command's default); "
+                        "compile time counts in the wall time; set TORCHINDUCTOR_CACHE_DIR to an empty "
+                        "folder for a cold cache")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc malloc as it is (the CLI tunes it, see bsmamba2/allocator.py)")
@@ -118,9 +130,9 @@ def main() -> None:
     settings += ["--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]
     settings += ["--device", args.device, "--repeat", str(args.repeat)]
     settings += ["--precision", args.precision] + (["--default-malloc"] if args.default_malloc else [])
-    settings += ["--compile"] if args.compile else []
-    print(f"{'minutes':>8}  {'wall s':>9}  {'x RT':>7}  {'first s':>8}  {'baseline MB':>11}  {'peak MB':>8}"
-          f"  {'GPU MB':>7}", flush=True)
+    settings += ["--compile", args.compile]
+    print(f"{'minutes':>8}  {'wall s':>9}  {'x RT':>7}  {'first s':>8}  {'CPU s':>8}  {'baseline MB':>11}"
+          f"  {'peak MB':>8}  {'GPU MB':>7}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_separate_") as tmp:
         for minutes in args.minutes:
             path = Path(tmp) / f"input_{minutes:g}min.wav"
@@ -132,6 +144,7 @@ def main() -> None:
             rows.append(r)
             path.unlink()
             line = f"{minutes:8g}  {r['wall_s']:9.2f}  {r['xrt']:7.2f}  {r['first_wall_s']:8.2f}"
+            line += f"  {r['cpu_s']:8.1f}"
             gpu = f"{r['peak_gpu_mb']:7.0f}" if r["peak_gpu_mb"] is not None else f"{'-':>7}"
             print(f"{line}  {r['baseline_rss_mb']:11.0f}  {r['peak_rss_mb']:8.0f}  {gpu}", flush=True)
     if args.json:

@@ -11,10 +11,10 @@ import torch
 
 from bsmamba2 import ops
 from bsmamba2._version import __version__
-from bsmamba2.device import resolve_device
+from bsmamba2.device import CPU_BF16_VARIABLE, cpu_has_fast_bf16, resolve_device
 from bsmamba2.model.config import BSMamba2Config
 from bsmamba2.model.mixers import MIXERS
-from bsmamba2.separation.compiling import cpp_compiler
+from bsmamba2.separation.compiling import compile_cache_dir, cpp_compiler
 
 
 def _triton_version() -> str:
@@ -41,6 +41,9 @@ def report() -> list[tuple[str, str]]:
         rows.append(("cuda", "not available"))
     rows.append(("mixers", f"{', '.join(MIXERS)} (config key `mixer`, default {BSMamba2Config.mixer})"))
     rows.append(("--device auto", str(resolve_device("auto"))))
+    cpu_precision = (f"bf16 (bf16 instructions or ${CPU_BF16_VARIABLE}=1)" if cpu_has_fast_bf16()
+                     else f"fp32 (no AVX-512 BF16 or AMX, or ${CPU_BF16_VARIABLE}=0)")
+    rows.append(("--precision auto (CPU)", cpu_precision))
     rows.append(("BSMAMBA2_KERNELS", ops.requested_backend()))
     devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     for dev in devices:
@@ -52,6 +55,7 @@ def report() -> list[tuple[str, str]]:
     compiler = cpp_compiler()
     rows.append(("torch.compile (CPU)", f"C++ compiler {compiler}: `separate --compile auto` can use it"
                  if compiler else "no C++ compiler ($CXX or g++): separation stays eager"))
+    rows.append(("compile cache", str(compile_cache_dir())))
     return rows
 
 

@@ -92,7 +92,7 @@ def add_device_options(p: Options) -> None:
         "--precision",
         default="auto",
         choices=["auto", *PRECISIONS],
-        help="autocast precision; auto = bf16 on CUDA, fp32 on the CPU",
+        help="autocast precision; auto = bf16 on CUDA and on CPUs with AVX-512 BF16 or AMX, else fp32",
     )
 
 

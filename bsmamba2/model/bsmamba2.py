@@ -10,6 +10,32 @@ from bsmamba2.model.blocks import BidirectionalMamba
 from bsmamba2.model.config import BSMamba2Config
 from bsmamba2.model.norms import BandRMSNorm
 
+PIECE_TOKENS = 8192
+"""Tokens (sequences × steps) per call of a bidirectional module in CPU inference."""
+
+
+def in_pieces(module: nn.Module, x: torch.Tensor, tokens: int | None = None) -> torch.Tensor:
+    """``module(x)`` for x (sequences, length, dim), in CPU inference a few sequences at a time.
+
+    Each sequence is mixed on its own, so the result is the same; what changes is the size of
+    the module's temporaries: on the paper model an 8 s segment's are 100–250 MB each when all
+    62 (time axis) or 801 (band axis) sequences go at once, ~10–40 MB in pieces of ``tokens``
+    (default :data:`PIECE_TOKENS`).
+    That bounds the peak memory (whatever the batch) and keeps each pass's data in the CPU's
+    caches. The pieces are of equal size, the last one filled up with zero sequences that are
+    dropped after, so a compiled module sees one shape. With gradients (training) or off the
+    CPU it is one call.
+    """
+    n, length = x.shape[:2]
+    per = max(1, (tokens or PIECE_TOKENS) // length)
+    if x.device.type != "cpu" or torch.is_grad_enabled() or per >= n:
+        return module(x)
+    pieces = -(-n // per)
+    per = -(-n // pieces)
+    if pieces * per > n:
+        x = torch.cat([x, x.new_zeros(pieces * per - n, *x.shape[1:])])
+    return torch.cat([module(piece) for piece in x.split(per)])[:n]
+
 
 class BSMamba2(nn.Module):
     """Complex mask estimation on the STFT. ``BSMamba2()`` is the paper configuration.
@@ -47,9 +73,9 @@ class BSMamba2(nn.Module):
         n_bands = x.shape[2]
         for time_block, band_block in self.layers:
             x = x.transpose(1, 2).reshape(batch * n_bands, frames, -1)
-            x = time_block(x)
+            x = in_pieces(time_block, x)
             x = x.reshape(batch, n_bands, frames, -1).transpose(1, 2).reshape(batch * frames, n_bands, -1)
-            x = band_block(x)
+            x = in_pieces(band_block, x)
             x = x.reshape(batch, frames, n_bands, -1)
         x = self.final_norm(x)
         masks = torch.stack([m(x) for m in self.mask_estimators], dim=1)  # (B, S, T, 4F)

@@ -32,7 +32,14 @@ from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model import istft, stft
 from bsmamba2.separation.batching import smaller_batch
 from bsmamba2.separation.chunking import Chunker, Chunking
-from bsmamba2.separation.compiling import compile_blocks, compile_pays, quiet_compiler, uncompile_blocks
+from bsmamba2.separation.compiling import (
+    compile_blocks,
+    compile_pays,
+    is_warm,
+    mark_warm,
+    quiet_compiler,
+    uncompile_blocks,
+)
 
 SegmentRunner = Callable[[list[np.ndarray]], np.ndarray]
 """The model callable: a list of B (channels, S) segments → a (B, ..., S) array of results."""
@@ -76,7 +83,8 @@ class SegmentModel:
             swapped, turn each output back and average.
 
     :attr:`compiled` says whether the Mamba modules run through ``torch.compile``; a compile
-    that fails at the first call falls back to eager with a warning (and stays eager).
+    that fails at the first call falls back to eager with a warning (and stays eager). Each
+    input shape a compiled model ran is marked in the compile cache (:func:`mark_warm`).
     """
 
     def __init__(
@@ -85,6 +93,13 @@ class SegmentModel:
         self.model, self.device, self.precision, self.tta = model, device, precision, tta
         self.config = model.config
         self.compiled = False
+        self.shapes: set[tuple[int, ...]] = set()
+        """The spectrogram shapes the model ran on so far."""
+        self._marked: set[tuple[int, ...]] = set()
+
+    def compile_is_warm(self) -> bool:
+        """Whether inductor's cache holds a compile for every input shape run so far (:func:`is_warm`)."""
+        return bool(self.shapes) and all(is_warm(self.model, s, self.precision) for s in self.shapes)
 
     def compile(self) -> None:
         """Compile the model's Mamba modules (CPU only, see :func:`compile_blocks`)."""
@@ -131,11 +146,17 @@ class SegmentModel:
 
     def _forward(self, spec: torch.Tensor) -> torch.Tensor:
         """The model on ``spec``; a compile that fails on this machine falls back to eager."""
+        shape = tuple(spec.shape)
+        self.shapes.add(shape)
         if not self.compiled:
             return self.model(spec)
         try:
             with quiet_compiler():
-                return self.model(spec)
+                out = self.model(spec)
+            if shape not in self._marked:
+                mark_warm(self.model, shape, self.precision)
+                self._marked.add(shape)
+            return out
         except Exception as exc:  # inductor's failures have many types; eager is always there
             self.compiled = False
             uncompile_blocks(self.model)
@@ -173,17 +194,23 @@ class AutoCompile:
         total_segments: the segments of every pass over the input; None for an input of
             unknown length, which stays eager.
         compile: compiles; gets the eager seconds the rest would have taken.
+        warm: after the first batch, whether the compile cache holds this compile already.
     """
 
-    def __init__(self, total_segments: int | None, compile: Callable[[float], None]) -> None:
-        self.total_segments, self.compile = total_segments, compile
+    def __init__(
+        self,
+        total_segments: int | None,
+        compile: Callable[[float], None],
+        warm: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.total_segments, self.compile, self.warm = total_segments, compile, warm
 
     def decide(self, per_segment: float, done: int) -> bool:
         """After ``done`` segments took ``per_segment`` seconds each: compile (True) or not."""
         if self.total_segments is None:
             return False
         eager = per_segment * max(0.0, self.total_segments - done)
-        if not compile_pays(eager):
+        if not compile_pays(eager, self.warm()):
             return False
         self.compile(eager)
         return True

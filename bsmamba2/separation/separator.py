@@ -87,8 +87,8 @@ class Separator:
         batch_size: segments per forward pass; ``auto`` is 1 on the CPU and what fits in half the
             free memory on CUDA. Halved if CUDA runs out of memory; lowered, with a warning,
             when its estimate passes all of the device's memory.
-        precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``
-            (autocast).
+        precision: ``auto`` (bf16 on CUDA and on CPUs with bf16 instructions, else fp32:
+            :func:`~bsmamba2.device.resolve_precision`), ``fp32``, ``bf16`` or ``fp16`` (autocast).
         progress: show tqdm bars.
         ema: take the EMA weights of an official Lightning checkpoint.
         official: the official evaluation protocol (or :meth:`official`): back-to-back 8 s
@@ -209,7 +209,7 @@ class Separator:
                 tqdm.write(f"{bar.desc}: compiling the Mamba-2 modules for the rest (eager would take "
                            f"~{more} more; --compile no to skip); cached on disk after")
 
-        return AutoCompile(total, compile_for_the_rest)
+        return AutoCompile(total, compile_for_the_rest, self.runner.compile_is_warm)
 
     def _stream(
         self,

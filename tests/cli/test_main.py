@@ -30,6 +30,11 @@ def test_info_lists_versions_and_backend(capsys, monkeypatch):
     assert re.search(r"kernels on cpu +torch\n", out)
     assert re.search(r"mixers +mamba2, .*\bmamba\b.*default mamba2", out)
     assert re.search(r"torch.compile \(CPU\) +(C\+\+ compiler \S+: `separate --compile auto` can use it|no C\+\+)", out)
+    assert re.search(r"compile cache +\S", out)
+    for forced, precision in (("1", "bf16 (bf16 instructions"), ("0", "fp32 (no AVX-512 BF16 or AMX")):
+        monkeypatch.setenv("BSMAMBA2_CPU_BF16", forced)
+        assert main(["info"]) == 0
+        assert re.search(rf"--precision auto \(CPU\) +{re.escape(precision)}", capsys.readouterr().out)
     monkeypatch.setenv("CXX", "no-such-compiler-bsmamba2")
     assert main(["info"]) == 0
     assert "no C++ compiler ($CXX or g++): separation stays eager" in capsys.readouterr().out

@@ -8,6 +8,7 @@ import torch
 
 import bsmamba2
 from bsmamba2.model import BSMamba2, BSMamba2Config, istft, stft
+from bsmamba2.model.blocks import BidirectionalMamba
 from tests.helpers.numerics import rel_err
 
 
@@ -110,6 +111,36 @@ def test_mixer_under_autocast_saves_one_copy_of_its_input():
     assert len(saved) == 3 and len(set(saved)) == 1
 
 
+def test_bidirectional_modules_in_pieces_give_the_whole(monkeypatch):
+    """CPU inference runs each bidirectional module on equal pieces of its sequences (the last
+    filled up with zeros, dropped): the same result, one input shape for a compiled module."""
+    from bsmamba2.model import bsmamba2 as net
+
+    cfg = BSMamba2Config(dim=16, depth=1, expand=2, headdim=8, d_state=8)
+    module = BidirectionalMamba(cfg).double()
+    x = torch.randn(7, 20, 16, dtype=torch.float64)
+    shapes = []
+    module.register_forward_pre_hook(lambda mod, args: shapes.append(tuple(args[0].shape)))
+    with torch.no_grad():
+        whole = module(x)
+        got = net.in_pieces(module, x, tokens=60)  # 3 sequences per piece: 3 pieces of 3, 2 of them padding
+    assert shapes == [(7, 20, 16)] + [(3, 20, 16)] * 3
+    assert (got - whole).abs().max() <= 1e-13 * whole.abs().max()
+    assert net.in_pieces(module, x, tokens=60).shape == x.shape
+    x.requires_grad_(True)
+    shapes.clear()
+    net.in_pieces(module, x, tokens=60).sum().backward()  # with gradients: one call
+    assert shapes == [(7, 20, 16)] and x.grad is not None
+
+    model = BSMamba2(cfg).double()
+    spec = torch.randn(1, 2, 1025, 30, dtype=torch.complex128)
+    with torch.no_grad():
+        ref = model(spec)
+        monkeypatch.setattr(net, "PIECE_TOKENS", 100)  # 3 of 62 bands, 1 of 30 frames
+        out = model(spec)
+    assert rel_err(out, ref) <= 1e-12
+
+
 def test_shapes_mono_and_several_stems():
     cfg = BSMamba2Config(dim=16, depth=1, expand=2, headdim=16, d_state=8, stereo=False, n_stems=2)
     model = BSMamba2(cfg).eval()
@@ -142,13 +173,17 @@ def test_config_validation_and_yaml(tmp_path):
         BSMamba2Config.from_yaml(bad)
 
 
-def test_bf16_autocast_close_to_float32(expected, data_dir):
-    model = bsmamba2.load_model(data_dir / "tiny.ckpt")
-    spec = torch.from_numpy(expected["spec_in"])[None, ..., :40]
-    with torch.no_grad():
+@pytest.mark.parametrize("ema", [False, True])
+def test_bf16_autocast_close_to_float32(expected, data_dir, ema):
+    """bf16 is ``--precision auto`` on CPUs with bf16 instructions because the official golden
+    model stays within 1e-2 of float32 in it (bsmamba2.device.cpu_has_fast_bf16)."""
+    model = bsmamba2.load_model(data_dir / "tiny.ckpt", ema=ema)
+    spec = torch.from_numpy(expected["spec_in"])[None]
+    with torch.inference_mode():
         ref = model(spec)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(spec)
     assert out.dtype == torch.complex64
     assert torch.isfinite(out.abs()).all()
-    assert rel_err(out, ref) <= 5e-2
+    assert 1e-4 < rel_err(out, ref) <= 1e-2  # bf16 really ran, and stayed close
+    assert rel_err(istft(out[0, 0], model.config), istft(ref[0, 0], model.config)) <= 1e-2

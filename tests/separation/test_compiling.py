@@ -110,6 +110,9 @@ def test_compile_pays_only_for_long_eager_work(monkeypatch):
     saved_per_second = 1 - 1 / compiling.COMPILED_SPEEDUP
     assert compile_pays(1.01 * compiling.COMPILE_SECONDS / saved_per_second)
     assert not compile_pays(0.99 * compiling.COMPILE_SECONDS / saved_per_second)
+    assert compiling.WARM_COMPILE_SECONDS < compiling.COMPILE_SECONDS
+    assert compile_pays(1.01 * compiling.WARM_COMPILE_SECONDS / saved_per_second, warm=True)
+    assert not compile_pays(0.99 * compiling.WARM_COMPILE_SECONDS / saved_per_second, warm=True)
     monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
     assert not compile_pays(1e9)  # no C++ compiler: eager, no error
 
@@ -121,6 +124,7 @@ def test_auto_compile_decides_after_the_first_batch(monkeypatch, capsys, cost, c
     calls = []
     monkeypatch.setattr(engine_module, "compile_blocks", lambda model, device: calls.append(device))
     monkeypatch.setattr(compiling, "COMPILE_SECONDS", cost)
+    monkeypatch.setattr(compiling, "WARM_COMPILE_SECONDS", cost)  # warm or not (tests above compiled)
     monkeypatch.setattr(compiling.shutil, "which", lambda name: f"/usr/bin/{name}")
     audio = (np.random.default_rng(3).standard_normal((2, 30000)) * 0.1).astype(np.float32)
     model = BSMamba2(TINY)
@@ -132,6 +136,48 @@ def test_auto_compile_decides_after_the_first_batch(monkeypatch, capsys, cost, c
     np.testing.assert_array_equal(got["vocals"], want["vocals"])  # the recorder compiles nothing
     sep.separate(audio, 44100)
     assert len(calls) == compiled  # decided once: a compiled model stays compiled
+
+
+def test_compile_cache_lives_in_the_bsmamba2_cache(tmp_path, monkeypatch):
+    """Inductor's cache goes under $BSMAMBA2_CACHE (kept across reboots, unlike its default
+    under /tmp) unless TORCHINDUCTOR_CACHE_DIR names one; compiling sets it for inductor."""
+    monkeypatch.setenv("BSMAMBA2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")  # restored after the test
+    assert compiling.compile_cache_dir() == tmp_path / "cache" / "inductor"
+    compile_blocks(BSMamba2(TINY), torch.device("cpu"), backend="aot_eager")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compiling.compile_cache_dir() == tmp_path / "mine"
+
+
+def test_a_compile_that_ran_makes_auto_weigh_the_warm_cost(tmp_path, monkeypatch):
+    """After a compiled run of a model, input shape and precision, compile="auto" for the same
+    expects the cached compile's cost; another shape, precision or architecture does not."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    calls = []
+    monkeypatch.setattr(engine_module, "compile_blocks", lambda model, device: calls.append(device))
+    monkeypatch.setattr(compiling, "COMPILE_SECONDS", 1e9)
+    monkeypatch.setattr(compiling, "WARM_COMPILE_SECONDS", 0.0)
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: f"/usr/bin/{name}")
+    audio = (np.random.default_rng(4).standard_normal((2, 30000)) * 0.1).astype(np.float32)
+    model = BSMamba2(TINY)
+    kwargs = {"device": "cpu", "segment": 0.5, "progress": False}
+
+    def auto_compiles(**more) -> bool:
+        sep = Separator(model, compile="auto", **{**kwargs, **more})
+        sep.separate(audio, 44100)
+        return sep.compiled
+
+    assert not auto_compiles()  # cold: the compile would cost more than it saves
+    compiled = Separator(model, compile=True, **kwargs)
+    compiled.separate(audio, 44100)  # a compiled run marks its shape
+    assert len(list((tmp_path / "inductor" / "bsmamba2-compiled").iterdir())) == 1
+    assert auto_compiles()
+    assert not auto_compiles(precision="bf16")
+    assert not auto_compiles(segment=0.6)
+    (shape,) = compiled.runner.shapes
+    assert compiling.is_warm(model, shape, "fp32")
+    assert not compiling.is_warm(BSMamba2(TINY.replace(dim=24)), shape, "fp32")
 
 
 def test_auto_compile_stays_eager_for_an_unknown_length(monkeypatch):
@@ -151,6 +197,7 @@ def test_cli_compile_auto_yes_no(tmp_path, monkeypatch, capsys, flag, compiled):
     calls = []
     monkeypatch.setattr(engine_module, "compile_blocks", lambda model, device: calls.append(device))
     monkeypatch.setattr(compiling, "COMPILE_SECONDS", 0.0)
+    monkeypatch.setattr(compiling, "WARM_COMPILE_SECONDS", 0.0)
     monkeypatch.setattr(compiling.shutil, "which", lambda name: f"/usr/bin/{name}")
     ckpt = tmp_path / "tiny.safetensors"
     save_model(BSMamba2(TINY), ckpt)

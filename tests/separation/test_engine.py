@@ -143,11 +143,11 @@ def test_fifo_is_first_in_first_out():
 
 def test_auto_compile_decides_once_after_the_first_batch(monkeypatch):
     asked, compiled = [], []
-    monkeypatch.setattr(engine_module, "compile_pays", lambda eager: asked.append(eager) or True)
-    decision = AutoCompile(total_segments=10, compile=compiled.append)
-    assert decision.decide(per_segment=3.0, done=2) and compiled == [24.0] and asked == [24.0]
+    monkeypatch.setattr(engine_module, "compile_pays", lambda eager, warm: asked.append((eager, warm)) or True)
+    decision = AutoCompile(total_segments=10, compile=compiled.append, warm=lambda: True)
+    assert decision.decide(per_segment=3.0, done=2) and compiled == [24.0] and asked == [(24.0, True)]
     assert not AutoCompile(None, compiled.append).decide(3.0, 2) and compiled == [24.0]  # unknown length
-    monkeypatch.setattr(engine_module, "compile_pays", lambda eager: False)
+    monkeypatch.setattr(engine_module, "compile_pays", lambda eager, warm: False)
     assert not AutoCompile(10, compiled.append).decide(3.0, 2) and compiled == [24.0]
 
     x = np.random.default_rng(5).standard_normal((2, 5000)).astype(np.float32)

@@ -239,14 +239,34 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32(micro_model):
     assert 0 < err < 0.1
 
 
-def test_precision_and_device_defaults():
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+def test_precision_and_device_defaults(monkeypatch):
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    for forced, cpu in (("1", "bf16"), ("0", "fp32")):
+        monkeypatch.setenv("BSMAMBA2_CPU_BF16", forced)
+        assert resolve_precision("auto", torch.device("cpu")) == cpu
+        assert resolve_precision("auto", torch.device("mps")) == "fp32"
+        assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    monkeypatch.delenv("BSMAMBA2_CPU_BF16")  # the CPU's own answer
+    detected = device_module._detected_cpu_bf16()
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if detected else "fp32")
+    monkeypatch.setenv("BSMAMBA2_CPU_BF16", "yes")
+    with pytest.raises(Exception, match="BSMAMBA2_CPU_BF16='yes': expected 1, 0 or nothing"):
+        resolve_precision("auto", torch.device("cpu"))
     with pytest.raises(Exception, match="unknown precision"):
         resolve_precision("fp8", torch.device("cpu"))
     with pytest.raises(Exception, match="unknown device"):
         Separator(MaskModel(), device="tpu", progress=False)
 
+
+
+def test_cpu_bf16_detection_reads_torchs_probe(monkeypatch):
+    cases = (({"avx512_bf16": True, "amx_bf16": False}, True), ({"amx_bf16": True}, True),
+             ({"avx512_f": True, "avx2": True}, False))
+    for capabilities, fast in cases:
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda c=capabilities: c)
+        device_module._detected_cpu_bf16.cache_clear()
+        assert device_module._detected_cpu_bf16() is fast
+    device_module._detected_cpu_bf16.cache_clear()
 
 
 def test_device_auto_prefers_cuda_then_mps_then_the_cpu(monkeypatch):
@@ -351,7 +371,7 @@ def test_progress_callback_reports_a_compile(monkeypatch):
     """``compile="auto"`` deciding to compile says so before the first output."""
     import bsmamba2.separation.engine as engine
 
-    monkeypatch.setattr(engine, "compile_pays", lambda eager: True)
+    monkeypatch.setattr(engine, "compile_pays", lambda eager, warm: True)
     monkeypatch.setattr(engine, "compile_blocks", lambda model, device: None)
     events, record = _recorder()
     sep = Separator(MaskModel(), device="cpu", segment=0.5, compile="auto", progress=False)
