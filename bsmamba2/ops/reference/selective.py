@@ -18,6 +18,8 @@ strong the decay). A tile is sized to stay in the cache.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -105,26 +107,69 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
           if initial_state is not None else u.new_zeros(b, g, n, dg, dtype=cdt))
     inplace = eager_inference(u, delta, A, B, C, D, z, delta_bias, initial_state)
     rows, q = block or _block(b, d, n)
-    tile = _tile_buffers(q, rows, g, n, dg, u, cdt) if inplace else None
     out = u.new_empty(b, length, g, dg) if inplace else None
-    finals, pieces = [], []
-    for s0 in range(0, b, rows):
+
+    def scan_rows(s0: int, buffers: dict | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Sequences s0 … s0 + rows through every step: (their output, or None when written
+        into ``out``; their final state)."""
         h, chunks = h0[s0:s0 + rows], []
         for t0 in range(0, length, q):
             part = (slice(t0, t0 + q), slice(s0, s0 + rows))
             y, h = _tile(h, dls[part], us[part], zs[part] if zs is not None else None, Bs[part], Cs[part],
-                          A2, bias, Dg, delta_softplus, tile)
-            if inplace:
+                         A2, bias, Dg, delta_softplus, buffers)
+            if buffers:
                 out[s0:s0 + rows, t0:t0 + q].copy_(y.transpose(0, 1))
             else:
                 chunks.append(y)
-        finals.append(h)
-        if not inplace:
-            pieces.append(torch.cat(chunks).transpose(0, 1))
-    out = (out if inplace else torch.cat(pieces).to(u.dtype)).view(b, length, d).transpose(1, 2)
+        return (None if buffers else torch.cat(chunks).transpose(0, 1)), h
+
+    starts = list(range(0, b, rows))
+    if inplace:  # the tiles write into out and h0
+        def scan_part(part: list[int]) -> None:
+            buffers = _tile_buffers(q, rows, g, n, dg, u, cdt)
+            for s0 in part:
+                scan_rows(s0, buffers)
+
+        _split_over_threads(scan_part, starts)
+        final = h0
+    else:
+        ys, finals = zip(*(scan_rows(s0, None) for s0 in starts), strict=True)
+        out, final = torch.cat(ys).to(u.dtype), torch.cat(finals)
+    out = out.view(b, length, d).transpose(1, 2)
     if not (return_last_state or return_final_state):
         return out
-    return out, torch.cat(finals).transpose(-1, -2).reshape(b, d, n)
+    return out, final.transpose(-1, -2).reshape(b, d, n)
+
+
+def _split_over_threads(work: Callable[[list[int]], None], starts: list[int]) -> None:
+    """``work`` over the tile rows ``starts``, split between torch's intra-op threads as Python
+    threads that each run their ops single-threaded (torch releases the GIL inside an op).
+
+    A tile's ops are too small to split well: every op split over threads ends in a barrier,
+    and on a busy machine a barrier waits for whichever thread was descheduled (measured in
+    docs/benchmarks.md); these threads meet once, at the end. torch's thread count is
+    process-wide: it is 1 while the scan runs (ops of other threads run single-threaded for
+    that time) and restored after. Grad and inference mode are per thread: passed on.
+    """
+    before = torch.get_num_threads()
+    threads = min(before, len(starts))
+    if threads < 2:
+        work(starts)
+        return
+    inference = torch.is_inference_mode_enabled()
+
+    def run(part: list[int]) -> None:
+        torch.set_num_threads(1)  # for a thread-local BLAS setting too
+        with torch.inference_mode(inference), torch.no_grad():
+            work(part)
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            for done in [pool.submit(run, starts[i::threads]) for i in range(threads)]:
+                done.result()
+    finally:
+        torch.set_num_threads(before)
 
 
 def _block(b: int, d: int, n: int) -> tuple[int, int]:
