@@ -24,14 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark_mamba_ssm import SHAPES, Timer, selective_scan_inputs
 from bsmamba2.ops.triton import selective
 
-VARIANTS = {  # name: (K, backward kernel, its launch settings)
-    "steps K8 d16": (8, "steps", dict(BLOCK_D=16, num_warps=1)),
-    "steps K4 d32": (4, "steps", dict(BLOCK_D=32, num_warps=1)),
-    "tiles K8 TL8 W4": (8, "tiles", dict(BLOCK_D=64, W=4, TL=8, NL=4)),
-    "tiles K4 TL8 W4": (4, "tiles", dict(BLOCK_D=64, W=4, TL=8, NL=4)),
-    "tiles K8 TL4 NL8 W4": (8, "tiles", dict(BLOCK_D=64, W=4, TL=4, NL=8)),
-    "tiles K4 TL8 W2 d32": (4, "tiles", dict(BLOCK_D=32, W=2, TL=8, NL=4)),
-    "tiles K4 TL8 W8 d128": (4, "tiles", dict(BLOCK_D=128, W=8, TL=8, NL=4)),
+VARIANTS = {  # name: (K, backward launch settings); the first is the default, the others' reference
+    "K4 d32": (4, dict(BLOCK_D=32, num_warps=1)),
+    "K4 d16": (4, dict(BLOCK_D=16, num_warps=1)),
+    "K8 d16": (8, dict(BLOCK_D=16, num_warps=1)),
+    "K4 d16 r168": (4, dict(BLOCK_D=16, num_warps=1, maxnreg=168)),
+    "K4 d32 w2": (4, dict(BLOCK_D=32, num_warps=2)),
 }
 
 
@@ -54,10 +52,9 @@ def main() -> None:
         with torch.no_grad():
             dy = torch.randn_like(selective.selective_scan(*inputs, delta_softplus=True))
         for name in args.variants.split(","):
-            k, kind, launch = VARIANTS[name]
+            k, launch = VARIANTS[name]
             selective.CHUNK = k
-            selective.BACKWARD = kind
-            selective._bwd_config = selective._tiles_config = lambda n, launch=launch: dict(launch)
+            selective._bwd_config = lambda n, launch=launch: dict(launch)
 
             def fwd(inputs=inputs):
                 return selective.selective_scan(*inputs, delta_softplus=True)

@@ -307,215 +307,6 @@ def _bwd(
         tl.store(_state_ptrs(dh0_ptr, bi, D_all, N, dch, on), x, mask=dn_mask)
 
 
-@triton.jit
-def _then(a1, b1, a2, b2):
-    """Affine maps v → a·v + b composed: the first, then the second."""
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _then_pairs(e1a, e1b, i1a, i1b, e2a, e2b, i2a, i2b):
-    """(maps before, maps up to) a position: scanned over leaves (identity, f) it gives each
-    position the composition of the maps before it (an exclusive scan) and up to it."""
-    ea, eb = _then(i1a, i1b, e2a, e2b)
-    ia, ib = _then(i1a, i1b, i2a, i2b)
-    return ea, eb, ia, ib
-
-
-@triton.jit
-def _at(tile, at, axis: tl.constexpr):
-    """The entry of ``tile`` along ``axis`` where ``at``, the axis kept (size 1); −0.0 elsewhere,
-    so that on an in-thread axis the compiler reads the register instead of summing."""
-    return tl.sum(tl.where(at, tile, -0.0), axis, keep_dims=True)
-
-
-@triton.jit
-def _run_forward(a, b, v, s, S: tl.constexpr):
-    """v_i = a_i v_{i-1} + b_i along the in-thread axis 0 from v (a loop over its registers)."""
-    out = tl.zeros_like(b)
-    for i in tl.static_range(S):
-        v = _at(a, s == i, 0) * v + _at(b, s == i, 0)
-        out = tl.where(s == i, v, out)
-    return out
-
-
-@triton.jit
-def _scan_back(a, b, s, S: tl.constexpr):
-    """(Π_{j≥i} a_j, v_i) of v_i = a_i v_{i+1} + b_i from v_S = 0 along the in-thread axis 0:
-    a loop over its registers (Triton's reverse scan reverses the lanes with shuffles)."""
-    pa = tl.zeros_like(a)
-    v = tl.zeros_like(b)
-    pa_next = tl.full(_at(a, s == 0, 0).shape, 1.0, tl.float32)
-    v_next = tl.zeros_like(pa_next)
-    for j in tl.static_range(S):
-        i = S - 1 - j
-        a_i = _at(a, s == i, 0)
-        pa_next, v_next = pa_next * a_i, a_i * v_next + _at(b, s == i, 0)
-        pa = tl.where(s == i, pa_next, pa)
-        v = tl.where(s == i, v_next, v)
-    return pa, v
-
-
-@triton.jit
-def _next_step(x, fill, s, S: tl.constexpr):
-    """x one step later along the in-thread axis 0 (``fill`` after the last): a register
-    renaming (the indices are known at compile time)."""
-    src = tl.arange(0, S)[None, :, None, None, None, None]
-    later = tl.sum(tl.where(src == tl.expand_dims(s, 1) + 1, tl.expand_dims(x, 0), -0.0), 1)
-    return tl.where(s == S - 1, fill, later)
-
-
-@triton.jit
-def _over_states(tile):
-    """A tile's sum over the states, axes kept: first in each thread, then across lanes."""
-    return tl.sum(tl.sum(tile, 1, keep_dims=True), 4, keep_dims=True)
-
-
-@triton.jit
-def _over_steps(tile):
-    """A tile's sum over the steps, axes kept: first in each thread, then across lanes."""
-    return tl.sum(tl.sum(tile, 0, keep_dims=True), 3, keep_dims=True)
-
-
-@triton.jit(do_not_specialize=[*STRIDES_BWD, "sv"])
-def _bwd_tiles(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, states_ptr, dout_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, carry_ptr,
-    L, N, DG, G, NC, NT,
-    sub, sud, sul, sdb, sdd, sdl, sAd, sAn, sBb, sBg, sBn, sBl, sCb, sCg, sCn, sCl,
-    szb, szd, szl, ssb, ssc, ssn, ssd, syb, syd, syl, sgub, sgud, sgul, sgdb, sgdd, sgdl, sgzb, sgzd, sgzl,
-    spn, sv,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr,
-    K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, W: tl.constexpr, TL: tl.constexpr,
-    NL: tl.constexpr,
-):
-    """Input gradients of one (sequence, block of BLOCK_D channels), in time tiles of TL
-    blocks of K steps walked in reverse; in a tile, W channels at a time (one a warp).
-
-    Tiles are (step in block, state, channel, block, state) = (K, NS, W, TL, NL): a thread
-    holds K consecutive steps of NS states of one channel, the lanes run along the tile's
-    blocks and the other states. The states are the forward's (one entering every block), so
-    the recompute is a scan inside each thread; the state gradient is scanned backwards in
-    each thread's block, then across the blocks' lanes, from the tile's carry (carry_ptr:
-    (batch, d, n) fp32, the final state's gradient at the start and the initial state's at
-    the end). B and C's gradients add up over the channel loop in registers, stored once per
-    tile as the program's partial sums (dB_ptr / dC_ptr: (batch, programs per sequence,
-    length, N)); A's, D's and the delta bias's per (sequence, channel) in dA/dD/dbias_ptr."""
-    NS: tl.constexpr = BLOCK_N // NL
-    pid = tl.program_id(0).to(tl.int64)
-    NBLK = tl.cdiv(DG, BLOCK_D)
-    blk = (pid % NBLK).to(tl.int32)
-    gi = (pid // NBLK % G).to(tl.int32)
-    bi = pid // (NBLK * G)
-    D_all = G * DG
-    s = tl.arange(0, K)[:, None, None, None, None]
-    w = tl.arange(0, W)[None, None, :, None, None]
-    tb = tl.arange(0, TL)[None, None, None, :, None]
-    nl = tl.arange(0, NL)[None, None, None, None, :]
-    on = tl.arange(0, NS)[None, :, None, None, None] * NL + nl
-    mn = on < N
-    # Every tile spans the lanes' axes (TL, NL) and the warps' (W), so that all of them get
-    # one layout: a step's values of a channel are loaded by its NL lanes alike, a channel's
-    # by all its TL lanes (the same address: one transaction).
-    lanes = (tb + nl) * 0
-    first_lane = (tb == 0) & (nl == 0)
-    w = w + lanes
-    ts_lanes = nl * 0
-    B_ptr += bi * sBb + gi * sBg
-    C_ptr += bi * sCb + gi * sCg
-    part = pid % (G * NBLK)  # the program's index within its sequence
-    part_base = (bi * G * NBLK + part) * L
-    for it in range(NT):
-        k = NT - 1 - it
-        tl.debug_barrier()  # the previous tile's carries and sums, stored by other threads
-        chunk = k * TL + TL - 1 - tb  # the block's chunk of the forward: the lanes run backwards in time
-        ts = chunk * K + s + ts_lanes  # (K, 1, 1, TL, NL)
-        live = ts < L
-        Bt = tl.load(B_ptr + on * sBn + ts * sBl + 0 * w, mask=live & mn, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + on * sCn + ts * sCl + 0 * w, mask=live & mn, other=0.0).to(tl.float32)
-        dB = tl.zeros((K, NS, W, TL, NL), dtype=tl.float32)
-        dC = tl.zeros((K, NS, W, TL, NL), dtype=tl.float32)
-        for c0 in range(0, BLOCK_D, W):
-            dloc = blk * BLOCK_D + c0 + w
-            md = dloc < DG
-            dch = gi * DG + dloc
-            m = live & md
-            dmn = md & mn
-            raw = _row(delta_ptr, bi, sdb, dch, sdd, ts, sdl, m)
-            if HAS_BIAS:
-                raw += tl.load(bias_ptr + dch * sv, mask=md, other=0.0).to(tl.float32)
-            dl = softplus(raw) if SOFTPLUS else raw
-            dl = tl.where(m, dl, 0.0)
-            uu = _row(u_ptr, bi, sub, dch, sud, ts, sul, m)
-            A2 = tl.load(A_ptr + on * sAn + dch * sAd, mask=dmn, other=0.0).to(tl.float32) * LOG2E
-            a = tl.exp2(dl * A2)
-            dlu = dl * uu
-            bb = dlu * Bt
-            # The states again, from the forward's, one entering each block.
-            if HAS_H0:
-                h_in = tl.load(h0_ptr + (bi * D_all + dch) * N + on, mask=dmn & (chunk == 0), other=0.0)
-            else:
-                h_in = tl.zeros((1, NS, W, TL, NL), dtype=tl.float32)
-            h_in += tl.load(states_ptr + bi * ssb + (chunk - 1) * ssc + on * ssn + dch * ssd,
-                            mask=dmn & (chunk > 0) & (chunk < NC), other=0.0).to(tl.float32)
-            h = _run_forward(a, bb, h_in, s, K)
-            dy = _row(dout_ptr, bi, syb, dch, syd, ts, syl, m)
-            if HAS_Z:
-                y = _over_states(Ct * h)
-                if HAS_D:
-                    y += tl.load(D_ptr + dch * sv, mask=md, other=0.0).to(tl.float32) * uu
-                zz = _row(z_ptr, bi, szb, dch, szd, ts, szl, m)
-                sg = sigmoid(zz)
-                tl.store(dz_ptr + bi * sgzb + dch * sgzd + ts * sgzl,
-                         (dy * y * sg * (1.0 + zz * (1.0 - sg))).to(dz_ptr.dtype.element_ty), mask=m)
-                dy = dy * zz * sg
-            # The state gradient r_t = C_t dy_t + a_{t+1} r_{t+1}, through x_t = a_t r_t:
-            # x_t = a_t (C_t dy_t + x_{t+1}), scanned backwards in each block, then across
-            # the blocks (exclusive: the x entering each block from the next), from the carry.
-            cg = Ct * dy
-            pr, xl = _scan_back(a, a * cg, s, K)
-            ta = _at(pr, s == 0, 0)
-            tb_ = _at(xl, s == 0, 0)
-            one = tl.full(ta.shape, 1.0, tl.float32)
-            ea, eb, ia, ib = tl.associative_scan((one, tl.zeros_like(ta), ta, tb_), 3, _then_pairs)
-            state_at = (bi * D_all + dch) * N + on  # of (batch, d, n) fp32 tensors
-            carry_ptrs = carry_ptr + state_at
-            carry = tl.load(carry_ptrs, mask=dmn, other=0.0)
-            x_in = ea * carry + eb  # x at the next block's first step
-            x = xl + pr * x_in
-            r = cg + _next_step(x, x_in, s, K)
-            tl.store(carry_ptrs, ia * carry + ib, mask=dmn & (tb == TL - 1))
-            dB += r * dlu
-            dC += h * dy
-            q = r * (h - bb)  # r_t a_t h_{t-1}
-            dA_ptrs = dA_ptr + state_at
-            dA_c = _over_steps(q * dl)
-            tl.store(dA_ptrs, tl.load(dA_ptrs, mask=dmn, other=0.0) + dA_c, mask=dmn & (tb == 0))
-            rB = _over_states(r * Bt)
-            ddl = _over_states(q * A2) * LN2 + uu * rB
-            du = dl * rB
-            if HAS_D:
-                Dv = tl.load(D_ptr + dch * sv, mask=md, other=0.0).to(tl.float32)
-                du += Dv * dy
-                dD_ptrs = dD_ptr + (bi * D_all + dch) * sv
-                dD_c = _over_steps(dy * uu)
-                tl.store(dD_ptrs, tl.load(dD_ptrs, mask=md, other=0.0) + dD_c, mask=md & first_lane)
-            if SOFTPLUS:
-                ddl *= sigmoid(raw)
-            ddl = tl.where(m, ddl, 0.0)
-            if HAS_BIAS:
-                dbias_ptrs = dbias_ptr + (bi * D_all + dch) * sv
-                dbias_c = _over_steps(ddl)
-                tl.store(dbias_ptrs, tl.load(dbias_ptrs, mask=md, other=0.0) + dbias_c, mask=md & first_lane)
-            tl.store(du_ptr + bi * sgub + dch * sgud + ts * sgul, du.to(du_ptr.dtype.element_ty), mask=m)
-            tl.store(ddelta_ptr + bi * sgdb + dch * sgdd + ts * sgdl, ddl.to(ddelta_ptr.dtype.element_ty),
-                     mask=m)
-        rows = part_base + ts
-        tl.store(dB_ptr + rows * N + on * spn, tl.sum(dB, 2, keep_dims=True), mask=live & mn)
-        tl.store(dC_ptr + rows * N + on * spn, tl.sum(dC, 2, keep_dims=True), mask=live & mn)
-
-
 def _as_groups(t: torch.Tensor, name: str) -> torch.Tensor:
     """B or C as (batch, groups, n, length): a 3-D (batch, n, length) tensor is one group."""
     if t.dim() == 3:
@@ -570,32 +361,20 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[in
     return b, d, length, n, g
 
 
-CHUNK = 4 if INTERPRET else 8
+CHUNK = 4
 """Steps per chunk: the spacing of the states stored for the backward and the length of its
-register ring (CHUNK × states × channels per thread fp32 registers)."""
+register ring (CHUNK × states × channels per thread fp32 registers). 4, not 8: with 8 the
+ring and the chunk's tiles spill (tools/sweep_selective_scan.py measured both, H200:
+docs/benchmarks.md)."""
 
 
 def _bwd_config(n: int) -> dict:
     """Launch settings of the backward. Fixed, not autotuned: B and C's partial sums are per
-    channel block. One warp of 16 channels: two threads per channel, each with half the
-    states, which halves the registers of the state tiles and rings."""
+    channel block. One warp of 32 channels, a thread each (the fastest of the swept
+    variants: docs/benchmarks.md)."""
     if INTERPRET:
         return dict(BLOCK_D=4, num_warps=1)
-    return dict(BLOCK_D=16, num_warps=1)
-
-
-BACKWARD = "tiles"
-
-
-def _tiles_config(n: int) -> dict:
-    """Tiles of the tiled backward: W channels at a time (a warp each) over BLOCK_D per
-    program, TL blocks of CHUNK steps a tile along the lanes, with NL of the states (the
-    other NS in each thread)."""
-    padded = block(n, 1)
-    lanes = min(4, padded)
-    if INTERPRET:
-        return dict(BLOCK_D=4, W=2, TL=2, NL=lanes)
-    return dict(BLOCK_D=64, W=4, TL=8, NL=lanes)
+    return dict(BLOCK_D=32, num_warps=1)
 
 
 class SelectiveScan(torch.autograd.Function):
@@ -645,47 +424,27 @@ class SelectiveScan(torch.autograd.Function):
         dummy = A
         if dout is None:
             dout = torch.zeros_like(u)
-        if BACKWARD == "tiles":
-            launch = _tiles_config(n)
-            programs = g * triton.cdiv(dg, launch["BLOCK_D"])  # per sequence
-        else:
-            launch = _bwd_config(n)
-            programs = g * triton.cdiv(dg, launch["BLOCK_D"])  # per sequence
+        launch = _bwd_config(n)
+        programs = g * triton.cdiv(dg, launch["BLOCK_D"])  # per sequence
         du, ddelta = _empty_in_layout(u), _empty_in_layout(delta)
         dz = _empty_in_layout(z) if z is not None else None
         dB_part = u.new_empty(b, programs, length, n, dtype=torch.float32)
         dC_part = torch.empty_like(dB_part)
-        zeros = torch.zeros if BACKWARD == "tiles" else torch.empty
-        dA_part = zeros(b, d, n, dtype=torch.float32, device=u.device)
-        dD_part = zeros(b, d, dtype=torch.float32, device=u.device) if D is not None else None
-        dbias_part = zeros(b, d, dtype=torch.float32, device=u.device) if delta_bias is not None else None
+        dA_part = u.new_empty(b, d, n, dtype=torch.float32)
+        dD_part = u.new_empty(b, d, dtype=torch.float32) if D is not None else None
+        dbias_part = u.new_empty(b, d, dtype=torch.float32) if delta_bias is not None else None
+        dh0 = u.new_empty(b, d, n, dtype=torch.float32) if initial_state is not None else None
         zz = z if z is not None else u
         gz = dz if dz is not None else du
         opt = [t if t is not None else dummy for t in (D, zz, delta_bias, initial_state)]
-        if BACKWARD == "tiles":
-            # The state gradient carried between tiles: the final state's at the start, the
-            # initial state's at the end.
-            carry = (dfinal.float().contiguous().clone() if dfinal is not None
-                     else u.new_zeros(b, d, n, dtype=torch.float32))
-            tile = launch["TL"] * ctx.common["K"]
-            _bwd_tiles[(b * programs,)](
-                u, delta, A, Bg, Cg, *opt, states, dout, du, ddelta, gz, dB_part, dC_part, dA_part,
-                dD_part if dD_part is not None else dummy, dbias_part if dbias_part is not None else dummy,
-                carry,
-                length, n, dg, g, nc, triton.cdiv(length, tile), *_strides(u, delta, A, Bg, Cg, zz),
-                *_state_strides(states), *_strides(dout, du, ddelta, gz), dB_part.stride(3), 1,
-                num_warps=launch["W"], num_stages=1, **launch, **ctx.common)
-            dh0 = carry if initial_state is not None else None
-        else:
-            dh0 = u.new_empty(b, d, n, dtype=torch.float32) if initial_state is not None else None
-            _bwd[(b * programs,)](
-                u, delta, A, Bg, Cg, *opt, states, dout, dfinal.contiguous() if dfinal is not None else dummy,
-                du, ddelta, gz, dB_part, dC_part, dA_part,
-                dD_part if dD_part is not None else dummy, dbias_part if dbias_part is not None else dummy,
-                dh0 if dh0 is not None else dummy,
-                length, n, dg, g, nc, *_strides(u, delta, A, Bg, Cg, zz), *_state_strides(states),
-                *_strides(dout, du, ddelta, gz), dB_part.stride(3),
-                HAS_DFIN=dfinal is not None, **launch, **ctx.common)
+        _bwd[(b * programs,)](
+            u, delta, A, Bg, Cg, *opt, states, dout, dfinal.contiguous() if dfinal is not None else dummy,
+            du, ddelta, gz, dB_part, dC_part, dA_part,
+            dD_part if dD_part is not None else dummy, dbias_part if dbias_part is not None else dummy,
+            dh0 if dh0 is not None else dummy,
+            length, n, dg, g, nc, *_strides(u, delta, A, Bg, Cg, zz), *_state_strides(states),
+            *_strides(dout, du, ddelta, gz), dB_part.stride(3),
+            HAS_DFIN=dfinal is not None, **launch, **ctx.common)
 
         def group_sum(part: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
             total = part.view(b, g, programs // g, length, n).sum(2).transpose(-1, -2)  # (b, g, n, L)
