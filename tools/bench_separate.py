@@ -36,6 +36,7 @@ from torch import nn
 import bsmamba2
 from bsmamba2.allocator import tune_allocator
 from bsmamba2.model import BSMamba2, BSMamba2Config
+from bsmamba2.separation.files import FileJob, run_job
 
 
 class UnitMask(nn.Module):
@@ -86,6 +87,9 @@ def child(args: argparse.Namespace) -> None:
         compile={"yes": True, "no": False, "auto": "auto"}[args.compile],
     )
     baseline = peak_rss_mb()
+    if args.files:
+        print(json.dumps(folder(sep, Path(args.child), args.files, baseline)))
+        return
     walls, cpus = [], []
     for _ in range(args.repeat):
         start, cpu = time.perf_counter(), cpu_seconds()
@@ -98,6 +102,41 @@ def child(args: argparse.Namespace) -> None:
                       "compiled": sep.compiled,
                       "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu,
                       "load_average": os.getloadavg()}))
+
+
+def folder(sep: bsmamba2.Separator, path: Path, count: int, baseline: float) -> dict:
+    """``count`` copies of ``path`` separated one after the other in this process, as
+    ``bsmamba2 separate FOLDER`` does (after one file to compile and warm up), against one
+    pass of the model over one whole file (the same audio as a single segment)."""
+    inputs = path.parent / f"folder_{path.stem}"
+    inputs.mkdir(exist_ok=True)
+    jobs = []
+    for number in range(count):
+        copy = inputs / f"song{number:02d}.wav"
+        if not copy.exists():
+            os.link(path, copy)
+        jobs.append(FileJob(copy, path.parent / "folder_out", {"overwrite": True}))
+    run_job(sep, jobs[0])
+    start = time.perf_counter()
+    reports = [run_job(sep, job) for job in jobs]
+    wall = time.perf_counter() - start
+    failed = [r.error for r in reports if r.status != "separated"]
+    if failed:
+        raise SystemExit(f"folder benchmark: {failed[0]}")
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    seconds = audio.shape[0] / rate
+    passes = []
+    for _ in range(2):  # the second is warm
+        begin = time.perf_counter()
+        sep.runner([np.ascontiguousarray(audio.T)])
+        passes.append(time.perf_counter() - begin)
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if sep.device.type == "cuda" else None
+    folder_xrt, pass_xrt = count * seconds / wall, seconds / passes[-1]
+    return {"files": count, "wall_s": wall, "file_wall_s": [r.wall for r in reports],
+            "folder_xrt": folder_xrt,
+            "one_pass_s": passes[-1], "one_pass_xrt": pass_xrt, "share_of_one_pass": folder_xrt / pass_xrt,
+            "batch_size": sep.batch_size, "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb(),
+            "peak_gpu_mb": gpu}
 
 
 def main() -> None:
@@ -116,6 +155,9 @@ def main() -> None:
                         help="torch.compile the Mamba-2 modules (yes; auto: as the command's default); "
                         "compile time counts in the wall time; set TORCHINDUCTOR_CACHE_DIR to an empty "
                         "folder for a cold cache")
+    parser.add_argument("--files", type=int, default=0,
+                        help="separate a folder of this many files of each length in one process (the "
+                        "command's path for a folder) and compare with one pass of the model over one file")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc malloc as it is (the CLI tunes it, see bsmamba2/allocator.py)")
@@ -131,18 +173,31 @@ def main() -> None:
     settings += ["--device", args.device, "--repeat", str(args.repeat)]
     settings += ["--precision", args.precision] + (["--default-malloc"] if args.default_malloc else [])
     settings += ["--compile", args.compile]
-    print(f"{'minutes':>8}  {'wall s':>9}  {'x RT':>7}  {'first s':>8}  {'CPU s':>8}  {'baseline MB':>11}"
-          f"  {'peak MB':>8}  {'GPU MB':>7}", flush=True)
+    settings += ["--files", str(args.files)] if args.files else []
+    if args.files:
+        print(f"{'minutes':>8}  {'files':>5}  {'wall s':>8}  {'x RT':>7}  {'one pass s':>10}  {'x RT':>7}  "
+              f"{'share':>6}", flush=True)
+    else:
+        print(f"{'minutes':>8}  {'wall s':>9}  {'x RT':>7}  {'first s':>8}  {'CPU s':>8}  {'baseline MB':>11}"
+              f"  {'peak MB':>8}  {'GPU MB':>7}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_separate_") as tmp:
         for minutes in args.minutes:
             path = Path(tmp) / f"input_{minutes:g}min.wav"
             write_input(path, minutes, args.rate)
             cmd = [sys.executable, __file__, *settings, "--child", str(path)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"the measurement of {minutes:g} min failed:\n{done.stderr[-3000:]}")
+            out = done.stdout
             r = {"minutes": minutes, **json.loads(out.strip().splitlines()[-1])}
-            r["xrt"] = minutes * 60 / r["wall_s"]
             rows.append(r)
             path.unlink()
+            if args.files:
+                print(f"{minutes:8g}  {r['files']:5d}  {r['wall_s']:8.2f}  {r['folder_xrt']:7.1f}  "
+                      f"{r['one_pass_s']:10.3f}  {r['one_pass_xrt']:7.1f}  {r['share_of_one_pass']:6.1%}",
+                      flush=True)
+                continue
+            r["xrt"] = minutes * 60 / r["wall_s"]
             line = f"{minutes:8g}  {r['wall_s']:9.2f}  {r['xrt']:7.2f}  {r['first_wall_s']:8.2f}"
             line += f"  {r['cpu_s']:8.1f}"
             gpu = f"{r['peak_gpu_mb']:7.0f}" if r["peak_gpu_mb"] is not None else f"{'-':>7}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -87,8 +87,6 @@ class Mamba2(nn.Module):
 
     def _mix_along(self, u: torch.Tensor, reverse: bool) -> torch.Tensor:
         b, length, _ = u.shape
-        gn = self.ngroups * self.d_state
-        sizes = [self.d_inner, self.d_inner + 2 * gn, self.nheads]
         if torch.is_grad_enabled():
             # One product per piece: their input gradients add up in the backward, where the
             # split of one product would concatenate its pieces' gradients (a 1.2 GB write and
@@ -96,12 +94,27 @@ class Mamba2(nn.Module):
             # Under autocast, cast u once: each product would save its own cast copy.
             if torch.is_autocast_enabled(u.device.type):
                 u = u.to(torch.get_autocast_dtype(u.device.type))
-            z, xbc, dt = (nn.functional.linear(u, w) for w in self.in_proj.weight.split(sizes))
+            z, xbc, dt = (nn.functional.linear(u, w) for w in self.in_proj.weight.split(self._sizes()))
         else:
-            z, xbc, dt = self.in_proj(u).split(sizes, -1)
-        xbc = ops.causal_conv1d(xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", reverse=reverse)
+            z, xbc, dt = self.in_proj(u).split(self._sizes(), -1)
+        y = self._scan(self._conv(xbc, reverse), dt, reverse)
+        y = self.norm(y.reshape(b, length, self.d_inner), z)
+        return self.out_proj(y)
+
+    def _sizes(self) -> list[int]:
+        """Widths of in_proj's z, x | B | C and dt."""
+        return [self.d_inner, self.d_inner + 2 * self.ngroups * self.d_state, self.nheads]
+
+    def _conv(self, xbc: torch.Tensor, reverse: bool) -> torch.Tensor:
+        weight, bias = self.conv1d.weight.squeeze(1), self.conv1d.bias
+        return ops.causal_conv1d(xbc, weight, bias, "silu", reverse=reverse)
+
+    def _scan(self, xbc: torch.Tensor, dt: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """The SSD scan of the conv's output: (b, length, heads, headdim)."""
+        b, length, _ = xbc.shape
+        gn = self.ngroups * self.d_state
         x, B, C = ops.split_channels(xbc, [self.d_inner, gn, gn])
-        y = ops.ssd_scan(
+        return ops.ssd_scan(
             x.reshape(b, length, self.nheads, self.headdim),
             dt,
             -torch.exp(self.A_log.float()),
@@ -112,5 +125,19 @@ class Mamba2(nn.Module):
             dt_softplus=True,
             reverse=reverse,
         )
-        y = self.norm(y.reshape(b, length, self.d_inner), z)
-        return self.out_proj(y)
+
+    def warm_up_calls(self, u: torch.Tensor) -> dict[str, Callable[[], object]]:
+        """The kernel-launching stages of an inference forward on ``u`` (conv, scan, gated
+        norm), each on its own: inputs laid out as the forward lays them out (in_proj's split
+        views, the conv's and the scan's fresh outputs), so each call launches the kernel
+        variant the forward launches without waiting for the stage before. For compiling the
+        kernels at once (:mod:`bsmamba2.separation.warmup`); the results mean nothing."""
+        b, length, _ = u.shape
+        reverse = self.reverse and ops.reverses_in_kernels(u)
+        z, xbc, dt = self.in_proj(u).split(self._sizes(), -1)
+        conv_out, scan_out = xbc.new_empty(xbc.shape), xbc.new_empty(b, length, self.d_inner)
+        return {
+            "conv": lambda: self._conv(xbc, reverse),
+            "scan": lambda: self._scan(conv_out, dt, reverse),
+            "norm": lambda: self.norm(scan_out, z),
+        }

@@ -29,8 +29,11 @@ from bsmamba2.model.mixers import mixer_activation_width
 
 ACTIVATION_FACTOR = 6.0
 """Peak inference memory of one segment, in multiples of its in_proj output."""
-MAX_AUTO_BATCH = 16
-"""Beyond this the GPU is busy anyway; more would only delay the first written block."""
+MAX_AUTO_BATCH = 4
+"""Beyond this the GPU is busy anyway and larger batches only delay the host's share: the
+engine adds and writes one batch while the GPU runs the next, so smaller batches overlap
+more of it. Paper model, 8 s segments, H200: 16.95 ms of GPU per segment in batches of 4,
+16.11 in batches of 16, but a 1-minute file 0.34 s against 0.39 s (docs/benchmarks.md)."""
 
 
 def segment_bytes(config: BSMamba2Config, segment_samples: int, element_bytes: int) -> int:

@@ -6,8 +6,11 @@ No files, no resampling, no progress display: (channels, n) blocks at the model'
 final so far come out, in order, as (rows, n) arrays (rows = stems × channels). The parts:
 
 - the model callable, any ``run(segments) -> results`` mapping a list of (channels, S)
-  segments to a (B, ..., S) array; :class:`SegmentModel` is a BSMamba2's (STFT, model,
-  iSTFT, the test-time augmentation views, ``torch.compile`` with its eager fallback);
+  segments to a (B, ..., S) array, or to :class:`Results` still on their way from the
+  device; :class:`SegmentModel` is a BSMamba2's (STFT, model, iSTFT, the test-time
+  augmentation views, ``torch.compile`` with its eager fallback). On CUDA it returns before
+  the kernels are done, and the stream adds one batch's results while the next one runs
+  (:data:`IN_FLIGHT`);
 - the chunk plan, a :class:`~bsmamba2.separation.chunking.Chunking`, and the delays of the
   ``--shifts`` passes (each pass its own :class:`~bsmamba2.separation.chunking.Chunker`, fed
   its delay in zeros first; the outputs wait in a :class:`Fifo` per pass, the delay dropped
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -41,8 +45,14 @@ from bsmamba2.separation.compiling import (
     uncompile_blocks,
 )
 
-SegmentRunner = Callable[[list[np.ndarray]], np.ndarray]
-"""The model callable: a list of B (channels, S) segments → a (B, ..., S) array of results."""
+SegmentRunner = Callable[[list[np.ndarray]], "np.ndarray | Results"]
+"""The model callable: a list of B (channels, S) segments → a (B, ..., S) array of results,
+or a :class:`Results` whose ``result()`` gives that array later (the model still running)."""
+
+
+IN_FLIGHT = 1
+"""Batches whose results may wait while the next one is started: the host works on one
+batch's results while the device computes the next (more would only hold more memory)."""
 
 
 class NonFiniteOutputError(BSMamba2Error):
@@ -51,23 +61,75 @@ class NonFiniteOutputError(BSMamba2Error):
 
 class Fifo:
     """Samples waiting for their counterpart, first in first out: (rows, n) blocks pushed, any
-    number of samples popped (the mixture waits for the separated stems, a pass for the others)."""
+    number of samples popped (the mixture waits for the separated stems, a pass for the others).
+    The blocks are kept as they came (no copy on push: pushing is constant time however much
+    waits, e.g. a whole input's mixture until its only batch is done)."""
 
     def __init__(self, rows: int) -> None:
-        self.data = np.zeros((rows, 0), np.float32)
+        self.rows = rows
+        self._blocks: deque[np.ndarray] = deque()
+        self._size = 0
 
     def __len__(self) -> int:
-        return self.data.shape[1]
+        return self._size
 
     def push(self, block: np.ndarray) -> None:
-        """Append ``block`` (any shape with ``rows`` × n elements, n last)."""
+        """Append ``block`` (any shape with ``rows`` × n elements, n last), not copied."""
         if block.shape[-1]:
-            self.data = np.concatenate([self.data, block.reshape(self.data.shape[0], -1)], axis=1)
+            flat = block.reshape(self.rows, -1)
+            self._blocks.append(flat)
+            self._size += flat.shape[1]
 
     def pop(self, n: int) -> np.ndarray:
         """The oldest ``n`` samples (fewer if fewer are there)."""
-        out, self.data = self.data[:, :n], self.data[:, n:]
-        return out
+        parts, need = [], min(n, self._size)
+        self._size -= need
+        while need:
+            head = self._blocks[0]
+            if head.shape[1] <= need:
+                parts.append(self._blocks.popleft())
+            else:
+                parts.append(head[:, :need])
+                self._blocks[0] = head[:, need:]
+            need -= parts[-1].shape[1]
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((self.rows, 0), np.float32)
+
+
+class Results:
+    """A batch's results on their way to the host (:meth:`SegmentModel.submit`): each view's
+    (B, n_stems, C, S) audio and whether all of it is finite, copied on CUDA into pinned host
+    memory behind the model's kernels (no wait); :meth:`result` waits for the copies.
+
+    A non-finite output is never written: :meth:`result` raises :class:`NonFiniteOutputError`
+    (the file fails, its outputs are removed). Several views (``tta``) are averaged on the
+    host, in float32, in the order given.
+    """
+
+    def __init__(self, views: list[torch.Tensor], hint: str = "") -> None:
+        self.hint = hint
+        with torch.inference_mode():
+            finite = torch.stack([torch.isfinite(v).all() for v in views]).all()
+            if views[0].device.type != "cuda":
+                self._host, self._finite, self._copied = [v.cpu() for v in views], finite, None
+                return
+            self._host = [torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for v in views]
+            for host, view in zip(self._host, views, strict=True):
+                host.copy_(view, non_blocking=True)
+            self._finite = torch.empty((), dtype=torch.bool, pin_memory=True)
+            self._finite.copy_(finite, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+
+    def result(self) -> np.ndarray:
+        """(B, n_stems, C, S) float32 on the host, once the copies are done."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        if not bool(self._finite):
+            raise NonFiniteOutputError(f"the model's output has NaN or infinite values{self.hint}")
+        views = [v.numpy() for v in self._host]
+        return views[0] if len(views) == 1 else (sum(views) / len(views)).astype(np.float32)
 
 
 class SegmentModel:
@@ -108,17 +170,33 @@ class SegmentModel:
 
     def __call__(self, segments: list[np.ndarray]) -> np.ndarray:
         """(B, C, S) audio → (B, n_stems, C, S); with ``tta`` the average over the views."""
-        x = np.stack(segments)
-        if not self.tta:
-            return self._view(x)
-        views = [self._view(x), -self._view(-x)]
-        if x.shape[1] == 2 and self.config.channels == 2:  # a mono model takes channels one by one
-            views.append(self._view(x[:, ::-1].copy())[:, :, ::-1])
-        return (sum(views) / len(views)).astype(np.float32)
+        return self.submit(segments).result()
 
-    def _view(self, audio: np.ndarray) -> np.ndarray:
-        """The model on (B, C, S) audio: (B, n_stems, C, S)."""
-        x = torch.from_numpy(audio).to(fft_device(self.device))
+    def submit(self, segments: list[np.ndarray]) -> Results:
+        """Start the model on a batch: on CUDA the kernels and the copy of the results back
+        to the host are queued and this returns at once (the host meanwhile cuts, adds and
+        writes); :meth:`Results.result` waits for them."""
+        audio = self._to_device(segments)
+        views = [self._view(audio)]
+        if self.tta:
+            views.append(-self._view(-audio))
+            if audio.shape[1] == 2 and self.config.channels == 2:  # a mono model takes channels one by one
+                views.append(self._view(audio.flip(1)).flip(2))
+        hint = " (fp16 overflows: try --precision bf16 or fp32)" if self.precision == "fp16" else ""
+        return Results(views, hint)
+
+    def _to_device(self, segments: list[np.ndarray]) -> torch.Tensor:
+        """The (B, C, S) batch where the STFT runs; to CUDA through pinned memory, without
+        waiting (a copy from pageable memory would wait for the kernels queued before it)."""
+        where = fft_device(self.device)
+        if where.type != "cuda":
+            return torch.from_numpy(np.stack(segments)).to(where)
+        staged = torch.empty((len(segments), *segments[0].shape), dtype=torch.float32, pin_memory=True)
+        np.stack(segments, out=staged.numpy())
+        return staged.to(where, non_blocking=True)
+
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        """The model on (B, C, S) audio: (B, n_stems, C, S) float32, where the STFT runs."""
         batch, channels, samples = x.shape
         model_channels = self.config.channels
         if model_channels == channels:
@@ -133,16 +211,13 @@ class SegmentModel:
                 out = self._forward(spec)
             out = out.to(x.device, torch.complex64)
             wav = istft(out, self.config, length=samples)  # (B', stems, Cm, S)
-        if model_channels != channels:  # back to the input's channels
-            wav = (
-                wav.mean(dim=2, keepdim=True)
-                if channels == 1
-                else wav.reshape(batch, channels, -1, samples).transpose(1, 2)
-            )
-        if not torch.isfinite(wav).all():  # never written: the file fails, its outputs are removed
-            hint = " (fp16 overflows: try --precision bf16 or fp32)" if self.precision == "fp16" else ""
-            raise NonFiniteOutputError(f"the model's output has NaN or infinite values{hint}")
-        return wav.float().cpu().numpy()
+            if model_channels != channels:  # back to the input's channels
+                wav = (
+                    wav.mean(dim=2, keepdim=True)
+                    if channels == 1
+                    else wav.reshape(batch, channels, -1, samples).transpose(1, 2)
+                )
+            return wav.float()
 
     def _forward(self, spec: torch.Tensor) -> torch.Tensor:
         """The model on ``spec``; a compile that fails on this machine falls back to eager."""
@@ -244,6 +319,7 @@ class SegmentStream:
         self.passes = [Fifo(rows) for _ in shifts]
         self.lead = list(shifts)  # samples still to drop from each pass's output
         self.pending: list[tuple[int, np.ndarray]] = []  # (pass, segment) waiting for a batch
+        self.flight: deque[tuple[list[tuple[int, np.ndarray]], np.ndarray | Results]] = deque()
         for k, chunker in enumerate(self.chunkers):
             self.pending += [(k, s) for s in chunker.feed(np.zeros((channels, self.lead[k]), np.float32))]
 
@@ -258,7 +334,10 @@ class SegmentStream:
         return self._process(last=True)
 
     def _process(self, last: bool) -> np.ndarray:
-        """Run the full batches (every pending segment when ``last``); the samples every pass has."""
+        """Run the full batches (every pending segment when ``last``); the samples every pass has.
+
+        A batch's results are added once the next batch is on its way (:data:`IN_FLIGHT`), so
+        on a GPU the host adds and hands out one batch while the model runs the next."""
         while self.pending and (len(self.pending) >= self.batch.size or last):
             batch = self.pending[: self.batch.size]
             start = time.perf_counter()
@@ -267,14 +346,26 @@ class SegmentStream:
             except torch.OutOfMemoryError:
                 self.batch.shrink()
                 continue
+            del self.pending[: len(batch)]
+            self.flight.append((batch, results))
             if self.auto_compile is not None:  # decided once, from the first batch's eager time
                 decision, self.auto_compile = self.auto_compile, None
+                self._add_oldest()
                 decision.decide((time.perf_counter() - start) / len(batch), len(batch))
-            del self.pending[: len(batch)]
-            for (k, _), result in zip(batch, results, strict=True):
-                done = self.chunkers[k].add(result).reshape(self.rows, -1)
-                drop = min(self.lead[k], done.shape[1])
-                self.lead[k] -= drop
-                self.passes[k].push(done[:, drop:])
+            while len(self.flight) > IN_FLIGHT:
+                self._add_oldest()
+        while last and self.flight:
+            self._add_oldest()
         n = min(len(p) for p in self.passes)
         return sum(p.pop(n) for p in self.passes) / len(self.passes)
+
+    def _add_oldest(self) -> None:
+        """Overlap-add the results of the oldest batch in flight (waiting for them if need be)."""
+        batch, results = self.flight.popleft()
+        if not isinstance(results, np.ndarray):
+            results = results.result()
+        for (k, _), result in zip(batch, results, strict=True):
+            done = self.chunkers[k].add(result).reshape(self.rows, -1)
+            drop = min(self.lead[k], done.shape[1])
+            self.lead[k] -= drop
+            self.passes[k].push(done[:, drop:])

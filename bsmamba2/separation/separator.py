@@ -31,7 +31,7 @@ from bsmamba2.audio import (
     pcm_to_float,
     subtype_for,
 )
-from bsmamba2.audio.io import BLOCK, compression_level, output_rate, peak_warning, wav_container
+from bsmamba2.audio.io import BLOCK, AudioWriter, compression_level, output_rate, peak_warning, wav_container
 from bsmamba2.checkpoint import load_model
 from bsmamba2.device import resolve_device, resolve_precision
 from bsmamba2.errors import BSMamba2Error, ParameterError, require_extra
@@ -50,6 +50,8 @@ from bsmamba2.separation.files import SeparatedFile
 from bsmamba2.separation.naming import ACCOMPANIMENT, DEFAULT_TEMPLATE, output_names, output_paths
 from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
 from bsmamba2.separation.progress import ProgressCallback, ProgressReporter
+from bsmamba2.separation.threads import Ahead, Behind
+from bsmamba2.separation.warmup import warm_up
 
 MAX_SHIFT = 0.5  # seconds: the largest delay of a --shifts pass (demucs's)
 
@@ -69,6 +71,17 @@ def _naming(where: str | os.PathLike) -> Iterator[None]:
         yield
     except NonFiniteOutputError as exc:
         raise NonFiniteOutputError(f"{where}: {exc}") from None
+
+
+def _write_block(
+    writers: dict[str, AudioWriter], sketches: dict[str, SpectrogramSketch], mix: np.ndarray,
+    stems: dict[str, np.ndarray],
+) -> None:
+    """One block of every output (and of the plot's sketches)."""
+    for stem, writer in writers.items():
+        writer.write(stems[stem])
+    for name, sketch in sketches.items():
+        sketch.update(mix if name == "mixture" else stems[name])
 
 
 class Separator:
@@ -153,6 +166,8 @@ class Separator:
             self.config.n_fft,
         )
         self.segment_samples = self.chunking.segment
+        if self.device.type == "cuda":  # the kernels compiled now, several at once (a cold cache)
+            warm_up(self.model, self.segment_samples, self.precision, self.device)
         self.hop_samples = self.chunking.hop
         self.pad_samples = self.chunking.pad
         if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
@@ -223,8 +238,8 @@ class Separator:
         """(mixture, {stem: audio}) blocks at ``out_rate`` for (channels, n) input blocks: the
         engine at the model's rate, resampled on both sides, paired with the mixture."""
         rows = len(self.stems) * channels
-        engine = SegmentStream(self.runner, self.chunking, channels, rows, self._batch, self.shift_samples,
-                               self._auto_compile(bar, report))
+        engine = SegmentStream(self.runner.submit, self.chunking, channels, rows, self._batch,
+                               self.shift_samples, self._auto_compile(bar, report))
         to_model = StreamResampler(in_rate, self.config.sample_rate, channels)
         mix_out = StreamResampler(in_rate, out_rate, channels)
         stems_out = StreamResampler(self.config.sample_rate, out_rate, rows)
@@ -255,7 +270,7 @@ class Separator:
     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """The mixture and the stems as far as both are there (at the end: all, the stems
         padded, as resampling can leave them a sample short), with the accompaniment."""
-        n_stems, channels = len(self.stems), mixture.data.shape[0]
+        n_stems, channels = len(self.stems), mixture.rows
         n = len(mixture)
         if final:
             separated.push(np.zeros((n_stems * channels, max(0, n - len(separated))), np.float32))
@@ -430,13 +445,11 @@ class Separator:
             writers = {
                 stem: outputs.enter_context(audio_writer(target, *settings)) for stem, target in paths.items()
             }  # an exception anywhere removes every partial output
-            with self._bar(source.duration, Path(path).name) as bar:
-                blocks = source.blocks()
+            # Decoding runs ahead in a thread, writing behind in another: both beside the model.
+            with self._bar(source.duration, Path(path).name) as bar, Ahead(source.blocks()) as blocks, \
+                    Behind() as writing:
                 for mix, out in self._stream(blocks, source.samplerate, rate, source.channels, bar, report):
-                    for stem, writer in writers.items():
-                        writer.write(out[stem])
-                    for name, sketch in sketches.items():
-                        sketch.update(mix if name == "mixture" else out[name])
+                    writing.submit(_write_block, writers, sketches, mix, out)
         peaks = {stem: writer.peak for stem, writer in writers.items()}
         result = SeparatedFile(paths, report.done, peaks, [s for s, w in writers.items() if w.clipped])
         for writer in writers.values():

@@ -18,7 +18,7 @@ from bsmamba2.device import auto_device, fft_device, resolve_device, resolve_pre
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model import istft, stft
 from bsmamba2.separation import ClippingWarning
-from bsmamba2.separation.batching import auto_batch_size, segment_bytes
+from bsmamba2.separation.batching import MAX_AUTO_BATCH, auto_batch_size, segment_bytes
 from tests.helpers.configs import MICRO
 from tests.helpers.models import MaskModel
 
@@ -219,12 +219,12 @@ def test_auto_batch_size(monkeypatch):
     cuda = torch.device("cuda")
     per_segment = segment_bytes(paper, eight_s, 2)
     assert per_segment == 6 * 62 * 801 * 2320 * 2  # bands × frames × in_proj width × bf16
-    for free, want in ((80e9, 16), (8e9, 2), (1e9, 1), (0, 1)):
+    for free, want in ((80e9, MAX_AUTO_BATCH), (8e9, 2), (1e9, 1), (0, 1)):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (int(free), 80 * 10**9))
         assert auto_batch_size(paper, eight_s, cuda, "bf16") == want
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (16 * 10**9, 80 * 10**9))
-    assert auto_batch_size(paper, eight_s, cuda, "bf16") == 5
-    assert auto_batch_size(paper, eight_s, cuda, "fp32") == 2  # twice the bytes per element
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * 10**9, 80 * 10**9))
+    assert auto_batch_size(paper, eight_s, cuda, "bf16") == 3 < MAX_AUTO_BATCH
+    assert auto_batch_size(paper, eight_s, cuda, "fp32") == 1  # twice the bytes per element
 
 
 def test_bf16_autocast_on_cpu_is_close_to_fp32(micro_model):

@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""The separator's model call alone (STFT, model, iSTFT) on batches of 8 s segments: GPU time
+per segment against the batch size (warm, synchronised, median of ``--repeat``), and how far
+each batch size's results are from the same segments run one at a time (max |difference|
+relative to the largest sample): what ``--batch-size`` trades.
+
+Example: ``python tools/bench_segments.py --config configs/bsmamba2.yaml --sizes 1 2 4 8 16
+--json segments.json`` (CUDA, bf16). Random weights and audio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bsmamba2.model import BSMamba2, BSMamba2Config
+from bsmamba2.separation.engine import SegmentModel
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/bsmamba2.yaml")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--segment", type=float, default=8.0)
+    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    cfg = BSMamba2Config.from_yaml(args.config)
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    run = SegmentModel(BSMamba2(cfg).to(device).eval(), device, args.precision)
+    rng = np.random.default_rng(0)
+    samples = round(args.segment * cfg.sample_rate)
+    segments = [rng.standard_normal((2, samples)).astype(np.float32) * 0.1 for _ in range(max(args.sizes))]
+    alone = [run([s])[0] for s in segments]
+    scale = max(float(np.abs(a).max()) for a in alone)
+    rows = []
+    print(f"{'batch':>5}  {'ms/segment':>10}  {'ms/batch':>9}  {'max diff (rel.)':>15}")
+    for size in args.sizes:
+        batch = segments[:size]
+        out = run(batch)
+        walls = []
+        for _ in range(args.repeat):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            run(batch)  # returns the results on the host: synchronised
+            walls.append(time.perf_counter() - start)
+        wall = statistics.median(walls)
+        diff = max(float(np.abs(o - a).max()) for o, a in zip(out, alone, strict=False)) / scale
+        rows.append({"batch": size, "ms_per_segment": 1e3 * wall / size, "ms_per_batch": 1e3 * wall,
+                     "max_rel_diff_vs_alone": diff})
+        print(f"{size:5d}  {1e3 * wall / size:10.2f}  {1e3 * wall:9.1f}  {diff:15.2e}", flush=True)
+    if args.json:
+        meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__,
+                "device": torch.cuda.get_device_name(), "settings": vars(args) | {"json": str(args.json)}}
+        args.json.write_text(json.dumps({**meta, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
