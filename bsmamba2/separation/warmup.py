@@ -29,9 +29,6 @@ import torch
 from bsmamba2.device import autocast
 from bsmamba2.model import istft, stft
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-"""The activations' dtype between the blocks under each precision's autocast."""
-
 Call = Callable[[], object]
 
 
@@ -45,7 +42,9 @@ def warm_up(model: torch.nn.Module, segment_samples: int, precision: str, device
         return
     config = model.config
     frames = segment_samples // config.hop_length + 1
-    dtype = DTYPES[precision]
+    with torch.inference_mode(), autocast(precision, device):  # the blocks' input dtype
+        features = torch.zeros(1, 1, 2 * config.channels * sum(config.bands), device=device)
+        dtype = model.band_split(features).dtype
 
     def sequence(length: int) -> torch.Tensor:
         return torch.zeros(1, length, config.dim, device=device, dtype=dtype)
