@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of docs/benchmarks.md in one command (about 6-8 minutes on an H100):
-#   0. a 1-minute file through the separator, cold Triton cache then warm (first-call cost);
+#   0. a 1-minute file through the separator, cold Triton cache then warm (first-call cost),
+#      and the first call in parts (tools/bench_first_call.py);
 #   1. the Triton kernel tests at the paper's sizes (skip with --no-tests);
 #   2. benchmark_mamba_ssm.py: op, block and model levels, with --profile;
 #   3. the training step with and without activation recompute (tools/gpu_train_memory.py);
@@ -20,10 +21,12 @@ python -c "import sys, torch, triton; print('python', sys.version.split()[0], 't
 'triton', triton.__version__)" | tee -a "$out/device.txt"
 
 # First, on the cold cache: a 1-minute file through the separator (the `bsmamba2 separate` path,
-# --batch-size auto) in a fresh process, twice: the first run includes compiling and autotuning
-# every kernel (the first-call cost), the second is the steady state.
+# --batch-size auto) in a fresh process, twice: the Separator compiles every kernel when it is
+# made (setup s) and the first run follows (together: the first-call cost), the second is the
+# steady state. Then the first call in parts (each Triton compile timed), on its own empty cache.
 python tools/bench_separate.py --config configs/bsmamba2.yaml --device cuda --precision bf16 \
     --batch-size auto --minutes 1 --repeat 2 --json "$out/separate_cuda.json" || echo "SEPARATION BENCHMARK FAILED"
+python tools/bench_first_call.py --json "$out/first_call.json" || echo "FIRST-CALL BENCHMARK FAILED"
 
 if (( tests )); then  # failures are reported (short tracebacks in tests.txt), the timings still run
     python -m pytest -q --tb=short -rf tests/ops/test_triton_ssd.py tests/ops/test_triton_conv_norm.py \
