@@ -120,7 +120,7 @@ class Results:
             self._finite = torch.empty((), dtype=torch.bool, pin_memory=True)
             self._finite.copy_(finite, non_blocking=True)
             self._copied = torch.cuda.Event()
-            self._copied.record()
+            self._copied.record(torch.cuda.current_stream(views[0].device))  # its GPU, not the current one
 
     def result(self) -> np.ndarray:
         """(B, n_stems, C, S) float32 on the host, once the copies are done."""
