@@ -115,3 +115,12 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+
+
+def current_gpu(device: torch.device) -> contextlib.AbstractContextManager:
+    """Make ``device`` the current CUDA device for a block (nothing elsewhere): Triton launches
+    its kernels on the current device, which is cuda:0 in every thread until set, whatever
+    device the tensors are on (a worker of ``--devices 0,1`` runs on cuda:1)."""
+    import torch
+
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from bsmamba2.device import autocast, fft_device
+from bsmamba2.device import autocast, current_gpu, fft_device
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model import istft, stft
 from bsmamba2.separation.batching import smaller_batch
@@ -176,14 +176,15 @@ class SegmentModel:
         """Start the model on a batch: on CUDA the kernels and the copy of the results back
         to the host are queued and this returns at once (the host meanwhile cuts, adds and
         writes); :meth:`Results.result` waits for them."""
-        audio = self._to_device(segments)
-        views = [self._view(audio)]
-        if self.tta:
-            views.append(-self._view(-audio))
-            if audio.shape[1] == 2 and self.config.channels == 2:  # a mono model takes channels one by one
-                views.append(self._view(audio.flip(1)).flip(2))
-        hint = " (fp16 overflows: try --precision bf16 or fp32)" if self.precision == "fp16" else ""
-        return Results(views, hint)
+        with current_gpu(self.device):
+            audio = self._to_device(segments)
+            views = [self._view(audio)]
+            if self.tta:
+                views.append(-self._view(-audio))
+                if audio.shape[1] == 2 and self.config.channels == 2:  # a mono model: channel by channel
+                    views.append(self._view(audio.flip(1)).flip(2))
+            hint = " (fp16 overflows: try --precision bf16 or fp32)" if self.precision == "fp16" else ""
+            return Results(views, hint)
 
     def _to_device(self, segments: list[np.ndarray]) -> torch.Tensor:
         """The (B, C, S) batch where the STFT runs; to CUDA through pinned memory, without

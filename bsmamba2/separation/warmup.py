@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from bsmamba2.device import autocast
+from bsmamba2.device import autocast, current_gpu
 from bsmamba2.model import istft, stft
 
 Call = Callable[[], object]
@@ -42,7 +42,7 @@ def warm_up(model: torch.nn.Module, segment_samples: int, precision: str, device
         return
     config = model.config
     frames = segment_samples // config.hop_length + 1
-    with torch.inference_mode(), autocast(precision, device):  # the blocks' input dtype
+    with current_gpu(device), torch.inference_mode(), autocast(precision, device):  # the blocks' input dtype
         features = torch.zeros(1, 1, 2 * config.channels * sum(config.bands), device=device)
         dtype = model.band_split(features).dtype
 
@@ -81,7 +81,7 @@ def _in_threads(calls: list[Call], precision: str, device: torch.device) -> None
     error is raised."""
 
     def run(call: Call) -> None:
-        with torch.inference_mode(), autocast(precision, device):
+        with current_gpu(device), torch.inference_mode(), autocast(precision, device):
             call()
 
     if not calls:

@@ -216,3 +216,29 @@ def test_cuda_results_copied_behind_the_next_batch_are_the_synchronous_ones(tta)
         if tta:
             views += [-run._view(-x).cpu().numpy(), run._view(x.flip(1)).cpu().numpy()[:, :, ::-1]]
         np.testing.assert_array_equal(result, (sum(views) / len(views)).astype(np.float32))
+
+
+def test_current_gpu_makes_a_cuda_device_current_and_leaves_the_cpu_alone(monkeypatch):
+    """Triton launches on the current CUDA device (cuda:0 in every new thread, whatever the
+    tensors' device): ``current_gpu``, around each submit and in each warm-up thread, makes
+    the model's GPU current; on the CPU it does nothing."""
+    from bsmamba2 import device as device_module
+
+    made = []
+
+    class Recorder:
+        def __init__(self, device):
+            made.append(device)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "device", Recorder)
+    with device_module.current_gpu(torch.device("cuda:1")):
+        pass
+    with device_module.current_gpu(CPU):
+        pass
+    assert made == [torch.device("cuda:1")]
