@@ -173,8 +173,10 @@ def _split_over_threads(work: Callable[[list[int]], None], starts: list[int]) ->
 
 
 def _block(b: int, d: int, n: int) -> tuple[int, int]:
-    """(sequences, steps) of a tile: TILE_STEPS steps of as many sequences as TILE_ELEMENTS allow."""
-    return max(1, min(b, TILE_ELEMENTS // (TILE_STEPS * d * n))), TILE_STEPS
+    """(sequences, steps) of a tile: TILE_STEPS steps of as many sequences as TILE_ELEMENTS
+    allow, and no more than leave every intra-op thread a share of the sequences."""
+    share = -(-b // torch.get_num_threads())
+    return max(1, min(share, TILE_ELEMENTS // (TILE_STEPS * d * n))), TILE_STEPS
 
 
 def _tile_buffers(q: int, rows: int, g: int, n: int, dg: int, like: torch.Tensor,
