@@ -12,7 +12,8 @@ work that does not depend on the previous step is done in large passes over the 
 gate); per step only ``h = decay ⊙ h + input`` is left, one fused multiply-add. The decay is
 computed as ``2^{Δ A log2 e}``: ``exp2`` is several times cheaper than ``exp`` on the CPU. The
 recurrence stays the exact step recurrence (no log-space rescaling, so no overflow however
-strong the decay). A tile is sized to stay in the cache.
+strong the decay). A tile is sized to stay in the cache; in inference the sequences' tiles are
+shared out between threads (:func:`_split_over_threads`).
 """
 
 from __future__ import annotations
