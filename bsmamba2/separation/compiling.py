@@ -28,6 +28,7 @@ import torch
 
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model.blocks import BidirectionalMamba
+from bsmamba2.model.mamba1 import Mamba
 
 COMPILE_SECONDS = 150.0
 """What a cold compile of the paper model costs on the 2-core CPU (measured: ~125 s)."""
@@ -87,6 +88,9 @@ def mark_warm(model: torch.nn.Module, shape: tuple[int, ...], precision: str) ->
 def compile_blocks(model: torch.nn.Module, device: torch.device, backend: str = "inductor") -> None:
     """``torch.compile`` every bidirectional Mamba-2 module of ``model`` in place.
 
+    Modules with Mamba-1 mixers stay eager (:func:`traces_well`); a model of them only is
+    left as it is.
+
     The modules share one compiled graph per input shape (time axis, band axis), built on
     the first segment. Parameters and state_dict keys stay as they are. CUDA runs our Triton
     kernels already, so there it is refused. ``backend`` is torch.compile's (tests use
@@ -101,8 +105,16 @@ def compile_blocks(model: torch.nn.Module, device: torch.device, backend: str = 
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir())  # read at the first compile
     with quiet_compiler():
         for module in model.modules():
-            if isinstance(module, BidirectionalMamba):
+            if isinstance(module, BidirectionalMamba) and traces_well(module):
                 module.compile(backend=backend)
+
+
+def traces_well(module: BidirectionalMamba) -> bool:
+    """False for Mamba-1 mixers: their CPU scan is a Python loop over tiles of a few steps,
+    which tracing would unroll into thousands of ops per call (a traced 200-step module of a
+    small Mamba-1 model: 23 s to compile, then 17x slower than eager), and whose eager path
+    shares its tiles out between threads."""
+    return not isinstance(module.forward_blocks[0].mixer, Mamba)
 
 
 @contextlib.contextmanager

@@ -56,6 +56,14 @@ def test_separator_compile_flag_compiles_the_mamba_modules():
     assert blocks and all(m._compiled_call_impl is not None for m in blocks)
 
 
+def test_mamba1_modules_stay_eager():
+    """Their scan loops over tiles in Python: traced, it would unroll (compiling.traces_well)."""
+    model = BSMamba2(TINY.replace(mixer="mamba"))
+    compile_blocks(model, torch.device("cpu"), "aot_eager")
+    blocks = [m for m in model.modules() if type(m).__name__ == "BidirectionalMamba"]
+    assert blocks and all(m._compiled_call_impl is None for m in blocks)
+
+
 def test_compile_needs_a_cpp_compiler(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-bsmamba2")
     with pytest.raises(BSMamba2Error, match="C\\+\\+ compiler"):
