@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -85,6 +87,28 @@ def test_inference_path_in_place_is_exact_and_leaves_inputs(block):
     assert _rel(y, y_true) < 1e-5 and _rel(f, f_true) < 1e-5
     for k, v in ins.items():
         assert torch.equal(v, before[k]), k
+
+
+def test_scans_in_several_threads_at_once():
+    """Tiles split over 2 threads while other threads scan too (a server's jobs): every
+    result exact, torch's thread count as before."""
+    cases = [_inputs(b=4, d=8, length=30, n=4, g=1) for _ in range(4)]
+    wants = [_run(reference.selective_scan_sequential, ins)[0] for ins in cases]
+
+    def scan(ins):
+        with torch.inference_mode():
+            return _run(reference.selective_scan, ins, block=(1, 4))
+
+    real = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            gots = list(pool.map(scan, cases))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(real)
+    for got, want in zip(gots, wants, strict=True):
+        assert _rel(got, want) < 1e-5
 
 
 def test_strong_decay_stays_finite():

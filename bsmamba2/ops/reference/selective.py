@@ -19,6 +19,7 @@ shared out between threads (:func:`_split_over_threads`).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,6 +34,8 @@ TILE_ELEMENTS = 1 << 20
 """A tile is TILE_STEPS steps of as many sequences as keep its states (steps × sequences × d
 × n) within this (4 MB in float32): a step's multiply-add then spans enough elements that the
 per-op cost and the split over threads stay small (measured in docs/benchmarks.md)."""
+_SPLITTING = threading.Lock()
+"""Held by the scan whose tiles are split over threads (it has set torch's thread count)."""
 
 
 def _grouped(t: torch.Tensor) -> torch.Tensor:
@@ -63,7 +66,7 @@ def selective_scan_sequential(u, delta, A, B, C, D=None, z=None, delta_bias=None
                               initial_state=None):
     """The float64 step-by-step recurrence, the oracle: (out, final state (batch, d, n)) in float64."""
     f64 = torch.float64
-    b, d, length = u.shape
+    b, d, _ = u.shape
     Bg, Cg = _grouped(B).to(f64), _grouped(C).to(f64)
     group_of = torch.arange(d, device=u.device) // (d // Bg.shape[1])
     Bd, Cd = Bg[:, group_of], Cg[:, group_of]  # (b, d, n, L)
@@ -71,9 +74,12 @@ def selective_scan_sequential(u, delta, A, B, C, D=None, z=None, delta_bias=None
     us, A64 = u.to(f64), A.to(f64)
     h = initial_state.to(f64) if initial_state is not None else u.new_zeros(b, d, A.shape[1], dtype=f64)
     ys = []
-    for t in range(length):
-        h = torch.exp(dl[:, :, t, None] * A64) * h + (dl[:, :, t] * us[:, :, t])[..., None] * Bd[..., t]
-        ys.append((h * Cd[..., t]).sum(-1))
+    # The steps as lists (one unbind each: its backward is one stack, where a per-step index
+    # would add a zero-filled copy of the whole input per step).
+    steps = zip(dl.unbind(2), (dl * us).unbind(2), Bd.unbind(3), Cd.unbind(3), strict=True)
+    for dl_t, du_t, B_t, C_t in steps:
+        h = torch.exp(dl_t[..., None] * A64) * h + du_t[..., None] * B_t
+        ys.append((h * C_t).sum(-1))
     return _finish(torch.stack(ys, -1), us, D, z), h
 
 
@@ -109,14 +115,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     inplace = eager_inference(u, delta, A, B, C, D, z, delta_bias, initial_state)
     rows, q = block or _block(b, d, n)
     out = u.new_empty(b, length, g, dg) if inplace else None
+    # [step chunk][row block] views: one split per chunk, whose backward is one concatenation
+    # (indexing a tile out of the whole input would add a zero-filled copy of it per tile).
+    dlt, ut, Bt, Ct = ([chunk.split(rows, 1) for chunk in t.split(q)] for t in (dls, us, Bs, Cs))
+    zt = [chunk.split(rows, 1) for chunk in zs.split(q)] if zs is not None else None
+    h0s = h0.split(rows)
 
-    def scan_rows(s0: int, buffers: dict | None) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Sequences s0 … s0 + rows through every step: (their output, or None when written
-        into ``out``; their final state)."""
-        h, chunks = h0[s0:s0 + rows], []
-        for t0 in range(0, length, q):
-            part = (slice(t0, t0 + q), slice(s0, s0 + rows))
-            y, h = _tile(h, dls[part], us[part], zs[part] if zs is not None else None, Bs[part], Cs[part],
+    def scan_rows(j: int, buffers: dict | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Row block j (sequences j·rows …) through every step: (its output, or None when
+        written into ``out``; its final state)."""
+        h, chunks, s0 = h0s[j], [], j * rows
+        for i, t0 in enumerate(range(0, length, q)):
+            y, h = _tile(h, dlt[i][j], ut[i][j], zt[i][j] if zt else None, Bt[i][j], Ct[i][j],
                          A2, bias, Dg, delta_softplus, buffers)
             if buffers:
                 out[s0:s0 + rows, t0:t0 + q].copy_(y.transpose(0, 1))
@@ -124,17 +134,17 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                 chunks.append(y)
         return (None if buffers else torch.cat(chunks).transpose(0, 1)), h
 
-    starts = list(range(0, b, rows))
+    blocks = list(range(len(h0s)))
     if inplace:  # the tiles write into out and h0
         def scan_part(part: list[int]) -> None:
             buffers = _tile_buffers(q, rows, g, n, dg, u, cdt)
-            for s0 in part:
-                scan_rows(s0, buffers)
+            for j in part:
+                scan_rows(j, buffers)
 
-        _split_over_threads(scan_part, starts)
+        _split_over_threads(scan_part, blocks)
         final = h0
     else:
-        ys, finals = zip(*(scan_rows(s0, None) for s0 in starts), strict=True)
+        ys, finals = zip(*(scan_rows(j, None) for j in blocks), strict=True)
         out, final = torch.cat(ys).to(u.dtype), torch.cat(finals)
     out = out.view(b, length, d).transpose(1, 2)
     if not (return_last_state or return_final_state):
@@ -142,20 +152,21 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return out, final.transpose(-1, -2).reshape(b, d, n)
 
 
-def _split_over_threads(work: Callable[[list[int]], None], starts: list[int]) -> None:
-    """``work`` over the tile rows ``starts``, split between torch's intra-op threads as Python
+def _split_over_threads(work: Callable[[list[int]], None], blocks: list[int]) -> None:
+    """``work`` over the row ``blocks``, split between torch's intra-op threads as Python
     threads that each run their ops single-threaded (torch releases the GIL inside an op).
 
     A tile's ops are too small to split well: every op split over threads ends in a barrier,
     and on a busy machine a barrier waits for whichever thread was descheduled (measured in
     docs/benchmarks.md); these threads meet once, at the end. torch's thread count is
     process-wide: it is 1 while the scan runs (ops of other threads run single-threaded for
-    that time) and restored after. Grad and inference mode are per thread: passed on.
+    that time) and restored after; a scan that starts meanwhile in another thread (a server's
+    jobs) runs its tiles in its own thread. Grad and inference mode are per thread: passed on.
     """
     before = torch.get_num_threads()
-    threads = min(before, len(starts))
-    if threads < 2:
-        work(starts)
+    threads = min(before, len(blocks))
+    if threads < 2 or not _SPLITTING.acquire(blocking=False):
+        work(blocks)
         return
     inference = torch.is_inference_mode_enabled()
 
@@ -164,13 +175,14 @@ def _split_over_threads(work: Callable[[list[int]], None], starts: list[int]) ->
         with torch.inference_mode(inference), torch.no_grad():
             work(part)
 
-    torch.set_num_threads(1)
     try:
+        torch.set_num_threads(1)
         with ThreadPoolExecutor(threads) as pool:
-            for done in [pool.submit(run, starts[i::threads]) for i in range(threads)]:
+            for done in [pool.submit(run, blocks[i::threads]) for i in range(threads)]:
                 done.result()
     finally:
         torch.set_num_threads(before)
+        _SPLITTING.release()
 
 
 def _block(b: int, d: int, n: int) -> tuple[int, int]:
