@@ -62,6 +62,13 @@ def setup(args: argparse.Namespace) -> tuple[BSMamba2, torch.Tensor]:
     return model, spec
 
 
+def peak_of(args: argparse.Namespace, variant: str) -> dict[str, float]:
+    """The peak RSS of one pass of ``variant`` in a fresh process."""
+    cmd = [sys.executable, __file__, "--config", args.config, "--seconds", str(args.seconds),
+           "--threads", str(args.threads), "--child", variant]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/bsmamba2.yaml")
@@ -73,14 +80,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    model, spec = setup(args)
     if args.child:  # one pass for the peak RSS
+        model, spec = setup(args)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         run_variant(model, spec, args.child)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps({"baseline_rss_mib": before, "peak_rss_mib": peak}))
         return
     variants = args.variants.split(",")
+    # First, while this process is small: a child's peak RSS starts at its parent's (fork).
+    peaks = {v: peak_of(args, v) for v in variants} if args.peak else {v: {} for v in variants}
+    model, spec = setup(args)
     times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     for round_ in range(args.rounds + 1):
         for v in variants:
@@ -91,11 +101,7 @@ def main() -> None:
     rows = []
     for v in variants:
         row = {"variant": v, "cpu_s": min(c for c, _ in times[v]), "wall_s": min(w for _, w in times[v]),
-               "cpu_times": [c for c, _ in times[v]], "wall_times": [w for _, w in times[v]]}
-        if args.peak:
-            cmd = [sys.executable, __file__, "--config", args.config, "--seconds", str(args.seconds),
-                   "--threads", str(args.threads), "--child", v]
-            row |= json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+               "cpu_times": [c for c, _ in times[v]], "wall_times": [w for _, w in times[v]], **peaks[v]}
         rows.append(row)
     print(f"{args.seconds:g} s segment, {args.config}, {args.threads} threads")
     print(f"{'variant':<14} {'CPU s':>7} {'wall s':>7} {'peak MiB':>9}")

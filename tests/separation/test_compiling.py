@@ -43,6 +43,24 @@ def test_traced_separator_matches_eager():
     separate_compiled("aot_eager")
 
 
+def test_compiled_modules_in_pieces_trace_one_graph_per_axis(monkeypatch):
+    """In pieces (model.bsmamba2.in_pieces: 11 of 62 bands, 9 of 51 frames, the last piece
+    filled up with zeros) the compiled modules trace one graph per axis, as on whole inputs,
+    and give the eager result."""
+    from bsmamba2.model import bsmamba2 as network
+
+    traced = []
+
+    def counting(graph, example_inputs):
+        traced.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
+        return graph.forward
+
+    monkeypatch.setattr(network, "PIECE_TOKENS", 600)
+    torch._dynamo.reset()
+    separate_compiled(counting)
+    assert len(traced) == 2 and (11, 51, 16) in traced[0] and (9, 62, 16) in traced[1]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("BSMAMBA2_TEST_INDUCTOR") != "1",
                     reason="builds C++ for 1-3 minutes on 2 cores; set BSMAMBA2_TEST_INDUCTOR=1")
