@@ -3,7 +3,8 @@
 
 Each variant is ``precision:pieces`` — ``fp32`` or ``bf16`` (autocast), and ``pieces``
 (the bidirectional modules a few sequences at a time, :func:`bsmamba2.model.bsmamba2.in_pieces`,
-the default) or ``whole`` (all sequences in one call, as before). The variants run in turn,
+the default), a number (pieces of that many tokens) or ``whole`` (all sequences in one call,
+as before). The variants run in turn,
 round after round, on one random 8 s stereo segment (random weights: the cost does not depend
 on them), and each reports the least user + system CPU time of this process over the rounds
 (on a shared machine the work done, where wall time also counts others' jobs) and its wall
@@ -34,6 +35,8 @@ from bsmamba2.allocator import tune_allocator
 from bsmamba2.model import BSMamba2, BSMamba2Config, stft
 from bsmamba2.model import bsmamba2 as network
 
+DEFAULT_PIECES = network.PIECE_TOKENS
+
 
 def cpu_seconds() -> float:
     """User + system CPU time of this process."""
@@ -44,7 +47,7 @@ def cpu_seconds() -> float:
 def run_variant(model: BSMamba2, spec: torch.Tensor, variant: str) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of one forward pass in ``variant``."""
     precision, pieces = variant.split(":")
-    network.PIECE_TOKENS = 8192 if pieces == "pieces" else 2**62
+    network.PIECE_TOKENS = {"pieces": DEFAULT_PIECES, "whole": 2**62}.get(pieces) or int(pieces)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     with torch.inference_mode(), ctx:
         start, cpu = time.perf_counter(), cpu_seconds()

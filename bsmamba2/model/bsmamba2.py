@@ -10,8 +10,10 @@ from bsmamba2.model.blocks import BidirectionalMamba
 from bsmamba2.model.config import BSMamba2Config
 from bsmamba2.model.norms import BandRMSNorm
 
-PIECE_TOKENS = 8192
-"""Tokens (sequences × steps) per call of a bidirectional module in CPU inference."""
+PIECE_TOKENS = 16384
+"""Tokens (sequences × steps) per call of a bidirectional module in CPU inference: smaller
+pieces hold less memory, but each op's threads meet more often, which costs time when other
+programs share the cores (docs/benchmarks.md)."""
 
 
 def in_pieces(module: nn.Module, x: torch.Tensor, tokens: int | None = None) -> torch.Tensor:
@@ -19,10 +21,8 @@ def in_pieces(module: nn.Module, x: torch.Tensor, tokens: int | None = None) -> 
 
     Each sequence is mixed on its own, so the result is the same; what changes is the size of
     the module's temporaries: on the paper model an 8 s segment's are 100–250 MB each when all
-    62 (time axis) or 801 (band axis) sequences go at once, ~10–40 MB in pieces of ``tokens``
-    (default :data:`PIECE_TOKENS`).
-    That bounds the peak memory (whatever the batch) and keeps each pass's data in the CPU's
-    caches. The pieces are of equal size, the last one filled up with zero sequences that are
+    62 (time axis) or 801 (band axis) sequences go at once, a quarter of that in pieces of
+    ``tokens`` (default :data:`PIECE_TOKENS`). That bounds the peak memory, whatever the batch. The pieces are of equal size, the last one filled up with zero sequences that are
     dropped after, so a compiled module sees one shape. With gradients (training) or off the
     CPU it is one call.
     """

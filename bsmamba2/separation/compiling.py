@@ -1,11 +1,11 @@
 """``torch.compile`` of the Mamba-2 modules on the CPU: when it pays, and undoing it.
 
 On the CPU the reference ops are bound by element-wise passes over large activations;
-inductor fuses them into C++ loops (1.5–1.8× faster per segment, docs/benchmarks.md). The
-compile itself costs minutes the first time (the paper model: ~2 min on 2 cores; inductor
-caches it on disk, but even a cached one takes ~15 s to load), so ``compile="auto"`` times
-the first segments eagerly and compiles for the rest only when the eager time it would save
-exceeds that: a whole song with the paper model, not a short clip or a small model.
+inductor fuses them into C++ loops (faster per segment, docs/benchmarks.md). The compile
+itself is slow the first time (:data:`COMPILE_SECONDS`; inductor caches it on disk, and even
+a cached one takes a while to load), so ``compile="auto"`` times the first segments eagerly
+and compiles for the rest only when the eager time it would save exceeds that: a whole song
+with the paper model, not a short clip or a small model.
 
 Inductor's cache lives in bsmamba2's cache folder (:func:`compile_cache_dir`), not in its
 default under the temporary folder, so it survives reboots; after a compile has run for a
@@ -30,11 +30,12 @@ from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model.blocks import BidirectionalMamba
 from bsmamba2.model.mamba1 import Mamba
 
-COMPILE_SECONDS = 150.0
-"""What a cold compile of the paper model costs on the 2-core CPU (measured: ~125 s)."""
-WARM_COMPILE_SECONDS = 20.0
+COMPILE_SECONDS = 90.0
+"""What a cold compile of the paper model costs on a 2-core CPU (measured: ~56 s on an AVX-512
+EPYC, ~125 s on an older 2-core VM before the modules ran in pieces; docs/benchmarks.md)."""
+WARM_COMPILE_SECONDS = 15.0
 """What compiling costs when inductor's cache already holds the code (tracing and loading;
-measured: ~13 s for the paper model)."""
+measured: ~7 s for the paper model)."""
 COMPILED_SPEEDUP = 1.5
 """Eager time / compiled time, the low end of what was measured (1.5–1.8×)."""
 
