@@ -22,7 +22,8 @@ def in_pieces(module: nn.Module, x: torch.Tensor, tokens: int | None = None) -> 
     Each sequence is mixed on its own, so the result is the same; what changes is the size of
     the module's temporaries: on the paper model an 8 s segment's are 100–250 MB each when all
     62 (time axis) or 801 (band axis) sequences go at once, a quarter of that in pieces of
-    ``tokens`` (default :data:`PIECE_TOKENS`). That bounds the peak memory, whatever the batch. The pieces are of equal size, the last one filled up with zero sequences that are
+    ``tokens`` (default :data:`PIECE_TOKENS`). That bounds the peak memory, whatever the
+    batch. The pieces are of equal size, the last one filled up with zero sequences that are
     dropped after, so a compiled module sees one shape. With gradients (training) or off the
     CPU it is one call.
     """
