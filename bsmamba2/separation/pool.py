@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -53,8 +54,26 @@ def largest_first(jobs: Iterable[FileJob]) -> list[FileJob]:
     return sorted(jobs, key=lambda job: (-size(job), str(job.path)))
 
 
+_QUIET_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
+"""A ``-W`` option for multiprocessing's resource tracker process: when a stopped run's
+workers exit while the queues' semaphores are being released, the tracker can count one it
+was not told was unlinked, and says so on the command's stderr after the one-line message.
+It removes whatever is left either way, so its warning is only noise for a stopped command."""
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    """Stop the worker at the first SIGTERM or SIGINT and ignore the later ones, so that its
+    cleanup (the partial outputs and their folders removed) runs to the end: Ctrl-C reaches
+    the whole process group, and the parent then sends SIGTERM as well. (A Python handler
+    that does nothing, not SIG_IGN: a signal already pending when the handler changes would
+    then raise "ignored due to race condition" wherever the worker is.)"""
+    signal.signal(signal.SIGTERM, _stopping)
+    signal.signal(signal.SIGINT, _stopping)
     raise KeyboardInterrupt
+
+
+def _stopping(signum: int, frame: object) -> None:
+    """A signal to a worker that is stopping already: nothing to do."""
 
 
 def _next_task(tasks: multiprocessing.Queue, parent: int) -> tuple[int, FileJob] | None:
@@ -77,6 +96,7 @@ def _work(
 ) -> None:
     """A worker: load the model once, then separate the jobs of ``tasks`` until ``None``."""
     signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: partial outputs are removed
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         import torch
 
@@ -134,6 +154,8 @@ class SeparatorPool:
         self._stopped = False
 
     def __enter__(self) -> SeparatorPool:
+        if _QUIET_TRACKER not in sys.warnoptions:  # read when the tracker starts, with the first queue
+            sys.warnoptions.append(_QUIET_TRACKER)
         context = multiprocessing.get_context("spawn")
         self._tasks, self._events = context.Queue(), context.Queue()
         try:

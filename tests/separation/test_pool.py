@@ -16,7 +16,7 @@ import torch
 from bsmamba2 import BSMamba2, save_model
 from bsmamba2.errors import ParameterError
 from bsmamba2.separation import FileJob, SeparatorPool
-from bsmamba2.separation.pool import largest_first
+from bsmamba2.separation.pool import _interrupt, _stopping, largest_first
 from tests.helpers.configs import MICRO
 
 
@@ -99,3 +99,21 @@ def test_a_worker_that_dies_fails_only_its_file(tmp_path, ckpt):
     assert len(failed) == 1 and "died (exit code -9)" in failed[0].error
     assert Path(failed[0].input).name in ("a.wav", "b.wav")
     assert reports["c.wav"].status == "separated"  # the other worker took the rest
+
+
+def test_a_worker_stops_at_the_first_signal_and_ignores_the_next_ones():
+    """Ctrl-C reaches a worker, then the parent's SIGTERM: the second must not cut short the
+    cleanup the first started (a track folder was left behind that way)."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGTERM) is _stopping
+        assert signal.getsignal(signal.SIGINT) is _stopping
+        os.kill(os.getpid(), signal.SIGTERM)  # does nothing now: no exception, the test goes on
+        os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
