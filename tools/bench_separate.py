@@ -37,7 +37,7 @@ from torch import nn
 import bsmamba2
 from bsmamba2.allocator import tune_allocator
 from bsmamba2.model import BSMamba2, BSMamba2Config
-from bsmamba2.separation.files import FileJob, run_job
+from bsmamba2.separation.files import FileJob, run_job, run_jobs
 
 
 class UnitMask(nn.Module):
@@ -121,7 +121,7 @@ def folder(sep: bsmamba2.Separator, path: Path, count: int, baseline: float) -> 
         jobs.append(FileJob(copy, path.parent / "folder_out", {"overwrite": True}))
     run_job(sep, jobs[0])
     start = time.perf_counter()
-    reports = [run_job(sep, job) for job in jobs]
+    reports = list(run_jobs(sep, jobs))  # the next file overlaps the end of the last, as the command does
     wall = time.perf_counter() - start
     failed = [r.error for r in reports if r.status != "separated"]
     if failed:

@@ -7,6 +7,7 @@ on; the exit code is 1 if any failed. Existing outputs are skipped unless --over
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import os
@@ -40,7 +41,7 @@ from bsmamba2.cli.options import (
 )
 from bsmamba2.errors import BSMamba2Error, require_extra
 from bsmamba2.fileio import STOPS_EVERY_WRITE, WriteError
-from bsmamba2.separation.files import STATUSES, FileJob, FileReport, naming_options, replay_warnings, run_job
+from bsmamba2.separation.files import STATUSES, FileJob, FileReport, naming_options, replay_warnings, run_jobs
 from bsmamba2.separation.naming import ACCOMPANIMENT, DEFAULT_TEMPLATE, output_paths
 
 if TYPE_CHECKING:
@@ -332,15 +333,17 @@ def _in_this_process(
     """One worker: the model in this process, the files one after the other."""
     separator = load_separator(args, progress=progress, official=args.official, device=devices[0])
     jobs = _planned(jobs, separator.outputs, separator.name, reports)
-    bar = tqdm(jobs, desc="files", unit="file", disable=not progress or len(jobs) < 2, dynamic_ncols=True)
-    for number, job in enumerate(bar):
-        report = run_job(separator, job)
-        replay_warnings(report.warnings, lambda: reported_warnings(args.quiet))
-        reports.add(report)
-        if report.errno in STOPS_EVERY_WRITE:  # e.g. a full disk: every other file would fail too
-            for left in jobs[number + 1 :]:
-                reports.add(FileReport(str(left.path), "not attempted"))
-            break
+    bar = tqdm(total=len(jobs), desc="files", unit="file", disable=not progress or len(jobs) < 2,
+               dynamic_ncols=True)
+    with contextlib.closing(run_jobs(separator, jobs)) as done:  # the next file overlaps this one's end
+        for number, report in enumerate(done):
+            bar.update()
+            replay_warnings(report.warnings, lambda: reported_warnings(args.quiet))
+            reports.add(report)
+            if report.errno in STOPS_EVERY_WRITE:  # e.g. a full disk: every other file would fail too
+                for left in jobs[number + 1 :]:  # the next one, begun already, leaves nothing
+                    reports.add(FileReport(str(left.path), "not attempted"))
+                break
     bar.close()
 
 

@@ -321,6 +321,8 @@ class SegmentStream:
         self.lead = list(shifts)  # samples still to drop from each pass's output
         self.pending: list[tuple[int, np.ndarray]] = []  # (pass, segment) waiting for a batch
         self.flight: deque[tuple[list[tuple[int, np.ndarray]], np.ndarray | Results]] = deque()
+        self.submitted = 0
+        """Batches started so far."""
         for k, chunker in enumerate(self.chunkers):
             self.pending += [(k, s) for s in chunker.feed(np.zeros((channels, self.lead[k]), np.float32))]
 
@@ -330,12 +332,30 @@ class SegmentStream:
         return self._process(last=False)
 
     def finish(self) -> np.ndarray:
-        """The end of the input: the remaining separated samples."""
+        """The end of the input: the remaining separated samples (:meth:`end`, then :meth:`drain`)."""
+        done = self.end()
+        return np.concatenate([done, self.drain()], axis=1)
+
+    def end(self) -> np.ndarray:
+        """The end of the input: every segment left is started; returns the samples final so far.
+        The last batch may still be running: :meth:`drain` adds it (meanwhile the caller may
+        start the next input's first batch, which then queues behind it)."""
         self.pending += [(k, s) for k, chunker in enumerate(self.chunkers) for s in chunker.finish()]
         return self._process(last=True)
 
+    def drain(self) -> np.ndarray:
+        """After :meth:`end`: the batches still in flight added; the remaining separated samples."""
+        while self.flight:
+            self._add_oldest()
+        return self._final()
+
+    def _final(self) -> np.ndarray:
+        """The samples every pass has, averaged over the passes."""
+        n = min(len(p) for p in self.passes)
+        return sum(p.pop(n) for p in self.passes) / len(self.passes)
+
     def _process(self, last: bool) -> np.ndarray:
-        """Run the full batches (every pending segment when ``last``); the samples every pass has.
+        """Start the full batches (every pending segment when ``last``); the samples every pass has.
 
         A batch's results are added once the next batch is on its way (:data:`IN_FLIGHT`), so
         on a GPU the host adds and hands out one batch while the model runs the next."""
@@ -348,6 +368,7 @@ class SegmentStream:
                 self.batch.shrink()
                 continue
             del self.pending[: len(batch)]
+            self.submitted += 1
             self.flight.append((batch, results))
             if self.auto_compile is not None:  # decided once, from the first batch's eager time
                 decision, self.auto_compile = self.auto_compile, None
@@ -355,10 +376,7 @@ class SegmentStream:
                 decision.decide((time.perf_counter() - start) / len(batch), len(batch))
             while len(self.flight) > IN_FLIGHT:
                 self._add_oldest()
-        while last and self.flight:
-            self._add_oldest()
-        n = min(len(p) for p in self.passes)
-        return sum(p.pop(n) for p in self.passes) / len(self.passes)
+        return self._final()
 
     def _add_oldest(self) -> None:
         """Overlap-add the results of the oldest batch in flight (waiting for them if need be)."""

@@ -9,10 +9,13 @@ report is what ``separate --json`` prints: plain data, so it crosses process bou
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import enum
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,13 @@ if TYPE_CHECKING:
     from bsmamba2.separation.separator import Separator
 
 STATUSES = ("separated", "skipped", "failed", "not attempted")
+
+
+class Step(enum.Enum):
+    """Where :meth:`Separator.separate_file_steps` pauses: another file may take a turn there."""
+
+    FIRST_BATCH = "the first batch is on the device"
+    LAST_BATCH = "every batch is on the device, the last one may still run"
 
 
 class SeparatedFile(dict):
@@ -89,30 +99,117 @@ def _dbfs(peak: float) -> float | None:
     return round(20 * math.log10(peak), 2) if peak > 0 else None
 
 
-def run_job(separator: Separator, job: FileJob, on_progress: ProgressCallback | None = None) -> FileReport:
-    """Separate ``job`` with ``separator``; every outcome is a report, never an exception (but
-    Ctrl-C and SIGTERM, which stop everything after the partial outputs are removed)."""
-    from bsmamba2.separation.separator import OutputExistsError
+_OWNER: contextvars.ContextVar[list[tuple[str, str, int]] | None] = contextvars.ContextVar(
+    "bsmamba2_warnings_of", default=None
+)
+"""The list of (message, file, line) that a warning raised in this context belongs to: the
+file whose step runs, or whose reading or writing thread runs (they copy its context)."""
 
-    start = time.perf_counter()
-    report = FileReport(str(job.path), "separated")
-    with warnings.catch_warnings(record=True) as caught:
+
+@contextlib.contextmanager
+def _warnings_by_file() -> Iterator[None]:
+    """Every warning raised inside goes to its file's list (:data:`_OWNER`), none shown; one
+    outside any file is shown as usual. One capture for all the files: ``catch_warnings``
+    swaps module-wide state, so one per file would undo another's while two files overlap."""
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        shown = warnings.showwarning
+
+        def file_it(message, category, filename, lineno, file=None, line=None) -> None:
+            owner = _OWNER.get()
+            if owner is None:
+                shown(message, category, filename, lineno, file, line)
+            else:
+                owner.append((str(message), filename, lineno))
+
+        warnings.showwarning = file_it
+        yield
+
+
+class _Run:
+    """One job's file on its way: its steps (:meth:`Separator.separate_file_steps`), its report."""
+
+    def __init__(self, separator: Separator, job: FileJob, on_progress: ProgressCallback | None) -> None:
+        self.separator, self.job = separator, job
+        self.start = time.perf_counter()
+        self.report = FileReport(str(job.path), "separated")
+        self.steps = separator.separate_file_steps(
+            job.path, job.outdir, on_progress=on_progress, **job.options
+        )
+        self.done = False
+
+    def advance(self, *marks: Step) -> bool:
+        """Run the file up to the first of ``marks`` it reaches (none: to its end); whether it
+        is done (separated, skipped or failed: :attr:`report` says which)."""
+        from bsmamba2.separation.separator import OutputExistsError
+
+        token = _OWNER.set(self.report.warnings)
         try:
-            outputs = separator.separate_file(job.path, job.outdir, on_progress=on_progress, **job.options)
+            while next(self.steps) not in marks:
+                pass
+            return False
+        except StopIteration as end:
+            outputs = end.value
+            self.report.outputs = {stem: str(path) for stem, path in outputs.items()}
+            self.report.duration, self.report.peaks = outputs.duration, outputs.peaks
+            self.report.clipped = outputs.clipped
         except OutputExistsError as exc:
-            report.status, report.error = "skipped", str(exc)
-            targets = separator.output_paths(job.path, job.outdir, *naming_options(job.options))
-            report.outputs = {stem: str(path) for stem, path in targets.items()}
+            self.report.status, self.report.error = "skipped", str(exc)
+            job = self.job
+            targets = self.separator.output_paths(job.path, job.outdir, *naming_options(job.options))
+            self.report.outputs = {stem: str(path) for stem, path in targets.items()}
         except (BSMamba2Error, OSError) as exc:
-            report.status, report.error = "failed", str(exc)
-            report.errno = exc.errno if isinstance(exc, WriteError) else None
-        else:
-            report.outputs = {stem: str(path) for stem, path in outputs.items()}
-            report.duration, report.peaks, report.clipped = outputs.duration, outputs.peaks, outputs.clipped
-    report.wall = time.perf_counter() - start
-    report.warnings = [(str(w.message), w.filename, w.lineno) for w in caught]
-    return report
+            self.report.status, self.report.error = "failed", str(exc)
+            self.report.errno = exc.errno if isinstance(exc, WriteError) else None
+        finally:
+            _OWNER.reset(token)
+        self.report.wall = time.perf_counter() - self.start
+        self.done = True
+        return True
+
+    def close(self) -> None:
+        """Stop it where it is: its partial outputs are removed, its threads stopped."""
+        self.steps.close()
+
+
+def run_jobs(
+    separator: Separator, jobs: Iterable[FileJob], on_progress: ProgressCallback | None = None
+) -> Iterator[FileReport]:
+    """Separate ``jobs`` one after the other with ``separator``, each file's report yielded in
+    their order; every outcome is a report, never an exception (but Ctrl-C and SIGTERM, which
+    stop everything after the partial outputs of both files in progress are removed).
+
+    The files overlap where the device would wait: once a file's last batch is started, the
+    next file is opened, read and cut until its first batch is started too (queued behind
+    the last one), and only then is the first file finished (its last batch added, written,
+    its outputs renamed into place); so the device goes from one file to the next without a
+    gap. Each file stays whole on its own: outputs appear when complete, a failure removes
+    only that file's, its report has its own warnings; its ``wall`` overlaps its neighbours'.
+    Leaving the generator early (``close``) removes the outputs of the file in progress.
+    """
+    with _warnings_by_file():
+        live: list[_Run] = []  # at most two: the previous file (its tail to come) and this one
+        try:
+            for job in jobs:
+                live.append(_Run(separator, job, on_progress))
+                live[-1].advance(Step.FIRST_BATCH, Step.LAST_BATCH)
+                if len(live) == 2:  # the previous file's tail, behind this one's first batch
+                    live[0].advance()
+                    yield live.pop(0).report
+                if live[0].done or live[0].advance(Step.LAST_BATCH):
+                    yield live.pop().report
+            if live:
+                live[0].advance()
+                yield live.pop().report
+        finally:  # Ctrl-C, or the caller stopped: the files in progress leave nothing
+            for run in live:
+                run.close()
+
+
+def run_job(separator: Separator, job: FileJob, on_progress: ProgressCallback | None = None) -> FileReport:
+    """One job through :func:`run_jobs`: its report, never an exception (but Ctrl-C and
+    SIGTERM, which stop it after its partial outputs are removed)."""
+    return next(iter(run_jobs(separator, [job], on_progress)))
 
 
 def naming_options(options: dict[str, Any]) -> tuple:

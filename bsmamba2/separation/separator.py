@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ from bsmamba2.separation.engine import (
     SegmentModel,
     SegmentStream,
 )
-from bsmamba2.separation.files import SeparatedFile
+from bsmamba2.separation.files import SeparatedFile, Step
 from bsmamba2.separation.naming import ACCOMPANIMENT, DEFAULT_TEMPLATE, output_names, output_paths
 from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
 from bsmamba2.separation.progress import ProgressCallback, ProgressReporter
@@ -234,9 +234,10 @@ class Separator:
         channels: int,
         bar: tqdm,
         report: ProgressReporter,
-    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]] | Step]:
         """(mixture, {stem: audio}) blocks at ``out_rate`` for (channels, n) input blocks: the
-        engine at the model's rate, resampled on both sides, paired with the mixture."""
+        engine at the model's rate, resampled on both sides, paired with the mixture; and
+        the two :class:`Step` marks, where another input may take a turn."""
         rows = len(self.stems) * channels
         engine = SegmentStream(self.runner.submit, self.chunking, channels, rows, self._batch,
                                self.shift_samples, self._auto_compile(bar, report))
@@ -244,6 +245,7 @@ class Separator:
         mix_out = StreamResampler(in_rate, out_rate, channels)
         stems_out = StreamResampler(self.config.sample_rate, out_rate, rows)
         mixture, separated = Fifo(channels), Fifo(rows)
+        started = False
 
         def push(done: np.ndarray) -> None:
             if done.shape[1]:
@@ -253,9 +255,15 @@ class Separator:
             mixture.push(mix_out(block))
             push(engine.feed(to_model(block)))
             yield from self._paired(mixture, separated, out_rate, bar, report)
+            if engine.submitted and not started:
+                started = True
+                yield Step.FIRST_BATCH
         mixture.push(mix_out.flush())
         push(engine.feed(to_model.flush()))
-        push(engine.finish())
+        push(engine.end())
+        yield from self._paired(mixture, separated, out_rate, bar, report)
+        yield Step.LAST_BATCH
+        push(engine.drain())
         separated.push(stems_out.flush())
         yield from self._paired(mixture, separated, out_rate, bar, report, final=True)
 
@@ -345,9 +353,10 @@ class Separator:
         rate, seconds = int(sample_rate), wav.shape[1] / sample_rate
         report = ProgressReporter(on_progress, "audio", seconds)
         with _naming("audio"), self._bar(seconds, "separating") as bar:
-            for _, stems in self._stream(blocks, rate, rate, wav.shape[0], bar, report):
-                for name, part in stems.items():
-                    parts[name].append(part)
+            for item in self._stream(blocks, rate, rate, wav.shape[0], bar, report):
+                if not isinstance(item, Step):
+                    for name, part in item[1].items():
+                        parts[name].append(part)
         report.finish()
         result = {name: np.concatenate(p, axis=1) for name, p in parts.items()}
         return {name: r[0] if mono else r for name, r in result.items()}
@@ -417,6 +426,37 @@ class Separator:
         Integer and lossy outputs beyond full scale are clipped with a :class:`ClippingWarning`.
         What a killed run left beside the outputs (temporary files no one writes) goes first.
         """
+        steps = self.separate_file_steps(
+            path, outdir, stems, filename, fmt, bit_depth, sample_rate, overwrite, plot, on_progress,
+            bitrate, start, duration,
+        )
+        while True:
+            try:
+                next(steps)
+            except StopIteration as end:
+                return end.value
+
+    def separate_file_steps(
+        self,
+        path: str | os.PathLike,
+        outdir: str | os.PathLike,
+        stems: Sequence[str] | None = None,
+        filename: str = DEFAULT_TEMPLATE,
+        fmt: str = "wav",
+        bit_depth: str | None = None,
+        sample_rate: int | None = None,
+        overwrite: bool = False,
+        plot: bool = False,
+        on_progress: ProgressCallback | None = None,
+        bitrate: int | None = None,
+        start: float = 0.0,
+        duration: float | None = None,
+    ) -> Generator[Step, None, SeparatedFile]:
+        """:meth:`separate_file` (the same arguments) as a generator that pauses at its two
+        :class:`Step` marks and returns the :class:`SeparatedFile`: after its first batch was
+        started and after its last one was, so that a caller can begin the next file there
+        while the device still runs this one's (:func:`~bsmamba2.separation.files.run_jobs`).
+        Closing it before the end removes the partial outputs, as an error does."""
         subtype = subtype_for(fmt, bit_depth)
         if plot:
             require_extra("the spectrogram plot (plot=True, --plot)", "plot")
@@ -448,8 +488,11 @@ class Separator:
             # Decoding runs ahead in a thread, writing behind in another: both beside the model.
             with self._bar(source.duration, Path(path).name) as bar, Ahead(source.blocks()) as blocks, \
                     Behind() as writing:
-                for mix, out in self._stream(blocks, source.samplerate, rate, source.channels, bar, report):
-                    writing.submit(_write_block, writers, sketches, mix, out)
+                for item in self._stream(blocks, source.samplerate, rate, source.channels, bar, report):
+                    if isinstance(item, Step):
+                        yield item
+                    else:
+                        writing.submit(_write_block, writers, sketches, *item)
         peaks = {stem: writer.peak for stem, writer in writers.items()}
         result = SeparatedFile(paths, report.done, peaks, [s for s, w in writers.items() if w.clipped])
         for writer in writers.values():

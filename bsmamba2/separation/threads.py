@@ -9,11 +9,14 @@ Both helpers keep the chain's contract: items come out (are written) in order; a
 a thread is raised in the main thread, as it is, at the next hand-over (so it reaches the
 caller as the same one-line error, and the outputs are removed as after any error); leaving
 the ``with`` block, on success or error (Ctrl-C included), stops the thread and waits for
-it, so nothing touches a file after its ``with`` block is left.
+it, so nothing touches a file after its ``with`` block is left. Each thread runs in a copy of
+its creator's :mod:`contextvars` context, so what it raises meanwhile (a warning) is filed to
+the file that started it (:func:`~bsmamba2.separation.files.run_jobs`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +27,11 @@ T = TypeVar("T")
 DEPTH = 8
 """Items a thread may be ahead (decoding) or behind (writing): a few blocks of ~1.5 s."""
 _POLL = 0.05  # seconds between checks of the stop flag while a queue is full
+
+
+def _thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """A daemon thread running ``target`` in a copy of the current context."""
+    return threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name, daemon=True)
 
 
 class _Raised:
@@ -48,7 +56,7 @@ class Ahead(Generic[T]):
         self._queue: queue.Queue = queue.Queue(depth)
         self._stop = threading.Event()
         self._done = False
-        self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
+        self._thread = _thread(self._produce, name)
 
     def __enter__(self) -> Ahead[T]:
         self._thread.start()
@@ -106,7 +114,7 @@ class Behind:
         self._queue: queue.Queue = queue.Queue(depth)
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._consume, name=name, daemon=True)
+        self._thread = _thread(self._consume, name)
 
     def __enter__(self) -> Behind:
         self._thread.start()
