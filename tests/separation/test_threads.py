@@ -1,12 +1,16 @@
 """Host work beside the model: the decoding and writing threads (order, errors raised where
 they are handed over, stopping), the engine's batches in flight (results added in order, the
-same bits as one batch at a time), and a separation whose reader, writer or caller fails:
-one error, no partial output, no thread left."""
+same bits as one batch at a time), a separation whose reader, writer or caller fails: one
+error, no partial output, no thread left; and a folder, whose next file begins while the
+last one's tail runs: the same bits, each failure and warning its own file's, Ctrl-C or an
+early stop leaving neither file in progress behind."""
 
 from __future__ import annotations
 
 import threading
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +23,7 @@ from bsmamba2.audio import io as audio_io
 from bsmamba2.fileio import WriteError
 from bsmamba2.separation import engine as engine_module
 from bsmamba2.separation.engine import BatchSize, SegmentModel, SegmentStream
+from bsmamba2.separation.files import FileJob, run_jobs
 from bsmamba2.separation.threads import Ahead, Behind
 from tests.helpers.configs import MICRO
 from tests.helpers.models import MaskModel
@@ -242,3 +247,144 @@ def test_current_gpu_makes_a_cuda_device_current_and_leaves_the_cpu_alone(monkey
     with device_module.current_gpu(CPU):
         pass
     assert made == [torch.device("cuda:1")]
+
+
+# -- a folder: the next file begins while the last one's tail runs (files.run_jobs) -----------
+
+
+class CountingMask(MaskModel):
+    """A mask model that records, at each call, the outputs in place and those half-written."""
+
+    def __init__(self, out, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.out, self.calls = out, []
+
+    def forward(self, spec):
+        done = sorted(p.parent.name for p in self.out.glob("*/vocals.wav"))
+        writing = sorted({p.parent.name for p in self.out.glob("*/.*.part")})
+        self.calls.append((done, writing))
+        return super().forward(spec)
+
+
+def _songs(tmp_path, count=3, seconds=2.0):
+    paths = []
+    for number in range(count):
+        x = np.random.default_rng(20 + number).standard_normal((2, int(seconds * 44100))).astype(np.float32) * 0.1
+        paths.append(tmp_path / "in" / f"song{number}.wav")
+        paths[-1].parent.mkdir(exist_ok=True)
+        sf.write(paths[-1], x.T, 44100, subtype="FLOAT")
+    return paths
+
+
+def _outputs(out):
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+
+
+def test_the_next_file_starts_before_the_last_one_is_written_and_changes_no_bit(tmp_path):
+    songs, out = _songs(tmp_path), tmp_path / "out"
+    alone = CountingMask(tmp_path / "alone", gain=0.5)
+    sep = Separator(alone, device="cpu", segment=0.5, batch_size=2, progress=False)
+    want = [sep.separate_file(song, tmp_path / "alone") for song in songs]
+    per_file = len(alone.calls) // len(songs)
+    assert per_file * len(songs) == len(alone.calls) and per_file >= 3
+
+    model = CountingMask(out, gain=0.5)
+    sep = Separator(model, device="cpu", segment=0.5, batch_size=2, progress=False)
+    reports = list(run_jobs(sep, [FileJob(song, out) for song in songs]))
+    assert [r.status for r in reports] == ["separated"] * 3
+    assert [Path(r.input).name for r in reports] == [s.name for s in songs]
+    for report, expected in zip(reports, want, strict=True):
+        for stem, path in report.outputs.items():
+            assert sf.read(path, dtype="float32")[0].tobytes() == sf.read(expected[stem], dtype="float32")[0].tobytes()
+    for number, song in enumerate(songs[:-1]):  # its outputs appear only after the next file's first batch
+        first_seen = next(i for i, (done, _) in enumerate(model.calls) if song.stem in done)
+        assert first_seen == (number + 1) * per_file + 1
+    assert all(len(writing) <= 2 for _, writing in model.calls)  # never more than two files open
+    assert any(len(writing) == 2 for _, writing in model.calls)
+    assert not list(out.rglob(".*.part")) and not _threads()
+
+
+def test_a_failing_file_loses_neither_neighbours_outputs(tmp_path, monkeypatch):
+    """song0 fails in its tail (its outputs' rename), while song1 has begun; song2 fails in its
+    head (decoding), while song1's tail waits: each failure is its file's report alone."""
+    songs, out = _songs(tmp_path), tmp_path / "out"
+    original_close, original_blocks = audio_io.AudioWriter.close, audio_io._SoundFileSource._raw_blocks
+
+    def close(self):
+        if "song0" in str(self.path):
+            raise WriteError(f"input/output error writing {self.path}", 5)
+        original_close(self)
+
+    def blocks(self, blocksize):
+        for number, block in enumerate(original_blocks(self, 4096)):
+            if number == 3 and "song2" in str(self.path):
+                raise AudioError(f"{self.path}: a broken frame")
+            yield block
+
+    monkeypatch.setattr(audio_io.AudioWriter, "close", close)
+    monkeypatch.setattr(audio_io._SoundFileSource, "_raw_blocks", blocks)
+    sep = Separator(MaskModel(), device="cpu", segment=0.5, batch_size=2, progress=False)
+    reports = list(run_jobs(sep, [FileJob(song, out) for song in songs]))
+    assert [r.status for r in reports] == ["failed", "separated", "failed"]
+    assert reports[0].error.startswith("input/output error writing") and reports[0].errno == 5
+    assert reports[2].error.endswith("song2.wav: a broken frame")
+    assert _outputs(out) == ["song1", "song1/accompaniment.wav", "song1/vocals.wav"]
+    assert not _threads()
+
+
+def test_ctrl_c_in_the_next_files_head_removes_both_files_in_progress(tmp_path):
+    songs, out = _songs(tmp_path), tmp_path / "out"
+    per_file = 3  # batches of a 2 s song (the first test counts them)
+
+    class Interrupted(MaskModel):
+        calls = 0
+
+        def forward(self, spec):
+            self.calls += 1
+            if self.calls == 2 * per_file + 1:  # song2's first batch, while song1's tail waits
+                assert list(out.glob("song1/.*.part"))
+                raise KeyboardInterrupt
+            return super().forward(spec)
+
+    sep = Separator(Interrupted(), device="cpu", segment=0.5, batch_size=2, progress=False)
+    reports = run_jobs(sep, [FileJob(song, out) for song in songs])
+    assert next(reports).status == "separated"
+    with pytest.raises(KeyboardInterrupt):
+        next(reports)
+    assert _outputs(out) == ["song0", "song0/accompaniment.wav", "song0/vocals.wav"]
+    assert not _threads()
+
+
+def test_leaving_early_removes_the_begun_file_and_its_threads(tmp_path):
+    songs, out = _songs(tmp_path), tmp_path / "out"
+    sep = Separator(MaskModel(), device="cpu", segment=0.5, batch_size=2, progress=False)
+    reports = run_jobs(sep, [FileJob(song, out) for song in songs])
+    assert next(reports).status == "separated"
+    assert list(out.glob("song1/.*.part")) and _threads()  # song1 has begun
+    reports.close()
+    assert _outputs(out) == ["song0", "song0/accompaniment.wav", "song0/vocals.wav"]
+    assert not _threads()
+
+
+def test_each_warning_is_its_own_files_even_from_the_reading_thread(tmp_path, monkeypatch):
+    songs, out = _songs(tmp_path), tmp_path / "out"
+    original = audio_io._SoundFileSource._raw_blocks
+
+    def blocks(self, blocksize):
+        for number, block in enumerate(original(self, 4096)):
+            if number == 2:
+                assert threading.current_thread().name == "bsmamba2-decode"
+                warnings.warn(f"{self.path.name}: read in a thread", UserWarning, stacklevel=1)
+            yield block
+
+    monkeypatch.setattr(audio_io._SoundFileSource, "_raw_blocks", blocks)
+    sep = Separator(MaskModel(gain=4.0), device="cpu", segment=0.5, batch_size=2, progress=False)
+    jobs = [FileJob(song, out, {"bit_depth": "16"} if song.stem == "song1" else {}) for song in songs]
+    with warnings.catch_warnings(record=True) as outside:
+        warnings.simplefilter("always")
+        reports = list(run_jobs(sep, jobs))
+    said = [[message for message, _, _ in r.warnings] for r in reports]
+    assert said[0] == ["song0.wav: read in a thread"] and said[2] == ["song2.wav: read in a thread"]
+    assert said[1][0] == "song1.wav: read in a thread" and len(said[1]) == 3  # and both stems clipped
+    assert all("song1" in m and "clipped in the 16-bit file" in m for m in said[1][1:])
+    assert not outside  # none left over, none shown
