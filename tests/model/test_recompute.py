@@ -17,6 +17,7 @@ from bsmamba2.model import BSMamba2, BSMamba2Config, mamba2
 from bsmamba2.model.mamba2 import Mamba2
 from bsmamba2.model.mixers import set_recompute
 from bsmamba2.training import BSMamba2Module
+from tests.helpers.extras import needs_extra
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = BSMamba2Config(dim=16, depth=2, expand=2, headdim=8, d_state=8)
@@ -157,6 +158,7 @@ def test_inference_and_layout_unaffected(monkeypatch):
         set_recompute(model, "everything")
 
 
+@needs_extra("train")
 def test_option_through_module_and_cli(tmp_path, capsys):
     assert set(_modes(BSMamba2Module(net=TINY))) == {"mixer"}  # the default: every mixer
     module = BSMamba2Module(net=TINY, recompute="mixer", recompute_layers=1)

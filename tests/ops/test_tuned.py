@@ -3,6 +3,10 @@ that a kernel launched with a listed configuration, past the autotuner, computes
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -85,3 +89,49 @@ def test_every_listed_config_names_a_kernel_its_key_and_its_meta_parameters():
                 assert key.split("|")[1] in ("torch.float32", "torch.float16", "torch.bfloat16")
                 assert set(meta) <= set(kernel.arg_names), (device, name, meta)
                 assert warps in (1, 2, 4, 8, 16) and 1 <= stages <= 8
+
+
+
+class _RecordingKernel:
+    """Stands in for an autotuned kernel: records how many of its launches overlap in time."""
+
+    def __init__(self) -> None:
+        self.running = self.most = 0
+        self.guard = threading.Lock()
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            with self.guard:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            time.sleep(0.02)
+            with self.guard:
+                self.running -= 1
+        return run
+
+
+class _MeetingKernel:
+    """A kernel whose launch returns only once another launch is inside its own."""
+
+    def __init__(self, barrier: threading.Barrier) -> None:
+        self.barrier = barrier
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.barrier.wait()
+
+
+def test_autotuned_launches_of_one_kernel_take_turns_across_threads():
+    """Triton's autotuner is not thread-safe (the warm-up's threads once read a half-filled
+    entry on a GPU without a listed config): ``launch`` lets one thread at a time through a
+    kernel's autotuner, while two different kernels still launch at the same time."""
+    x = torch.randn(4)
+    kernel = _RecordingKernel()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: common.launch(kernel, (1,), x), range(8)))
+    assert kernel.most == 1
+
+    barrier = threading.Barrier(2, timeout=10)
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(common.launch, _MeetingKernel(barrier), (1,), x) for _ in range(2)]
+        for future in futures:
+            future.result()  # a BrokenBarrierError here: the two kernels were serialised

@@ -46,18 +46,11 @@ def test_the_estimate_scales_each_mixers_widest_activation(name, options):
     assert segment_bytes(config, 44100, 4) == ACTIVATION_FACTOR * 62 * frames * mixer.activation_width() * 4
 
 
-MAMBA3_PEAK = pytest.mark.xfail(
-    strict=True,
-    reason="measured on an H200 (2026-12-01): the Mamba-3 paper model's first forward of an 8 s "
-    "segment peaks at 4415 MiB (SISO) and 16029 MiB (MIMO rank 4) against estimates of 1355 and "
-    "1791 MiB, while the scan still kept its chunk states under inference (by count 0.4 GB of "
-    "the SISO peak, 1.6 GB of the MIMO one: not the whole gap); to be measured again",
-)
 PAPER_MIXERS = [
     ("mamba2", {}),
     ("mamba", {}),
-    pytest.param("mamba3", {}, marks=MAMBA3_PEAK),
-    pytest.param("mamba3", {"mixer_options": {"mimo_rank": 4}}, marks=MAMBA3_PEAK),
+    ("mamba3", {}),  # H200, 2026-12-02: peak 1010 MiB against an estimate of 1355 MiB
+    ("mamba3", {"mixer_options": {"mimo_rank": 4}}),  # peak 1128 MiB, estimate 1791 MiB
 ]
 
 

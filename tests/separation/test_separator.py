@@ -20,6 +20,7 @@ from bsmamba2.model import istft, stft
 from bsmamba2.separation import ClippingWarning
 from bsmamba2.separation.batching import MAX_AUTO_BATCH, auto_batch_size, segment_bytes
 from tests.helpers.configs import MICRO
+from tests.helpers.extras import needs_extra
 from tests.helpers.models import MaskModel
 
 
@@ -329,6 +330,7 @@ def test_clipping_in_integer_files_warns_with_the_peak(tmp_path):
     assert np.abs(read_audio(paths["vocals"])[0]).max() > 1.4  # float keeps it
 
 
+@needs_extra("plot")
 def test_plot_writes_a_png(tmp_path):
     x = np.random.randn(1, 30000).astype(np.float32) * 0.1
     sf.write(tmp_path / "song.wav", x.T, 22050)
@@ -344,6 +346,7 @@ def _recorder():
     return events, events.append
 
 
+@needs_extra("plot")
 def test_progress_callback_counts_seconds_to_the_end(tmp_path):
     """Several reports in order, seconds growing to the input's length, then one ``done``."""
     rate, n = 22050, 150_001  # three blocks of input

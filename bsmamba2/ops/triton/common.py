@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import triton
 import triton.language as tl
@@ -31,13 +33,27 @@ def configs(*specs: tuple, interpret: dict | None = None) -> list[triton.Config]
     return [triton.Config(*(spec[2:] or ({},)), num_warps=spec[0], num_stages=spec[1]) for spec in specs]
 
 
+_AUTOTUNER_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _autotuner_lock(kernel) -> threading.Lock:
+    """One lock per autotuned kernel: Triton's ``Autotuner`` keeps its timings and its
+    per-key choice in shared dicts without a lock, so two threads tuning one kernel at once
+    (the separator's warm-up compiles in threads) can read an entry the other has not
+    filled yet (``'NoneType' object is not a mapping``)."""
+    with _LOCKS_LOCK:
+        return _AUTOTUNER_LOCKS.setdefault(id(kernel), threading.Lock())
+
+
 def launch(kernel, grid, *args, **kwargs) -> None:
     """``kernel[grid](*args, **kwargs)`` for an autotuned kernel, with the configuration known
     best on this GPU model for this call when :mod:`bsmamba2.ops.triton.tuned` lists one (one
-    compile, no timing runs), else through the autotuner."""
+    compile, no timing runs), else through the autotuner, one thread at a time per kernel."""
     config = known_config(kernel, args, kwargs)
     if config is None:
-        kernel[grid](*args, **kwargs)
+        with _autotuner_lock(kernel):
+            kernel[grid](*args, **kwargs)
     else:
         warps, stages, meta = config
         kernel.fn[grid](*args, **kwargs, **meta, num_warps=warps, num_stages=stages)
