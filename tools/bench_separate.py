@@ -37,6 +37,8 @@ from torch import nn
 import bsmamba2
 from bsmamba2.allocator import tune_allocator
 from bsmamba2.model import BSMamba2, BSMamba2Config
+from bsmamba2.separation.chunking import Chunker
+from bsmamba2.separation.engine import SegmentModel
 from bsmamba2.separation.files import FileJob, run_job, run_jobs
 
 
@@ -87,6 +89,7 @@ def child(args: argparse.Namespace) -> None:
         precision=args.precision,
         progress=False,
         compile={"yes": True, "no": False, "auto": "auto"}[args.compile],
+        cuda_graphs=args.graphs == "yes",
     )
     setup = time.perf_counter() - setup  # on CUDA the kernels compile here (separation/warmup.py)
     baseline = peak_rss_mb()
@@ -110,7 +113,8 @@ def child(args: argparse.Namespace) -> None:
 def folder(sep: bsmamba2.Separator, path: Path, count: int, baseline: float) -> dict:
     """``count`` copies of ``path`` separated one after the other in this process, as
     ``bsmamba2 separate FOLDER`` does (after one file to compile and warm up), against one
-    pass of the model over one whole file (the same audio as a single segment)."""
+    pass of the model over one whole file (the same audio as a single segment, eager), and
+    against the model's own time on the file's segments (:func:`model_time`)."""
     inputs = path.parent / f"folder_{path.stem}"
     inputs.mkdir(exist_ok=True)
     jobs = []
@@ -128,18 +132,41 @@ def folder(sep: bsmamba2.Separator, path: Path, count: int, baseline: float) -> 
         raise SystemExit(f"folder benchmark: {failed[0]}")
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
     seconds = audio.shape[0] / rate
+    model_s = model_time(sep, np.ascontiguousarray(audio.T))
+    eager = SegmentModel(sep.model, sep.device, sep.precision, cuda_graphs=False)  # one pass as before
     passes = []
     for _ in range(2):  # the second is warm
         begin = time.perf_counter()
-        sep.runner([np.ascontiguousarray(audio.T)])
+        eager([np.ascontiguousarray(audio.T)])
         passes.append(time.perf_counter() - begin)
     gpu = torch.cuda.max_memory_allocated() / 2**20 if sep.device.type == "cuda" else None
     folder_xrt, pass_xrt = count * seconds / wall, seconds / passes[-1]
     return {"files": count, "wall_s": wall, "file_wall_s": [r.wall for r in reports],
             "folder_xrt": folder_xrt,
             "one_pass_s": passes[-1], "one_pass_xrt": pass_xrt, "share_of_one_pass": folder_xrt / pass_xrt,
+            "model_s_per_file": model_s, "share_of_model_time": count * model_s / wall,
+            "cuda_graphs": sep.runner.graphs is not None,
             "batch_size": sep.batch_size, "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": gpu}
+
+
+def model_time(sep: bsmamba2.Separator, audio: np.ndarray) -> float:
+    """The model's own time on one file's segments, in the separator's batches, all queued at
+    once (no host work between them), warm: the least a folder can take per file."""
+    chunk = sep.chunking
+    chunker = Chunker(chunk.segment, chunk.hop, chunk.pad, audio.shape[0])
+    segments = chunker.feed(audio) + chunker.finish()
+    size = sep.batch_size
+    batches = [segments[i : i + size] for i in range(0, len(segments), size)]
+    times = []
+    for _ in range(3):  # the graphs recorded by the folder already; the last of three
+        if sep.device.type == "cuda":
+            torch.cuda.synchronize()
+        begin = time.perf_counter()
+        for results in [sep.runner.submit(batch) for batch in batches]:
+            results.result()
+        times.append(time.perf_counter() - begin)
+    return times[-1]
 
 
 def main() -> None:
@@ -161,6 +188,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=0,
                         help="separate a folder of this many files of each length in one process (the "
                         "command's path for a folder) and compare with one pass of the model over one file")
+    parser.add_argument("--graphs", choices=["yes", "no"], default="yes",
+                        help="CUDA graphs of the model's forward (the Separator's default: yes)")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc malloc as it is (the CLI tunes it, see bsmamba2/allocator.py)")
@@ -175,11 +204,11 @@ def main() -> None:
     settings += ["--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]
     settings += ["--device", args.device, "--repeat", str(args.repeat)]
     settings += ["--precision", args.precision] + (["--default-malloc"] if args.default_malloc else [])
-    settings += ["--compile", args.compile]
+    settings += ["--compile", args.compile, "--graphs", args.graphs]
     settings += ["--files", str(args.files)] if args.files else []
     if args.files:
         print(f"{'minutes':>8}  {'files':>5}  {'wall s':>8}  {'x RT':>7}  {'one pass s':>10}  {'x RT':>7}  "
-              f"{'share':>6}", flush=True)
+              f"{'share':>6}  {'model s/file':>12}  {'share':>6}", flush=True)
     else:
         print(f"{'minutes':>8}  {'wall s':>9}  {'x RT':>7}  {'first s':>8}  {'setup s':>8}  {'CPU s':>8}"
               f"  {'baseline MB':>11}  {'peak MB':>8}  {'GPU MB':>7}", flush=True)
@@ -197,8 +226,8 @@ def main() -> None:
             path.unlink()
             if args.files:
                 print(f"{minutes:8g}  {r['files']:5d}  {r['wall_s']:8.2f}  {r['folder_xrt']:7.1f}  "
-                      f"{r['one_pass_s']:10.3f}  {r['one_pass_xrt']:7.1f}  {r['share_of_one_pass']:6.1%}",
-                      flush=True)
+                      f"{r['one_pass_s']:10.3f}  {r['one_pass_xrt']:7.1f}  {r['share_of_one_pass']:6.1%}  "
+                      f"{r['model_s_per_file']:12.3f}  {r['share_of_model_time']:6.1%}", flush=True)
                 continue
             r["xrt"] = minutes * 60 / r["wall_s"]
             line = f"{minutes:8g}  {r['wall_s']:9.2f}  {r['xrt']:7.2f}  {r['first_wall_s']:8.2f}"

@@ -44,6 +44,7 @@ from bsmamba2.separation.compiling import (
     quiet_compiler,
     uncompile_blocks,
 )
+from bsmamba2.separation.graphs import CudaGraphs
 
 SegmentRunner = Callable[[list[np.ndarray]], "np.ndarray | Results"]
 """The model callable: a list of B (channels, S) segments → a (B, ..., S) array of results,
@@ -143,6 +144,8 @@ class SegmentModel:
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast).
         tta: also run every segment with its polarity inverted and (stereo) its channels
             swapped, turn each output back and average.
+        cuda_graphs: on CUDA, replay the model's forward as a CUDA graph per batch shape
+            (:class:`~bsmamba2.separation.graphs.CudaGraphs`, the same output); ignored elsewhere.
 
     :attr:`compiled` says whether the Mamba modules run through ``torch.compile``; a compile
     that fails at the first call falls back to eager with a warning (and stays eager). Each
@@ -150,11 +153,18 @@ class SegmentModel:
     """
 
     def __init__(
-        self, model: torch.nn.Module, device: torch.device, precision: str, tta: bool = False
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        precision: str,
+        tta: bool = False,
+        cuda_graphs: bool = True,
     ) -> None:
         self.model, self.device, self.precision, self.tta = model, device, precision, tta
         self.config = model.config
         self.compiled = False
+        self.graphs = CudaGraphs(model) if cuda_graphs and device.type == "cuda" else None
+        """The model's forward recorded per batch shape (:mod:`.graphs`), on CUDA only."""
         self.shapes: set[tuple[int, ...]] = set()
         """The spectrogram shapes the model ran on so far."""
         self._marked: set[tuple[int, ...]] = set()
@@ -225,7 +235,7 @@ class SegmentModel:
         shape = tuple(spec.shape)
         self.shapes.add(shape)
         if not self.compiled:
-            return self.model(spec)
+            return self.model(spec) if self.graphs is None else self.graphs(spec)
         try:
             with quiet_compiler():
                 out = self.model(spec)

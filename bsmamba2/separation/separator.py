@@ -115,6 +115,8 @@ class Separator:
         shifts: passes over the input, all but the first delayed by a random amount up to
             :data:`MAX_SHIFT` seconds (a fixed seed: the same input gives the same output), averaged
             (demucs's ``--shifts``); ×N time. Both augmentations go through the same chunking.
+        cuda_graphs: on CUDA, replay the model's forward as a CUDA graph for each batch shape
+            seen twice (:mod:`~bsmamba2.separation.graphs`; the same output, bit for bit).
 
     Raises:
         ParameterError: a bad argument; ``parameter`` names it (the command line names its flag).
@@ -135,6 +137,7 @@ class Separator:
         compile: bool | str = False,
         tta: bool = False,
         shifts: int = 1,
+        cuda_graphs: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -147,7 +150,7 @@ class Separator:
             raise ParameterError("compile", f"compile must be True, False or 'auto', got {compile!r}")
         self.compile_mode = compile
         self.tta = bool(tta)
-        self.runner = SegmentModel(self.model, self.device, self.precision, self.tta)
+        self.runner = SegmentModel(self.model, self.device, self.precision, self.tta, cuda_graphs)
         """The model callable of the streaming engine (:mod:`.engine`)."""
         if compile is True:
             self.runner.compile()
