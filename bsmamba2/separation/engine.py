@@ -33,7 +33,7 @@ import torch
 
 from bsmamba2.device import autocast, current_gpu, fft_device
 from bsmamba2.errors import BSMamba2Error
-from bsmamba2.model import istft, stft
+from bsmamba2.model import stft
 from bsmamba2.separation.batching import smaller_batch
 from bsmamba2.separation.chunking import Chunker, Chunking
 from bsmamba2.separation.compiling import (
@@ -45,6 +45,7 @@ from bsmamba2.separation.compiling import (
     uncompile_blocks,
 )
 from bsmamba2.separation.graphs import CudaGraphs
+from bsmamba2.separation.inverse import istft
 
 SegmentRunner = Callable[[list[np.ndarray]], "np.ndarray | Results"]
 """The model callable: a list of B (channels, S) segments → a (B, ..., S) array of results,

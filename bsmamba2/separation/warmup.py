@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from bsmamba2.device import autocast, current_gpu
-from bsmamba2.model import istft, stft
+from bsmamba2.model import stft
+from bsmamba2.separation.inverse import istft
 
 Call = Callable[[], object]
 
