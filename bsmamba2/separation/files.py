@@ -173,30 +173,38 @@ class _Run:
 
 
 def run_jobs(
-    separator: Separator, jobs: Iterable[FileJob], on_progress: ProgressCallback | None = None
+    separator: Separator,
+    jobs: Iterable[FileJob],
+    on_progress: ProgressCallback | None = None,
+    overlap: bool | None = None,
 ) -> Iterator[FileReport]:
     """Separate ``jobs`` one after the other with ``separator``, each file's report yielded in
     their order; every outcome is a report, never an exception (but Ctrl-C and SIGTERM, which
-    stop everything after the partial outputs of both files in progress are removed).
+    stop everything after the partial outputs of the files in progress are removed).
 
-    The files overlap where the device would wait: once a file's last batch is started, the
-    next file is opened, read and cut until its first batch is started too (queued behind
-    the last one), and only then is the first file finished (its last batch added, written,
-    its outputs renamed into place); so the device goes from one file to the next without a
-    gap. Each file stays whole on its own: outputs appear when complete, a failure removes
-    only that file's, its report has its own warnings; its ``wall`` overlaps its neighbours'.
-    Leaving the generator early (``close``) removes the outputs of the file in progress.
+    With ``overlap`` (None: on CUDA, where the model runs while the host works; on the CPU
+    the model and the host share the cores, so it would only hold a file's outputs back) the
+    files overlap where the device would wait: once a file's last batch is started, the next
+    file is opened, read and cut until its first batch is started too (queued behind the last
+    one), and only then is the first file finished (its last batch added, written, its
+    outputs renamed into place); so the device goes from one file to the next without a gap.
+    Each file stays whole on its own: outputs appear when complete, a failure removes only
+    that file's, its report has its own warnings; its ``wall`` overlaps its neighbours'.
+    Leaving the generator early (``close``) removes the outputs of the files in progress.
     """
+    if overlap is None:
+        overlap = separator.device.type == "cuda"
+    head, tail = ((Step.FIRST_BATCH, Step.LAST_BATCH), (Step.LAST_BATCH,)) if overlap else ((), ())
     with _warnings_by_file():
         live: list[_Run] = []  # at most two: the previous file (its tail to come) and this one
         try:
             for job in jobs:
                 live.append(_Run(separator, job, on_progress))
-                live[-1].advance(Step.FIRST_BATCH, Step.LAST_BATCH)
+                live[-1].advance(*head)
                 if len(live) == 2:  # the previous file's tail, behind this one's first batch
                     live[0].advance()
                     yield live.pop(0).report
-                if live[0].done or live[0].advance(Step.LAST_BATCH):
+                if live[0].done or live[0].advance(*tail):
                     yield live.pop().report
             if live:
                 live[0].advance()

@@ -290,7 +290,7 @@ def test_the_next_file_starts_before_the_last_one_is_written_and_changes_no_bit(
 
     model = CountingMask(out, gain=0.5)
     sep = Separator(model, device="cpu", segment=0.5, batch_size=2, progress=False)
-    reports = list(run_jobs(sep, [FileJob(song, out) for song in songs]))
+    reports = list(run_jobs(sep, [FileJob(song, out) for song in songs], overlap=True))
     assert [r.status for r in reports] == ["separated"] * 3
     assert [Path(r.input).name for r in reports] == [s.name for s in songs]
     for report, expected in zip(reports, want, strict=True):
@@ -302,6 +302,11 @@ def test_the_next_file_starts_before_the_last_one_is_written_and_changes_no_bit(
     assert all(len(writing) <= 2 for _, writing in model.calls)  # never more than two files open
     assert any(len(writing) == 2 for _, writing in model.calls)
     assert not list(out.rglob(".*.part")) and not _threads()
+
+    model.calls.clear()  # on the CPU by default, one file after the other
+    again = list(run_jobs(sep, [FileJob(song, out, {"overwrite": True}) for song in songs]))
+    assert [r.status for r in again] == ["separated"] * 3
+    assert all(len(writing) == 1 for _, writing in model.calls)
 
 
 def test_a_failing_file_loses_neither_neighbours_outputs(tmp_path, monkeypatch):
@@ -324,7 +329,7 @@ def test_a_failing_file_loses_neither_neighbours_outputs(tmp_path, monkeypatch):
     monkeypatch.setattr(audio_io.AudioWriter, "close", close)
     monkeypatch.setattr(audio_io._SoundFileSource, "_raw_blocks", blocks)
     sep = Separator(MaskModel(), device="cpu", segment=0.5, batch_size=2, progress=False)
-    reports = list(run_jobs(sep, [FileJob(song, out) for song in songs]))
+    reports = list(run_jobs(sep, [FileJob(song, out) for song in songs], overlap=True))
     assert [r.status for r in reports] == ["failed", "separated", "failed"]
     assert reports[0].error.startswith("input/output error writing") and reports[0].errno == 5
     assert reports[2].error.endswith("song2.wav: a broken frame")
@@ -347,7 +352,7 @@ def test_ctrl_c_in_the_next_files_head_removes_both_files_in_progress(tmp_path):
             return super().forward(spec)
 
     sep = Separator(Interrupted(), device="cpu", segment=0.5, batch_size=2, progress=False)
-    reports = run_jobs(sep, [FileJob(song, out) for song in songs])
+    reports = run_jobs(sep, [FileJob(song, out) for song in songs], overlap=True)
     assert next(reports).status == "separated"
     with pytest.raises(KeyboardInterrupt):
         next(reports)
@@ -358,7 +363,7 @@ def test_ctrl_c_in_the_next_files_head_removes_both_files_in_progress(tmp_path):
 def test_leaving_early_removes_the_begun_file_and_its_threads(tmp_path):
     songs, out = _songs(tmp_path), tmp_path / "out"
     sep = Separator(MaskModel(), device="cpu", segment=0.5, batch_size=2, progress=False)
-    reports = run_jobs(sep, [FileJob(song, out) for song in songs])
+    reports = run_jobs(sep, [FileJob(song, out) for song in songs], overlap=True)
     assert next(reports).status == "separated"
     assert list(out.glob("song1/.*.part")) and _threads()  # song1 has begun
     reports.close()
@@ -382,7 +387,7 @@ def test_each_warning_is_its_own_files_even_from_the_reading_thread(tmp_path, mo
     jobs = [FileJob(song, out, {"bit_depth": "16"} if song.stem == "song1" else {}) for song in songs]
     with warnings.catch_warnings(record=True) as outside:
         warnings.simplefilter("always")
-        reports = list(run_jobs(sep, jobs))
+        reports = list(run_jobs(sep, jobs, overlap=True))
     said = [[message for message, _, _ in r.warnings] for r in reports]
     assert said[0] == ["song0.wav: read in a thread"] and said[2] == ["song2.wav: read in a thread"]
     assert said[1][0] == "song1.wav: read in a thread" and len(said[1]) == 3  # and both stems clipped
