@@ -145,8 +145,9 @@ class SegmentModel:
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast).
         tta: also run every segment with its polarity inverted and (stereo) its channels
             swapped, turn each output back and average.
-        cuda_graphs: on CUDA, replay the model's forward as a CUDA graph per batch shape
-            (:class:`~bsmamba2.separation.graphs.CudaGraphs`, the same output); ignored elsewhere.
+        cuda_graphs: on CUDA, replay the model's forward as a CUDA graph for the batch shape
+            that repeats (:class:`~bsmamba2.separation.graphs.CudaGraphs`, the same output);
+            ignored elsewhere.
 
     :attr:`compiled` says whether the Mamba modules run through ``torch.compile``; a compile
     that fails at the first call falls back to eager with a warning (and stays eager). Each
@@ -165,7 +166,7 @@ class SegmentModel:
         self.config = model.config
         self.compiled = False
         self.graphs = CudaGraphs(model) if cuda_graphs and device.type == "cuda" else None
-        """The model's forward recorded per batch shape (:mod:`.graphs`), on CUDA only."""
+        """The model's forward recorded for the repeating batch shape (:mod:`.graphs`), on CUDA only."""
         self.shapes: set[tuple[int, ...]] = set()
         """The spectrogram shapes the model ran on so far."""
         self._marked: set[tuple[int, ...]] = set()

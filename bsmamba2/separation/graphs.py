@@ -1,4 +1,4 @@
-"""The model's forward pass on CUDA replayed as a CUDA graph, one per batch shape.
+"""The model's forward pass on CUDA replayed as a CUDA graph, for the batch shape that repeats.
 
 A separation sends the same shape through the model again and again (every full batch of
 segments), and each forward is ~650 kernel launches driven from Python: on a busy host (the
@@ -7,7 +7,12 @@ A CUDA graph records the launches of one forward once and replays them with one 
 
 The first batch of a shape runs eagerly (it also compiles and, where the table of known
 configurations has none, autotunes the Triton kernels: nothing of that may happen while a
-graph is recorded); the second is recorded and replayed, and every later one replays. A
+graph is recorded); the second is recorded and replayed, and every later one replays. One
+graph at most (:data:`MAX_GRAPHS`): the first shape seen twice, in a separation the full
+batch; every other shape (a file's last, shorter batch) stays eager. A graph keeps its own
+memory for the forward's intermediates, about as much as the eager forward of that batch
+needs at its peak, beside the eager pool (``torch.cuda.max_memory_allocated`` does not show
+it: the graph's blocks are reserved, not allocated, between replays); one graph bounds that. A
 replay runs the same kernels with the same launch settings on the same addresses as the
 recorded forward: the output is the eager one's, bit for bit (tests/separation/test_graphs.py).
 The graph's output tensor is its own and is overwritten by the next replay: the caller uses
@@ -26,10 +31,13 @@ import torch
 
 Key = tuple[tuple[int, ...], torch.dtype, torch.device]
 
+MAX_GRAPHS = 1
+"""Graphs kept: each holds the memory of a whole forward of its batch."""
+
 
 class CudaGraphs:
     """``forward`` (a tensor in, a tensor out, always the same kernels for the same shape) as
-    a CUDA graph per input shape, after one eager call of that shape."""
+    a CUDA graph of the first input shape called twice; other shapes eager."""
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.forward = forward
@@ -47,7 +55,7 @@ class CudaGraphs:
         key = (tuple(x.shape), x.dtype, x.device)
         entry = self._graphs.get(key)
         if entry is None:
-            if not self.enabled or key not in self._seen:
+            if not self.enabled or key not in self._seen or len(self._graphs) >= MAX_GRAPHS:
                 self._seen.add(key)
                 return self.forward(x)
             entry = self._record(x, key)

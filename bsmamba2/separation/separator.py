@@ -115,8 +115,9 @@ class Separator:
         shifts: passes over the input, all but the first delayed by a random amount up to
             :data:`MAX_SHIFT` seconds (a fixed seed: the same input gives the same output), averaged
             (demucs's ``--shifts``); ×N time. Both augmentations go through the same chunking.
-        cuda_graphs: on CUDA, replay the model's forward as a CUDA graph for each batch shape
-            seen twice (:mod:`~bsmamba2.separation.graphs`; the same output, bit for bit).
+        cuda_graphs: on CUDA, replay the model's forward as a CUDA graph from the second batch
+            of the full batch size on (:mod:`~bsmamba2.separation.graphs`; the same output, bit
+            for bit; other batch sizes eager).
 
     Raises:
         ParameterError: a bad argument; ``parameter`` names it (the command line names its flag).
