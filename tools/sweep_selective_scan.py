@@ -26,10 +26,9 @@ from bsmamba2.ops.triton import selective
 
 VARIANTS = {  # name: (K, backward launch settings); the first is the default, the others' reference
     "K4 d32": (4, dict(BLOCK_D=32, num_warps=1)),
-    "K4 d16": (4, dict(BLOCK_D=16, num_warps=1)),
-    "K8 d16": (8, dict(BLOCK_D=16, num_warps=1)),
-    "K4 d16 r168": (4, dict(BLOCK_D=16, num_warps=1, maxnreg=168)),
-    "K4 d32 w2": (4, dict(BLOCK_D=32, num_warps=2)),
+    "K4 d32 r168": (4, dict(BLOCK_D=32, num_warps=1, maxnreg=168)),
+    "K4 d64 w2": (4, dict(BLOCK_D=64, num_warps=2)),
+    "K2 d32": (2, dict(BLOCK_D=32, num_warps=1)),
 }
 
 

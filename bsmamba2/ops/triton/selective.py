@@ -44,9 +44,55 @@ from bsmamba2.ops.triton.common import INTERPRET, backward_ahead, block, configs
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
-STRIDES_FWD = ["sud", "sdd", "sAd", "sAn", "szd", "sod", "sol", "ssn", "ssd"]
-STRIDES_BWD = ["sud", "sdd", "sAd", "sAn", "szd", "ssn", "ssd", "syd", "sgud", "sgul", "sgdd", "sgdl",
-               "sgzd", "sgzl", "spn"]
+STRIDES_FWD = ["sxn", "sud", "sdd", "sAd", "sAn", "sBn", "sCn", "szd", "sod", "sol", "ssn", "ssd"]
+STRIDES_BWD = ["sxn", "sud", "sdd", "sAd", "sAn", "sBn", "sCn", "szd", "ssn", "ssd", "syd", "sgud", "sgul",
+               "sgdd", "sgdl", "sgzd", "sgzl"]
+
+
+FAST = tl.constexpr(not INTERPRET)
+"""Compiled for a GPU: PTX for the exponential and the lane exchanges (the interpreter runs
+Triton's own operations instead)."""
+
+
+@triton.jit
+def _exp2(x):
+    """2^x in fp32; on a GPU the flush-to-zero form (one MUFU.EX2: the default ex2 scales
+    denormal inputs and outputs around it, three instructions more per exponential; the
+    decays it flushes, below 1e-38, vanish anyway)."""
+    if FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def _swap_lanes(v, o: tl.constexpr, LANES: tl.constexpr):
+    """v from the channel ``c ^ o`` (the lane ``lane ^ o``) for each channel c along axis 0,
+    o < LANES: a butterfly shuffle on a GPU, where the channels of a tile run along the lanes;
+    a reshape and flip in the interpreter."""
+    if FAST:
+        bits = v.to(tl.int32, bitcast=True)
+        if o == 16:
+            out = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 16, 31, -1;", "=r,r", [bits],
+                                            dtype=tl.int32, is_pure=True, pack=1)
+        elif o == 8:
+            out = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 8, 31, -1;", "=r,r", [bits],
+                                            dtype=tl.int32, is_pure=True, pack=1)
+        elif o == 4:
+            out = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 4, 31, -1;", "=r,r", [bits],
+                                            dtype=tl.int32, is_pure=True, pack=1)
+        elif o == 2:
+            out = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 2, 31, -1;", "=r,r", [bits],
+                                            dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            out = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 1, 31, -1;", "=r,r", [bits],
+                                            dtype=tl.int32, is_pure=True, pack=1)
+        return out.to(tl.float32, bitcast=True)
+    else:
+        W: tl.constexpr = v.shape[0]
+        R: tl.constexpr = v.shape[1]
+        return tl.reshape(tl.flip(tl.reshape(v, (W // (2 * o), 2, o, R)), 1), (W, R))
 
 
 @triton.jit
@@ -117,9 +163,37 @@ def _params(A_ptr, bias_ptr, D_ptr, dch, md, on, mn, sAd, sAn, HAS_BIAS: tl.cons
 
 
 @triton.jit
-def _state_ptrs(ptr, bi, D_all, N, dch, on):
-    """Pointers to a (batch, d, n) state as a (channel, state) tile."""
-    return ptr + bi * D_all * N + (dch[:, None] * N + on[None, :])
+def _state_ptrs(ptr, bi, D_all, N, dch, on, sxn):
+    """Pointers to a contiguous (batch, d, n) state as a (channel, state) tile. Its stride
+    along the states, 1, comes in unspecialised (``sxn``): a pointer known contiguous along
+    the states would make Triton lay the tile's states over the lanes, and with it every
+    (channel, state) tile of the kernel."""
+    return ptr + bi * D_all * N + (dch[:, None] * N + on[None, :] * sxn)
+
+
+@triton.jit
+def _sum_channels(pB, pC, lane, LANES: tl.constexpr):
+    """Sums over each group of LANES channels (axis 0) of two (channel, state) tiles, spread
+    over the lanes: entry (c, i) of the (channels, rows) result is the sum of value j =
+    (c % LANES) // (LANES // 2^H) · rows + i, where values 0..S−1 are pB's states and S..2S−1
+    pC's and H = log2(min(LANES, 2S)) (recursive halving: at each exchange a lane keeps one
+    half of its values and the partner lane the other, so every exchange moves half as many
+    as the one before). Lanes of a group past 2S hold copies. About one exchange per value
+    and thread, against log2(LANES) for a sum that leaves every total in every lane."""
+    hi = (lane & (LANES // 2)) != 0
+    v = tl.where(hi, pC, pB) + _swap_lanes(tl.where(hi, pB, pC), LANES // 2, LANES)
+    for lvl in tl.static_range(2, 6):  # the exchanges at LANES/4, ..., 1 (LANES ≤ 32)
+        if (LANES >> lvl) > 0:
+            if v.shape[1] > 1:
+                v3 = tl.reshape(v, (v.shape[0], 2, v.shape[1] // 2))
+                half = tl.arange(0, 2)[None, :, None]
+                lo = _take(v3, half == 0, 1)
+                up = _take(v3, half == 1, 1)
+                hi = (lane & (LANES >> lvl)) != 0
+                v = tl.where(hi, up, lo) + _swap_lanes(tl.where(hi, lo, up), LANES >> lvl, LANES)
+            else:
+                v += _swap_lanes(v, LANES >> lvl, LANES)
+    return v
 
 
 FWD_CONFIGS = configs((4, 1, {"BLOCK_D": 128}), (2, 1, {"BLOCK_D": 64}), (1, 1, {"BLOCK_D": 32}),
@@ -132,7 +206,7 @@ if not INTERPRET:  # fewer registers (fewer of a chunk's loads in flight), more 
 @triton.jit(do_not_specialize=STRIDES_FWD)
 def _fwd(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, states_ptr, final_ptr,
-    L, N, DG, G, NC,
+    L, N, DG, G, NC, sxn,
     sub, sud, sul, sdb, sdd, sdl, sAd, sAn, sBb, sBg, sBn, sBl, sCb, sCg, sCn, sCl,
     szb, szd, szl, sob, sod, sol, ssb, ssc, ssn, ssd,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -148,7 +222,7 @@ def _fwd(
     dn_mask = md[:, None] & mn[None, :]
     A2, bias, Dv = _params(A_ptr, bias_ptr, D_ptr, dch, md, on, mn, sAd, sAn, HAS_BIAS, HAS_D)
     if HAS_H0:
-        h = tl.load(_state_ptrs(h0_ptr, bi, D_all, N, dch, on), mask=dn_mask, other=0.0)
+        h = tl.load(_state_ptrs(h0_ptr, bi, D_all, N, dch, on, sxn), mask=dn_mask, other=0.0)
     else:
         h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     B_ptr += gi * sBg
@@ -168,7 +242,7 @@ def _fwd(
                                   sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS)
             Ct = tl.load(C_ptr + bi * sCb + on * sCn + t * sCl, mask=mnt, other=0.0).to(tl.float32)
             # Masked steps keep the state: Δ = 0 makes the decay 1 and the input 0.
-            h = tl.exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
+            h = _exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
             y = tl.sum(h * Ct[None, :], 1)
             if HAS_D:
                 y += Dv * uu
@@ -178,24 +252,23 @@ def _fwd(
             Y = _put(Y, y[:, None], kcol == k)
         _store_steps(out_ptr + bi * sob, Y, dch, sod, c * K + kcol, sol, md[:, None], L)
     if STORE_FINAL:
-        tl.store(_state_ptrs(final_ptr, bi, D_all, N, dch, on), h, mask=dn_mask)
+        tl.store(_state_ptrs(final_ptr, bi, D_all, N, dch, on, sxn), h, mask=dn_mask)
 
 
 @triton.jit(do_not_specialize=STRIDES_BWD)
 def _bwd(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, states_ptr, dout_ptr, dfin_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    L, N, DG, G, NC,
+    du_ptr, ddelta_ptr, dz_ptr, dBC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    L, N, DG, G, NC, sxn,
     sub, sud, sul, sdb, sdd, sdl, sAd, sAn, sBb, sBg, sBn, sBl, sCb, sCg, sCn, sCl,
     szb, szd, szl, ssb, ssc, ssn, ssd, syb, syd, syl, sgub, sgud, sgul, sgdb, sgdd, sgdl, sgzb, sgzd, sgzl,
-    spn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_DFIN: tl.constexpr,
-    K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, LANES: tl.constexpr,
 ):
-    """Input gradients of one (sequence, channel block); B and C's as partial sums over the
-    block (dB_ptr / dC_ptr: (batch, programs per sequence, length, N) fp32), A's per
-    (sequence, channel) (dA_ptr: (batch, d, N) fp32)."""
+    """Input gradients of one (sequence, channel block); B and C's as partial sums over
+    groups of LANES channels (dBC_ptr: (batch, groups per sequence, length, 2, BLOCK_N)
+    fp32, B's then C's), A's per (sequence, channel) (dA_ptr: (batch, d, N) fp32)."""
     pid = tl.program_id(0).to(tl.int64)
     NBLK = tl.cdiv(DG, BLOCK_D)
     bi, gi, dch, md = _channels(pid, NBLK, G, DG, BLOCK_D)
@@ -205,7 +278,7 @@ def _bwd(
     dn_mask = md[:, None] & mn[None, :]
     A2, bias, Dv = _params(A_ptr, bias_ptr, D_ptr, dch, md, on, mn, sAd, sAn, HAS_BIAS, HAS_D)
     if HAS_DFIN:
-        x = tl.load(_state_ptrs(dfin_ptr, bi, D_all, N, dch, on), mask=dn_mask, other=0.0)
+        x = tl.load(_state_ptrs(dfin_ptr, bi, D_all, N, dch, on, sxn), mask=dn_mask, other=0.0)
     else:
         x = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dA = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
@@ -213,18 +286,25 @@ def _bwd(
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     ring_at = tl.arange(0, K)[:, None, None]
     kcol = tl.arange(0, K)[None, :]  # the step of a chunk as a column
-    krow = tl.arange(0, K)[:, None]  # ... and as a row
     B_ptr += gi * sBg
     C_ptr += gi * sCg
-    part = pid % (G * NBLK)  # the program's index within its sequence
-    part_base = (bi * G * NBLK + part) * L
+    # Where B and C's channel sums go: value j of a lane's (channels, rows) result (see
+    # _sum_channels) of a group of LANES channels, in (batch, group, length, 2·BLOCK_N).
+    lane = tl.arange(0, BLOCK_D) % LANES
+    RS: tl.constexpr = (2 * BLOCK_N) // LANES if 2 * BLOCK_N > LANES else 1
+    SPAN: tl.constexpr = LANES // ((2 * BLOCK_N) // RS)  # lanes holding copies of one value
+    j = (lane // SPAN)[:, None] * RS + tl.arange(0, RS)[None, :]  # (channels, rows)
+    j_mask = (lane % SPAN == 0)[:, None] & (j % BLOCK_N < N)
+    part = (pid % (G * NBLK)) * (BLOCK_D // LANES) + tl.arange(0, BLOCK_D) // LANES
+    part_ptr = dBC_ptr + ((bi * G * NBLK * (BLOCK_D // LANES) + part) * L)[:, None] * (2 * BLOCK_N) + j
+    k3 = tl.arange(0, K)[None, :, None]  # the step of a chunk along the middle axis
     for cc in range(NC):
         c = NC - 1 - cc
         if c > 0:
             h = tl.load(states_ptr + bi * ssb + (c - 1) * ssc + on[None, :] * ssn + dch[:, None] * ssd,
                         mask=dn_mask, other=0.0).to(tl.float32)
         elif HAS_H0:
-            h = tl.load(_state_ptrs(h0_ptr, bi, D_all, N, dch, on), mask=dn_mask, other=0.0)
+            h = tl.load(_state_ptrs(h0_ptr, bi, D_all, N, dch, on, sxn), mask=dn_mask, other=0.0)
         else:
             h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
         # The chunk's states again: each step's entering state, Δ, pre-softplus Δ and u kept
@@ -243,12 +323,11 @@ def _bwd(
             DL = _put(DL, dl[:, None], kcol == k)
             RAW = _put(RAW, raw[:, None], kcol == k)
             UU = _put(UU, uu[:, None], kcol == k)
-            h = tl.exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
+            h = _exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
         DU = tl.zeros((BLOCK_D, K), dtype=tl.float32)
         DDL = tl.zeros((BLOCK_D, K), dtype=tl.float32)
         DZ = tl.zeros((BLOCK_D, K), dtype=tl.float32)
-        DB = tl.zeros((K, BLOCK_N), dtype=tl.float32)
-        DC = tl.zeros((K, BLOCK_N), dtype=tl.float32)
+        DBC = tl.zeros((BLOCK_D, K, RS), dtype=tl.float32)  # (channel, step, rows)
         for kk in tl.static_range(K):
             k = K - 1 - kk
             t = c * K + k
@@ -258,10 +337,10 @@ def _bwd(
             uu = _take(UU, kcol == k, 1)
             Bt = tl.load(B_ptr + bi * sBb + on * sBn + t * sBl, mask=mnt, other=0.0).to(tl.float32)
             Ct = tl.load(C_ptr + bi * sCb + on * sCn + t * sCl, mask=mnt, other=0.0).to(tl.float32)
-            hp = tl.trans(_take(ring, ring_at == k, 0))
-            a = tl.exp2(dl[:, None] * A2)
+            a = _exp2(dl[:, None] * A2)
             dlu = dl * uu
-            ht = a * hp + dlu[:, None] * Bt[None, :]
+            ahp = a * tl.trans(_take(ring, ring_at == k, 0))  # a_t h_{t−1}
+            ht = ahp + dlu[:, None] * Bt[None, :]
             dy = _row(dout_ptr, bi, syb, dch, syd, t, syl, m)
             if HAS_Z:
                 zz = _row(z_ptr, bi, szb, dch, szd, t, szl, m)
@@ -272,10 +351,10 @@ def _bwd(
                 DZ = _put(DZ, (dy * y * sg * (1.0 + zz * (1.0 - sg)))[:, None], kcol == k)
                 dy = dy * zz * sg
             r = x + Ct[None, :] * dy[:, None]  # the gradient of h_t
-            DC = _put(DC, tl.sum(ht * dy[:, None], 0)[None, :], krow == k)
-            DB = _put(DB, tl.sum(r * dlu[:, None], 0)[None, :], krow == k)
+            sums = _sum_channels(r * dlu[:, None], ht * dy[:, None], lane[:, None], LANES)
+            DBC = _put(DBC, sums[:, None, :], k3 == k)
             rB = tl.sum(r * Bt[None, :], 1)
-            rah = r * a * hp
+            rah = r * ahp
             dA += rah * dl[:, None]
             x = a * r  # into the previous step
             ddl = tl.sum(rah * A2, 1) * LN2 + uu * rB
@@ -294,17 +373,16 @@ def _bwd(
         _store_steps(ddelta_ptr + bi * sgdb, DDL, dch, sgdd, ts, sgdl, md[:, None], L)
         if HAS_Z:
             _store_steps(dz_ptr + bi * sgzb, DZ, dch, sgzd, ts, sgzl, md[:, None], L)
-        rows = c * K + krow  # (step, state) tiles of B and C's partial sums
-        part_mask = (rows < L) & mn[None, :]
-        tl.store(dC_ptr + (part_base + rows) * N + on[None, :] * spn, DC, mask=part_mask)
-        tl.store(dB_ptr + (part_base + rows) * N + on[None, :] * spn, DB, mask=part_mask)
-    tl.store(_state_ptrs(dA_ptr, bi, D_all, N, dch, on), dA, mask=dn_mask)
+        for k in tl.static_range(K):
+            t = c * K + k
+            tl.store(part_ptr + t * (2 * BLOCK_N), _take(DBC, k3 == k, 1), mask=_live(j_mask, t, L))
+    tl.store(_state_ptrs(dA_ptr, bi, D_all, N, dch, on, sxn), dA, mask=dn_mask)
     if HAS_D:
         tl.store(dD_ptr + bi * D_all + dch, dD, mask=md)
     if HAS_BIAS:
         tl.store(dbias_ptr + bi * D_all + dch, dbias, mask=md)
     if HAS_H0:
-        tl.store(_state_ptrs(dh0_ptr, bi, D_all, N, dch, on), x, mask=dn_mask)
+        tl.store(_state_ptrs(dh0_ptr, bi, D_all, N, dch, on, sxn), x, mask=dn_mask)
 
 
 def _as_groups(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -385,6 +463,8 @@ class SelectiveScan(torch.autograd.Function):
                 backward: bool):
         b, d, length, n, g = check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
         Bg, Cg = _as_groups(B, "B"), _as_groups(C, "C")
+        if initial_state is not None:
+            initial_state = initial_state.contiguous()  # the kernels read contiguous states
         nc = triton.cdiv(length, CHUNK)
         dummy = A
         store_states = backward and nc > 1
@@ -405,7 +485,7 @@ class SelectiveScan(torch.autograd.Function):
             delta_bias if delta_bias is not None else dummy,
             initial_state if initial_state is not None else dummy, out,
             states, final if final is not None else dummy,
-            length, n, dg, g, nc, *_strides(u, delta, A, Bg, Cg, zz, out), *_state_strides(states),
+            length, n, dg, g, nc, 1, *_strides(u, delta, A, Bg, Cg, zz, out), *_state_strides(states),
             STORE_STATES=store_states, STORE_FINAL=return_final, **common)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
         ctx.common = common
@@ -428,8 +508,10 @@ class SelectiveScan(torch.autograd.Function):
         programs = g * triton.cdiv(dg, launch["BLOCK_D"])  # per sequence
         du, ddelta = _empty_in_layout(u), _empty_in_layout(delta)
         dz = _empty_in_layout(z) if z is not None else None
-        dB_part = u.new_empty(b, programs, length, n, dtype=torch.float32)
-        dC_part = torch.empty_like(dB_part)
+        bn = ctx.common["BLOCK_N"]
+        lanes = min(launch["BLOCK_D"], 32)
+        groups = programs * (launch["BLOCK_D"] // lanes)  # channel groups summed in-kernel, per sequence
+        dBC_part = u.new_empty(b, groups, length, 2, bn, dtype=torch.float32)
         dA_part = u.new_empty(b, d, n, dtype=torch.float32)
         dD_part = u.new_empty(b, d, dtype=torch.float32) if D is not None else None
         dbias_part = u.new_empty(b, d, dtype=torch.float32) if delta_bias is not None else None
@@ -439,19 +521,19 @@ class SelectiveScan(torch.autograd.Function):
         opt = [t if t is not None else dummy for t in (D, zz, delta_bias, initial_state)]
         _bwd[(b * programs,)](
             u, delta, A, Bg, Cg, *opt, states, dout, dfinal.contiguous() if dfinal is not None else dummy,
-            du, ddelta, gz, dB_part, dC_part, dA_part,
+            du, ddelta, gz, dBC_part, dA_part,
             dD_part if dD_part is not None else dummy, dbias_part if dbias_part is not None else dummy,
             dh0 if dh0 is not None else dummy,
-            length, n, dg, g, nc, *_strides(u, delta, A, Bg, Cg, zz), *_state_strides(states),
-            *_strides(dout, du, ddelta, gz), dB_part.stride(3),
-            HAS_DFIN=dfinal is not None, **launch, **ctx.common)
+            length, n, dg, g, nc, 1, *_strides(u, delta, A, Bg, Cg, zz), *_state_strides(states),
+            *_strides(dout, du, ddelta, gz),
+            HAS_DFIN=dfinal is not None, LANES=lanes, **launch, **ctx.common)
+        dBC = dBC_part.view(b, g, groups // g, length, 2, bn)[..., :n].sum(2)  # (b, g, L, 2, n)
 
-        def group_sum(part: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-            total = part.view(b, g, programs // g, length, n).sum(2).transpose(-1, -2)  # (b, g, n, L)
-            return total.reshape(like.shape).to(like.dtype)
+        def grad_of(which: int, like: torch.Tensor) -> torch.Tensor:
+            return dBC[..., which, :].transpose(-1, -2).reshape(like.shape).to(like.dtype)
 
         return (
-            du, ddelta, dA_part.sum(0).to(A.dtype), group_sum(dB_part, B), group_sum(dC_part, C),
+            du, ddelta, dA_part.sum(0).to(A.dtype), grad_of(0, B), grad_of(1, C),
             dD_part.sum(0).to(D.dtype) if D is not None else None,
             dz,
             dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
