@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Launch variants of the Triton selective scan on the paper's shapes (GPU): chunk length K
-(the forward's state spacing and the backward's register ring), channels and warps per
-backward program, a register cap.
+(the forward's state spacing), the backward's sub-chunk (its register ring), channels and
+warps per backward program, a register cap.
 
 Each variant's gradients are checked against the default variant's (relative error), then
 fwd and fwd+bwd are timed (median GPU time of calls queued back to back, as
@@ -25,10 +25,11 @@ from benchmark_mamba_ssm import SHAPES, Timer, selective_scan_inputs
 from bsmamba2.ops.triton import selective
 
 VARIANTS = {  # name: (K, backward launch settings); the first is the default, the others' reference
-    "K4 d32": (4, dict(BLOCK_D=32, num_warps=1)),
-    "K4 d32 r168": (4, dict(BLOCK_D=32, num_warps=1, maxnreg=168)),
-    "K4 d64 w2": (4, dict(BLOCK_D=64, num_warps=2)),
-    "K2 d32": (2, dict(BLOCK_D=32, num_warps=1)),
+    "K4 s2": (4, dict(BLOCK_D=32, num_warps=1, SUB=2)),
+    "K4 s4": (4, dict(BLOCK_D=32, num_warps=1, SUB=4)),
+    "K2 s2": (2, dict(BLOCK_D=32, num_warps=1, SUB=2)),
+    "K4 s2 r168": (4, dict(BLOCK_D=32, num_warps=1, SUB=2, maxnreg=168)),
+    "K4 s4 d64 w2": (4, dict(BLOCK_D=64, num_warps=2, SUB=4)),
 }
 
 

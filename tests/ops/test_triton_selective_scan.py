@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bsmamba2.ops.reference import selective as reference
+from bsmamba2.ops.triton import selective as kernels
 from bsmamba2.ops.triton import selective_scan
 from bsmamba2.ops.triton.selective import CHUNK
 from tests.helpers.kernels import DEVICE, ON_GPU, assert_close, poisoned_outputs
@@ -138,3 +139,12 @@ def test_no_states_kept_without_a_backward(mode):
         y_inference = selective_scan(**ins, delta_softplus=True)
     assert states not in live.shapes
     assert torch.equal(y_inference, y.detach())
+
+
+@pytest.mark.parametrize("sub", [1, CHUNK])
+def test_backward_sub_chunks(monkeypatch, sub):
+    """The backward's register ring over SUB steps of a chunk (recomputing the chunk's first
+    steps for each later sub-chunk): the same gradients whatever SUB (the default is 2)."""
+    launch = kernels._bwd_config(4)
+    monkeypatch.setattr(kernels, "_bwd_config", lambda n: {**launch, "SUB": sub})
+    _check(*_shape_with(63), torch.float32)

@@ -265,6 +265,7 @@ def _bwd(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_DFIN: tl.constexpr,
     K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, LANES: tl.constexpr,
+    SUB: tl.constexpr,
 ):
     """Input gradients of one (sequence, channel block); B and C's as partial sums over
     groups of LANES channels (dBC_ptr: (batch, groups per sequence, length, 2, BLOCK_N)
@@ -284,8 +285,8 @@ def _bwd(
     dA = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    ring_at = tl.arange(0, K)[:, None, None]
-    kcol = tl.arange(0, K)[None, :]  # the step of a chunk as a column
+    ring_at = tl.arange(0, SUB)[:, None, None]
+    kcol = tl.arange(0, SUB)[None, :]  # the step of a sub-chunk as a column
     B_ptr += gi * sBg
     C_ptr += gi * sCg
     # Where B and C's channel sums go: value j of a lane's (channels, rows) result (see
@@ -297,85 +298,93 @@ def _bwd(
     j_mask = (lane % SPAN == 0)[:, None] & (j % BLOCK_N < N)
     part = (pid % (G * NBLK)) * (BLOCK_D // LANES) + tl.arange(0, BLOCK_D) // LANES
     part_ptr = dBC_ptr + ((bi * G * NBLK * (BLOCK_D // LANES) + part) * L)[:, None] * (2 * BLOCK_N) + j
-    k3 = tl.arange(0, K)[None, :, None]  # the step of a chunk along the middle axis
+    k3 = tl.arange(0, SUB)[None, :, None]  # the step of a sub-chunk along the middle axis
     for cc in range(NC):
         c = NC - 1 - cc
-        if c > 0:
-            h = tl.load(states_ptr + bi * ssb + (c - 1) * ssc + on[None, :] * ssn + dch[:, None] * ssd,
-                        mask=dn_mask, other=0.0).to(tl.float32)
-        elif HAS_H0:
-            h = tl.load(_state_ptrs(h0_ptr, bi, D_all, N, dch, on, sxn), mask=dn_mask, other=0.0)
-        else:
-            h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-        # The chunk's states again: each step's entering state, Δ, pre-softplus Δ and u kept
-        # in register rings (the chunk's outputs are stored at its end, so nothing is loaded
-        # twice and the compiler may issue the chunk's loads together).
-        ring = tl.zeros((K, BLOCK_N, BLOCK_D), dtype=tl.float32)  # (state, channel) tiles, as tl.trans gives
-        DL = tl.zeros((BLOCK_D, K), dtype=tl.float32)
-        RAW = tl.zeros((BLOCK_D, K), dtype=tl.float32)
-        UU = tl.zeros((BLOCK_D, K), dtype=tl.float32)
-        for k in tl.static_range(K):
-            t = c * K + k
-            m = _live(md, t, L)
-            raw, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, _live(mn, t, L), bi, dch, on,
-                                    sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS)
-            ring = _put(ring, tl.trans(h)[None, :, :], ring_at == k)
-            DL = _put(DL, dl[:, None], kcol == k)
-            RAW = _put(RAW, raw[:, None], kcol == k)
-            UU = _put(UU, uu[:, None], kcol == k)
-            h = _exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
-        DU = tl.zeros((BLOCK_D, K), dtype=tl.float32)
-        DDL = tl.zeros((BLOCK_D, K), dtype=tl.float32)
-        DZ = tl.zeros((BLOCK_D, K), dtype=tl.float32)
-        DBC = tl.zeros((BLOCK_D, K, RS), dtype=tl.float32)  # (channel, step, rows)
-        for kk in tl.static_range(K):
-            k = K - 1 - kk
-            t = c * K + k
-            m = _live(md, t, L)
-            mnt = _live(mn, t, L)
-            dl = _take(DL, kcol == k, 1)
-            uu = _take(UU, kcol == k, 1)
-            Bt = tl.load(B_ptr + bi * sBb + on * sBn + t * sBl, mask=mnt, other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + bi * sCb + on * sCn + t * sCl, mask=mnt, other=0.0).to(tl.float32)
-            a = _exp2(dl[:, None] * A2)
-            dlu = dl * uu
-            ahp = a * tl.trans(_take(ring, ring_at == k, 0))  # a_t h_{t−1}
-            ht = ahp + dlu[:, None] * Bt[None, :]
-            dy = _row(dout_ptr, bi, syb, dch, syd, t, syl, m)
-            if HAS_Z:
-                zz = _row(z_ptr, bi, szb, dch, szd, t, szl, m)
-                y = tl.sum(ht * Ct[None, :], 1)
+        for s0 in tl.static_range(K - SUB, -1, -SUB):  # the first steps of the sub-chunks, the last first
+            if c > 0:
+                h = tl.load(states_ptr + bi * ssb + (c - 1) * ssc + on[None, :] * ssn + dch[:, None] * ssd,
+                            mask=dn_mask, other=0.0).to(tl.float32)
+            elif HAS_H0:
+                h = tl.load(_state_ptrs(h0_ptr, bi, D_all, N, dch, on, sxn), mask=dn_mask, other=0.0)
+            else:
+                h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+            # The steps of the chunk before the sub-chunk: its entering state only.
+            for k in tl.static_range(s0):
+                t = c * K + k
+                _, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, _live(md, t, L), _live(mn, t, L),
+                                      bi, dch, on, sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS,
+                                      SOFTPLUS)
+                h = _exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
+            # The sub-chunk's states again: each step's entering state, Δ, pre-softplus Δ and u
+            # kept in register rings (its outputs are stored at its end, so nothing is loaded
+            # twice and the compiler may issue its loads together).
+            ring = tl.zeros((SUB, BLOCK_N, BLOCK_D), dtype=tl.float32)  # (state, channel), as tl.trans gives
+            DL = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
+            RAW = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
+            UU = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
+            for k in tl.static_range(SUB):
+                t = c * K + s0 + k
+                m = _live(md, t, L)
+                raw, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, _live(mn, t, L), bi, dch, on,
+                                        sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS)
+                ring = _put(ring, tl.trans(h)[None, :, :], ring_at == k)
+                DL = _put(DL, dl[:, None], kcol == k)
+                RAW = _put(RAW, raw[:, None], kcol == k)
+                UU = _put(UU, uu[:, None], kcol == k)
+                h = _exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
+            DU = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
+            DDL = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
+            DZ = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
+            DBC = tl.zeros((BLOCK_D, SUB, RS), dtype=tl.float32)  # (channel, step, rows)
+            for kk in tl.static_range(SUB):
+                k = SUB - 1 - kk
+                t = c * K + s0 + k
+                m = _live(md, t, L)
+                mnt = _live(mn, t, L)
+                dl = _take(DL, kcol == k, 1)
+                uu = _take(UU, kcol == k, 1)
+                Bt = tl.load(B_ptr + bi * sBb + on * sBn + t * sBl, mask=mnt, other=0.0).to(tl.float32)
+                Ct = tl.load(C_ptr + bi * sCb + on * sCn + t * sCl, mask=mnt, other=0.0).to(tl.float32)
+                a = _exp2(dl[:, None] * A2)
+                dlu = dl * uu
+                ahp = a * tl.trans(_take(ring, ring_at == k, 0))  # a_t h_{t−1}
+                ht = ahp + dlu[:, None] * Bt[None, :]
+                dy = _row(dout_ptr, bi, syb, dch, syd, t, syl, m)
+                if HAS_Z:
+                    zz = _row(z_ptr, bi, szb, dch, szd, t, szl, m)
+                    y = tl.sum(ht * Ct[None, :], 1)
+                    if HAS_D:
+                        y += Dv * uu
+                    sg = sigmoid(zz)
+                    DZ = _put(DZ, (dy * y * sg * (1.0 + zz * (1.0 - sg)))[:, None], kcol == k)
+                    dy = dy * zz * sg
+                r = x + Ct[None, :] * dy[:, None]  # the gradient of h_t
+                sums = _sum_channels(r * dlu[:, None], ht * dy[:, None], lane[:, None], LANES)
+                DBC = _put(DBC, sums[:, None, :], k3 == k)
+                rB = tl.sum(r * Bt[None, :], 1)
+                rah = r * ahp
+                dA += rah * dl[:, None]
+                x = a * r  # into the previous step
+                ddl = tl.sum(rah * A2, 1) * LN2 + uu * rB
+                du = dl * rB
                 if HAS_D:
-                    y += Dv * uu
-                sg = sigmoid(zz)
-                DZ = _put(DZ, (dy * y * sg * (1.0 + zz * (1.0 - sg)))[:, None], kcol == k)
-                dy = dy * zz * sg
-            r = x + Ct[None, :] * dy[:, None]  # the gradient of h_t
-            sums = _sum_channels(r * dlu[:, None], ht * dy[:, None], lane[:, None], LANES)
-            DBC = _put(DBC, sums[:, None, :], k3 == k)
-            rB = tl.sum(r * Bt[None, :], 1)
-            rah = r * ahp
-            dA += rah * dl[:, None]
-            x = a * r  # into the previous step
-            ddl = tl.sum(rah * A2, 1) * LN2 + uu * rB
-            du = dl * rB
-            if HAS_D:
-                du += Dv * dy
-                dD += dy * uu
-            DU = _put(DU, du[:, None], kcol == k)
-            if SOFTPLUS:
-                ddl *= sigmoid(_take(RAW, kcol == k, 1))
-            ddl = tl.where(m, ddl, 0.0)
-            dbias += ddl
-            DDL = _put(DDL, ddl[:, None], kcol == k)
-        ts = c * K + kcol
-        _store_steps(du_ptr + bi * sgub, DU, dch, sgud, ts, sgul, md[:, None], L)
-        _store_steps(ddelta_ptr + bi * sgdb, DDL, dch, sgdd, ts, sgdl, md[:, None], L)
-        if HAS_Z:
-            _store_steps(dz_ptr + bi * sgzb, DZ, dch, sgzd, ts, sgzl, md[:, None], L)
-        for k in tl.static_range(K):
-            t = c * K + k
-            tl.store(part_ptr + t * (2 * BLOCK_N), _take(DBC, k3 == k, 1), mask=_live(j_mask, t, L))
+                    du += Dv * dy
+                    dD += dy * uu
+                DU = _put(DU, du[:, None], kcol == k)
+                if SOFTPLUS:
+                    ddl *= sigmoid(_take(RAW, kcol == k, 1))
+                ddl = tl.where(m, ddl, 0.0)
+                dbias += ddl
+                DDL = _put(DDL, ddl[:, None], kcol == k)
+            ts = c * K + s0 + kcol
+            _store_steps(du_ptr + bi * sgub, DU, dch, sgud, ts, sgul, md[:, None], L)
+            _store_steps(ddelta_ptr + bi * sgdb, DDL, dch, sgdd, ts, sgdl, md[:, None], L)
+            if HAS_Z:
+                _store_steps(dz_ptr + bi * sgzb, DZ, dch, sgzd, ts, sgzl, md[:, None], L)
+            for k in tl.static_range(SUB):
+                t = c * K + s0 + k
+                tl.store(part_ptr + t * (2 * BLOCK_N), _take(DBC, k3 == k, 1), mask=_live(j_mask, t, L))
     tl.store(_state_ptrs(dA_ptr, bi, D_all, N, dch, on, sxn), dA, mask=dn_mask)
     if HAS_D:
         tl.store(dD_ptr + bi * D_all + dch, dD, mask=md)
@@ -448,11 +457,12 @@ docs/benchmarks.md)."""
 
 def _bwd_config(n: int) -> dict:
     """Launch settings of the backward. Fixed, not autotuned: B and C's partial sums are per
-    channel block. One warp of 32 channels, a thread each (the fastest of the swept
-    variants: docs/benchmarks.md)."""
+    channel group. One warp of 32 channels, a thread each; the chunk's steps in sub-chunks
+    of ``SUB`` (its register ring; docs/benchmarks.md has the swept variants). The
+    interpreter runs sub-chunks of 2 so that CI covers the recompute from the chunk start."""
     if INTERPRET:
-        return dict(BLOCK_D=4, num_warps=1)
-    return dict(BLOCK_D=32, num_warps=1)
+        return dict(BLOCK_D=4, num_warps=1, SUB=2)
+    return dict(BLOCK_D=32, num_warps=1, SUB=2)
 
 
 class SelectiveScan(torch.autograd.Function):
