@@ -10,12 +10,17 @@ run along the channels, and each thread keeps the states of its channel in regis
 tiles are (channel, state): Triton spreads their first axis over the lanes when no load says
 otherwise). The sum over the states (``Σ_n C_n h_n``) is then a sum inside a thread, and the
 recurrence a plain loop over the steps: one exponential and two fused multiply-adds per
-(step, state), with no scan tree, shuffle or layout change. The strides along channels and
-states are left unspecialised (``do_not_specialize``) so that no load is laid out for
-contiguity: every tile keeps the one layout, and nothing moves between threads except the
-channel sums of the backward. (The ring of the backward is (step, state, channel), the
-layout Triton gives a 3-D tile: ``tl.trans`` moves tiles in and out of it without data
-movement.)
+(step, state), with no scan tree, shuffle or layout change. The strides of the (channel,
+state) tiles are left unspecialised (``do_not_specialize``) so that no load is laid out for
+contiguity: every tile keeps the one layout (Triton 3.6 lays a tile's first axis over the
+lanes when no load says otherwise; a load known contiguous along the states would lay the
+states there). B and C's stride along the states is specialised: their rows are 1-D
+broadcasts, whose layout it leaves alone, and with stride 1 each of the 32 B/C loads per step
+and thread takes an immediate offset instead of an address product (Triton 3.6 offline
+compile for sm_90a: a quarter fewer instructions per step, and the backward's spills gone).
+Nothing moves between threads except the channel sums of the backward. (The ring of the
+backward is (step, state, channel), the layout Triton gives a 3-D tile: ``tl.trans`` moves
+tiles in and out of it without data movement.)
 
 Forward: the steps run in chunks of ``K`` (unrolled), the chunk's outputs kept in registers
 and stored at its end: the compiler moves no load past a store (the pointers may alias), so
@@ -23,11 +28,16 @@ a per-step store would make every step wait for its loads; this way a chunk's lo
 flight together. With gradients recorded the state entering every chunk but the first is
 stored.
 
-Backward: the chunks run in reverse. Each restarts from its stored state, recomputes its
-``K`` states into a register ring, then walks its steps backwards with the state gradient
-``r_t = C_t dy_t + a_{t+1} r_{t+1}`` (``a = exp(Δ A)``), its outputs again stored at the
-chunk's end. B and C's gradients are sums over channels, per (program, step) partial sums
-that the host adds up; A's, D's and the delta bias's are per program; no atomics.
+Backward: the chunks run in reverse, each in sub-chunks of ``SUB`` steps, the last first.
+A sub-chunk restarts from the chunk's stored state (recomputing the steps before it), then
+recomputes its ``SUB`` states into a register ring and walks its steps backwards with the
+state gradient ``r_t = C_t dy_t + a_{t+1} r_{t+1}`` (``a = exp(Δ A)``), its outputs again
+stored at its end: a ring of 2 steps at a state spacing of 4 keeps the registers of a
+2-step chunk (no spills) and the memory of a 4-step one. B and C's gradients are sums over
+channels: per step, recursive halving over the warp's lanes (``_sum_channels``: 31
+butterfly shuffles for the 32 sums of a step, where a shuffle tree per sum takes 160), one
+partial sum per (32 channels, step) that the host adds up; A's, D's and the delta bias's
+are per program; no atomics.
 
 The tensors keep mamba_ssm's ``selective_scan_fn`` layout, (batch, d, length), with any
 strides: the model hands in channel-last views, read and written as they are.
@@ -44,8 +54,8 @@ from bsmamba2.ops.triton.common import INTERPRET, backward_ahead, block, configs
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
-STRIDES_FWD = ["sxn", "sud", "sdd", "sAd", "sAn", "sBn", "sCn", "szd", "sod", "sol", "ssn", "ssd"]
-STRIDES_BWD = ["sxn", "sud", "sdd", "sAd", "sAn", "sBn", "sCn", "szd", "ssn", "ssd", "syd", "sgud", "sgul",
+STRIDES_FWD = ["sxn", "sud", "sdd", "sAd", "sAn", "szd", "sod", "sol", "ssn", "ssd"]
+STRIDES_BWD = ["sxn", "sud", "sdd", "sAd", "sAn", "szd", "ssn", "ssd", "syd", "sgud", "sgul",
                "sgdd", "sgdl", "sgzd", "sgzl"]
 
 
@@ -139,8 +149,22 @@ def _row(ptr, bi, sb, dch, sd, t, sl, m):
 
 
 @triton.jit
-def _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mn, bi, dch, on,
-          sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+def _bc_row(ptr, bi, sb, on, sn, t, sl, L, mn, EVEN_N: tl.constexpr):
+    """One step of B or C over the states, in fp32. A step past the end reads the last one
+    (its Δ is 0 and its output gradient 0, so the value does not matter, as long as it is
+    finite): with as many states as the tile has (EVEN_N) the load needs no mask, and each
+    of the 16 per step and thread costs no compare."""
+    p = ptr + bi * sb + on * sn + tl.minimum(t, L - 1) * sl
+    if EVEN_N:
+        return tl.load(p).to(tl.float32)
+    else:
+        return tl.load(p, mask=mn, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mn, L, bi, dch, on,
+          sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+          EVEN_N: tl.constexpr):
     """A step's pre-softplus Δ, Δ (0 on masked channels and steps), u and B."""
     raw = _row(delta_ptr, bi, sdb, dch, sdd, t, sdl, m)
     if HAS_BIAS:
@@ -148,8 +172,7 @@ def _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mn, bi, dch, on,
     dl = softplus(raw) if SOFTPLUS else raw
     dl = tl.where(m, dl, 0.0)
     uu = _row(u_ptr, bi, sub, dch, sud, t, sul, m)
-    Bt = tl.load(B_ptr + bi * sBb + on * sBn + t * sBl, mask=mn, other=0.0).to(tl.float32)
-    return raw, dl, uu, Bt
+    return raw, dl, uu, _bc_row(B_ptr, bi, sBb, on, sBn, t, sBl, L, mn, EVEN_N)
 
 
 @triton.jit
@@ -210,7 +233,7 @@ def _fwd(
     sub, sud, sul, sdb, sdd, sdl, sAd, sAn, sBb, sBg, sBn, sBl, sCb, sCg, sCn, sCl,
     szb, szd, szl, sob, sod, sol, ssb, ssc, ssn, ssd,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr, STORE_FINAL: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr, STORE_FINAL: tl.constexpr, EVEN_N: tl.constexpr,
     K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -237,10 +260,9 @@ def _fwd(
         for k in tl.static_range(K):
             t = c * K + k
             m = _live(md, t, L)
-            mnt = _live(mn, t, L)
-            _, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mnt, bi, dch, on,
-                                  sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS)
-            Ct = tl.load(C_ptr + bi * sCb + on * sCn + t * sCl, mask=mnt, other=0.0).to(tl.float32)
+            _, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mn, L, bi, dch, on,
+                                  sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS, EVEN_N)
+            Ct = _bc_row(C_ptr, bi, sCb, on, sCn, t, sCl, L, mn, EVEN_N)
             # Masked steps keep the state: Δ = 0 makes the decay 1 and the input 0.
             h = _exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
             y = tl.sum(h * Ct[None, :], 1)
@@ -263,7 +285,7 @@ def _bwd(
     sub, sud, sul, sdb, sdd, sdl, sAd, sAn, sBb, sBg, sBn, sBl, sCb, sCg, sCn, sCl,
     szb, szd, szl, ssb, ssc, ssn, ssd, syb, syd, syl, sgub, sgud, sgul, sgdb, sgdd, sgdl, sgzb, sgzd, sgzl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, HAS_DFIN: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_DFIN: tl.constexpr, EVEN_N: tl.constexpr,
     K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, LANES: tl.constexpr,
     SUB: tl.constexpr,
 ):
@@ -312,9 +334,9 @@ def _bwd(
             # The steps of the chunk before the sub-chunk: its entering state only.
             for k in tl.static_range(s0):
                 t = c * K + k
-                _, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, _live(md, t, L), _live(mn, t, L),
-                                      bi, dch, on, sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS,
-                                      SOFTPLUS)
+                _, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, _live(md, t, L), mn, L, bi, dch,
+                                      on, sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS,
+                                      EVEN_N)
                 h = _exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
             # The sub-chunk's states again: each step's entering state, Δ, pre-softplus Δ and u
             # kept in register rings (its outputs are stored at its end, so nothing is loaded
@@ -326,8 +348,9 @@ def _bwd(
             for k in tl.static_range(SUB):
                 t = c * K + s0 + k
                 m = _live(md, t, L)
-                raw, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, _live(mn, t, L), bi, dch, on,
-                                        sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS)
+                raw, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mn, L, bi, dch, on,
+                                        sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS,
+                                        EVEN_N)
                 ring = _put(ring, tl.trans(h)[None, :, :], ring_at == k)
                 DL = _put(DL, dl[:, None], kcol == k)
                 RAW = _put(RAW, raw[:, None], kcol == k)
@@ -341,11 +364,10 @@ def _bwd(
                 k = SUB - 1 - kk
                 t = c * K + s0 + k
                 m = _live(md, t, L)
-                mnt = _live(mn, t, L)
                 dl = _take(DL, kcol == k, 1)
                 uu = _take(UU, kcol == k, 1)
-                Bt = tl.load(B_ptr + bi * sBb + on * sBn + t * sBl, mask=mnt, other=0.0).to(tl.float32)
-                Ct = tl.load(C_ptr + bi * sCb + on * sCn + t * sCl, mask=mnt, other=0.0).to(tl.float32)
+                Bt = _bc_row(B_ptr, bi, sBb, on, sBn, t, sBl, L, mn, EVEN_N)
+                Ct = _bc_row(C_ptr, bi, sCb, on, sCn, t, sCl, L, mn, EVEN_N)
                 a = _exp2(dl[:, None] * A2)
                 dlu = dl * uu
                 ahp = a * tl.trans(_take(ring, ring_at == k, 0))  # a_t h_{t−1}
@@ -487,7 +509,7 @@ class SelectiveScan(torch.autograd.Function):
         out = _empty_in_layout(u)  # the output in the input's layout
         common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                       SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None,
-                      K=CHUNK, BLOCK_N=block(n, 1))
+                      K=CHUNK, BLOCK_N=block(n, 1), EVEN_N=block(n, 1) == n)
         zz = z if z is not None else u
         dg = d // g
         _fwd[lambda meta: (b * g * triton.cdiv(dg, meta["BLOCK_D"]),)](
