@@ -471,10 +471,10 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[in
 
 
 CHUNK = 4
-"""Steps per chunk: the spacing of the states stored for the backward and the length of its
-register ring (CHUNK × states × channels per thread fp32 registers). 4, not 8: with 8 the
-ring and the chunk's tiles spill (tools/sweep_selective_scan.py measured both, H200:
-docs/benchmarks.md)."""
+"""Steps per chunk: the spacing of the states stored for the backward (its register ring is
+the sub-chunk, ``SUB`` of :func:`_bwd_config`). 4: with 8 the forward spills at its register
+cap, with 2 the stored states double (+49 GB in a training step); tools/sweep_selective_scan.py
+measured them (H200: docs/benchmarks.md)."""
 
 
 def _bwd_config(n: int) -> dict:
