@@ -80,12 +80,18 @@ class Mamba2(nn.Module):
             return checkpoint(self._mix, u, use_reentrant=False, preserve_rng_state=False)
         return self._mix(u)
 
-    def _mix(self, u: torch.Tensor) -> torch.Tensor:
-        if self.reverse and not ops.reverses_in_kernels(u):
-            return self._mix_along(u.flip(1), reverse=False).flip(1)
-        return self._mix_along(u, self.reverse)
+    def unprojected(self, u: torch.Tensor) -> torch.Tensor:
+        """The forward without ``out_proj``: (batch, length, d_inner), for a caller that folds
+        ``out_proj`` into its own product (:class:`bsmamba2.model.blocks.BidirectionalMamba`
+        in inference). No recompute: that is for training."""
+        return self._mix(u, project=False)
 
-    def _mix_along(self, u: torch.Tensor, reverse: bool) -> torch.Tensor:
+    def _mix(self, u: torch.Tensor, project: bool = True) -> torch.Tensor:
+        if self.reverse and not ops.reverses_in_kernels(u):
+            return self._mix_along(u.flip(1), False, project).flip(1)
+        return self._mix_along(u, self.reverse, project)
+
+    def _mix_along(self, u: torch.Tensor, reverse: bool, project: bool) -> torch.Tensor:
         b, length, _ = u.shape
         if torch.is_grad_enabled():
             # One product per piece: their input gradients add up in the backward, where the
@@ -99,7 +105,7 @@ class Mamba2(nn.Module):
             z, xbc, dt = self.in_proj(u).split(self._sizes(), -1)
         y = self._scan(self._conv(xbc, reverse), dt, reverse)
         y = self.norm(y.reshape(b, length, self.d_inner), z)
-        return self.out_proj(y)
+        return self.out_proj(y) if project else y
 
     def _sizes(self) -> list[int]:
         """Widths of in_proj's z, x | B | C and dt."""

@@ -76,3 +76,26 @@ def test_reverse_mixer_in_the_kernels_matches_float64():
     assert_close("out", out, ref, torch.float32)
     for (name, _), g, w in zip([("x", None), *module.named_parameters()], got, want, strict=True):
         assert_close(f"d{name}", g, w, torch.float32)
+
+
+def test_inference_folds_out_proj_into_the_merge():
+    """In inference with the kernels the mixers' out_proj is folded into the merge's product
+    (one product per direction): the output against the float64 flipped formula, in fp32 and
+    under bf16 autocast; with gradients, or on the reference path, nothing is folded."""
+    torch.manual_seed(2)
+    module = randomised(BidirectionalMamba(CFG)).to(DEVICE)
+    x = torch.randn(3, 37, 16, device=DEVICE)
+    module64 = copy.deepcopy(module).double()
+    ref = flipped_formula(module64, x.double())
+    with ops.use_backend("triton"):
+        assert not module.folds_out_proj(x)  # gradients are recorded here
+        with torch.no_grad():
+            assert module.folds_out_proj(x)
+            out = module(x)
+            with torch.autocast(DEVICE, dtype=torch.bfloat16):
+                out16 = module(x)
+    assert_close("out", out, ref, torch.float32)
+    assert rel_err(out16, out) > 1e-4  # bf16 really ran
+    assert_close("out bf16", out16, ref, torch.bfloat16)
+    with ops.use_backend("torch"), torch.no_grad():
+        assert not module.folds_out_proj(x)
