@@ -82,10 +82,13 @@ def main_mamba3() -> None:
     """The Mamba-3 kernels at the paper's sizes (headdim 64, d_state 128), bf16 and fp32 inputs."""
     print(f"triton {triton.__version__}, sm_90a, Mamba-3 kernels, paper shapes")
     bf16, fp32 = ("bf16", torch.bfloat16, tl.bfloat16), ("fp32", torch.float32, tl.float32)
-    for (data, dtype, dot), rank in ((bf16, 1), (bf16, 4), (fp32, 1)):
-        base = {"P": 64, "N": 128, "BH": mamba3.half_block(128), "R": rank,
-                "T": mamba3.chunk_steps(rank, dtype), "MIMO": rank > 1, "HAS_Z": True, "HAS_O": True,
-                "PREC": "tf32"}
+    # each case at its default chunk and (bf16) at half of it: 32-row backward chunks, the
+    # `--mamba3-chunk` candidate (docs/benchmarks.md)
+    for (data, dtype, dot), rank, half in ((bf16, 1, False), (bf16, 1, True), (bf16, 4, False),
+                                           (bf16, 4, True), (fp32, 1, False)):
+        steps = mamba3.chunk_steps(rank, dtype) // (2 if half else 1)
+        base = {"P": 64, "N": 128, "BH": mamba3.half_block(128), "R": rank, "T": steps, "MIMO": rank > 1,
+                "HAS_Z": True, "HAS_O": True, "PREC": "tf32"}
         with_dot = {"HAS_D": True, "DOT": dot}
         for name, kernel, extra in (
                 ("_fwd", mamba3._fwd, {**with_dot, "HAS_STATES": True, "COMPUTE_Y": True}),
@@ -99,7 +102,7 @@ def main_mamba3() -> None:
             for config in kernel.configs:
                 line = report(kernel, {**base, **extra}, config.num_warps, config.num_stages,
                               MAMBA3_FP32_POINTERS, "*fp32" if data == "fp32" else "*bf16")
-                print(f"{data} R={rank} {name:<22} warps {config.num_warps}: {line}", flush=True)
+                print(f"{data} R={rank} T={steps} {name:<22} warps {config.num_warps}: {line}", flush=True)
 
 
 def main() -> None:
