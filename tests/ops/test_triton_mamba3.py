@@ -17,6 +17,7 @@ from tests.helpers.memory import LiveTensors
 from bsmamba2 import ops  # isort: skip (after tests.helpers.kernels, which sets TRITON_INTERPRET)
 from bsmamba2.ops.reference import mamba3 as ref
 from bsmamba2.ops.triton import mamba3 as kernels
+from bsmamba2.ops.triton import mamba3_angles
 
 # (batch, heads, headdim, state): small for the interpreter, the paper's on a GPU.
 SHAPE = (2, 16, 64, 128) if ON_GPU else (1, 2, 16, 16)
@@ -90,6 +91,27 @@ def test_official_scan_call(variant):
     assert_close("dD", g["D"], t["grad.D"].to(DEVICE), torch.float32)
     for name in weights:
         assert_close(f"d{name}", g[name], t[f"grad.{name}"].to(DEVICE), torch.float32)
+
+
+@pytest.mark.parametrize(("length", "s"), [(1, 8), (7, 3), (62, 8), (63, 5), (64, 8), (65, 8), (130, 6)])
+def test_angle_cumsum(length, s):
+    """The one-pass φ kernels (forward, dθ, dΔ) vs the float64 reference, across the walk's
+    blocks and with saturated tanh."""
+    b, h = 2, 3
+    angles = (torch.randn(b, length, h, s, dtype=torch.float64, device=DEVICE) * 2).float()
+    dt = torch.nn.functional.softplus(torch.randn(b, h, length, dtype=torch.float64, device=DEVICE) - 1).float()
+    w = torch.randn(b, length, h, s, dtype=torch.float64, device=DEVICE)
+    leaves64 = [angles.double().requires_grad_(), dt.double().requires_grad_()]
+    want = ref.angle_cumsum(*leaves64, torch.float64)
+    want_g = torch.autograd.grad((want * w).sum(), leaves64)
+    leaves = [angles.requires_grad_(), dt.requires_grad_()]
+    with poisoned_outputs():
+        got = mamba3_angles.angle_cumsum(*leaves)
+        got_g = torch.autograd.grad((got * w.float()).sum(), leaves)
+    assert got.dtype == torch.float32
+    assert_close("phi", got, want, torch.float32)
+    for name, g, t in zip(("dangles", "ddt"), got_g, want_g, strict=True):
+        assert_close(name, g, t, torch.float32)
 
 
 def test_chunk_steps_fit_the_tiles():

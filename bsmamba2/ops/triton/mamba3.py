@@ -28,10 +28,11 @@ halves' (q̃·k̃ᵀ = q̃₀k̃₀ᵀ + q̃₁k̃₁ᵀ).
   passes. Bias, D and ``mimo_*`` gradients are per-chunk partial sums added up by PyTorch.
   No atomics.
 
-φ, ω, γ (cumulative angles and trapezoid weights, (b, h, l[, s]) tensors) are computed in
-fp32 by PyTorch around the kernels, so autograd differentiates tanh, the cumsum and the
-sigmoid. sin and cos are Triton's accurate ones. No dot accumulator is transposed into
-another dot: each orientation a product needs has its own dot from loaded tiles.
+φ (the cumulative angles, (b, l, h, s)) is made in fp32 by the one-pass kernels of
+:mod:`bsmamba2.ops.triton.mamba3_angles`, ω, γ (the trapezoid weights, (b, h, l)) by PyTorch
+around the kernels, whose autograd differentiates the sigmoid. sin and cos are Triton's
+accurate ones. No dot accumulator is transposed into another dot: each orientation a product
+needs has its own dot from loaded tiles.
 
 Dot operands are the input dtype (bf16/fp16 on tensor cores) for the scores, y, dv and the
 decay gradients, but fp32 (tf32 on a GPU) for everything the angles' gradient is made of: the
@@ -43,14 +44,13 @@ angles' gradient; with bf16 operands there it missed its tolerance at length 801
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from bsmamba2.ops.triton.common import configs, cumsum_grad, dot_dtype, launch, sigmoid
+from bsmamba2.ops.triton.mamba3_angles import angle_cumsum
 
 CHUNK_ROWS = 64
 FWD_ROWS = 32
@@ -683,7 +683,7 @@ def mamba3_scan(
     lam = torch.sigmoid(trap.to(f32))
     gamma = lam * delta
     omega = gamma + F.pad(((1 - lam) * delta)[..., 1:], (0, 1))
-    phi = (math.pi * torch.tanh(angles.to(f32)) * delta.transpose(1, 2).unsqueeze(-1)).cumsum(1)
+    phi = angle_cumsum(angles, delta)
     if z is None:  # no gate: mimo_z takes no part in the scan and gets no gradient (the oracle's)
         mimo_z = None
     opt = [None if t is None else t.to(f32).contiguous() for t in (mimo_x, mimo_z, mimo_o)]
