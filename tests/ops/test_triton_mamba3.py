@@ -115,16 +115,11 @@ def test_angle_cumsum(length, s):
 
 
 def test_chunk_steps_fit_the_tiles():
-    """A power of two ≤ chunk_size, ≤ 64 rows (32 in fp32), ≥ 16 rows (the smallest dot); by
-    default one chunk where the sequence fits it, else 32 rows."""
+    """A power of two ≤ chunk_size, ≤ 64 rows (32 in fp32), ≥ 16 rows (the smallest dot)."""
     assert kernels.chunk_steps(1, torch.bfloat16) == 64 and kernels.chunk_steps(1, torch.float32) == 32
     assert kernels.chunk_steps(4, torch.bfloat16, 64) == 16 and kernels.chunk_steps(2, torch.float32, 48) == 16
     assert kernels.chunk_steps(1, torch.bfloat16, 40) == 32 and kernels.chunk_steps(1, torch.float32, 1) == 16
     assert kernels.chunk_steps(4, torch.bfloat16, 1) == 4
-    # by default, the longest chunk when the sequence fits one, else 32 rows
-    assert kernels.chunk_steps(1, torch.bfloat16, None, 62) == 64 and kernels.chunk_steps(1, torch.bfloat16, None, 65) == 32
-    assert kernels.chunk_steps(4, torch.bfloat16, None, 16) == 16 and kernels.chunk_steps(4, torch.bfloat16, None, 17) == 8
-    assert kernels.chunk_steps(2, torch.float32, None, 801) == 16 and kernels.chunk_steps(16, torch.bfloat16, None, 9) == 2
 
 
 def test_dispatch_serves_the_kernels(monkeypatch):

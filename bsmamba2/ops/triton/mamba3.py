@@ -56,9 +56,6 @@ CHUNK_ROWS = 64
 FWD_ROWS = 32
 """Rows per chunk of the forward's output pass (at most): as the SSD forward's, smaller tiles
 than the backward's, which keep the pass's registers in bounds."""
-MANY_ROWS = 32
-"""Rows per chunk of the backward by default when a sequence takes several chunks: at 64 the
-chunk kernels spill (docs/benchmarks.md, issue 16)."""
 PART_DK, PART_DQ = (tl.constexpr(i) for i in range(2))
 """What a launch of :func:`_chunk_bwd_qk` computes: dk (with its angle gradient), dq (adding its)."""
 
@@ -537,15 +534,13 @@ def _chunk_bwd_qk(
     tl.store(dqk_ptr + row + i1[None, :], acc1, mask=mr & mj[None, :])
 
 
-def chunk_steps(rank: int, dtype: torch.dtype, chunk_size: int | None = None,
-                length: int | None = None) -> int:
-    """Steps per chunk: the largest power of two ≤ ``chunk_size`` whose rows fit a tile, at most
-    64 rows of rank R (32 for fp32, whose dot operands take twice the shared memory) and at
-    least 16 (the smallest dot). Default (no ``chunk_size``): the most that fit when the
-    ``length`` steps fit one chunk (no serial passes), else MANY_ROWS rows."""
+def chunk_steps(rank: int, dtype: torch.dtype, chunk_size: int | None = None) -> int:
+    """Steps per chunk: the largest power of two ≤ ``chunk_size`` (default: all that fit) whose
+    rows fit a tile, at most 64 rows of rank R (32 for fp32, whose dot operands take twice the
+    shared memory) and at least 16 (the smallest dot)."""
     most = (CHUNK_ROWS if dtype != torch.float32 else CHUNK_ROWS // 2) // rank
     if chunk_size is None:
-        return most if length is None or length <= most else min(most, max(MANY_ROWS // rank, 1))
+        return most
     return min(most, max(1 << (chunk_size.bit_length() - 1), 16 // rank, 1))
 
 
@@ -565,7 +560,7 @@ class Mamba3Scan(torch.autograd.Function):
         b, length, r, g, n = q.shape
         h, p = v.shape[2:]
         mimo = mimo_x is not None
-        T = chunk_steps(r, v.dtype, chunk_size, length)
+        T = chunk_steps(r, v.dtype, chunk_size)
         has_o = mimo_o is not None or not mimo
         # the forward's chunks: the whole sequence if it fits one, else at most FWD_ROWS rows
         fwd_steps = T if length <= T else min(T, FWD_ROWS // r)
