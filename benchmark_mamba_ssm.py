@@ -446,6 +446,7 @@ def model_rows(args, shapes, cfg, suffix, device, dtype, timer, peaks) -> list[R
                     rows.append(Row("model", name, be, note=f"failed: {type(exc).__name__}"))
                     continue
                 first = time.perf_counter() - first
+                print(f"  model {name} [{be}]: first call {first:.2f} s", flush=True)  # kept by a killed run
                 row = timed(Row("model", name, be), step, timer, None, peaks)
                 row.extra["first_call_s"] = round(first, 2)
                 if device.type == "cuda":
