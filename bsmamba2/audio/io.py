@@ -486,6 +486,7 @@ class AudioWriter:
     def __init__(self, handle: sf.SoundFile, path: Path, subtype: str) -> None:
         self._handle, self.path, self.subtype = handle, path, subtype
         self.peak = 0.0
+        self._closed = False
 
     @property
     def clipped(self) -> bool:
@@ -494,14 +495,13 @@ class AudioWriter:
     def write(self, block: np.ndarray) -> None:
         """Append (channels, n) samples."""
         if block.size:
-            self.peak = max(self.peak, float(np.abs(block).max()))
-        if self.subtype != "FLOAT":
-            block = np.clip(block, -1.0, 1.0)
-        self._emit(block)
+            self.peak = max(self.peak, float(block.max()), -float(block.min()))
+        self._emit(interleaved(block, clip=self.subtype != "FLOAT"))
 
-    def _emit(self, block: np.ndarray) -> None:
+    def _emit(self, frames: np.ndarray) -> None:
+        """Append (n, channels) C-ordered frames."""
         try:
-            self._handle.write(block.T)
+            self._handle.write(frames)
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise _libsndfile_failure(exc, self.path, self._handle) from None
 
@@ -511,11 +511,30 @@ class AudioWriter:
             self._handle.close()
 
     def close(self) -> None:
-        """Finish the file (libsndfile writes the header's sizes now)."""
+        """Finish the file (libsndfile writes the header's sizes now, and syncs it to disk).
+        Once only: the writing thread may finish it before its context renames it."""
+        if not self._closed:
+            self._closed = True
+            self._finish()
+
+    def _finish(self) -> None:
         try:
             self._handle.close()
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise _libsndfile_failure(exc, self.path) from None
+
+
+def interleaved(block: np.ndarray, clip: bool = False) -> np.ndarray:
+    """(channels, n) samples as the (n, channels) C-ordered frames a file stores, clipped to
+    full scale with ``clip``: channel by channel, as numpy's transposing copy of a whole block
+    of seconds is several times slower than these strided copies."""
+    frames = np.empty(block.shape[::-1], block.dtype)
+    for channel, samples in enumerate(block):
+        if clip:
+            np.clip(samples, -1.0, 1.0, out=frames[:, channel])
+        else:
+            frames[:, channel] = samples
+    return frames
 
 
 FFMPEG_ENCODERS = {
@@ -560,13 +579,13 @@ class _FfmpegWriter(AudioWriter):
                 return WriteError(f"{reason} writing {self.path}", code)
         return AudioError(f"{self.path}: ffmpeg could not write it ({message})")
 
-    def _emit(self, block: np.ndarray) -> None:
+    def _emit(self, frames: np.ndarray) -> None:
         try:
-            self._handle.stdin.write(np.ascontiguousarray(block.T, dtype="<f4").tobytes())
+            self._handle.stdin.write(frames.astype("<f4", copy=False).tobytes())
         except OSError:  # ffmpeg stopped (a full disk, a missing encoder): it says why
             raise self._failure() from None
 
-    def close(self) -> None:
+    def _finish(self) -> None:
         with contextlib.suppress(OSError):  # ffmpeg gone: its exit code says why
             self._handle.stdin.close()
         try:

@@ -100,6 +100,8 @@ class Chunker:
         self.window = crossfade_window(segment, segment - hop)
         self._buffer = np.zeros((channels, pad), np.float32)  # starts at padded position _buf_pos
         self._buf_pos = 0
+        self._waiting: list[np.ndarray] = []  # blocks fed after _buffer, joined once a segment is there
+        self._waiting_len = 0
         self._next = 0  # padded position of the next segment to cut
         self._fed = 0
         self._finished = False
@@ -118,6 +120,9 @@ class Chunker:
         return segment_count(samples, self.segment, self.hop, self.pad)
 
     def _cut(self) -> list[np.ndarray]:
+        if self._waiting:
+            self._buffer = np.concatenate([self._buffer, *self._waiting], axis=1)
+            self._waiting, self._waiting_len = [], 0
         out = []
         while self._next + self.segment <= self._buf_pos + self._buffer.shape[1]:
             start = self._next - self._buf_pos
@@ -129,19 +134,23 @@ class Chunker:
         return out
 
     def feed(self, block: np.ndarray) -> list[np.ndarray]:
-        """Append (channels, n) samples; returns the segments now complete."""
+        """Append (channels, n) samples; returns the segments now complete. Until a segment
+        is complete the block is kept as it is (joined once then, not at every block): do not
+        change it after."""
         self._fed += block.shape[1]
-        self._buffer = np.concatenate([self._buffer, block.astype(np.float32, copy=False)], axis=1)
+        self._waiting.append(block.astype(np.float32, copy=False))
+        self._waiting_len += block.shape[1]
+        if self._next + self.segment > self._buf_pos + self._buffer.shape[1] + self._waiting_len:
+            return []  # no segment complete: the blocks wait, uncopied
         return self._cut()
 
     def finish(self) -> list[np.ndarray]:
         """End of input: zero-pad and return the remaining segments."""
         self._finished = True
         total = (self.segments_for(self._fed) - 1) * self.hop + self.segment
-        missing = total - (self._buf_pos + self._buffer.shape[1])
+        missing = total - (self._buf_pos + self._buffer.shape[1] + self._waiting_len)
         if missing > 0:
-            zeros = np.zeros((self._buffer.shape[0], missing), np.float32)
-            self._buffer = np.concatenate([self._buffer, zeros], axis=1)
+            self._waiting.append(np.zeros((self._buffer.shape[0], missing), np.float32))
         return self._cut()
 
     def add(self, processed: np.ndarray) -> np.ndarray:
@@ -162,7 +171,8 @@ class Chunker:
         ready = self._added * self.hop - self._out_pos
         if self._finished and self._added == self.segments_for(self._fed):
             ready = self._acc.shape[1]
-        done = (self._acc[:, :ready] / self._wsum[:ready]).astype(np.float32)
+        done = np.empty((flat.shape[0], ready), np.float32)  # divided in float64, rounded once
+        np.divide(self._acc[:, :ready], self._wsum[:ready], out=done, dtype=np.float64, casting="same_kind")
         self._acc, self._wsum = self._acc[:, ready:], self._wsum[ready:]
         first, self._out_pos = self._out_pos, self._out_pos + ready
         # Keep real samples only: padded positions [pad, pad + fed).

@@ -9,8 +9,8 @@ final so far come out, in order, as (rows, n) arrays (rows = stems × channels).
   segments to a (B, ..., S) array, or to :class:`Results` still on their way from the
   device; :class:`SegmentModel` is a BSMamba2's (STFT, model, iSTFT, the test-time
   augmentation views, ``torch.compile`` with its eager fallback). On CUDA it returns before
-  the kernels are done, and the stream adds one batch's results while the next one runs
-  (:data:`IN_FLIGHT`);
+  the kernels are done: the stream queues each batch as soon as its segments are cut and adds
+  the results of earlier ones once they are back (:data:`AHEAD`);
 - the chunk plan, a :class:`~bsmamba2.separation.chunking.Chunking`, and the delays of the
   ``--shifts`` passes (each pass its own :class:`~bsmamba2.separation.chunking.Chunker`, fed
   its delay in zeros first; the outputs wait in a :class:`Fifo` per pass, the delay dropped
@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -52,9 +52,13 @@ SegmentRunner = Callable[[list[np.ndarray]], "np.ndarray | Results"]
 or a :class:`Results` whose ``result()`` gives that array later (the model still running)."""
 
 
-IN_FLIGHT = 1
-"""Batches whose results may wait while the next one is started: the host works on one
-batch's results while the device computes the next (more would only hold more memory)."""
+AHEAD = 3
+"""Batches queued on the device before the host waits for the oldest one's results. Below it
+the host never waits: it cuts and queues each batch as soon as its segments are read, and adds
+the results that are there in between, so a batch is never held back behind another's
+results. The bound keeps a long input from being read, and its segments and results held,
+all at once: a batch in flight holds its input and output (about 11 MB each for 4 stereo
+segments of 8 s), its activations go back to the pool when the next batch runs."""
 
 
 class NonFiniteOutputError(BSMamba2Error):
@@ -123,6 +127,10 @@ class Results:
             self._finite.copy_(finite, non_blocking=True)
             self._copied = torch.cuda.Event()
             self._copied.record(torch.cuda.current_stream(views[0].device))  # its GPU, not the current one
+
+    def ready(self) -> bool:
+        """Whether :meth:`result` would return without waiting for the device."""
+        return self._copied is None or self._copied.query()
 
     def result(self) -> np.ndarray:
         """(B, n_stems, C, S) float32 on the host, once the copies are done."""
@@ -255,6 +263,13 @@ class SegmentModel:
             return self.model(spec)
 
 
+def _ready(results: np.ndarray | Results) -> bool:
+    """Whether a batch's results can be taken without waiting: an array, or an object whose
+    ``ready()`` says so (one without it is taken only when :data:`AHEAD` forces it)."""
+    ready = getattr(results, "ready", None)
+    return isinstance(results, np.ndarray) or (ready is not None and ready())
+
+
 class BatchSize:
     """Segments per model call, halved (with a warning) each time the device runs out of memory,
     down to one segment, where it is a clear error (:func:`smaller_batch`). One policy object
@@ -346,31 +361,35 @@ class SegmentStream:
     def finish(self) -> np.ndarray:
         """The end of the input: the remaining separated samples (:meth:`end`, then :meth:`drain`)."""
         done = self.end()
-        return np.concatenate([done, self.drain()], axis=1)
+        return np.concatenate([done, *self.drain()], axis=1)
 
     def end(self) -> np.ndarray:
         """The end of the input: every segment left is started; returns the samples final so far.
-        The last batch may still be running: :meth:`drain` adds it (meanwhile the caller may
-        start the next input's first batch, which then queues behind it)."""
+        The last batches may still be running: :meth:`drain` adds them (meanwhile the caller
+        may start the next input's first batch, which then queues behind them)."""
         self.pending += [(k, s) for k, chunker in enumerate(self.chunkers) for s in chunker.finish()]
         return self._process(last=True)
 
-    def drain(self) -> np.ndarray:
-        """After :meth:`end`: the batches still in flight added; the remaining separated samples."""
+    def drain(self) -> Iterator[np.ndarray]:
+        """After :meth:`end`: each batch still in flight added in turn (waiting for it), and
+        the separated samples final after it, so the caller writes them while the next runs."""
         while self.flight:
             self._add_oldest()
-        return self._final()
+            yield self._final()
 
     def _final(self) -> np.ndarray:
         """The samples every pass has, averaged over the passes."""
         n = min(len(p) for p in self.passes)
+        if len(self.passes) == 1:  # the sum's ``0 +`` in one pass (it turns -0.0 into 0.0), no ``/ 1``
+            return self.passes[0].pop(n) + np.float32(0)
         return sum(p.pop(n) for p in self.passes) / len(self.passes)
 
     def _process(self, last: bool) -> np.ndarray:
         """Start the full batches (every pending segment when ``last``); the samples every pass has.
 
-        A batch's results are added once the next batch is on its way (:data:`IN_FLIGHT`), so
-        on a GPU the host adds and hands out one batch while the model runs the next."""
+        Each batch is started as soon as its segments are there; results are added when they
+        are back, and waited for only when :data:`AHEAD` batches are in flight, so on a GPU
+        the host cuts, adds and hands out while the model runs the batches queued."""
         while self.pending and (len(self.pending) >= self.batch.size or last):
             batch = self.pending[: self.batch.size]
             start = time.perf_counter()
@@ -386,8 +405,10 @@ class SegmentStream:
                 decision, self.auto_compile = self.auto_compile, None
                 self._add_oldest()
                 decision.decide((time.perf_counter() - start) / len(batch), len(batch))
-            while len(self.flight) > IN_FLIGHT:
+            while len(self.flight) > AHEAD:
                 self._add_oldest()
+        while self.flight and _ready(self.flight[0][1]):
+            self._add_oldest()
         return self._final()
 
     def _add_oldest(self) -> None:

@@ -31,7 +31,7 @@ from bsmamba2.audio import (
     pcm_to_float,
     subtype_for,
 )
-from bsmamba2.audio.io import BLOCK, AudioWriter, compression_level, output_rate, peak_warning, wav_container
+from bsmamba2.audio.io import BLOCK, compression_level, output_rate, peak_warning, wav_container
 from bsmamba2.checkpoint import load_model
 from bsmamba2.device import resolve_device, resolve_precision
 from bsmamba2.errors import BSMamba2Error, ParameterError, require_extra
@@ -50,8 +50,9 @@ from bsmamba2.separation.files import SeparatedFile, Step
 from bsmamba2.separation.naming import ACCOMPANIMENT, DEFAULT_TEMPLATE, output_names, output_paths
 from bsmamba2.separation.plot import SpectrogramSketch, save_spectrograms
 from bsmamba2.separation.progress import ProgressCallback, ProgressReporter
-from bsmamba2.separation.threads import Ahead, Behind
+from bsmamba2.separation.threads import Ahead
 from bsmamba2.separation.warmup import warm_up
+from bsmamba2.separation.writing import MIXTURE, Outputs
 
 MAX_SHIFT = 0.5  # seconds: the largest delay of a --shifts pass (demucs's)
 
@@ -71,17 +72,6 @@ def _naming(where: str | os.PathLike) -> Iterator[None]:
         yield
     except NonFiniteOutputError as exc:
         raise NonFiniteOutputError(f"{where}: {exc}") from None
-
-
-def _write_block(
-    writers: dict[str, AudioWriter], sketches: dict[str, SpectrogramSketch], mix: np.ndarray,
-    stems: dict[str, np.ndarray],
-) -> None:
-    """One block of every output (and of the plot's sketches)."""
-    for stem, writer in writers.items():
-        writer.write(stems[stem])
-    for name, sketch in sketches.items():
-        sketch.update(mix if name == "mixture" else stems[name])
 
 
 class Separator:
@@ -267,7 +257,9 @@ class Separator:
         push(engine.end())
         yield from self._paired(mixture, separated, out_rate, bar, report)
         yield Step.LAST_BATCH
-        push(engine.drain())
+        for done in engine.drain():
+            push(done)
+            yield from self._paired(mixture, separated, out_rate, bar, report)
         separated.push(stems_out.flush())
         yield from self._paired(mixture, separated, out_rate, bar, report, final=True)
 
@@ -483,20 +475,20 @@ class Separator:
             report = ProgressReporter(on_progress, Path(path).name, source.duration)
             rate = output_rate(fmt, source.samplerate, sample_rate)
             compression_level(fmt, bitrate, rate, source.channels)  # a bad --bitrate fails before any work
-            sketches = {name: SpectrogramSketch(rate) for name in ("mixture", *paths)} if plot else {}
+            sketches = {name: SpectrogramSketch(rate) for name in (MIXTURE, *paths)} if plot else {}
             container = wav_container(fmt, source.duration, rate, source.channels, subtype)
             settings = (rate, source.channels, subtype, container, bitrate)
             writers = {
                 stem: outputs.enter_context(audio_writer(target, *settings)) for stem, target in paths.items()
             }  # an exception anywhere removes every partial output
-            # Decoding runs ahead in a thread, writing behind in another: both beside the model.
+            # Decoding runs ahead in a thread, each output is written behind in its own: beside the model.
             with self._bar(source.duration, Path(path).name) as bar, Ahead(source.blocks()) as blocks, \
-                    Behind() as writing:
+                    Outputs(writers, sketches) as writing:
                 for item in self._stream(blocks, source.samplerate, rate, source.channels, bar, report):
                     if isinstance(item, Step):
                         yield item
                     else:
-                        writing.submit(_write_block, writers, sketches, *item)
+                        writing.write(*item)
         peaks = {stem: writer.peak for stem, writer in writers.items()}
         result = SeparatedFile(paths, report.done, peaks, [s for s, w in writers.items() if w.clipped])
         for writer in writers.values():

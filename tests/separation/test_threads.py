@@ -22,6 +22,7 @@ from bsmamba2.audio import AudioError
 from bsmamba2.audio import io as audio_io
 from bsmamba2.fileio import WriteError
 from bsmamba2.separation import engine as engine_module
+from bsmamba2.separation.chunking import Chunker
 from bsmamba2.separation.engine import BatchSize, SegmentModel, SegmentStream
 from bsmamba2.separation.files import FileJob, run_jobs
 from bsmamba2.separation.threads import Ahead, Behind
@@ -104,37 +105,58 @@ def test_behind_abort_drops_what_waits_and_waits_for_the_running_call():
 
 
 class Deferred:
-    """Results handed out later, as a GPU's are: records when each is taken."""
+    """Results handed out later, as a GPU's are: records when each is taken; ``ready()`` says
+    whether they are back (``there``), as :class:`~bsmamba2.separation.engine.Results` does."""
 
-    def __init__(self, values: np.ndarray, log: list, number: int) -> None:
-        self.values, self.log, self.number = values, log, number
+    def __init__(self, values: np.ndarray, log: list, number: int, there: bool) -> None:
+        self.values, self.log, self.number, self.there = values, log, number, there
+
+    def ready(self) -> bool:
+        return self.there
 
     def result(self) -> np.ndarray:
         self.log.append(("result", self.number))
         return self.values
 
 
+@pytest.mark.parametrize("there", [False, True], ids=["still-running", "back"])
 @pytest.mark.parametrize("shifts", [(0,), (0, 37)])
-def test_batches_in_flight_are_added_in_order_and_change_no_bit(shifts):
+def test_batches_are_started_at_once_their_results_added_in_order_and_change_no_bit(shifts, there):
+    """No batch waits to be started behind another's results: with the device busy, the host
+    starts AHEAD batches before it waits for the oldest; results already back are added at
+    once, before the next batch is started. Either way the same bits as one at a time."""
     x = np.random.default_rng(6).standard_normal((2, 9000)).astype(np.float32)
     log = []
 
     def run(segments):
         number = sum(1 for kind, _ in log if kind == "submit")
         log.append(("submit", number))
-        return Deferred(segment_level(segments), log, number)
+        return Deferred(segment_level(segments), log, number, there)
 
-    want = stream(x, SegmentStream(segment_level, PLAN, 2, 4, BatchSize(3, 0.01, CPU), shifts), [2000, 7000])
-    got = stream(x, SegmentStream(run, PLAN, 2, 4, BatchSize(3, 0.01, CPU), shifts), [2000, 7000])
-    np.testing.assert_array_equal(got, want)
+    cuts = [700, 2000, 2900, 7000]
+    want = stream(x, SegmentStream(segment_level, PLAN, 2, 4, BatchSize(3, 0.01, CPU), shifts), cuts)
+    engine = SegmentStream(run, PLAN, 2, 4, BatchSize(3, 0.01, CPU), shifts)
+    parts = []
+    for block in np.split(x, cuts, axis=1):
+        log.append(("feed", None))
+        parts.append(engine.feed(block))
+    log.append(("feed", None))
+    parts.append(engine.finish())
+    log.append(("feed", None))
+    np.testing.assert_array_equal(np.concatenate(parts, axis=1), want)
     taken = [n for kind, n in log if kind == "result"]
-    assert taken == sorted(taken) == list(range(len(taken))) and len(taken) > 3
-    for k in taken[:-1]:  # each batch's results are taken only after the next batch started
-        assert log.index(("submit", k + 1)) < log.index(("result", k))
+    submitted = sum(1 for kind, _ in log if kind == "submit")
+    assert taken == sorted(taken) == list(range(submitted)) and submitted > engine_module.AHEAD + 1
+    for k in taken:
+        at = log.index(("submit", k))
+        if there:  # added in the same call that started it: nothing else waits for the host
+            assert log.index(("result", k)) < log.index(("feed", None), at)
+        elif k + engine_module.AHEAD < submitted:  # waited for only with AHEAD more started
+            assert log.index(("submit", k + engine_module.AHEAD)) < log.index(("result", k))
     outstanding = 0
     for kind, _ in log:
-        outstanding += 1 if kind == "submit" else -1
-        assert outstanding <= engine_module.IN_FLIGHT + 1
+        outstanding += {"submit": 1, "result": -1}.get(kind, 0)
+        assert outstanding <= engine_module.AHEAD + 1
 
 
 def _song(tmp_path, seconds=3.0):
@@ -150,6 +172,56 @@ def test_a_file_through_the_threads_is_the_array_separation(tmp_path):
     want = sep.separate(x, 44100)
     for stem, target in out.items():
         np.testing.assert_array_equal(sf.read(target, dtype="float32")[0].T, want[stem])
+    assert not _threads()
+
+
+class Late:
+    """A batch's results as a busy GPU hands them out: not back at the first ``ready()``."""
+
+    def __init__(self, results) -> None:
+        self.results, self.asked = results, False
+
+    def ready(self) -> bool:
+        back, self.asked = self.asked, True
+        return back
+
+    def result(self) -> np.ndarray:
+        return self.results.result()
+
+
+@pytest.mark.parametrize(("fmt", "bit_depth"), [("wav", "float"), ("wav", "16"), ("flac", "24")])
+def test_the_files_are_the_bytes_of_the_sequential_separation(tmp_path, fmt, bit_depth):
+    """The whole pipeline (decoding ahead, every batch started at once, results taken as they
+    come back, each stem written and finished in its own thread) against the same separation
+    done one step after the other: every segment cut first, the model run one batch at a time,
+    overlap-added in order, the accompaniment subtracted, each file written in one call. The
+    files hold the same samples, bit for bit, in their own format (loud enough input that the
+    16-bit files clip); the headers differ only by libsndfile's time stamp."""
+    torch.manual_seed(11)
+    model = BSMamba2(MICRO).eval()
+    rng = np.random.default_rng()  # a fresh input each run
+    x = (rng.standard_normal((2, 3 * 65536 + 5000)) * 0.6).astype(np.float32)
+    sf.write(tmp_path / "song.wav", x.T, 44100, subtype="FLOAT")
+    sep = Separator(model, device="cpu", segment=0.5, batch_size=2, progress=False)
+    submit = sep.runner.submit
+    sep.runner.submit = lambda segments: Late(submit(segments))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the 16-bit files clip
+        out = sep.separate_file(tmp_path / "song.wav", tmp_path / "out", fmt=fmt, bit_depth=bit_depth)
+
+    chunk = sep.chunking
+    chunker = Chunker(chunk.segment, chunk.hop, chunk.pad, 2)
+    segments = chunker.feed(x) + chunker.finish()
+    assert len(segments) > 2 * (engine_module.AHEAD + 1)  # more batches than are ever in flight
+    parts = [chunker.add(r) for i in range(0, len(segments), 2) for r in sep.runner(segments[i : i + 2])]
+    vocals = np.concatenate(parts, axis=-1)[0]
+    subtype, stored = {"float": ("FLOAT", "float32"), "16": ("PCM_16", "int16"), "24": ("PCM_24", "int32")}[bit_depth]
+    for stem, audio in {"vocals": vocals, "accompaniment": x - vocals}.items():
+        want = tmp_path / f"want_{stem}.{fmt}"
+        sf.write(want, audio.T, 44100, subtype=subtype)
+        assert sf.info(out[stem]).subtype == subtype
+        got, expected = sf.read(out[stem], dtype=stored)[0], sf.read(want, dtype=stored)[0]
+        assert got.shape == expected.shape == (x.shape[1], 2) and got.tobytes() == expected.tobytes(), stem
     assert not _threads()
 
 
