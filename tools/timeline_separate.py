@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """When the host and the GPU work during one warm ``separate_file``: each batch's submit (host
 start and return) beside the GPU's start and end of that batch (CUDA events queued around it),
-and each wait for a batch's results. What the GPU does not hide shows as gaps: the head
-before the first batch, host work between batches, the tail after the last.
+each taking of a batch's results, and each output's writes and its close (header and sync to
+disk) in its writing thread. What the GPU does not hide shows as gaps: the head before the
+first batch, host work between batches, the tail after the last.
 
 Example (CUDA): ``python tools/timeline_separate.py --minutes 1 --json timeline.json``. Random
 weights and audio, the paper model, bf16, batch auto; the last of ``--repeat`` runs is shown.
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 import bsmamba2
+from bsmamba2.audio import io as audio_io
 from bsmamba2.model import BSMamba2, BSMamba2Config
 from bsmamba2.separation import engine
 
@@ -29,7 +31,9 @@ from bench_separate import write_input
 
 
 def record(log: list) -> None:
-    """Log every submit (host span, CUDA events around its work) and every wait for results."""
+    """Log every submit (host span, CUDA events around its work), every taking of results, and
+    each output's writes and closes (in its thread; the second close, in the main thread, is
+    the rename into place)."""
     submit, result = engine.SegmentModel.submit, engine.Results.result
 
     def timed_submit(self, segments):
@@ -48,6 +52,16 @@ def record(log: list) -> None:
         return out
 
     engine.SegmentModel.submit, engine.Results.result = timed_submit, timed_result
+    for name in ("write", "close"):
+        method = getattr(audio_io.AudioWriter, name)
+
+        def timed(self, *args, _method=method, _name=name):
+            begin = time.perf_counter()
+            out = _method(self, *args)
+            log.append((f"{_name} {Path(self.path).stem}", 0, begin, time.perf_counter(), None, None))
+            return out
+
+        setattr(audio_io.AudioWriter, name, timed)
 
 
 def main() -> None:
@@ -83,11 +97,12 @@ def main() -> None:
             row["gpu_ms"] = [base.elapsed_time(gpu_start), base.elapsed_time(gpu_end)]
         rows.append(row)
     busy = sum(r["gpu_ms"][1] - r["gpu_ms"][0] for r in rows if "gpu_ms" in r)
-    print(f"{'event':>7}  {'segments':>8}  {'host ms':>15}  {'GPU ms':>15}")
+    rows.sort(key=lambda r: r["host_ms"][0])
+    print(f"{'event':>20}  {'segments':>8}  {'host ms':>15}  {'GPU ms':>15}")
     for r in rows:
         gpu = "{:7.1f}-{:<7.1f}".format(*r["gpu_ms"]) if "gpu_ms" in r else ""
         host = "{:7.1f}-{:<7.1f}".format(*r["host_ms"])
-        print(f"{r['kind']:>7}  {r['segments'] or '':>8}  {host:>15}  {gpu:>15}")
+        print(f"{r['kind']:>20}  {r['segments'] or '':>8}  {host:>15}  {gpu:>15}")
     print(f"total {1e3 * total:.1f} ms, GPU busy {busy:.1f} ms ({busy / (1e3 * total):.0%})")
     if args.json:
         meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__,
