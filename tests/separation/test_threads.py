@@ -189,22 +189,30 @@ class Late:
         return self.results.result()
 
 
-@pytest.mark.parametrize(("fmt", "bit_depth"), [("wav", "float"), ("wav", "16"), ("flac", "24")])
-def test_the_files_are_the_bytes_of_the_sequential_separation(tmp_path, fmt, bit_depth):
+CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize(("device", "fmt", "bit_depth"), [
+    ("cpu", "wav", "float"), ("cpu", "wav", "16"), ("cpu", "flac", "24"),
+    pytest.param("cuda", "wav", "float", marks=CUDA_ONLY), pytest.param("cuda", "wav", "16", marks=CUDA_ONLY),
+])
+def test_the_files_are_the_bytes_of_the_sequential_separation(tmp_path, device, fmt, bit_depth):
     """The whole pipeline (decoding ahead, every batch started at once, results taken as they
     come back, each stem written and finished in its own thread) against the same separation
     done one step after the other: every segment cut first, the model run one batch at a time,
     overlap-added in order, the accompaniment subtracted, each file written in one call. The
     files hold the same samples, bit for bit, in their own format (loud enough input that the
-    16-bit files clip); the headers differ only by libsndfile's time stamp."""
+    16-bit files clip); the headers differ only by libsndfile's time stamp. On the CPU the
+    results come back late (:class:`Late`), on CUDA as the device hands them back."""
     torch.manual_seed(11)
     model = BSMamba2(MICRO).eval()
     rng = np.random.default_rng()  # a fresh input each run
     x = (rng.standard_normal((2, 3 * 65536 + 5000)) * 0.6).astype(np.float32)
     sf.write(tmp_path / "song.wav", x.T, 44100, subtype="FLOAT")
-    sep = Separator(model, device="cpu", segment=0.5, batch_size=2, progress=False)
-    submit = sep.runner.submit
-    sep.runner.submit = lambda segments: Late(submit(segments))
+    sep = Separator(model, device=device, segment=0.5, batch_size=2, precision="fp32", progress=False)
+    if device == "cpu":
+        submit = sep.runner.submit
+        sep.runner.submit = lambda segments: Late(submit(segments))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the 16-bit files clip
         out = sep.separate_file(tmp_path / "song.wav", tmp_path / "out", fmt=fmt, bit_depth=bit_depth)
