@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 
 from bsmamba2.errors import BSMamba2Error
-from bsmamba2.fileio import WriteError, atomic_path
+from bsmamba2.fileio import WriteError, atomic_path, write_error
 
 BLOCK = 1 << 16  # samples per block read (~1.5 s at 44.1 kHz)
 FORMATS = ("wav", "flac", "mp3", "ogg", "opus")
@@ -475,18 +475,30 @@ def _libsndfile_failure(exc: Exception, path: Path, handle: sf.SoundFile | None 
     return AudioError(f"{path}: cannot write ({_one_line(getattr(exc, 'error_string', '') or exc)})")
 
 
+_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)  # Linux and the BSDs; not macOS or Windows
+
+
 class AudioWriter:
     """Appends (channels, n) blocks to an open output; made by :func:`audio_writer`.
 
     Integer and lossy subtypes are clipped to full scale; :attr:`peak` records the largest
     absolute sample seen so the caller can warn about it (float files keep every value as is).
     A failing write (a full disk, ...) is a :class:`~bsmamba2.fileio.WriteError`.
+
+    libsndfile syncs a file to disk when it closes it, and waits for all of its data then. With
+    ``written_to`` (the path libsndfile writes, where the system has ``posix_fadvise``) the
+    system is told after each block that the data written so far is not needed in memory:
+    Linux then starts writing it to disk at once, without waiting (as PostgreSQL's flush
+    hints), so that the sync at the end waits only for the last block.
     """
 
-    def __init__(self, handle: sf.SoundFile, path: Path, subtype: str) -> None:
+    def __init__(
+        self, handle: sf.SoundFile, path: Path, subtype: str, written_to: Path | None = None
+    ) -> None:
         self._handle, self.path, self.subtype = handle, path, subtype
         self.peak = 0.0
         self._closed = False
+        self._hinted = os.open(written_to, os.O_RDONLY) if written_to is not None and _DONTNEED else None
 
     @property
     def clipped(self) -> bool:
@@ -497,6 +509,9 @@ class AudioWriter:
         if block.size:
             self.peak = max(self.peak, float(block.max()), -float(block.min()))
         self._emit(interleaved(block, clip=self.subtype != "FLOAT"))
+        if self._hinted is not None:
+            with contextlib.suppress(OSError):  # a hint: the data is written either way
+                os.posix_fadvise(self._hinted, 0, 0, _DONTNEED)
 
     def _emit(self, frames: np.ndarray) -> None:
         """Append (n, channels) C-ordered frames."""
@@ -509,13 +524,22 @@ class AudioWriter:
         """Give up the file after an error (the first error is the one reported)."""
         with contextlib.suppress(Exception):
             self._handle.close()
+        self._release()
 
     def close(self) -> None:
         """Finish the file (libsndfile writes the header's sizes now, and syncs it to disk).
         Once only: the writing thread may finish it before its context renames it."""
         if not self._closed:
             self._closed = True
-            self._finish()
+            try:
+                self._finish()
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        if self._hinted is not None:
+            os.close(self._hinted)
+            self._hinted = None
 
     def _finish(self) -> None:
         try:
@@ -666,7 +690,11 @@ def _libsndfile_writer(
         raise _libsndfile_failure(exc, path) from None
     except (RuntimeError, ValueError) as exc:
         raise AudioError(f"{path}: cannot write ({_one_line(exc)})") from None
-    return AudioWriter(handle, path, subtype)
+    try:
+        return AudioWriter(handle, path, subtype, written_to=tmp)
+    except OSError as exc:  # the descriptor for the hints
+        handle.close()
+        raise write_error(exc, path) from None
 
 
 def peak_warning(writer: AudioWriter) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
 import subprocess
@@ -139,6 +140,32 @@ def test_writer_is_atomic(tmp_path):
     np.testing.assert_array_equal(read_audio(target)[0], x)
     assert [p.name for p in target.parent.iterdir()] == ["v.wav"]
     assert target.stat().st_mode & 0o044  # ordinary permissions, not a private temporary's
+
+
+@pytest.mark.skipif(not hasattr(io.os, "POSIX_FADV_DONTNEED"), reason="no posix_fadvise here")
+def test_the_writer_hints_each_block_to_disk_and_releases_its_descriptor(tmp_path, monkeypatch):
+    """After each block the system is told to write the data out (posix_fadvise DONTNEED on
+    the temporary file, no wait), on success and on an error the descriptor for it is closed;
+    the file holds every sample."""
+    hints = []
+    monkeypatch.setattr(io.os, "posix_fadvise", lambda fd, *how: hints.append((fd, os.fstat(fd).st_ino, how)))
+    x = _noise(2, 3000)
+    with audio_writer(tmp_path / "v.wav", 44100, 2) as writer:
+        for start in range(0, 3000, 1000):
+            writer.write(x[:, start : start + 1000])
+        (temporary,) = tmp_path.glob(".v.wav.*.part")
+        inode = temporary.stat().st_ino
+    assert [(ino, how) for _, ino, how in hints] == [(inode, (0, 0, io.os.POSIX_FADV_DONTNEED))] * 3
+    with pytest.raises(OSError):
+        os.fstat(hints[0][0])  # closed
+    np.testing.assert_array_equal(read_audio(tmp_path / "v.wav")[0], x)
+    hints.clear()
+    with pytest.raises(KeyboardInterrupt), audio_writer(tmp_path / "a.wav", 44100, 2) as writer:
+        writer.write(x)
+        raise KeyboardInterrupt
+    assert len(hints) == 1 and not (tmp_path / "a.wav").exists()
+    with pytest.raises(OSError):
+        os.fstat(hints[0][0])
 
 
 def test_integer_outputs_clip_and_report_the_peak(tmp_path):
