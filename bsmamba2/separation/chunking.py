@@ -87,10 +87,11 @@ def crossfade_window(segment: int, overlap: int) -> np.ndarray:
 class Chunker:
     """Streaming segmentation (``feed``/``finish`` give segments) and overlap-add (``add``).
 
-    Segments come out in order as (channels, segment) arrays; the processed results must be
-    given back to :meth:`add` in the same order, as (k, segment) arrays (any leading shape:
-    stems × channels), which returns the (k, n) samples that are final so far, with the
-    padding removed and at most as many samples as were fed.
+    Segments come out in order as (channels, segment) arrays: views of the chunker's own
+    buffer, which it never changes in place (not copied: do not change them). The processed
+    results must be given back to :meth:`add` in the same order, as (k, segment) arrays (any
+    leading shape: stems × channels), which returns the (k, n) samples that are final so
+    far, with the padding removed and at most as many samples as were fed.
     """
 
     def __init__(self, segment: int, hop: int, pad: int, channels: int) -> None:
@@ -126,7 +127,7 @@ class Chunker:
         out = []
         while self._next + self.segment <= self._buf_pos + self._buffer.shape[1]:
             start = self._next - self._buf_pos
-            out.append(self._buffer[:, start : start + self.segment].copy())
+            out.append(self._buffer[:, start : start + self.segment])  # a view: never written to
             self._next += self.hop
         drop = min(self._next - self._buf_pos, self._buffer.shape[1])
         self._buffer = self._buffer[:, drop:]
