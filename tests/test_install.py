@@ -175,3 +175,4 @@ def test_wheel_and_sdist_build_with_pypi_metadata(tmp_path):
     core = {Requirement(v).name for k, v in fields if k == "Requires-Dist" and "extra ==" not in v}
     assert core == {"torch", "triton", "numpy", "pyyaml", "safetensors", "soundfile", "soxr", "tqdm"}
     assert any(n.endswith("licenses/LICENSE") for n in names) and "bsmamba2/web/static/index.html" in names
+    assert "bsmamba2/ops/cpu/selective.c" in names  # built on first use

@@ -5,6 +5,11 @@ PyTorch path, the tuned allocator as the command line runs.
 ``--level module``: one bidirectional module of the paper model per mixer and axis.
 ``--level model``: the whole paper-size model (``BSMamba2Config(mixer=...)``) on one 8 s
 stereo spectrogram, per precision (bf16 = CPU autocast).
+``--level scan``: the Mamba-1 selective scan alone on each axis's inputs (d_inner 1024,
+d_state 16), per precision, our C kernel against the PyTorch scan.
+
+A mixer written ``mamba:torch`` (or ``mamba:c``) runs with ``BSMAMBA2_CPU_SCAN`` set so, to
+compare the CPU scans inside the model in one run.
 
 The mixers run in turn, round after round, in one process; each run reports the process's
 CPU seconds (user + system) and wall seconds, and — on Linux — how many cores other
@@ -13,17 +18,19 @@ CPU seconds compare the mixers, and a run with others ≈ 0 is a quiet one. Prin
 writes JSON (every run, and per variant the least CPU and wall seconds over the rounds).
 
     python tools/bench_mixers_cpu.py --level model --mixers mamba2,mamba --rounds 2 --json cpu.json
+    python tools/bench_mixers_cpu.py --level scan --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +41,8 @@ import bsmamba2
 from bsmamba2.allocator import tune_allocator
 from bsmamba2.model import BSMamba2, BSMamba2Config, stft
 from bsmamba2.model.blocks import BidirectionalMamba
+from bsmamba2.model.dt_init import init_dt_bias
+from bsmamba2.ops import selective_scan
 
 AXES = {"band": (801, 62), "time": (62, 801)}  # (sequences, length) of an 8 s clip
 SECONDS = 8.0
@@ -64,22 +73,52 @@ Variants = dict[str, tuple[Callable[[], object], Callable[[], object]]]
 """name → (a warm-up on a sliver: the code paths once, the timed call)."""
 
 
+@contextlib.contextmanager
+def cpu_scan(mode: str | None) -> Iterator[None]:
+    """``BSMAMBA2_CPU_SCAN=mode`` meanwhile (None: as it is)."""
+    before = os.environ.get("BSMAMBA2_CPU_SCAN")
+    if mode is not None:
+        os.environ["BSMAMBA2_CPU_SCAN"] = mode
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("BSMAMBA2_CPU_SCAN", None)
+        else:
+            os.environ["BSMAMBA2_CPU_SCAN"] = before
+
+
+def with_scan(fn: Callable[[], object], mode: str | None) -> Callable[[], object]:
+    def run() -> object:
+        with cpu_scan(mode):
+            return fn()
+    return run
+
+
+def split_mixer(name: str) -> tuple[str, str | None]:
+    """'mamba:torch' → ('mamba', 'torch'); 'mamba2' → ('mamba2', None)."""
+    mixer, _, mode = name.partition(":")
+    return mixer, mode or None
+
+
 def module_variants(mixers: list[str]) -> Variants:
     """'mixer axis' → a bidirectional module on that axis's 8 s shapes."""
     variants = {}
-    for mixer in mixers:
+    for name in mixers:
+        mixer, mode = split_mixer(name)
         block = BidirectionalMamba(BSMamba2Config(mixer=mixer)).eval()
         for axis, (seqs, length) in AXES.items():
             x = torch.randn(seqs, length, block.linear.out_channels)
-            variants[f"{mixer} {axis}"] = (lambda block=block, x=x: block(x[:2, :8]),
-                                           lambda block=block, x=x: block(x))
+            variants[f"{name} {axis}"] = (with_scan(lambda block=block, x=x: block(x[:2, :8]), mode),
+                                          with_scan(lambda block=block, x=x: block(x), mode))
     return variants
 
 
 def model_variants(mixers: list[str], precisions: list[str]) -> Variants:
     """'mixer precision' → the paper-size model on an 8 s stereo spectrogram (warm-up: 1 s)."""
     variants = {}
-    for mixer in mixers:
+    for name in mixers:
+        mixer, mode = split_mixer(name)
         cfg = BSMamba2Config(mixer=mixer)
         model = BSMamba2(cfg).eval()
         spec = stft(torch.randn(cfg.channels, int(SECONDS * cfg.sample_rate)) * 0.1, cfg)[None]
@@ -88,16 +127,38 @@ def model_variants(mixers: list[str], precisions: list[str]) -> Variants:
                 with torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
                     return model(spec)
             sliver = spec[..., : spec.shape[-1] // 8]
-            variants[f"{mixer} {precision}"] = (lambda f=forward, s=sliver: f(s),
-                                                lambda f=forward, s=spec: f(s))
+            variants[f"{name} {precision}"] = (with_scan(lambda f=forward, s=sliver: f(s), mode),
+                                               with_scan(lambda f=forward, s=spec: f(s), mode))
+    return variants
+
+
+def scan_variants(precisions: list[str]) -> Variants:
+    """'scan axis precision mode' → the selective scan of the paper's Mamba-1 layer (d_inner
+    1024, d_state 16) on one direction of that axis's 8 s inputs, as the layer hands them in
+    (channel-last views; bf16 inputs as under autocast), by the C kernel and the PyTorch scan."""
+    variants, d, n = {}, 1024, 16
+    for axis, (seqs, length) in AXES.items():
+        for precision in precisions:
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            xz = torch.randn(seqs, length, 3 * d, dtype=dtype)
+            u, delta, z = (t.transpose(1, 2) for t in xz.split(d, -1))
+            B, C = (t.transpose(1, 2) for t in torch.randn(seqs, length, 2 * n, dtype=dtype).split(n, -1))
+            A, D, bias = -torch.arange(1.0, n + 1).repeat(d, 1), torch.ones(d), init_dt_bias(d)
+
+            def scan(k=length, u=u, delta=delta, z=z, B=B, C=C, A=A, D=D, bias=bias):
+                return selective_scan(u[..., :k], delta[..., :k], A, B[..., :k], C[..., :k], D, z[..., :k],
+                                      bias, True)
+            for mode in ("c", "torch"):
+                variants[f"scan {axis} {precision} {mode}"] = (with_scan(lambda f=scan: f(4), mode),
+                                                               with_scan(scan, mode))
     return variants
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--level", choices=("module", "model"), default="module")
+    parser.add_argument("--level", choices=("module", "model", "scan"), default="module")
     parser.add_argument("--mixers", default="mamba2,mamba")
-    parser.add_argument("--precisions", default="fp32,bf16", help="model level: fp32 and/or bf16")
+    parser.add_argument("--precisions", default="fp32,bf16", help="model and scan level: fp32 and/or bf16")
     parser.add_argument("--rounds", type=int, default=1, help="timed rounds, after a warm-up on a sliver")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
@@ -107,21 +168,23 @@ def main() -> None:
     torch.manual_seed(0)
     mixers = args.mixers.split(",")
     with torch.inference_mode():
-        variants = (module_variants(mixers) if args.level == "module"
-                    else model_variants(mixers, args.precisions.split(",")))
+        precisions = args.precisions.split(",")
+        variants = {"module": lambda: module_variants(mixers),
+                    "model": lambda: model_variants(mixers, precisions),
+                    "scan": lambda: scan_variants(precisions)}[args.level]()
         for warm_up, _ in variants.values():
             warm_up()
         runs: dict[str, list[dict[str, float | None]]] = {name: [] for name in variants}
         for round_ in range(args.rounds):
             for name, (_, timed) in variants.items():
                 runs[name].append(r := measure(timed))
-                print(f"round {round_} {name:<14} {r['cpu_s']:7.2f} s CPU {r['wall_s']:7.2f} s wall, "
+                print(f"round {round_} {name:<24} {r['cpu_s']:7.2f} s CPU {r['wall_s']:7.2f} s wall, "
                       f"others {r['others_cores']} cores", flush=True)
     best = {name: {"cpu_s": min(r["cpu_s"] for r in rs), "wall_s": min(r["wall_s"] for r in rs), "runs": rs}
             for name, rs in runs.items()}
-    print(f"{'variant':<14} {'CPU s':>8} {'wall s':>8} least of {args.rounds} rounds, {args.threads} threads")
+    print(f"{'variant':<24} {'CPU s':>8} {'wall s':>8} least of {args.rounds} rounds, {args.threads} threads")
     for name, b in best.items():
-        print(f"{name:<14} {b['cpu_s']:8.2f} {b['wall_s']:8.2f}")
+        print(f"{name:<24} {b['cpu_s']:8.2f} {b['wall_s']:8.2f}")
     if args.json:
         meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),

@@ -12,6 +12,7 @@ import torch
 
 from bsmamba2.ops import reference
 from bsmamba2.ops.backend import KernelBackendError, active_backend, requested_backend
+from bsmamba2.ops.cpu import selective as cpu_selective
 
 
 @functools.cache
@@ -147,8 +148,15 @@ def selective_scan(
     return_final_state: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Mamba-1 selective scan with mamba_ssm's ``selective_scan_fn`` arguments; see
-    :func:`bsmamba2.ops.reference.selective.selective_scan` for the contract."""
-    return implementation("selective", u).selective_scan(
+    :func:`bsmamba2.ops.reference.selective.selective_scan` for the contract.
+
+    Where the reference would serve a call that needs no gradient on the CPU, our C kernel
+    (:mod:`bsmamba2.ops.cpu.selective`, ``BSMAMBA2_CPU_SCAN``) takes it when it can."""
+    impl = implementation("selective", u)
+    if impl is reference.selective and cpu_selective.serves(u, delta, A, B, C, D, z, delta_bias,
+                                                            initial_state):
+        impl = cpu_selective
+    return impl.selective_scan(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
         initial_state=initial_state, return_final_state=return_final_state,
     )

@@ -14,6 +14,8 @@ import bsmamba2
 from bsmamba2.checkpoint import CheckpointError, infer_config, load_model, read_weights, save_model
 from bsmamba2.model import BSMamba2, BSMamba2Config, Mamba, istft
 from bsmamba2.model.mixers import set_recompute
+from bsmamba2.ops.cpu import build
+from bsmamba2.ops.cpu import selective as cpu_selective
 from bsmamba2.ops.reference import selective_scan_sequential
 from bsmamba2.separation.batching import segment_bytes
 from tests.helpers.numerics import rel_err
@@ -44,10 +46,17 @@ def test_paper_layout_equals_official_keys(fixtures):
 
 
 @pytest.mark.parametrize("layout,ema", [("ckpt", False), ("ckpt", True), ("plain", False)])
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 2e-6)])
-def test_golden_outputs(tmp_path, fixtures, layout, ema, dtype, tol):
+@pytest.mark.parametrize("dtype,tol,scan", [
+    pytest.param(torch.float32, 1e-5, "c", marks=pytest.mark.skipif(build.compiler() is None,
+                                                                     reason="no C compiler for the C scan")),
+    (torch.float32, 1e-5, "torch"), (torch.float64, 2e-6, "torch")])
+def test_golden_outputs(tmp_path, monkeypatch, fixtures, layout, ema, dtype, tol, scan):
     """The official checkpoint (raw and EMA weights; Lightning or plain state dict) reproduces
-    the official outputs; the mixer is inferred (module_type, or the keys alone)."""
+    the official outputs; the mixer is inferred (module_type, or the keys alone). The CPU scan
+    is our C kernel (float32; it takes no float64) or the PyTorch one (BSMAMBA2_CPU_SCAN)."""
+    monkeypatch.setenv("BSMAMBA2_CPU_SCAN", scan)
+    calls, real = [], cpu_selective._scan
+    monkeypatch.setattr(cpu_selective, "_scan", lambda *a: (calls.append(1), real(*a))[1])
     folder, expected = fixtures
     path = folder / "tiny.ckpt"
     if layout == "plain":  # the raw weights, without the "model." prefix
@@ -60,6 +69,7 @@ def test_golden_outputs(tmp_path, fixtures, layout, ema, dtype, tol):
                                                            else torch.complex128)
     with torch.no_grad():
         out = model(spec)[0, 0]
+    assert bool(calls) == (scan == "c")
     key = "spec_out_ema" if ema else "spec_out"
     assert rel_err(out, expected[key]) <= tol
     assert rel_err(out, expected["spec_out" if ema else "spec_out_ema"]) > 0.1  # other weights
