@@ -113,6 +113,20 @@ def test_extreme_decays_and_gates_stay_finite():
 
 
 @needs_cc
+@pytest.mark.parametrize("name,shape,match", [
+    ("delta", (2, 16, 29), "delta must be"), ("A", (16, 5), "must be"), ("B,C", (2, 3, 4, 30), "groups"),
+    ("C", (2, 4, 30), "C must be"), ("initial_state", (2, 16, 3), "initial_state must be"),
+    ("D", (15,), "D must be")])
+def test_bad_shapes_are_one_line_errors(name, shape, match):
+    """The kernel reads by the shapes: a wrong one is a ValueError, never a read out of bounds."""
+    ins = _inputs(d=16, length=30, n=4)
+    for key in name.split(","):
+        ins[key] = torch.randn(shape)
+    with pytest.raises(ValueError, match=match), torch.no_grad():
+        _run(cpu.selective_scan, ins)
+
+
+@needs_cc
 def test_dispatch_serves_inference_only(monkeypatch):
     """ops.selective_scan takes the C kernel when no gradient is needed, the reference (with
     its gradients) otherwise, and the reference for everything with BSMAMBA2_CPU_SCAN=torch."""

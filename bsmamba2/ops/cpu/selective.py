@@ -32,6 +32,8 @@ from bsmamba2.ops.cpu.build import BuildError, load_library
 SOURCE = Path(__file__).with_name("selective.c")
 MODES = ("auto", "c", "torch")
 DTYPES = (torch.float32, torch.bfloat16)
+MAX_STATES = 256
+"""d_state the kernel takes (selective.c's MAX_STATES); more go to the PyTorch scan."""
 _log = logging.getLogger(__name__)
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 
@@ -86,14 +88,33 @@ def enabled() -> bool:
     return chosen == "auto" and _fallback_reason() is None
 
 
-def serves(*tensors: torch.Tensor | None) -> bool:
-    """Whether this kernel takes a scan of these tensors (u first): CPU, float32 or bfloat16 u,
-    no gradient needed, and :func:`enabled`."""
-    u = tensors[0]
-    if u.device.type != "cpu" or u.dtype not in DTYPES or (
+def serves(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether this kernel takes a scan of these tensors (the op's, in its order): CPU, float32
+    or bfloat16 u, at most MAX_STATES states, no gradient needed, and :func:`enabled`."""
+    tensors = (u, delta, A, *others)
+    if u.device.type != "cpu" or u.dtype not in DTYPES or A.shape[-1] > MAX_STATES or (
             torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
         return False
     return enabled()
+
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
+    """The shapes the contract asks for, as one-line errors (the kernel reads by them)."""
+    b, d, length = u.shape
+    n = A.shape[1]
+    groups = B.shape[1] if B.dim() == 4 else 1
+    wanted = {"delta": (delta, (b, d, length)), "z": (z, (b, d, length)), "A": (A, (d, n)),
+              "C": (C, tuple(B.shape)), "D": (D, (d,)), "delta_bias": (delta_bias, (d,)),
+              "initial_state": (initial_state, (b, d, n))}
+    for name, (t, shape) in wanted.items():
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"selective_scan: {name} must be {shape} for u of {tuple(u.shape)} and "
+                             f"{n} states, got {tuple(t.shape)}")
+    if B.dim() not in (3, 4) or (B.shape[0], *B.shape[-2:]) != (b, n, length):
+        raise ValueError(f"selective_scan: B and C must be ({b}, {n}, {length}) or "
+                         f"({b}, groups, {n}, {length}), got {tuple(B.shape)}")
+    if d % groups:
+        raise ValueError(f"selective_scan: d ({d}) must be a multiple of the groups of B/C ({groups})")
 
 
 def _channels_contiguous(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -153,7 +174,7 @@ def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor
                  Bs.data_ptr(), Cs.data_ptr(), A2.data_ptr(), _pointer(Ds), _pointer(bias), state.data_ptr(),
                  out.data_ptr(), out.stride(0), out.stride(1), dtype == torch.bfloat16, delta_softplus)
     if lib.bsm_selective_scan(ctypes.byref(args), torch.get_num_threads()):
-        raise ValueError(f"selective_scan: d_state {n} is more than the C kernel takes")
+        raise ValueError(f"selective_scan: d_state {n} is more than the C kernel's {MAX_STATES}")
     return out.to(u.dtype).transpose(1, 2), _from_blocks(state, g, d).contiguous()
 
 
@@ -170,10 +191,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    return_last_state=False, *, initial_state=None, return_final_state=False):
     """The reference's contract (:func:`bsmamba2.ops.reference.selective.selective_scan`), for
     the calls :func:`serves` accepts."""
-    d = u.shape[1]
-    groups = B.shape[1] if B.dim() == 4 else 1
-    if d % groups:
-        raise ValueError(f"selective_scan: d ({d}) must be a multiple of the groups of B/C ({groups})")
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
     # Eager calls skip the op's wrapper, whose first call imports torch._dynamo (seconds).
     scan = _scan_op if torch.compiler.is_compiling() else _scan
     out, final = scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
