@@ -14,6 +14,7 @@ from bsmamba2._version import __version__
 from bsmamba2.device import CPU_BF16_VARIABLE, cpu_has_fast_bf16, resolve_device
 from bsmamba2.model.config import BSMamba2Config
 from bsmamba2.model.mixers import MIXERS
+from bsmamba2.ops.cpu import selective as cpu_selective
 from bsmamba2.separation.compiling import compile_cache_dir, cpp_compiler
 
 
@@ -52,6 +53,7 @@ def report() -> list[tuple[str, str]]:
         except RuntimeError as exc:
             backend = f"unavailable ({exc})"
         rows.append((f"kernels on {dev}", backend))
+    rows.append(("Mamba-1 scan, CPU inference", cpu_selective.describe()))
     compiler = cpp_compiler()
     rows.append(("torch.compile (CPU)", f"C++ compiler {compiler}: `separate --compile auto` can use it"
                  if compiler else "no C++ compiler ($CXX or g++): separation stays eager"))

@@ -12,6 +12,7 @@ import torch
 
 import bsmamba2
 from bsmamba2.cli.main import main
+from bsmamba2.ops.cpu import build
 
 
 def test_version(capsys):
@@ -31,13 +32,21 @@ def test_info_lists_versions_and_backend(capsys, monkeypatch):
     assert re.search(r"mixers +mamba2, .*\bmamba\b.*default mamba2", out)
     assert re.search(r"torch.compile \(CPU\) +(C\+\+ compiler \S+: `separate --compile auto` can use it|no C\+\+)", out)
     assert re.search(r"compile cache +\S", out)
+    if build.compiler() is not None:
+        assert re.search(r"Mamba-1 scan, CPU inference +our C kernel \(BSMAMBA2_CPU_SCAN=auto", out)
     for forced, precision in (("1", "bf16 (bf16 instructions"), ("0", "fp32 (no AVX-512 BF16 or AMX")):
         monkeypatch.setenv("BSMAMBA2_CPU_BF16", forced)
         assert main(["info"]) == 0
         assert re.search(rf"--precision auto \(CPU\) +{re.escape(precision)}", capsys.readouterr().out)
     monkeypatch.setenv("CXX", "no-such-compiler-bsmamba2")
+    monkeypatch.setenv("CC", "no-such-compiler-bsmamba2")
     assert main(["info"]) == 0
-    assert "no C++ compiler ($CXX or g++): separation stays eager" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no C++ compiler ($CXX or g++): separation stays eager" in out
+    assert re.search(r"Mamba-1 scan, CPU inference +PyTorch: no C compiler", out)
+    monkeypatch.setenv("BSMAMBA2_CPU_SCAN", "torch")
+    assert main(["info"]) == 0
+    assert re.search(r"Mamba-1 scan, CPU inference +PyTorch \(BSMAMBA2_CPU_SCAN=torch\)", capsys.readouterr().out)
 
 
 def test_info_json_is_one_object_with_the_same_rows(capsys):

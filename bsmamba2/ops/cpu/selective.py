@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from bsmamba2.ops.backend import KernelBackendError
-from bsmamba2.ops.cpu.build import BuildError, load_library
+from bsmamba2.ops.cpu.build import BuildError, compiler, load_library
 
 SOURCE = Path(__file__).with_name("selective.c")
 MODES = ("auto", "c", "torch")
@@ -86,6 +86,18 @@ def enabled() -> bool:
         _library()
         return True
     return chosen == "auto" and _fallback_reason() is None
+
+
+def describe() -> str:
+    """Which scan CPU inference of Mamba-1 gets, in words, without building anything."""
+    chosen = mode()
+    if chosen == "torch":
+        return "PyTorch (BSMAMBA2_CPU_SCAN=torch)"
+    cc = compiler()
+    if cc is None:
+        return (f"PyTorch: no C compiler ($CC, cc, gcc or clang) for our C kernel"
+                f"{' (BSMAMBA2_CPU_SCAN=c: an error)' if chosen == 'c' else ''}")
+    return f"our C kernel (BSMAMBA2_CPU_SCAN={chosen}; built on first use with {cc})"
 
 
 def serves(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, *others: torch.Tensor | None) -> bool:
