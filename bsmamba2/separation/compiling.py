@@ -1,4 +1,4 @@
-"""``torch.compile`` of the bidirectional modules on the CPU: when it pays, and undoing it.
+"""``torch.compile`` of the Mamba-2 modules on the CPU: when it pays, and undoing it.
 
 On the CPU the reference ops are bound by element-wise passes over large activations;
 inductor fuses them into C++ loops (faster per segment, docs/benchmarks.md). The compile
@@ -29,7 +29,6 @@ import torch
 from bsmamba2.errors import BSMamba2Error
 from bsmamba2.model.blocks import BidirectionalMamba
 from bsmamba2.model.mamba1 import Mamba
-from bsmamba2.ops.cpu import selective as cpu_selective
 
 COMPILE_SECONDS = 90.0
 """What a cold compile of the paper model costs on a 2-core CPU (measured: ~56 s on an AVX-512
@@ -90,7 +89,8 @@ def mark_warm(model: torch.nn.Module, shape: tuple[int, ...], precision: str) ->
 def compile_blocks(model: torch.nn.Module, device: torch.device, backend: str = "inductor") -> None:
     """``torch.compile`` every bidirectional Mamba-2 module of ``model`` in place.
 
-    Modules with Mamba-1 mixers stay eager unless our C scan serves them (:func:`traces_well`).
+    Modules with Mamba-1 mixers stay eager (:func:`traces_well`); a model of them only is
+    left as it is.
 
     The modules share one compiled graph per input shape (time axis, band axis), built on
     the first segment. Parameters and state_dict keys stay as they are. CUDA runs our Triton
@@ -111,12 +111,12 @@ def compile_blocks(model: torch.nn.Module, device: torch.device, backend: str = 
 
 
 def traces_well(module: BidirectionalMamba) -> bool:
-    """False for Mamba-1 mixers whose CPU scan is the PyTorch one: a Python loop over tiles of
-    a few steps, which tracing would unroll into thousands of ops per call (a traced 200-step
-    module of a small Mamba-1 model: 23 s to compile, then 17x slower than eager), and whose
-    eager path shares its tiles out between threads. Our C scan (``BSMAMBA2_CPU_SCAN``) is
-    traced as one op, so with it they compile as the Mamba-2 modules do."""
-    return not isinstance(module.forward_blocks[0].mixer, Mamba) or cpu_selective.enabled()
+    """False for Mamba-1 mixers. With the PyTorch scan, a Python loop over tiles of a few steps,
+    tracing would unroll it into thousands of ops per call (a traced 200-step module of a small
+    Mamba-1 model: 23 s to compile, then 17x slower than eager). Our C scan traces as one op,
+    but the paper's Mamba-1 module compiled ran no faster than eager (docs/benchmarks.md):
+    compiling it would cost the compile for nothing."""
+    return not isinstance(module.forward_blocks[0].mixer, Mamba)
 
 
 @contextlib.contextmanager

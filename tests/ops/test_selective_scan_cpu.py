@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -124,6 +125,28 @@ def test_bad_shapes_are_one_line_errors(name, shape, match):
         ins[key] = torch.randn(shape)
     with pytest.raises(ValueError, match=match), torch.no_grad():
         _run(cpu.selective_scan, ins)
+
+
+@needs_cc
+def test_scans_in_several_threads_at_once():
+    """Scans called from 4 threads at once (a server's jobs; ctypes lets go of the GIL, each
+    call runs its own OpenMP team of torch's 2 threads): every result as the oracle's."""
+    cases = [_inputs(b=3, d=40, length=120) for _ in range(4)]
+    wants = [_run(reference.selective_scan_sequential, ins)[0] for ins in cases]
+
+    def scan(ins):
+        with torch.inference_mode():
+            return _run(cpu.selective_scan, ins)
+
+    real = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            gots = list(pool.map(scan, cases))
+    finally:
+        torch.set_num_threads(real)
+    for got, want in zip(gots, wants, strict=True):
+        assert rel_err(got, want) < TOL[torch.float32]
 
 
 @needs_cc
