@@ -4,6 +4,7 @@ when it serves; its build, cache and fallback; tracing it with torch.compile."""
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -176,7 +177,8 @@ def test_dispatch_serves_inference_only(monkeypatch):
 
 @pytest.fixture
 def no_compiler(monkeypatch):
-    """The build as on a machine without a C compiler (the caches of this process cleared)."""
+    """The build as on a machine without a C compiler (a test may name a failing one), the
+    library and the fallback decision not yet cached in this process."""
     monkeypatch.setattr(build, "compiler", lambda: None)
     for cached in (cpu._library, cpu._fallback_reason):
         cached.cache_clear()
@@ -194,6 +196,20 @@ def test_without_a_compiler_auto_falls_back_with_one_warning(no_compiler, monkey
             assert rel_err(_run(ops.selective_scan, ins), want) < 1e-5
     warnings = [r for r in caplog.records if r.name == cpu.__name__]
     assert len(warnings) == 1 and "no C compiler found" in warnings[0].getMessage()
+
+
+@pytest.mark.skipif(shutil.which("false") is None, reason="uses `false` as a compiler that fails")
+def test_a_failing_build_falls_back_too(no_compiler, monkeypatch, tmp_path, caplog):
+    """A compiler that fails (here `false`) is logged once, and the PyTorch scan serves."""
+    monkeypatch.setattr(build, "compiler", lambda: shutil.which("false"))
+    monkeypatch.setenv("BSMAMBA2_CACHE", str(tmp_path))
+    monkeypatch.setenv("BSMAMBA2_CPU_SCAN", "auto")
+    ins = _inputs(d=8, length=20)
+    with caplog.at_level(logging.WARNING, logger=cpu.__name__), torch.no_grad():
+        out = _run(ops.selective_scan, ins)
+    assert rel_err(out, _run(reference.selective_scan_sequential, ins)[0]) < 1e-5
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == cpu.__name__]
+    assert "false could not build selective.c" in warning
 
 
 def test_without_a_compiler_c_is_an_error(no_compiler):
