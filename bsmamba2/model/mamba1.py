@@ -26,7 +26,10 @@ class Mamba(nn.Module):
     channels. ``Mamba(d_model)`` on (batch, length, d_model) tensors, with mamba_ssm's
     defaults; an official ``mamba_simple.Mamba`` state dict loads with ``strict=True``.
     ``recompute`` (see :func:`bsmamba2.model.mixers.set_recompute`) trades backward time for
-    activation memory; it changes no result.
+    activation memory; it changes no result. ``reverse`` makes it the mixer of the reversed
+    sequence, in the sequence's own order (flip, mix, flip), as the backward mixer of
+    :class:`bsmamba2.model.blocks.BidirectionalMamba`: with the kernels the conv and the scan
+    walk the steps backwards (no flipped copies), on the reference path it flips.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class Mamba(nn.Module):
             self.dt_proj.bias.copy_(init_dt_bias(d_inner, dt_min, dt_max, dt_init_floor))
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
         self.recompute = "none"
+        self.reverse = False
 
     def activation_width(self) -> int:
         """Elements per token of the widest activation of a forward: in_proj's x | z, 2·d_inner
@@ -73,7 +77,18 @@ class Mamba(nn.Module):
             return checkpoint(self._mix, u, use_reentrant=False, preserve_rng_state=False)
         return self._mix(u)
 
-    def _mix(self, u: torch.Tensor) -> torch.Tensor:
+    def unprojected(self, u: torch.Tensor) -> torch.Tensor:
+        """The forward without ``out_proj``: (batch, length, d_inner), for a caller that folds
+        ``out_proj`` into its own product (:class:`bsmamba2.model.blocks.BidirectionalMamba`
+        in inference). No recompute: that is for training."""
+        return self._mix(u, project=False)
+
+    def _mix(self, u: torch.Tensor, project: bool = True) -> torch.Tensor:
+        if self.reverse and not ops.reverses_in_kernels(u, "selective"):
+            return self._mix_along(u.flip(1), False, project).flip(1)
+        return self._mix_along(u, self.reverse, project)
+
+    def _mix_along(self, u: torch.Tensor, reverse: bool, project: bool) -> torch.Tensor:
         n, r = self.d_state, self.dt_rank
         if torch.is_grad_enabled() and self.in_proj.bias is None:
             # Two products, as in Mamba2: their input gradients add up in the backward, where
@@ -84,16 +99,16 @@ class Mamba(nn.Module):
             x, z = (nn.functional.linear(u, w) for w in self.in_proj.weight.chunk(2))
         else:
             x, z = self.in_proj(u).chunk(2, dim=-1)
-        x = ops.causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
+        x = ops.causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", reverse=reverse)
         dt_low, B, C = self.x_proj(x).split([r, n, n], dim=-1)
         delta = nn.functional.linear(dt_low, self.dt_proj.weight)  # the bias goes into the scan
         # (b, l, c) channel-last tensors as (b, c, l) views: the scan reads them in place.
         y = ops.selective_scan(
             x.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.float()),
             B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z.transpose(1, 2),
-            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-        )
-        return self.out_proj(y.transpose(1, 2))
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
+        ).transpose(1, 2)
+        return self.out_proj(y) if project else y
 
 
 class Mamba1Mixer(Mamba):

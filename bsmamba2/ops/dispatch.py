@@ -85,10 +85,12 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return impl.causal_conv1d(x.flip(1), weight, bias, activation).flip(1)
 
 
-def reverses_in_kernels(t: torch.Tensor) -> bool:
-    """Whether the SSD scan and the conv walk sequences like ``t`` backwards themselves
-    (``reverse=True`` without flipped copies): the Triton kernels do, the reference flips."""
-    return implementation("ssd", t) is not reference.ssd and implementation("conv", t) is not reference.conv
+def reverses_in_kernels(t: torch.Tensor, scan: str = "ssd") -> bool:
+    """Whether the scan (``"ssd"``, Mamba-2's, or ``"selective"``, Mamba-1's) and the conv walk
+    sequences like ``t`` backwards themselves (``reverse=True`` without flipped copies): the
+    Triton kernels do, the reference flips."""
+    return (implementation(scan, t) is not getattr(reference, scan)
+            and implementation("conv", t) is not reference.conv)
 
 
 def gated_rms_norm(x: torch.Tensor, z: torch.Tensor | None, weight: torch.Tensor,
@@ -146,17 +148,29 @@ def selective_scan(
     *,
     initial_state: torch.Tensor | None = None,
     return_final_state: bool = False,
+    reverse: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Mamba-1 selective scan with mamba_ssm's ``selective_scan_fn`` arguments; see
     :func:`bsmamba2.ops.reference.selective.selective_scan` for the contract.
 
+    ``reverse``: the scan of the sequences read from their last step to their first, returned
+    in their own order (= flip(scan(flip(...))) along the steps of u, delta, z, B and C; the
+    initial state enters at the last step, the final state leaves at the first). The Triton
+    kernels walk the sequences backwards; the reference and the C kernel run on flipped copies.
+
     Where the reference would serve a call that needs no gradient on the CPU, our C kernel
     (:mod:`bsmamba2.ops.cpu.selective`, ``BSMAMBA2_CPU_SCAN``) takes it when it can."""
     impl = implementation("selective", u)
-    if impl is reference.selective and cpu_selective.serves(u, delta, A, B, C, D, z, delta_bias,
-                                                            initial_state):
+    final = return_last_state or return_final_state
+    if impl is not reference.selective:
+        return impl.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, final,
+                                   initial_state=initial_state, reverse=reverse)
+    if reverse:
+        flip = [t.flip(-1) if t is not None else None for t in (u, delta, B, C, z)]
+        out = selective_scan(flip[0], flip[1], A, flip[2], flip[3], D, flip[4], delta_bias, delta_softplus,
+                             final, initial_state=initial_state)
+        return (out[0].flip(-1), out[1]) if final else out.flip(-1)
+    if cpu_selective.serves(u, delta, A, B, C, D, z, delta_bias, initial_state):
         impl = cpu_selective
-    return impl.selective_scan(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-        initial_state=initial_state, return_final_state=return_final_state,
-    )
+    return impl.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, final,
+                               initial_state=initial_state)

@@ -1,5 +1,6 @@
 """The bidirectional module: the backward direction as the official flip → block → flip, and
-with a Mamba-2 mixer as a mixer that walks the sequence backwards (no flipped copies)."""
+with a Mamba-2 or Mamba-1 mixer as a mixer that walks the sequence backwards (no flipped
+copies)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from tests.helpers.kernels import DEVICE, assert_close
 from tests.helpers.numerics import rel_err
 
 CFG = BSMamba2Config(dim=16, expand=2, headdim=8, d_state=8)
+CFGS = {"mamba2": CFG, "mamba": BSMamba2Config(dim=16, mixer="mamba", expand=1, d_state=4)}
+STEPS = {"mamba2": (70, 37), "mamba": (11, 10)}
+"""Sequence lengths of the kernel tests (Triton's interpreter runs the selective scan step by
+step: short sequences, still several 4-step chunks with a ragged end)."""
 
 
 def flipped_formula(module: BidirectionalMamba, x: torch.Tensor) -> torch.Tensor:
@@ -38,15 +43,16 @@ def randomised(module: torch.nn.Module) -> torch.nn.Module:
 @pytest.mark.parametrize("mixer", ["mamba2", "mamba", "mamba3"])
 def test_which_backward_mixers_reverse(mixer):
     module = BidirectionalMamba(BSMamba2Config(dim=16, mixer=mixer))
-    assert module.reverses == (mixer == "mamba2")
+    assert module.reverses == (mixer in ("mamba2", "mamba"))
     if module.reverses:
         assert module.backward_blocks[0].mixer.reverse and not module.forward_blocks[0].mixer.reverse
 
 
-def test_reverse_mixer_equals_the_flipped_block_float64():
+@pytest.mark.parametrize("mixer", list(CFGS))
+def test_reverse_mixer_equals_the_flipped_block_float64(mixer):
     """On the reference path the reversing mixer flips around itself: exactly the official."""
     torch.manual_seed(0)
-    module = randomised(BidirectionalMamba(CFG).double())
+    module = randomised(BidirectionalMamba(CFGS[mixer]).double())
     x = torch.randn(3, 21, 16, dtype=torch.float64, requires_grad=True)
     out, ref = module(x), flipped_formula(module, x)
     assert rel_err(out, ref) <= 1e-13
@@ -57,15 +63,16 @@ def test_reverse_mixer_equals_the_flipped_block_float64():
         assert rel_err(g, w) <= 1e-13
 
 
-def test_reverse_mixer_in_the_kernels_matches_float64():
+@pytest.mark.parametrize("mixer", list(CFGS))
+def test_reverse_mixer_in_the_kernels_matches_float64(mixer):
     """With the Triton kernels (Triton's interpreter on a CPU) the backward mixer walks the
     sequence backwards in the conv and scan kernels; outputs and gradients against the
     float64 flipped formula."""
     torch.manual_seed(1)
-    module = randomised(BidirectionalMamba(CFG)).to(DEVICE)
-    x = torch.randn(2, 70, 16, device=DEVICE, requires_grad=True)
+    module = randomised(BidirectionalMamba(CFGS[mixer])).to(DEVICE)
+    x = torch.randn(2, STEPS[mixer][0], 16, device=DEVICE, requires_grad=True)
     with ops.use_backend("triton"):
-        assert ops.reverses_in_kernels(x)
+        assert ops.reverses_in_kernels(x, "ssd" if mixer == "mamba2" else "selective")
         out = module(x)
         dy = torch.randn_like(out)
         got = torch.autograd.grad(out, [x, *module.parameters()], dy)
@@ -78,13 +85,14 @@ def test_reverse_mixer_in_the_kernels_matches_float64():
         assert_close(f"d{name}", g, w, torch.float32)
 
 
-def test_inference_folds_out_proj_into_the_merge():
+@pytest.mark.parametrize("mixer", list(CFGS))
+def test_inference_folds_out_proj_into_the_merge(mixer):
     """In inference with the kernels the mixers' out_proj is folded into the merge's product
     (one product per direction): the output against the float64 flipped formula, in fp32 and
     under bf16 autocast; with gradients, or on the reference path, nothing is folded."""
     torch.manual_seed(2)
-    module = randomised(BidirectionalMamba(CFG)).to(DEVICE)
-    x = torch.randn(3, 37, 16, device=DEVICE)
+    module = randomised(BidirectionalMamba(CFGS[mixer])).to(DEVICE)
+    x = torch.randn(3, STEPS[mixer][1], 16, device=DEVICE)
     module64 = copy.deepcopy(module).double()
     ref = flipped_formula(module64, x.double())
     with ops.use_backend("triton"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bsmamba2 import ops
 from bsmamba2.ops.reference import selective as reference
 from bsmamba2.ops.triton import selective as kernels
 from bsmamba2.ops.triton import selective_scan
@@ -44,7 +45,9 @@ def _inputs(b, d, length, n, g, dtype, *, channel_last=True):
             dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=bias, initial_state=h0).items()}
 
 
-def _check(b, d, length, n, g, dtype, *, drop=(), softplus=True, final=True, channel_last=True):
+def _check(b, d, length, n, g, dtype, *, drop=(), softplus=True, final=True, channel_last=True,
+           reverse=False):
+    """reverse: the kernels walk the steps backwards; the oracle runs on flipped inputs."""
     ins = {k: v for k, v in _inputs(b, d, length, n, g, dtype, channel_last=channel_last).items()
            if k not in drop}
     if not softplus:  # a raw Δ must be positive
@@ -52,12 +55,20 @@ def _check(b, d, length, n, g, dtype, *, drop=(), softplus=True, final=True, cha
     kw = {k: ins.get(k) for k in ("D", "z", "delta_bias")}
     h0 = ins.get("initial_state")
     args = [ins[k] for k in ("u", "delta", "A", "B", "C")]
-    y_true, f_true = reference.selective_scan_sequential(*args, **kw, delta_softplus=softplus,
-                                                         initial_state=h0)
+
+    def steps(t):  # the oracle's view of a (..., length) input or output
+        return t.flip(-1) if reverse and t is not None else t
+
+    u, delta, A, B, C = args
+    y_true, f_true = reference.selective_scan_sequential(
+        steps(u), steps(delta), A, steps(B), steps(C), **{**kw, "z": steps(kw["z"])},
+        delta_softplus=softplus, initial_state=h0)
+    y_true = steps(y_true)
     gy, gf = torch.randn_like(y_true), torch.randn_like(f_true)
     leaves = list(ins.values())
     with poisoned_outputs():
-        y, f = selective_scan(*args, **kw, delta_softplus=softplus, initial_state=h0, return_last_state=True)
+        y, f = selective_scan(*args, **kw, delta_softplus=softplus, initial_state=h0, return_last_state=True,
+                              reverse=reverse)
         loss = (y.double() * gy).sum() + ((f.double() * gf).sum() if final else 0)
         got = torch.autograd.grad(loss, leaves)
     want = torch.autograd.grad((y_true * gy).sum() + ((f_true * gf).sum() if final else 0), leaves)
@@ -99,6 +110,30 @@ def test_without_z_d_bias_state_softplus(length):
     """No optional input; the final state's gradient not asked for."""
     _check(*_shape_with(length), torch.float32, drop=("D", "z", "delta_bias", "initial_state"),
            softplus=False, final=False)
+
+
+@pytest.mark.parametrize("length", [63] + ([801] if ON_GPU else []))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reverse(length, dtype):
+    """reverse=True: the scan of the reversed sequences in their own order, read through
+    negated step strides (the initial state enters at the last step); every gradient."""
+    _check(*_shape_with(length), dtype, reverse=True)
+
+
+def test_reverse_through_the_dispatch_on_the_reference():
+    """ops.selective_scan(reverse=True) served by the reference (flipped copies): the same
+    contract as the kernels'."""
+    b, d, n, g = SHAPE
+    ins = {k: v.detach() for k, v in _inputs(b, d, 20, n, g, torch.float32).items()}
+    args = [ins[k] for k in ("u", "delta", "A", "B", "C")]
+    kw = {k: ins[k] for k in ("D", "z", "delta_bias", "initial_state")}
+    with ops.use_backend("torch"):
+        y, f = ops.selective_scan(*args, **kw, delta_softplus=True, return_final_state=True, reverse=True)
+    flipped = [t.flip(-1) if t.dim() >= 3 else t for t in args]
+    y_true, f_true = reference.selective_scan_sequential(*flipped, **{**kw, "z": kw["z"].flip(-1)},
+                                                         delta_softplus=True)
+    assert_close("out", y, y_true.flip(-1), torch.float32)
+    assert_close("final state", f, f_true, torch.float32)
 
 
 def test_matches_reference_and_keeps_layout():

@@ -488,8 +488,14 @@ def _empty_in_layout(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty(t.shape)
 
 
-def _strides(*tensors: torch.Tensor) -> list[int]:
-    return [s for t in tensors for s in t.stride()]
+def _along(reverse: bool, *tensors: torch.Tensor) -> tuple[list[torch.Tensor], list[list[int]]]:
+    """Pointers and strides of (..., length) tensors for kernels that walk the steps t = 0,
+    1, ...: the tensors as they are, or with ``reverse`` views starting at their last step
+    with the step stride negated, so that the kernels' step t is step L − 1 − t: the scan of
+    the reversed sequences without flipped copies."""
+    if not reverse:
+        return list(tensors), [list(t.stride()) for t in tensors]
+    return [t[..., -1:] for t in tensors], [[*t.stride()[:-1], -t.stride(-1)] for t in tensors]
 
 
 def _state_strides(states: torch.Tensor) -> list[int]:
@@ -547,7 +553,7 @@ class SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final,
-                backward: bool):
+                backward: bool, reverse: bool):
         b, d, length, n, g = check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
         Bg, Cg = _as_groups(B, "B"), _as_groups(C, "C")
         if initial_state is not None:
@@ -567,15 +573,16 @@ class SelectiveScan(torch.autograd.Function):
                       K=CHUNK, BLOCK_N=block(n, 1), EVEN_N=block(n, 1) == n)
         zz = z if z is not None else u
         dg = d // g
+        (up, dp, Bp, Cp, zp, op), (su, sd, sB, sC, sz, so) = _along(reverse, u, delta, Bg, Cg, zz, out)
         _fwd[lambda meta: (b * g * triton.cdiv(dg, meta["BLOCK_D"]),)](
-            u, delta, A, Bg, Cg, D if D is not None else dummy, zz,
+            up, dp, A, Bp, Cp, D if D is not None else dummy, zp,
             delta_bias if delta_bias is not None else dummy,
-            initial_state if initial_state is not None else dummy, out,
+            initial_state if initial_state is not None else dummy, op,
             states, final if final is not None else dummy,
-            length, n, dg, g, nc, 1, *_strides(u, delta, A, Bg, Cg, zz, out), *_state_strides(states),
+            length, n, dg, g, nc, 1, *su, *sd, *A.stride(), *sB, *sC, *sz, *so, *_state_strides(states),
             STORE_STATES=store_states, STORE_FINAL=return_final, **common)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
-        ctx.common = common
+        ctx.common, ctx.reverse = common, reverse
         ctx.set_materialize_grads(False)
         return (out, final) if return_final else out
 
@@ -605,16 +612,23 @@ class SelectiveScan(torch.autograd.Function):
         dh0 = u.new_empty(b, d, n, dtype=torch.float32) if initial_state is not None else None
         zz = z if z is not None else u
         gz = dz if dz is not None else du
-        opt = [t if t is not None else dummy for t in (D, zz, delta_bias, initial_state)]
+        ptrs, strides = _along(ctx.reverse, u, delta, Bg, Cg, zz, dout, du, ddelta, gz)
+        up, dp, Bp, Cp, zp, yp, dup, ddp, gzp = ptrs
+        su, sd, sB, sC, sz, sy, sdu, sdd, sgz = strides
         _bwd[(b * programs,)](
-            u, delta, A, Bg, Cg, *opt, states, dout, dfinal.contiguous() if dfinal is not None else dummy,
-            du, ddelta, gz, dBC_part, dA_part,
+            up, dp, A, Bp, Cp, D if D is not None else dummy, zp,
+            delta_bias if delta_bias is not None else dummy,
+            initial_state if initial_state is not None else dummy,
+            states, yp, dfinal.contiguous() if dfinal is not None else dummy,
+            dup, ddp, gzp, dBC_part, dA_part,
             dD_part if dD_part is not None else dummy, dbias_part if dbias_part is not None else dummy,
             dh0 if dh0 is not None else dummy,
-            length, n, dg, g, nc, 1, *_strides(u, delta, A, Bg, Cg, zz), *_state_strides(states),
-            *_strides(dout, du, ddelta, gz),
+            length, n, dg, g, nc, 1, *su, *sd, *A.stride(), *sB, *sC, *sz, *_state_strides(states),
+            *sy, *sdu, *sdd, *sgz,
             HAS_DFIN=dfinal is not None, LANES=lanes, **launch, **ctx.common)
         dBC = dBC_part.view(b, g, groups // g, length, 2, bn)[..., :n].sum(2)  # (b, g, L, 2, n)
+        if ctx.reverse:
+            dBC = dBC.flip(2)  # written at the kernel's steps: back to the sequence's
 
         def grad_of(which: int, like: torch.Tensor) -> torch.Tensor:
             return dBC[..., which, :].transpose(-1, -2).reshape(like.shape).to(like.dtype)
@@ -628,12 +642,15 @@ class SelectiveScan(torch.autograd.Function):
             dh0.to(initial_state.dtype) if dh0 is not None else None,
             None,
             None,
+            None,
         )
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, *, initial_state=None, return_final_state=False):
-    """Triton selective scan with the contract of :func:`bsmamba2.ops.reference.selective_scan`."""
+                   return_last_state=False, *, initial_state=None, return_final_state=False, reverse=False):
+    """Triton selective scan with the contract of :func:`bsmamba2.ops.reference.selective_scan`;
+    ``reverse`` as :func:`bsmamba2.ops.selective_scan`'s (the kernels walk the steps backwards)."""
     return SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                                bool(return_last_state or return_final_state),
-                               backward_ahead(u, delta, A, B, C, D, z, delta_bias, initial_state))
+                               backward_ahead(u, delta, A, B, C, D, z, delta_bias, initial_state),
+                               bool(reverse))
