@@ -63,10 +63,12 @@ class BidirectionalMamba(nn.Module):
         x2 = x.reshape(-1, x.shape[-1])
         update = nn.functional.linear(x2, (a1 + a2).t(), self.linear.bias)
         if self.folds_out_proj(x):
-            # m·A = y·(W_outᵀ·A): out_proj and the merge as one product (no m written and read).
+            # m·A = y·(W_outᵀ·A): out_proj and the merge as one product (no m written and read),
+            # added in place: an out-of-place addmm first copies its summand into a new output.
             for block, a in zip(blocks, (a1, a2), strict=True):
-                y = block.mixer.unprojected(block.norm(x))
-                update = torch.addmm(update, y.reshape(len(x2), -1), block.mixer.out_proj.weight.t() @ a)
+                y = block.mixer.unprojected(block.norm(x)).reshape(len(x2), -1)
+                weight = block.mixer.out_proj.weight.t() @ a
+                update.addmm_(y.to(update.dtype), weight.to(update.dtype))
         else:
             fwd = blocks[0].mix(x)
             bwd = blocks[1].mix(x) if self.reverses else blocks[1].mix(x.flip(1)).flip(1)
