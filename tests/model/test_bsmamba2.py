@@ -157,6 +157,9 @@ def test_config_validation_and_yaml(tmp_path):
     small = BSMamba2Config.from_yaml("configs/bsmamba2-small.yaml")
     assert (small.dim, small.depth, small.d_state) == (32, 2, 16)
     assert BSMamba2(small)(torch.randn(1, 2, 1025, 5, dtype=torch.complex64)).shape == (1, 1, 2, 1025, 5)
+    for path, mixer in (("configs/bsmamba2-mamba1.yaml", "mamba"), ("configs/bsmamba2-mamba3.yaml", "mamba3")):
+        paper = BSMamba2Config.from_yaml(path)
+        assert (paper.mixer, paper.bands, paper.dim) == (mixer, BSMamba2Config().bands, 256)
     with pytest.raises(ValueError, match="bands cover"):
         BSMamba2Config(bands=(512, 512))
     with pytest.raises(ValueError, match="headdim"):
