@@ -4,6 +4,7 @@ when it serves; its build, cache and fallback; tracing it with torch.compile."""
 from __future__ import annotations
 
 import logging
+import platform
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -215,6 +216,24 @@ def test_a_failing_build_falls_back_too(no_compiler, monkeypatch, tmp_path, capl
 def test_without_a_compiler_c_is_an_error(no_compiler):
     with pytest.raises(build.BuildError, match="no C compiler found"), torch.no_grad():
         _run(ops.selective_scan, _inputs(d=8, length=5))
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or shutil.which("gcc") is None,
+                    reason="the x86 instruction-set flags of gcc")
+@pytest.mark.parametrize("flags", ["-mno-avx512f", "-mno-avx -mno-avx2 -mno-avx512f"], ids=["avx2", "sse"])
+def test_the_avx2_and_plain_paths_match_the_oracle_too(no_compiler, monkeypatch, tmp_path, flags):
+    """The kernel as built on a CPU without AVX-512 (its AVX branch) or without AVX (its plain C
+    branch): gcc through a ``$CC``-style wrapper that turns those instruction sets off after
+    ``-march=native``, so any x86 machine tests all three of selective.c's vector paths."""
+    wrapper = tmp_path / "cc"
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("gcc")} "$@" {flags}\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(build, "compiler", lambda: str(wrapper))
+    monkeypatch.setenv("BSMAMBA2_CACHE", str(tmp_path))
+    for length, (b, d, n, g) in [(63, SHAPES[0]), (256, SHAPES[1]), (7, SHAPES[3])]:
+        _check(_inputs(b, d, length, n, g))
+    _check(_inputs(*SHAPES[0][:2], 62, *SHAPES[0][2:], dtype=torch.bfloat16))
+    assert len(list((tmp_path / "cpu-kernels").glob("*.so"))) == 1  # built here, with the flags
 
 
 @needs_cc
