@@ -12,6 +12,16 @@ version's (relative to its largest value); ``--json`` writes the same. ``--shape
 CPU under ``TRITON_INTERPRET=1`` with ``--seqs 2`` checks the script itself.
 
     python tools/ab_mamba3.py /tmp/m3_main.py bsmamba2/ops/triton/mamba3.py --chunks 0,32 --json ab.json
+
+The version ``official`` is mamba_ssm's ``mamba3_siso_combined`` (SISO only; mamba_ssm from source,
+run through ``with_peer.py``), behind our op's signature as ``benchmark_mamba_ssm.py`` adapts it.
+Its autotuner tries 27–81 configurations per kernel; ``--official-warps 4,8`` keeps only those with
+these warp counts, 2 stages and no register cap, so that its first call fits a short lease
+(processes with one warp count each, run at once, compile the configurations in parallel into
+Triton's disk cache; a later process then only times them):
+
+    MAMBA_SSM_SRC=.peer/src/mamba_ssm python .peer/with_peer.py tools/ab_mamba3.py \
+        bsmamba2/ops/triton/mamba3.py official --ranks 1 --official-warps 4,8
 """
 
 from __future__ import annotations
@@ -30,6 +40,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmark_mamba_ssm import SHAPES, Timer, mamba3_inputs, ssd_inputs
 from bsmamba2 import ops
 from tools.ab_ssd import load
+
+OFFICIAL = "official"
+"""The version name that stands for mamba_ssm's own Triton kernels."""
+
+
+def official(warps: list[int] | None):
+    """mamba_ssm's ``mamba3_siso_combined`` with our op's signature (``mamba3_scan``); with
+    ``warps``, every autotuned kernel of its Mamba-3 modules keeps only the configurations of those
+    warp counts, 2 stages and no register cap (where it has any)."""
+    from benchmark_mamba_ssm import external_impl
+
+    impl = external_impl("mamba_ssm")
+    if impl is None or not hasattr(impl, "mamba3_scan"):
+        raise SystemExit("mamba_ssm's Mamba-3 kernels are not importable (run through with_peer.py)")
+    if warps:
+        from triton.runtime.autotuner import Autotuner
+
+        for name in ("angle_dt", "mamba3_siso_fwd", "mamba3_siso_bwd"):
+            module = sys.modules[f"mamba_ssm.ops.triton.mamba3.{name}"]
+            for tuner in (v for v in vars(module).values() if isinstance(v, Autotuner)):
+                kept = [c for c in tuner.configs
+                        if c.num_warps in warps and c.num_stages == 2 and getattr(c, "maxnreg", None) is None]
+                tuner.configs = kept or tuner.configs
+    return impl
 
 
 def timed_step(step, device: torch.device, timer: Timer) -> dict:
@@ -83,19 +117,22 @@ def compare(paths: list[Path], modules: list[ModuleType], case: dict, seqs: int,
     """Every version on one (axis, rank, chunk) case: a row each, printed as it comes."""
     rows, baseline = [], None
     for path, module in zip(paths, modules, strict=True):
+        if str(path) == OFFICIAL and case["rank"] > 1:
+            continue  # the official MIMO scan is a TileLang kernel
         fwd, both = (timed_step(mamba3_step(module, seqs, length, cfg, case["rank"], case["chunk"], device,
                                             dtype, backward), device, timer) for backward in (False, True))
         grads = [o.float() for o in both["outputs"]]
         baseline = baseline or grads
-        diff = max(((g - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-                   for g, b in zip(grads, baseline, strict=True))
+        diffs = [round(((g - b).abs().max() / b.abs().max().clamp_min(1e-30)).item(), 6)
+                 for g, b in zip(grads, baseline, strict=True)]  # the output, then each gradient
+        diff = max(diffs)
         row = dict(**case, version=str(path), fwd_ms=fwd["ms"], fwd_bwd_ms=both["ms"],
                    vs_ssd=both["ms"] / ssd_ms, first_s=fwd["first_s"] + both["first_s"], max_diff=diff,
-                   kernels=both["kernels"])
+                   diffs=diffs, kernels=both["kernels"])
         rows.append(row)
         print(f"{case['axis']} r{case['rank']} chunk {case['chunk'] or 'default'} {path}: "
               f"fwd {fwd['ms']:.3f} ms, fwd+bwd {both['ms']:.3f} ms ({row['vs_ssd']:.2f}× SSD), "
-              f"first calls {row['first_s']:.1f} s, max diff {diff:.1e}", flush=True)
+              f"first calls {row['first_s']:.1f} s, max diff {diff:.1e} (out, grads: {diffs})", flush=True)
         if both["kernels"]:
             print("   kernels (ms): " + ", ".join(f"{n} {t:.2f}" for n, t in both["kernels"]))
     return rows
@@ -103,20 +140,25 @@ def compare(paths: list[Path], modules: list[ModuleType], case: dict, seqs: int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("versions", nargs="+", type=Path, help="mamba3.py files; the first is the baseline")
+    parser.add_argument("versions", nargs="+", type=Path,
+                        help=f"mamba3.py files or {OFFICIAL!r} (mamba_ssm's); the first is the baseline")
     parser.add_argument("--ranks", default="1,4", help="comma list of MIMO ranks (1: SISO)")
     parser.add_argument("--chunks", default="0", help="comma list of chunk sizes in steps (0: the default)")
     parser.add_argument("--axes", default="time,band")
     parser.add_argument("--shapes", choices=("paper", "small"), default="paper")
     parser.add_argument("--seqs", type=int, default=None, help="sequences per call (default: the shapes')")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
+    parser.add_argument("--official-warps", default=None,
+                        help="comma list: the official kernels' autotuning kept to these warp counts")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu" and args.shapes == "paper":
         parser.error("the paper shapes need a CUDA GPU (--shapes small checks the script on a CPU)")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     timer = Timer(device, quick=device.type == "cpu")
-    modules = [load(path, i) for i, path in enumerate(args.versions)]
+    warps = [int(w) for w in args.official_warps.split(",")] if args.official_warps else None
+    modules = [official(warps) if str(path) == OFFICIAL else load(path, i)
+               for i, path in enumerate(args.versions)]
     rows = []
     cfg = SHAPES[args.shapes]["cfg"]
     for axis in args.axes.split(","):
