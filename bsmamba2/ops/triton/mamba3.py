@@ -18,15 +18,15 @@ halves' (q̃·k̃ᵀ = q̃₀k̃₀ᵀ + q̃₁k̃₁ᵀ).
   registers (two (N/2, P) halves): (q̃·k̃ᵀ ⊙ W)·v inside the chunk (W: e^{S_t−S_s} ω_s below
   the diagonal, γ_t on it), e^{S_t} q̃·H across chunks, D·v, the gate and the rank contraction.
   The states are never kept for the backward.
-* backward — a states pass per (sequence, head) stores the state entering every chunk (the
-  forward without outputs, fp32, for that call only); then one reverse kernel per (sequence,
-  head), :func:`_reverse_bwd`, walks the chunks backwards with the leaving state's gradient
-  in registers (as mamba_ssm's backward is organised) and makes every gradient of a chunk
-  from one load and one rotation of its q̃, k̃: dv, the decay, ω, γ, z, D and ``mimo_*``
-  gradients, this head's dq̃ and dk̃ turned back by its angles and its angle gradient. The
-  heads of a group share q and k: their dq, dk are stored per head and added up by PyTorch.
-  Short sequences (one chunk) skip the states pass. Bias, D and ``mimo_*`` gradients are
-  per-chunk partial sums added up by PyTorch. No atomics.
+* backward — two cheap serial passes per (sequence, head) store, per chunk, the entering state
+  (the forward without outputs) and the gradient of the leaving state (a reverse pass); then
+  every chunk in parallel in three launches: dv with the decay, ω, γ, z, D and ``mimo_*``
+  gradients (one program per (sequence, head, chunk)); dk̃ and then dq̃ (per (sequence, group,
+  chunk), looping over the group's heads, which share q and k: each head's dq̃ or dk̃ is
+  turned back by its angles in registers and added up in an fp32 accumulator; the same
+  products give that head's angle gradient). Short sequences (one chunk) skip the serial
+  passes. Bias, D and ``mimo_*`` gradients are per-chunk partial sums added up by PyTorch.
+  No atomics.
 
 φ (the cumulative angles, (b, l, h, s)) is made in fp32 by the one-pass kernels of
 :mod:`bsmamba2.ops.triton.mamba3_angles`, ω, γ (the trapezoid weights, (b, h, l)) by PyTorch
@@ -56,6 +56,8 @@ CHUNK_ROWS = 64
 FWD_ROWS = 32
 """Rows per chunk of the forward's output pass (at most): as the SSD forward's, smaller tiles
 than the backward's, which keep the pass's registers in bounds."""
+PART_DK, PART_DQ = (tl.constexpr(i) for i in range(2))
+"""What a launch of :func:`_chunk_bwd_qk` computes: dk (with its angle gradient), dq (adding its)."""
 
 
 @triton.jit
@@ -303,165 +305,233 @@ def _fwd(
             H1 = tl.dot(tl.trans((k1 * u).to(STATE_DOT)), Vs, decay * H1, input_precision=PREC)
 
 
+@triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N", "R", "T"])
 @triton.jit
-def _turned_back(dst_ptr, part_ptr, d0, d1, cos, sin, row, mr, i0, i1, mj, T: tl.constexpr, R: tl.constexpr,
-                 BH: tl.constexpr):
-    """A rotated tile's gradient (d0, d1) turned back by the angles to the unrotated x (the
-    transpose of the rotation): stored per head at ``row`` (its columns i0, i1), and its sums
-    over the chunk's steps per rank (the bias gradient's share) at ``part_ptr`` (R, N)."""
-    g0 = d0 * cos + d1 * sin
-    g1 = d1 * cos - d0 * sin
-    m = mr & mj[None, :]
-    tl.store(dst_ptr + row + i0[None, :], g0, mask=m)
-    tl.store(dst_ptr + row + i1[None, :], g1, mask=m)
-    tl.store(part_ptr + i0[None, :], _step_sum(g0, T, R, BH), mask=mj[None, :])
-    tl.store(part_ptr + i1[None, :], _step_sum(g1, T, R, BH), mask=mj[None, :])
+def _state_grads(
+    q_ptr, adt_ptr, qb_ptr, phi_ptr, z_ptr, mz_ptr, mo_ptr, dout_ptr, dstates_ptr,
+    L, H, G, S, NC,
+    P: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
+    MIMO: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr, PREC: tl.constexpr,
+):
+    """Reverse pass of one (sequence, head): the gradient of the state leaving each chunk,
+    (2, N/2, P) fp32 per chunk, dH_{c−1} = e^{S_last,c} dH_c + (e^{S} q̃_c)ᵀ dY_c (fp32 operands,
+    as for the forward's states: see the module docstring)."""
+    pid = tl.program_id(0).to(tl.int64)
+    bi = pid // H
+    hi = pid % H
+    gi = hi // (H // G)
+    ot = tl.arange(0, T)
+    i0, i1, mj = _halves(N, BH)
+    dH0 = tl.zeros((BH, P), dtype=tl.float32)
+    dH1 = tl.zeros((BH, P), dtype=tl.float32)
+    for cc in range(NC):
+        c = NC - 1 - cc
+        _store_halves(dstates_ptr + (pid * NC + c) * 2 * BH * P, dH0, dH1, BH, P)
+        if c > 0:
+            t = c * T + ot
+            mt = t < L
+            a = tl.load(adt_ptr + (bi * H + hi) * L + t, mask=mt, other=0.0)
+            ecs = tl.exp(_rows(tl.cumsum(a, 0), T, R))
+            zg, _, _ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
+            _, _, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
+            cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
+            q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+            decay = tl.exp(tl.sum(a, 0))
+            dH0 = tl.dot(tl.trans(q0 * ecs[:, None]), dY, decay * dH0, input_precision=PREC)
+            dH1 = tl.dot(tl.trans(q1 * ecs[:, None]), dY, decay * dH1, input_precision=PREC)
 
 
 @triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N", "R", "T", "HAS_STATES"])
 @triton.jit
-def _reverse_bwd(
+def _chunk_bwd_v(
     q_ptr, k_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, qb_ptr, kb_ptr, phi_ptr, D_ptr, z_ptr,
-    mx_ptr, mz_ptr, mo_ptr, dout_ptr, states_ptr,
-    dqh_ptr, dkh_ptr, dx_ptr, dz_ptr, dadt_ptr, dw_ptr, dg_ptr, dphi_ptr, part_ptr,
+    mx_ptr, mz_ptr, mo_ptr, dout_ptr, states_ptr, dstates_ptr,
+    dx_ptr, dz_ptr, dadt_ptr, dw_ptr, dg_ptr, part_ptr,
     L, H, G, S, NC, NPART,
     P: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
     MIMO: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr,
     HAS_STATES: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    """One (sequence, head) walks its chunks backwards with the gradient of the state leaving
-    the chunk in registers (two (N/2, P) fp32 halves, as the forward's state), and makes every
-    gradient of the chunk from one load and one rotation of its q̃, k̃: dx, dz, the decay's,
-    ω's and γ's, D's and ``mimo_*``'s shares, and this head's dq̃, dk̃
-
-        dq̃ = (dY·vᵀ ⊙ W)·k̃ + e^{S} dY·Hᵀ,   dk̃ = (v·dYᵀ ⊙ Wᵀ)·q̃ + e^{S_last−S} ω v·dHᵀ
-
-    with its angle gradient dφ = Σ (x̃₀ dx̃₁ − x̃₁ dx̃₀) over q and k, then dq̃, dk̃ turned back
-    (:func:`_turned_back`) and stored per head (``dqh_ptr``, ``dkh_ptr``: (b, l, r, h, n) fp32,
-    summed over a group's heads by PyTorch: no atomics). H is the chunk's entering state from
-    the states pass (``states_ptr``, HAS_STATES). ``part_ptr`` receives per (sequence, chunk,
-    head) partial sums, NPART floats: d q_bias, d k_bias (R·N each), dD (1), then for MIMO
-    d mimo_x, d mimo_z, d mimo_o (R·P each). Operands: the input dtype (DOT) for the scores, y,
-    dv and the decay gradients, fp32 for dq̃, dk̃ and the state gradient (the angles' gradient is
-    made of them: module docstring)."""
+    """One (sequence, head, chunk): dx and the gradients of A·Δ, ω, γ, z, D and ``mimo_*``.
+    With HAS_STATES the chunk's entering state and its leaving state's gradient come from
+    the serial passes. ``part_ptr`` receives per (sequence, chunk, head) partial sums, NPART
+    floats: d q_bias, d k_bias (R·N each, by :func:`_chunk_bwd_qk`), dD (1), then for MIMO
+    d mimo_x, d mimo_z, d mimo_o (R·P each)."""
     pid = tl.program_id(0).to(tl.int64)
-    bi = pid // H
-    hi = pid % H
+    c = pid % NC
+    bh = pid // NC
+    bi = bh // H
+    hi = bh % H
     gi = hi // (H // G)
-    ROWS: tl.constexpr = T * R
     ot = tl.arange(0, T)
     op = tl.arange(0, P)
     orn = tl.arange(0, R)
-    orow = tl.arange(0, ROWS)
+    t = c * T + ot
+    mt = t < L
+    tr = _rows(t, T, R)
     i0, i1, mj = _halves(N, BH)
+    V, X, MX = _values(x_ptr, mx_ptr, bi, hi, t, mt, L, H, T, P, R, MIMO)
+    Vd = V.to(DOT)
+    cs, cs_last, w, g = _decays(adt_ptr, w_ptr, g_ptr, bi, hi, t, mt, L, H)
+    cs_r = _rows(cs, T, R)
+    w_r = _rows(w, T, R)
+    g_r = _rows(g, T, R)
     Dh = tl.load(D_ptr + hi).to(tl.float32) if HAS_D else 0.0
-    dH0 = tl.zeros((BH, P), dtype=tl.float32)
-    dH1 = tl.zeros((BH, P), dtype=tl.float32)
-    for cc in range(NC):
-        c = NC - 1 - cc
-        t = c * T + ot
-        mt = t < L
-        tr = _rows(t, T, R)
-        mr = _rows(mt, T, R)[:, None]
-        V, X, MX = _values(x_ptr, mx_ptr, bi, hi, t, mt, L, H, T, P, R, MIMO)
-        Vd = V.to(DOT)
+    cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
+    q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+    k0, k1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+    q0d, q1d, k0d, k1d = q0.to(DOT), q1.to(DOT), k0.to(DOT), k1.to(DOT)
+    Sc = tl.dot(q0d, tl.trans(k0d), input_precision=PREC)
+    Sc = tl.dot(q1d, tl.trans(k1d), Sc, input_precision=PREC)
+    ScT = tl.dot(k0d, tl.trans(q0d), input_precision=PREC)  # its own dot: no transposed result
+    ScT = tl.dot(k1d, tl.trans(q1d), ScT, input_precision=PREC)
+    W, E = _weights(cs_r, w_r, g_r, tr, False)
+    WT, _ = _weights(cs_r, w_r, g_r, tr, True)
+    y = tl.dot((Sc * W).to(DOT), Vd, input_precision=PREC) + Dh * V  # the pre-gate y, recomputed
+    if HAS_STATES:
+        sidx = (bh * NC + c) * 2 * BH * P
+        H0, H1 = _state_halves(states_ptr + sidx, BH, P)
+        dH0, dH1 = _state_halves(dstates_ptr + sidx, BH, P)
+        y_in = tl.dot(q0d, H0.to(DOT), input_precision=PREC)
+        y_in = tl.exp(cs_r)[:, None] * tl.dot(q1d, H1.to(DOT), y_in, input_precision=PREC)
+        y += y_in
+        KdH = tl.dot(k0d, dH0.to(DOT), input_precision=PREC)
+        KdH = tl.dot(k1d, dH1.to(DOT), KdH, input_precision=PREC)
+        hdh = tl.sum(tl.sum(dH0 * H0, 1), 0) + tl.sum(tl.sum(dH1 * H1, 1), 0)
+    zg, z, MZ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
+    do, mo, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
+    pbase = ((bi * NC + c) * H + hi) * NPART
+    if HAS_Z:
+        sg = sigmoid(zg)
+        dzg = do * mo * y * sg * (1 + zg * (1 - sg))
+        if MIMO:
+            tl.store(dz_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
+                     _rank_sum(dzg * MZ, T, R, P), mask=mt[:, None])
+            tl.store(part_ptr + pbase + 2 * R * N + 1 + R * P + orn[:, None] * P + op[None, :],
+                     _step_sum(dzg * z, T, R, P))
+        else:
+            tl.store(dz_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dzg, mask=mt[:, None])
+    if MIMO and HAS_O:
+        gate = zg * sigmoid(zg) if HAS_Z else 1.0
+        tl.store(part_ptr + pbase + 2 * R * N + 1 + 2 * R * P + orn[:, None] * P + op[None, :],
+                 _step_sum(do * y * gate, T, R, P))
+    if HAS_D:
+        tl.store(part_ptr + pbase + 2 * R * N, tl.sum(tl.sum(dY * V, 1), 0))
+    dYd = dY.to(DOT)
+    # the weights' gradient dW = (q̃·k̃ᵀ) ⊙ (dY·vᵀ), to S (both sides of each entry), ω and γ
+    dW = Sc * tl.dot(dYd, tl.trans(Vd), input_precision=PREC)
+    dWE = dW * E
+    dWW = dWE * w_r[None, :]
+    dcs_r = tl.sum(dWW, 1) - tl.sum(dWW, 0)
+    dw_r = tl.sum(dWE, 0)
+    dg_r = tl.sum(tl.where(tr[:, None] == tr[None, :], dW, 0.0), 1)
+    dV = tl.dot((ScT * WT).to(DOT), dYd, input_precision=PREC) + Dh * dY
+    dcs_last = 0.0
+    if HAS_STATES:
+        # y_in = e^{S_t} q̃·H; the leaving state e^{S_last} H + Σ_s e^{S_last−S_s} ω_s k̃_s v_sᵀ
+        dcs_r += tl.sum(dY * y_in, 1)
+        u_dec = tl.exp(tl.minimum(cs_last - cs_r, 0.0))
+        u = u_dec * w_r
+        dV += u[:, None] * KdH
+        du = tl.sum(V * KdH, 1)
+        dw_r += du * u_dec
+        dcs_r -= du * u
+        dcs_last = tl.sum(du * u, 0) + tl.exp(cs_last) * hdh
+    bhl = (bi * H + hi) * L + t
+    tl.store(dadt_ptr + bhl, cumsum_grad(tl.sum(tl.reshape(dcs_r, (T, R)), 1), dcs_last), mask=mt)
+    tl.store(dw_ptr + bhl, tl.sum(tl.reshape(dw_r, (T, R)), 1), mask=mt)
+    tl.store(dg_ptr + bhl, tl.sum(tl.reshape(dg_r, (T, R)), 1), mask=mt)
+    if MIMO:  # v = x ⊙ mimo_x
+        tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
+                 _rank_sum(dV * MX, T, R, P), mask=mt[:, None])
+        tl.store(part_ptr + pbase + 2 * R * N + 1 + orn[:, None] * P + op[None, :],
+                 _step_sum(dV * X, T, R, P))
+    else:
+        tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dV, mask=mt[:, None])
+
+
+@triton.autotune(configs=configs((4, 1), (8, 1)), key=["HG", "P", "N", "R", "T", "HAS_STATES", "PART"],
+                 restore_value=["dphi_ptr"])  # PART_DQ adds to dφ: every timing run from the same dφ
+@triton.jit
+def _chunk_bwd_qk(
+    q_ptr, k_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, qb_ptr, kb_ptr, phi_ptr, z_ptr,
+    mx_ptr, mz_ptr, mo_ptr, dout_ptr, st_ptr, dqk_ptr, dphi_ptr, part_ptr,
+    L, H, G, S, NC, NPART,
+    HG: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
+    MIMO: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr, HAS_STATES: tl.constexpr,
+    PART: tl.constexpr, PREC: tl.constexpr,
+):
+    """One (sequence, group, chunk): dk (PART_DK) or dq (PART_DQ) of the chunk's rows, summed
+    over the group's HG heads, and each head's share of the angle gradient (PART_DK stores it,
+    PART_DQ, launched after, adds to it). The two are one computation with the roles swapped:
+
+        dq̃ = (dY·vᵀ ⊙ W)·k̃ + e^{S} dY·Hᵀ          (st_ptr: the entering states H)
+        dk̃ = (v·dYᵀ ⊙ Wᵀ)·q̃ + e^{S_last−S} ω v·dHᵀ (st_ptr: the leaving states' gradients dH)
+
+    and with x̃₀ = x₀ cos − x₁ sin, x̃₁ = x₀ sin + x₁ cos on every pair, dφ = x̃₀ dx̃₁ − x̃₁ dx̃₀
+    and (dx₀, dx₁) = (dx̃₀ cos + dx̃₁ sin, dx̃₁ cos − dx̃₀ sin). fp32 operands throughout (the
+    module docstring says why)."""
+    ROWS: tl.constexpr = T * R
+    pid = tl.program_id(0).to(tl.int64)
+    c = pid % NC
+    bg = pid // NC
+    bi = bg // G
+    gi = bg % G
+    ot = tl.arange(0, T)
+    orow = tl.arange(0, ROWS)
+    orn = tl.arange(0, R)
+    t = c * T + ot
+    mt = t < L
+    tr = _rows(t, T, R)
+    i0, i1, mj = _halves(N, BH)
+    jmask = mt[:, None] & (tl.arange(0, BH) < S)[None, :]
+    acc0 = tl.zeros((ROWS, BH), dtype=tl.float32)
+    acc1 = tl.zeros((ROWS, BH), dtype=tl.float32)
+    for hh in range(HG):
+        hi = gi * HG + hh
+        V, _, _ = _values(x_ptr, mx_ptr, bi, hi, t, mt, L, H, T, P, R, MIMO)
+        zg, _, _ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
+        _, _, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
         cs, cs_last, w, g = _decays(adt_ptr, w_ptr, g_ptr, bi, hi, t, mt, L, H)
         cs_r = _rows(cs, T, R)
         w_r = _rows(w, T, R)
-        ecs = tl.exp(cs_r)
-        u_dec = tl.exp(tl.minimum(cs_last - cs_r, 0.0))
-        u = u_dec * w_r
         cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
         q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
         k0, k1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
-        q0d, q1d, k0d, k1d = q0.to(DOT), q1.to(DOT), k0.to(DOT), k1.to(DOT)
-        Sc = tl.dot(q0d, tl.trans(k0d), input_precision=PREC)
-        Sc = tl.dot(q1d, tl.trans(k1d), Sc, input_precision=PREC)
-        ScT = tl.dot(k0d, tl.trans(q0d), input_precision=PREC)  # its own dot: no transposed result
-        ScT = tl.dot(k1d, tl.trans(q1d), ScT, input_precision=PREC)
-        W, E = _weights(cs_r, w_r, _rows(g, T, R), tr, False)
-        WT, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, True)
-        y = tl.dot((Sc * W).to(DOT), Vd, input_precision=PREC) + Dh * V  # the pre-gate y, recomputed
-        if HAS_STATES:
-            H0, H1 = _state_halves(states_ptr + (pid * NC + c) * 2 * BH * P, BH, P)
-            y_in = tl.dot(q0d, H0.to(DOT), input_precision=PREC)
-            y_in = ecs[:, None] * tl.dot(q1d, H1.to(DOT), y_in, input_precision=PREC)
-            y += y_in
-            KdH = tl.dot(k0d, dH0.to(DOT), input_precision=PREC)
-            KdH = tl.dot(k1d, dH1.to(DOT), KdH, input_precision=PREC)
-            hdh = tl.sum(tl.sum(dH0 * H0, 1), 0) + tl.sum(tl.sum(dH1 * H1, 1), 0)
-        zg, z, MZ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
-        do, mo, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
-        pbase = ((bi * NC + c) * H + hi) * NPART
-        if HAS_Z:
-            sg = sigmoid(zg)
-            dzg = do * mo * y * sg * (1 + zg * (1 - sg))
-            if MIMO:
-                tl.store(dz_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
-                         _rank_sum(dzg * MZ, T, R, P), mask=mt[:, None])
-                tl.store(part_ptr + pbase + 2 * R * N + 1 + R * P + orn[:, None] * P + op[None, :],
-                         _step_sum(dzg * z, T, R, P))
-            else:
-                tl.store(dz_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dzg, mask=mt[:, None])
-        if MIMO and HAS_O:
-            gate = zg * sigmoid(zg) if HAS_Z else 1.0
-            tl.store(part_ptr + pbase + 2 * R * N + 1 + 2 * R * P + orn[:, None] * P + op[None, :],
-                     _step_sum(do * y * gate, T, R, P))
-        if HAS_D:
-            tl.store(part_ptr + pbase + 2 * R * N, tl.sum(tl.sum(dY * V, 1), 0))
-        dYd = dY.to(DOT)
-        # the weights' gradient dW = (q̃·k̃ᵀ) ⊙ (dY·vᵀ), to S (both sides of each entry), ω and γ
-        dW = Sc * tl.dot(dYd, tl.trans(Vd), input_precision=PREC)
-        dWE = dW * E
-        dWW = dWE * w_r[None, :]
-        dcs_r = tl.sum(dWW, 1) - tl.sum(dWW, 0)
-        dw_r = tl.sum(dWE, 0)
-        dg_r = tl.sum(tl.where(tr[:, None] == tr[None, :], dW, 0.0), 1)
-        dV = tl.dot((ScT * WT).to(DOT), dYd, input_precision=PREC) + Dh * dY
-        dcs_last = 0.0
-        if HAS_STATES:
-            # y_in = e^{S_t} q̃·H; the leaving state e^{S_last} H + Σ_s e^{S_last−S_s} ω_s k̃_s v_sᵀ
-            dcs_r += tl.sum(dY * y_in, 1)
-            dV += u[:, None] * KdH
-            du = tl.sum(V * KdH, 1)
-            dw_r += du * u_dec
-            dcs_r -= du * u
-            dcs_last = tl.sum(du * u, 0) + tl.exp(cs_last) * hdh
-        bhl = (bi * H + hi) * L + t
-        tl.store(dadt_ptr + bhl, cumsum_grad(tl.sum(tl.reshape(dcs_r, (T, R)), 1), dcs_last), mask=mt)
-        tl.store(dw_ptr + bhl, tl.sum(tl.reshape(dw_r, (T, R)), 1), mask=mt)
-        tl.store(dg_ptr + bhl, tl.sum(tl.reshape(dg_r, (T, R)), 1), mask=mt)
-        if MIMO:  # v = x ⊙ mimo_x
-            tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
-                     _rank_sum(dV * MX, T, R, P), mask=mt[:, None])
-            tl.store(part_ptr + pbase + 2 * R * N + 1 + orn[:, None] * P + op[None, :],
-                     _step_sum(dV * X, T, R, P))
+        if PART == PART_DQ:
+            W, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, False)
+            M = tl.dot(dY, tl.trans(V), input_precision=PREC) * W
+            lhs = dY
+            scale = tl.exp(cs_r)
+            own0, own1, other0, other1 = q0, q1, k0, k1
         else:
-            tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dV, mask=mt[:, None])
-        # dq̃, dk̃ of this head, fp32 operands
-        Mq = tl.dot(dY, tl.trans(V), input_precision=PREC) * W
-        dq0 = tl.dot(Mq, k0, input_precision=PREC)
-        dq1 = tl.dot(Mq, k1, input_precision=PREC)
-        Mk = tl.dot(V, tl.trans(dY), input_precision=PREC) * WT
-        dk0 = tl.dot(Mk, q0, input_precision=PREC)
-        dk1 = tl.dot(Mk, q1, input_precision=PREC)
+            WT, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, True)
+            M = tl.dot(V, tl.trans(dY), input_precision=PREC) * WT
+            lhs = V
+            scale = tl.exp(tl.minimum(cs_last - cs_r, 0.0)) * w_r
+            own0, own1, other0, other1 = k0, k1, q0, q1
+        d0 = tl.dot(M, other0, input_precision=PREC)
+        d1 = tl.dot(M, other1, input_precision=PREC)
         if HAS_STATES:
-            dq0 += ecs[:, None] * tl.dot(dY, tl.trans(H0), input_precision=PREC)
-            dq1 += ecs[:, None] * tl.dot(dY, tl.trans(H1), input_precision=PREC)
-            dk0 += u[:, None] * tl.dot(V, tl.trans(dH0), input_precision=PREC)
-            dk1 += u[:, None] * tl.dot(V, tl.trans(dH1), input_precision=PREC)
-        dphi = _rank_sum(q0 * dq1 - q1 * dq0 + k0 * dk1 - k1 * dk0, T, R, BH)
-        tl.store(dphi_ptr + ((bi * L + t[:, None]) * H + hi) * S + tl.arange(0, BH)[None, :], dphi,
-                 mask=mt[:, None] & (tl.arange(0, BH) < S)[None, :])
-        row = ((((bi * L + tr) * R + orow % R) * H + hi) * N)[:, None]
-        part = part_ptr + pbase + orn[:, None] * N
-        _turned_back(dqh_ptr, part, dq0, dq1, cos, sin, row, mr, i0, i1, mj, T, R, BH)
-        _turned_back(dkh_ptr, part + R * N, dk0, dk1, cos, sin, row, mr, i0, i1, mj, T, R, BH)
-        if HAS_STATES:
-            # the gradient of the state leaving chunk c − 1: dH ← e^{S_last} dH + (e^{S} q̃)ᵀ dY
-            decay = tl.exp(cs_last)
-            dH0 = tl.dot(tl.trans(q0 * ecs[:, None]), dY, decay * dH0, input_precision=PREC)
-            dH1 = tl.dot(tl.trans(q1 * ecs[:, None]), dY, decay * dH1, input_precision=PREC)
+            S0, S1 = _state_halves(st_ptr + ((bi * H + hi) * NC + c) * 2 * BH * P, BH, P)
+            d0 += scale[:, None] * tl.dot(lhs, tl.trans(S0), input_precision=PREC)
+            d1 += scale[:, None] * tl.dot(lhs, tl.trans(S1), input_precision=PREC)
+        at = dphi_ptr + ((bi * L + t[:, None]) * H + hi) * S + tl.arange(0, BH)[None, :]
+        dphi = _rank_sum(own0 * d1 - own1 * d0, T, R, BH)
+        if PART == PART_DQ:
+            dphi += tl.load(at, mask=jmask, other=0.0)
+        tl.store(at, dphi, mask=jmask)
+        g0 = d0 * cos + d1 * sin
+        g1 = d1 * cos - d0 * sin
+        pbase = part_ptr + ((bi * NC + c) * H + hi) * NPART + R * N * (1 - PART) + orn[:, None] * N
+        tl.store(pbase + i0[None, :], _step_sum(g0, T, R, BH), mask=mj[None, :])
+        tl.store(pbase + i1[None, :], _step_sum(g1, T, R, BH), mask=mj[None, :])
+        acc0 += g0
+        acc1 += g1
+    row = ((((bi * L + tr) * R + orow % R) * G + gi) * N)[:, None]
+    mr = _rows(mt, T, R)[:, None]
+    tl.store(dqk_ptr + row + i0[None, :], acc0, mask=mr & mj[None, :])
+    tl.store(dqk_ptr + row + i1[None, :], acc1, mask=mr & mj[None, :])
 
 
 def chunk_steps(rank: int, dtype: torch.dtype, chunk_size: int | None = None) -> int:
@@ -524,27 +594,32 @@ class Mamba3Scan(torch.autograd.Function):
                mimo_z if mimo_z is not None else dummy, mimo_o if mimo_o is not None else dummy)
         f32 = torch.float32
         DOT = dot_dtype(v.dtype)
-        states = dummy
+        states = dstates = dummy
         if nc > 1:
-            # the states pass: the state entering every chunk (the forward without outputs),
-            # fp32 (2, BH, p) per chunk, for this call only
+            # the two serial passes: entering states (the forward without outputs) and the
+            # leaving states' gradients (reverse), fp32 (2, BH, p) per chunk, for this call only
             states = torch.empty((b * h, nc, 2 * meta["BH"], p), dtype=f32, device=v.device)
+            dstates = torch.empty_like(states)
             launch(_fwd, (b * h,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt, dummy, states,
                    length, h, g, s, nc, HAS_D=D is not None, HAS_STATES=True, COMPUTE_Y=False, DOT=DOT,
                    STATE_DOT=tl.float32, **meta)
-        # each head's dq, dk (the heads of a group share q and k: summed below)
-        dqh = torch.empty((b, length, r, h, n), dtype=f32, device=q.device)
-        dkh = torch.empty_like(dqh)
+            launch(_state_grads, (b * h,), q, adt, q_bias, phi, opt[1], opt[3], opt[4], dout, dstates,
+                   length, h, g, s, nc, **meta)
+        dq = torch.empty(q.shape, dtype=f32, device=q.device)
+        dk = torch.empty_like(dq)
         dx = torch.empty(v.shape, dtype=f32, device=v.device)
         dz = torch.empty(v.shape, dtype=f32, device=v.device) if z is not None else dummy
         dadt, dw, dg = (torch.empty((b, h, length), dtype=f32, device=v.device) for _ in range(3))
         dphi = torch.empty(phi.shape, dtype=f32, device=v.device)
         npart = 2 * r * n + 1 + (3 * r * p if mimo else 0)
         part = torch.zeros((b, nc, h, npart), dtype=f32, device=v.device)
-        launch(_reverse_bwd, (b * h,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt, dout, states,
-               dqh, dkh, dx, dz, dadt, dw, dg, dphi, part, length, h, g, s, nc, npart,
-               HAS_D=D is not None, HAS_STATES=nc > 1, DOT=DOT, **meta)
-        dq, dk = (x.view(b, length, r, g, h // g, n).sum(4) for x in (dqh, dkh))
+        sizes = (length, h, g, s, nc, npart)
+        launch(_chunk_bwd_v, (b * h * nc,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt, dout,
+               states, dstates, dx, dz, dadt, dw, dg, part, *sizes, HAS_D=D is not None, HAS_STATES=nc > 1,
+               DOT=DOT, **meta)
+        for which, st, grad in ((PART_DK, dstates, dk), (PART_DQ, states, dq)):  # dq adds to dk's dφ
+            launch(_chunk_bwd_qk, (b * g * nc,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt[1:],
+                   dout, st, grad, dphi, part, *sizes, HG=h // g, PART=which.value, HAS_STATES=nc > 1, **meta)
         part = part.sum((0, 1))
         rn, rp = r * n, r * p
         dqb, dkb = part[:, :rn].view(h, r, n), part[:, rn:2 * rn].view(h, r, n)
