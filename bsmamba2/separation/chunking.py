@@ -106,8 +106,10 @@ class Chunker:
         self._next = 0  # padded position of the next segment to cut
         self._fed = 0
         self._finished = False
-        self._acc: np.ndarray | None = None  # weighted sum, from padded position _out_pos
+        self._acc = np.zeros((0, 0), np.float32)  # weighted sum, from padded position _out_pos
         self._wsum = np.zeros(0, np.float64)
+        flat = segment - 2 * (segment - hop)  # where the window is one: no other segment's ramp there
+        self._ones = (segment - hop, segment - hop + flat) if flat > 0 else (0, 0)
         self._out_pos = 0
         self._added = 0  # segments given back
 
@@ -155,26 +157,37 @@ class Chunker:
         return self._cut()
 
     def add(self, processed: np.ndarray) -> np.ndarray:
-        """Overlap-add the next processed segment; returns the samples now final."""
+        """Overlap-add the next processed segment; returns the samples now final.
+
+        The sums start at this segment's start: the first ``left`` samples hold the earlier
+        segments' tails, the rest is this segment's alone (``0 + x * w`` as a sum from zero,
+        which turns -0.0 into 0.0). Where only this segment counts and its window is one, the
+        weights sum to exactly 1 and the division would return the sum unchanged: it is copied."""
         flat = processed.reshape(-1, self.segment)
-        start = self._added * self.hop - self._out_pos
-        end = start + self.segment
-        if self._acc is None:
-            self._acc = np.zeros((flat.shape[0], 0), np.float32)
-        if end > self._acc.shape[1]:
-            grow = end - self._acc.shape[1]
-            self._acc = np.concatenate([self._acc, np.zeros((flat.shape[0], grow), np.float32)], axis=1)
-            self._wsum = np.concatenate([self._wsum, np.zeros(grow)])
-        self._acc[:, start:end] += flat * self.window
-        self._wsum[start:end] += self.window
+        rows, left = flat.shape[0], self._acc.shape[1]
+        acc, wsum = np.empty((rows, self.segment), np.float32), np.empty(self.segment)
+        if left:
+            np.multiply(flat[:, :left], self.window[:left], out=acc[:, :left])
+            acc[:, :left] += self._acc
+            np.add(self._wsum, self.window[:left], out=wsum[:left])
+        np.multiply(flat[:, left:], self.window[left:], out=acc[:, left:])
+        acc[:, left:] += np.float32(0)
+        wsum[left:] = self.window[left:]
         self._added += 1
         # Positions before the next segment's start are touched by no later segment.
-        ready = self._added * self.hop - self._out_pos
+        ready = self.hop
         if self._finished and self._added == self.segments_for(self._fed):
-            ready = self._acc.shape[1]
-        done = np.empty((flat.shape[0], ready), np.float32)  # divided in float64, rounded once
-        np.divide(self._acc[:, :ready], self._wsum[:ready], out=done, dtype=np.float64, casting="same_kind")
-        self._acc, self._wsum = self._acc[:, ready:], self._wsum[ready:]
+            ready = self.segment
+        done = np.empty((rows, ready), np.float32)
+        one_from, one_to = max(left, self._ones[0]), min(ready, self._ones[1])
+        if one_from >= one_to:
+            one_from = one_to = ready
+        for lo, hi in ((0, one_from), (one_to, ready)):  # divided in float64, rounded once
+            if lo < hi:
+                where = slice(lo, hi)
+                np.divide(acc[:, where], wsum[where], out=done[:, where], dtype=np.float64, casting="same_kind")
+        done[:, one_from:one_to] = acc[:, one_from:one_to]
+        self._acc, self._wsum = acc[:, ready:], wsum[ready:]
         first, self._out_pos = self._out_pos, self._out_pos + ready
         # Keep real samples only: padded positions [pad, pad + fed).
         lo, hi = max(self.pad - first, 0), max(min(self.pad + self._fed - first, ready), 0)

@@ -372,10 +372,12 @@ class SegmentStream:
 
     def drain(self) -> Iterator[np.ndarray]:
         """After :meth:`end`: each batch still in flight added in turn (waiting for it), and
-        the separated samples final after it, so the caller writes them while the next runs."""
+        the separated samples final after each of its segments, so the caller writes them
+        while the next batch runs, and after the last batch while its next segment is added
+        (only the last segment's samples are left to write when the model is done)."""
         while self.flight:
-            self._add_oldest()
-            yield self._final()
+            for _ in self._add_oldest():
+                yield self._final()
 
     def _final(self) -> np.ndarray:
         """The samples every pass has, averaged over the passes."""
@@ -403,16 +405,18 @@ class SegmentStream:
             self.flight.append((batch, results))
             if self.auto_compile is not None:  # decided once, from the first batch's eager time
                 decision, self.auto_compile = self.auto_compile, None
-                self._add_oldest()
+                self._add_all()
                 decision.decide((time.perf_counter() - start) / len(batch), len(batch))
             while len(self.flight) > AHEAD:
-                self._add_oldest()
+                self._add_all()
         while self.flight and _ready(self.flight[0][1]):
-            self._add_oldest()
+            self._add_all()
         return self._final()
 
-    def _add_oldest(self) -> None:
-        """Overlap-add the results of the oldest batch in flight (waiting for them if need be)."""
+    def _add_oldest(self) -> Iterator[None]:
+        """Overlap-add the results of the oldest batch in flight (waiting for them if need be),
+        pausing after each segment (:meth:`drain` hands out what is final there); the batch
+        leaves the flight at once, so every caller must exhaust it (:meth:`_add_all`)."""
         batch, results = self.flight.popleft()
         if not isinstance(results, np.ndarray):
             results = results.result()
@@ -421,3 +425,9 @@ class SegmentStream:
             drop = min(self.lead[k], done.shape[1])
             self.lead[k] -= drop
             self.passes[k].push(done[:, drop:])
+            yield
+
+    def _add_all(self) -> None:
+        """:meth:`_add_oldest` without pauses."""
+        for _ in self._add_oldest():
+            pass

@@ -482,8 +482,10 @@ class Separator:
                 stem: outputs.enter_context(audio_writer(target, *settings)) for stem, target in paths.items()
             }  # an exception anywhere removes every partial output
             # Decoding runs ahead in a thread, each output is written behind in its own: beside the model.
-            with self._bar(source.duration, Path(path).name) as bar, Ahead(source.blocks()) as blocks, \
-                    Outputs(writers, sketches) as writing:
+            # The writers' threads start first: a thread starts only when it gets the GIL, which
+            # a running decoder hands over every switch interval (5 ms), late for the first batch.
+            with self._bar(source.duration, Path(path).name) as bar, Outputs(writers, sketches) as writing, \
+                    Ahead(source.blocks()) as blocks:
                 for item in self._stream(blocks, source.samplerate, rate, source.channels, bar, report):
                     if isinstance(item, Step):
                         yield item

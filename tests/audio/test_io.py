@@ -362,6 +362,39 @@ def test_chunker_reconstructs_any_length(segment, hop, pad, length):
     np.testing.assert_allclose(y[1], 2 * x, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("segment", "hop", "pad"), [(100, 75, 25), (100, 100, 0), (100, 50, 50), (100, 10, 90), (101, 49, 49)]
+)
+@pytest.mark.parametrize("length", [1, 99, 777])
+def test_chunker_adds_the_bits_of_a_whole_array_overlap_add(segment, hop, pad, length):
+    """Streaming changes no bit: each segment's weighted result added in float32 in order onto
+    zeros, the weights summed in float64, one float64 division rounded to float32 (signed
+    zeros and subnormal samples included, which the sums from zero turn and round as they are)."""
+    rng = np.random.default_rng()
+    x = rng.standard_normal((2, length)).astype(np.float32)
+    x[:, ::7], x[:, ::11], x[:, ::13] = -0.0, 1e-44, -1e-45
+    chunker = Chunker(segment, hop, pad, 2)
+
+    def model(s: np.ndarray) -> np.ndarray:  # three stems, with signed zeros among them
+        return np.stack([-s, s * np.float32(0.3), np.minimum(s, -0.0)])
+
+    segments, out = [], []
+    for start in range(0, length, 33):
+        segments += chunker.feed(x[:, start : start + 33])
+        out += [chunker.add(model(s)) for s in segments[len(out) :]]
+    segments += chunker.finish()
+    out += [chunker.add(model(s)) for s in segments[len(out) :]]
+    window = crossfade_window(segment, segment - hop)
+    total = np.zeros((3, 2, (len(segments) - 1) * hop + segment), np.float32)
+    weights = np.zeros(total.shape[-1])
+    for k, s in enumerate(segments):
+        where = slice(k * hop, k * hop + segment)
+        total[..., where] += model(s) * window
+        weights[where] += window
+    expected = (total / weights).astype(np.float32)[..., pad : pad + length]
+    assert np.concatenate(out, axis=-1).tobytes() == expected.tobytes()
+
+
 def test_chunker_official_layout_is_back_to_back_zero_padded():
     x = _noise(1, 250)
     chunker = Chunker(100, 100, 0, 1)

@@ -159,6 +159,28 @@ def test_batches_are_started_at_once_their_results_added_in_order_and_change_no_
         assert outstanding <= engine_module.AHEAD + 1
 
 
+@pytest.mark.parametrize("shifts", [(0,), (0, 37)])
+def test_the_drain_hands_out_each_segments_samples_before_the_next_is_added(shifts):
+    """After the last batch only its last segment's samples are left to write: the drain
+    hands out what each segment made final before adding the next one (the caller writes it
+    meanwhile), one piece per segment still in flight, the same bits as one at a time."""
+    x = np.random.default_rng(8).standard_normal((2, 4000)).astype(np.float32)
+    log = []
+
+    def run(segments):
+        return Deferred(segment_level(segments), log, len(log), there=False)
+
+    want = stream(x, SegmentStream(segment_level, PLAN, 2, 4, BatchSize(3, 0.01, CPU), shifts), [1500])
+    engine = SegmentStream(run, PLAN, 2, 4, BatchSize(3, 0.01, CPU), shifts)
+    parts = [engine.feed(x[:, :1500]), engine.feed(x[:, 1500:]), engine.end()]
+    in_flight = sum(len(batch) for batch, _ in engine.flight)
+    assert len(engine.flight) > 1 and in_flight > len(engine.flight)
+    drained = list(engine.drain())
+    assert len(drained) == in_flight  # with two passes a piece waits for the other pass's
+    assert len(shifts) > 1 or all(part.shape[1] for part in drained)
+    np.testing.assert_array_equal(np.concatenate(parts + drained, axis=1), want)
+
+
 def _song(tmp_path, seconds=3.0):
     x = np.random.default_rng(7).standard_normal((2, int(seconds * 44100))).astype(np.float32) * 0.1
     sf.write(tmp_path / "song.wav", x.T, 44100, subtype="FLOAT")
