@@ -185,7 +185,8 @@ class Chunker:
         for lo, hi in ((0, one_from), (one_to, ready)):  # divided in float64, rounded once
             if lo < hi:
                 where = slice(lo, hi)
-                np.divide(acc[:, where], wsum[where], out=done[:, where], dtype=np.float64, casting="same_kind")
+                np.divide(acc[:, where], wsum[where], out=done[:, where], dtype=np.float64,
+                          casting="same_kind")
         done[:, one_from:one_to] = acc[:, one_from:one_to]
         self._acc, self._wsum = acc[:, ready:], wsum[ready:]
         first, self._out_pos = self._out_pos, self._out_pos + ready
