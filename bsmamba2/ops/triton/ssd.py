@@ -4,7 +4,8 @@ Forward:
 
 * **chunked** — one program per (sequence, head) walks the chunks of ``FWD_CHUNK`` steps in
   order, carrying the fp32 state in registers: inside a chunk the scan is a masked
-  "attention" product, across chunks the state is passed on.
+  "attention" product, across chunks the state is passed on. Each chunk's tiles are loaded
+  while the chunk before is computed.
 * **short** — sequences of at most ``CHUNK`` steps (the band axis: 62 bands) fit in one
   chunk: one program per (sequence, group) computes C·Bᵀ once and loops over the heads of
   the group with one quadratic block each and no state at all.
@@ -46,7 +47,13 @@ CHUNK = 64
 @triton.jit
 def _chunk_decay(dt_ptrs, mask, A, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Δ (0 on masked lanes), the pre-softplus value u, and the in-chunk cumulative decay."""
-    u = tl.load(dt_ptrs, mask=mask, other=0.0).to(tl.float32)
+    return _decay(tl.load(dt_ptrs, mask=mask, other=0.0), mask, A, bias, HAS_BIAS, SOFTPLUS)
+
+
+@triton.jit
+def _decay(dt, mask, A, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """:func:`_chunk_decay` of a chunk's raw dt, already loaded."""
+    u = dt.to(tl.float32)
     if HAS_BIAS:
         u += bias
     delta = softplus(u) if SOFTPLUS else u
@@ -72,11 +79,30 @@ def _dt_grads(ddelta, dcs, dcs_last, u, delta, mask, A, SOFTPLUS: tl.constexpr):
     return tl.where(mask, du, 0.0), tl.sum(da * delta, 0)
 
 
-@triton.autotune(configs=configs((4, 1), (4, 2), (4, 3), (8, 2)),
-                 key=["H", "P", "N", "COMPUTE_Y", "BLOCK_Q"])
-# The output pass runs best on 4 warps; the backward's states pass (COMPUTE_Y False, 64-step
-# chunks) spills on 4 warps and not on 8 (tools/triton_spills.py), so both stay candidates and
-# each pass picks its own (measured: docs/benchmarks.md, "Kernel design measurements").
+@triton.jit
+def _chunk_tiles(x_ptr, dt_ptr, B_ptr, C_ptr, bi, hi, gi, t, op, on, L, P, N,
+                 sxb, sxl, sxh, sxp, sdb, sdl, sdh, sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn,
+                 COMPUTE_Y: tl.constexpr):
+    """The raw dt, x, B and (``COMPUTE_Y``) C of one chunk, steps t (zeros past the sequence)."""
+    mq = t < L
+    qn_mask = mq[:, None] & (on < N)[None, :]
+    Bm = tl.load(B_ptr + bi * sBb + gi * sBg + t[:, None] * sBl + on[None, :] * sBn, mask=qn_mask, other=0.0)
+    Cm = Bm  # not read without COMPUTE_Y
+    if COMPUTE_Y:
+        Cm = tl.load(C_ptr + bi * sCb + gi * sCg + t[:, None] * sCl + on[None, :] * sCn,
+                     mask=qn_mask, other=0.0)
+    dt = tl.load(dt_ptr + bi * sdb + t * sdl + hi * sdh, mask=mq, other=0.0)
+    X = tl.load(x_ptr + bi * sxb + hi * sxh + t[:, None] * sxl + op[None, :] * sxp,
+                mask=mq[:, None] & (op < P)[None, :], other=0.0)
+    return dt, X, Bm, Cm
+
+
+@triton.autotune(configs=configs((4, 1), (4, 3), (8, 1)), key=["H", "P", "N", "COMPUTE_Y", "BLOCK_Q"])
+# Both passes run best on 4 warps on the H200 (the backward's states pass, COMPUTE_Y False with
+# 64-step chunks, spills on 4 warps and not on 8: tools/triton_spills.py, so 8 stays a
+# candidate); the stages change nothing (the loads are prefetched by hand). Measured:
+# docs/benchmarks.md, "Kernel design measurements" and issue 19's "The SSD forward's loads
+# one chunk ahead".
 @triton.jit
 def _chunked_fwd(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, y_ptr, hout_ptr, states_ptr,
@@ -107,24 +133,27 @@ def _chunked_fwd(
         HT = tl.load(h0_ptr + state_off + nt_off, mask=nt_mask, other=0.0).to(tl.float32)
     else:
         HT = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
+    # Each chunk's tiles are loaded during the chunk before: the loop is latency bound, and
+    # Triton does not pipeline these loads itself (num_stages changes nothing here).
+    dt_next, X_next, B_next, C_next = _chunk_tiles(
+        x_ptr, dt_ptr, B_ptr, C_ptr, bi, hi, gi, oq, op, on, L, P, N, sxb, sxl, sxh, sxp, sdb, sdl, sdh,
+        sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, COMPUTE_Y)
     nchunks = tl.cdiv(L, BLOCK_Q)
     for c in range(nchunks):
         t = c * BLOCK_Q + oq
         mq = t < L
-        _, delta, cs, cs_last = _chunk_decay(
-            dt_ptr + bi * sdb + t * sdl + hi * sdh, mq, A, bias, HAS_BIAS, SOFTPLUS)
-        X = tl.load(x_ptr + bi * sxb + hi * sxh + t[:, None] * sxl + op[None, :] * sxp,
-                    mask=mq[:, None] & mp[None, :], other=0.0)
-        Bm = tl.load(B_ptr + bi * sBb + gi * sBg + t[:, None] * sBl + on[None, :] * sBn,
-                     mask=mq[:, None] & mn[None, :], other=0.0).to(DOT)
+        dt, X, Bm, Cm = dt_next, X_next, B_next.to(DOT), C_next.to(DOT)
+        dt_next, X_next, B_next, C_next = _chunk_tiles(
+            x_ptr, dt_ptr, B_ptr, C_ptr, bi, hi, gi, t + BLOCK_Q, op, on, L, P, N, sxb, sxl, sxh, sxp,
+            sdb, sdl, sdh, sBb, sBl, sBg, sBn, sCb, sCl, sCg, sCn, COMPUTE_Y)
+        if COMPUTE_Y:
+            G = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
+        _, delta, cs, cs_last = _decay(dt, mq, A, bias, HAS_BIAS, SOFTPLUS)
         if STORE_STATES:
             # (n, p) layout, as HT is held: the store is coalesced along p.
             tl.store(states_ptr + (pid * nchunks + c) * P * N + on[:, None] * P + op[None, :],
                      HT.to(states_ptr.dtype.element_ty), mask=nt_mask)
         if COMPUTE_Y:
-            Cm = tl.load(C_ptr + bi * sCb + gi * sCg + t[:, None] * sCl + on[None, :] * sCn,
-                         mask=mq[:, None] & mn[None, :], other=0.0).to(DOT)
-            G = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
             y = _intra_fwd(G, cs, delta, X, causal, DOT, PREC)
             y += tl.exp(cs)[:, None] * tl.dot(Cm, HT.to(DOT), input_precision=PREC)
             if HAS_D:
@@ -133,7 +162,7 @@ def _chunked_fwd(
                      y.to(y_ptr.dtype.element_ty), mask=mq[:, None] & mp[None, :])
         w = tl.exp(tl.minimum(cs_last - cs, 0.0)) * delta
         Xw = (X.to(tl.float32) * w[:, None]).to(DOT)
-        HT = tl.exp(cs_last) * HT + tl.dot(tl.trans(Bm), Xw, input_precision=PREC)
+        HT = tl.dot(tl.trans(Bm), Xw, tl.exp(cs_last) * HT, input_precision=PREC)
     if STORE_FINAL:
         tl.store(hout_ptr + state_off + nt_off, HT, mask=nt_mask)
 
@@ -369,9 +398,9 @@ def _short_fwd(
 
 
 FWD_CHUNK = 32
-"""Chunk length of the forward's output pass: 32 beats 64 and 128 on both axes of the paper
-model, the smaller tiles leaving room for three pipeline stages (docs/benchmarks.md, "Kernel
-design measurements")."""
+"""Chunk length of the forward's output pass: 32 beat 64 and 128 on both axes of the paper
+model (docs/benchmarks.md, "Kernel design measurements"; measured before the loads one chunk
+ahead)."""
 
 
 def _chunk(dtype: torch.dtype) -> int:

@@ -34,9 +34,9 @@ KNOWN_BEST: dict[str, dict[str, dict[str, Config]]] = {
             "HG=16,P=64,N=128,BLOCK_Q=64,HAS_STATES=True,PART=1,HEADS=16|torch.bfloat16": (4, 3, {}),
             "HG=16,P=64,N=128,BLOCK_Q=64,HAS_STATES=True,PART=2,HEADS=16|torch.bfloat16": (4, 3, {}),
         },
-        "_chunked_fwd": {
-            "H=16,P=64,N=128,COMPUTE_Y=False,BLOCK_Q=64|torch.bfloat16": (4, 3, {}),
-            "H=16,P=64,N=128,COMPUTE_Y=True,BLOCK_Q=32|torch.bfloat16": (4, 3, {}),
+        "_chunked_fwd": {  # autotuned by tools/ab_ssd.py, 2026-12-03 (the loads one chunk ahead)
+            "H=16,P=64,N=128,COMPUTE_Y=False,BLOCK_Q=64|torch.bfloat16": (4, 1, {}),
+            "H=16,P=64,N=128,COMPUTE_Y=True,BLOCK_Q=32|torch.bfloat16": (4, 1, {}),
         },
         "_conv_bwd": {
             "Dc=1280,W=4,L_BUCKET=1024,HAS_BIAS=True,SILU=True|torch.bfloat16":
