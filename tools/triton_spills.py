@@ -36,8 +36,9 @@ SHARED_LIMIT = 232_448
 """Bytes of shared memory one block may use on an H100 or H200."""
 MAMBA3_FP32_POINTERS = {
     "adt_ptr", "w_ptr", "g_ptr", "qb_ptr", "kb_ptr", "phi_ptr", "D_ptr", "mx_ptr", "mz_ptr", "mo_ptr",
-    "states_ptr", "dstates_ptr", "st_ptr", "dqk_ptr", "dx_ptr", "dz_ptr", "dadt_ptr", "dw_ptr", "dg_ptr",
-    "dphi_ptr", "part_ptr",
+    "states_ptr", "dstates_ptr", "st_ptr", "dd_ptr", "ddq_ptr", "ddk_ptr", "dq_ptr", "dk_ptr",
+    "dx_ptr", "dz_ptr", "dadt_ptr", "dw_ptr", "dg_ptr",
+    "dphi_ptr", "part_ptr", "dbias_ptr",
 }
 PAPER = {"HAS_D": True, "HAS_BIAS": True, "SOFTPLUS": True, "BLOCK_P": 64, "BLOCK_N": 128,
          "DOT": tl.bfloat16, "PREC": "tf32"}
@@ -97,8 +98,9 @@ def main_mamba3() -> None:
                 ("_chunk_bwd_v states", mamba3._chunk_bwd_v, {**with_dot, "HAS_STATES": True}),
                 ("_chunk_bwd_v", mamba3._chunk_bwd_v, {**with_dot, "HAS_STATES": False}),
                 *((f"_chunk_bwd_qk part {part}", mamba3._chunk_bwd_qk,
-                   {"HG": 16, "PART": part, "HAS_STATES": True})
-                  for part in (mamba3.PART_DK.value, mamba3.PART_DQ.value))):
+                   {"PART": part, "HAS_STATES": True})
+                  for part in (mamba3.PART_DK.value, mamba3.PART_DQ.value)),
+                ("_turn_back", mamba3._turn_back, {"HG": 16, "T": mamba3.TURN_ROWS // rank})):
             for config in kernel.configs:
                 line = report(kernel, {**base, **extra}, config.num_warps, config.num_stages,
                               MAMBA3_FP32_POINTERS, "*fp32" if data == "fp32" else "*bf16")

@@ -20,12 +20,14 @@ halves' (q̃·k̃ᵀ = q̃₀k̃₀ᵀ + q̃₁k̃₁ᵀ).
   The states are never kept for the backward.
 * backward — two cheap serial passes per (sequence, head) store, per chunk, the entering state
   (the forward without outputs) and the gradient of the leaving state (a reverse pass); then
-  every chunk in parallel in three launches: dv with the decay, ω, γ, z, D and ``mimo_*``
-  gradients (one program per (sequence, head, chunk)); dk̃ and then dq̃ (per (sequence, group,
-  chunk), looping over the group's heads, which share q and k: each head's dq̃ or dk̃ is
-  turned back by its angles in registers and added up in an fp32 accumulator; the same
-  products give that head's angle gradient). Short sequences (one chunk) skip the serial
-  passes. Bias, D and ``mimo_*`` gradients are per-chunk partial sums added up by PyTorch.
+  every chunk in parallel: dv with the decay, ω, γ, z, D and ``mimo_*`` gradients, and each
+  head's dk̃ and then dq̃ in the rotated frame (three launches, one program per (sequence,
+  head, chunk), storing per-head fp32 dq̃, dk̃ for this call only); then one pass per
+  (sequence, group, block of steps) turns every head's dq̃, dk̃ back by its angles, makes its
+  dφ and bias gradients and adds up the group's heads, which share q and k. Keeping the
+  rotation's gradient out of the product kernels is what keeps their live set in registers
+  (docs/benchmarks.md). Short sequences (one chunk) skip the serial passes. Bias, D and
+  ``mimo_*`` gradients are per-chunk (per-block) partial sums added up by PyTorch.
   No atomics.
 
 φ (the cumulative angles, (b, l, h, s)) is made in fp32 by the one-pass kernels of
@@ -56,8 +58,10 @@ CHUNK_ROWS = 64
 FWD_ROWS = 32
 """Rows per chunk of the forward's output pass (at most): as the SSD forward's, smaller tiles
 than the backward's, which keep the pass's registers in bounds."""
+TURN_ROWS = 32
+"""Rows per block of :func:`_turn_back` (at most)."""
 PART_DK, PART_DQ = (tl.constexpr(i) for i in range(2))
-"""What a launch of :func:`_chunk_bwd_qk` computes: dk (with its angle gradient), dq (adding its)."""
+"""What a launch of :func:`_chunk_bwd_qk` computes: the per-head dk̃, or dq̃."""
 
 
 @triton.jit
@@ -355,8 +359,7 @@ def _chunk_bwd_v(
     """One (sequence, head, chunk): dx and the gradients of A·Δ, ω, γ, z, D and ``mimo_*``.
     With HAS_STATES the chunk's entering state and its leaving state's gradient come from
     the serial passes. ``part_ptr`` receives per (sequence, chunk, head) partial sums, NPART
-    floats: d q_bias, d k_bias (R·N each, by :func:`_chunk_bwd_qk`), dD (1), then for MIMO
-    d mimo_x, d mimo_z, d mimo_o (R·P each)."""
+    floats: dD (1), then for MIMO d mimo_x, d mimo_z, d mimo_o (R·P each)."""
     pid = tl.program_id(0).to(tl.int64)
     c = pid % NC
     bh = pid // NC
@@ -407,16 +410,16 @@ def _chunk_bwd_v(
         if MIMO:
             tl.store(dz_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
                      _rank_sum(dzg * MZ, T, R, P), mask=mt[:, None])
-            tl.store(part_ptr + pbase + 2 * R * N + 1 + R * P + orn[:, None] * P + op[None, :],
+            tl.store(part_ptr + pbase + 1 + R * P + orn[:, None] * P + op[None, :],
                      _step_sum(dzg * z, T, R, P))
         else:
             tl.store(dz_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dzg, mask=mt[:, None])
     if MIMO and HAS_O:
         gate = zg * sigmoid(zg) if HAS_Z else 1.0
-        tl.store(part_ptr + pbase + 2 * R * N + 1 + 2 * R * P + orn[:, None] * P + op[None, :],
+        tl.store(part_ptr + pbase + 1 + 2 * R * P + orn[:, None] * P + op[None, :],
                  _step_sum(do * y * gate, T, R, P))
     if HAS_D:
-        tl.store(part_ptr + pbase + 2 * R * N, tl.sum(tl.sum(dY * V, 1), 0))
+        tl.store(part_ptr + pbase, tl.sum(tl.sum(dY * V, 1), 0))
     dYd = dY.to(DOT)
     # the weights' gradient dW = (q̃·k̃ᵀ) ⊙ (dY·vᵀ), to S (both sides of each entry), ω and γ
     dW = Sc * tl.dot(dYd, tl.trans(Vd), input_precision=PREC)
@@ -444,94 +447,147 @@ def _chunk_bwd_v(
     if MIMO:  # v = x ⊙ mimo_x
         tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
                  _rank_sum(dV * MX, T, R, P), mask=mt[:, None])
-        tl.store(part_ptr + pbase + 2 * R * N + 1 + orn[:, None] * P + op[None, :],
+        tl.store(part_ptr + pbase + 1 + orn[:, None] * P + op[None, :],
                  _step_sum(dV * X, T, R, P))
     else:
         tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dV, mask=mt[:, None])
 
 
-@triton.autotune(configs=configs((4, 1), (8, 1)), key=["HG", "P", "N", "R", "T", "HAS_STATES", "PART"],
-                 restore_value=["dphi_ptr"])  # PART_DQ adds to dφ: every timing run from the same dφ
+@triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N", "R", "T", "HAS_STATES", "PART"])
 @triton.jit
 def _chunk_bwd_qk(
     q_ptr, k_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, qb_ptr, kb_ptr, phi_ptr, z_ptr,
-    mx_ptr, mz_ptr, mo_ptr, dout_ptr, st_ptr, dqk_ptr, dphi_ptr, part_ptr,
-    L, H, G, S, NC, NPART,
-    HG: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
+    mx_ptr, mz_ptr, mo_ptr, dout_ptr, st_ptr, dd_ptr,
+    L, H, G, S, NC,
+    P: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
     MIMO: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr, HAS_STATES: tl.constexpr,
     PART: tl.constexpr, PREC: tl.constexpr,
 ):
-    """One (sequence, group, chunk): dk (PART_DK) or dq (PART_DQ) of the chunk's rows, summed
-    over the group's HG heads, and each head's share of the angle gradient (PART_DK stores it,
-    PART_DQ, launched after, adds to it). The two are one computation with the roles swapped:
+    """One (sequence, head, chunk): the head's dq̃ (PART_DQ) or dk̃ (PART_DK) of the chunk's
+    rows, in the rotated frame, stored per head as its two halves (fp32 (b, l, r, h, n)); the
+    turning back, dφ and the group's head sum are :func:`_turn_back`'s. The two are one
+    computation with the roles swapped:
 
         dq̃ = (dY·vᵀ ⊙ W)·k̃ + e^{S} dY·Hᵀ          (st_ptr: the entering states H)
         dk̃ = (v·dYᵀ ⊙ Wᵀ)·q̃ + e^{S_last−S} ω v·dHᵀ (st_ptr: the leaving states' gradients dH)
 
-    and with x̃₀ = x₀ cos − x₁ sin, x̃₁ = x₀ sin + x₁ cos on every pair, dφ = x̃₀ dx̃₁ − x̃₁ dx̃₀
-    and (dx₀, dx₁) = (dx̃₀ cos + dx̃₁ sin, dx̃₁ cos − dx̃₀ sin). fp32 operands throughout (the
-    module docstring says why)."""
+    Only the other side (k̃ for dq̃, q̃ for dk̃) is rotated here, so a program holds one pair of
+    rotated halves, no cos/sin past the rotation and no accumulator over heads. fp32 operands
+    throughout (the module docstring says why)."""
     ROWS: tl.constexpr = T * R
     pid = tl.program_id(0).to(tl.int64)
     c = pid % NC
-    bg = pid // NC
-    bi = bg // G
-    gi = bg % G
+    bh = pid // NC
+    bi = bh // H
+    hi = bh % H
+    gi = hi // (H // G)
     ot = tl.arange(0, T)
     orow = tl.arange(0, ROWS)
-    orn = tl.arange(0, R)
     t = c * T + ot
     mt = t < L
     tr = _rows(t, T, R)
     i0, i1, mj = _halves(N, BH)
+    cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
+    if PART == PART_DQ:
+        o0, o1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+    else:
+        o0, o1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+    V, _, _ = _values(x_ptr, mx_ptr, bi, hi, t, mt, L, H, T, P, R, MIMO)
+    zg, _, _ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
+    _, _, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
+    cs, cs_last, w, g = _decays(adt_ptr, w_ptr, g_ptr, bi, hi, t, mt, L, H)
+    cs_r = _rows(cs, T, R)
+    w_r = _rows(w, T, R)
+    if PART == PART_DQ:
+        W, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, False)
+        M = tl.dot(dY, tl.trans(V), input_precision=PREC) * W
+        lhs = dY
+        scale = tl.exp(cs_r)
+    else:
+        WT, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, True)
+        M = tl.dot(V, tl.trans(dY), input_precision=PREC) * WT
+        lhs = V
+        scale = tl.exp(tl.minimum(cs_last - cs_r, 0.0)) * w_r
+    d0 = tl.dot(M, o0, input_precision=PREC)
+    d1 = tl.dot(M, o1, input_precision=PREC)
+    if HAS_STATES:
+        S0, S1 = _state_halves(st_ptr + ((bi * H + hi) * NC + c) * 2 * BH * P, BH, P)
+        d0 += scale[:, None] * tl.dot(lhs, tl.trans(S0), input_precision=PREC)
+        d1 += scale[:, None] * tl.dot(lhs, tl.trans(S1), input_precision=PREC)
+    row = ((((bi * L + tr) * R + orow % R) * H + hi) * N)[:, None]
+    m = _rows(mt, T, R)[:, None] & mj[None, :]
+    tl.store(dd_ptr + row + i0[None, :], d0, mask=m)
+    tl.store(dd_ptr + row + i1[None, :], d1, mask=m)
+
+
+@triton.jit
+def _turned(x_ptr, bias_ptr, dd_ptr, bi, gi, hi, t, mt, L, H, G, i0, i1, mj, cos, sin,
+            T: tl.constexpr, R: tl.constexpr, N: tl.constexpr, BH: tl.constexpr):
+    """Head hi's dq̃ or dk̃ (from ``dd_ptr``, (b, l, r, h, n)) turned back to the unrotated
+    frame, as its two halves (T·R, BH), and its share of dφ per step: with x̃₀ = x₀ cos − x₁ sin,
+    x̃₁ = x₀ sin + x₁ cos, dφ = x̃₀ dx̃₁ − x̃₁ dx̃₀ and (dx₀, dx₁) = (dx̃₀ cos + dx̃₁ sin, dx̃₁ cos − dx̃₀ sin)."""
+    ROWS: tl.constexpr = T * R
+    x0, x1 = _rotated(x_ptr, bias_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+    row = ((((bi * L + _rows(t, T, R)) * R + tl.arange(0, ROWS) % R) * H + hi) * N)[:, None]
+    m = _rows(mt, T, R)[:, None] & mj[None, :]
+    d0 = tl.load(dd_ptr + row + i0[None, :], mask=m, other=0.0)
+    d1 = tl.load(dd_ptr + row + i1[None, :], mask=m, other=0.0)
+    return d0 * cos + d1 * sin, d1 * cos - d0 * sin, _rank_sum(x0 * d1 - x1 * d0, T, R, BH)
+
+
+@triton.autotune(configs=configs((4, 1), (8, 1)), key=["HG", "N", "R", "T"])
+@triton.jit
+def _turn_back(
+    q_ptr, k_ptr, qb_ptr, kb_ptr, phi_ptr, ddq_ptr, ddk_ptr, dq_ptr, dk_ptr, dphi_ptr, dbias_ptr,
+    L, H, G, S, NB,
+    HG: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
+):
+    """One (sequence, group, block of T steps): every head's dq̃, dk̃ of :func:`_chunk_bwd_qk`
+    turned back by its angles and summed over the group's HG heads (which share q and k) into
+    dq, dk; each head's dφ (from both) and its bias gradients summed over the block
+    (``dbias_ptr``: (b, NB, h, 2, R, N), d q_bias then d k_bias). No products: a pass over
+    memory in fp32, in blocks of its own (TURN_ROWS rows: the ten tiles it holds fit the
+    registers)."""
+    ROWS: tl.constexpr = T * R
+    pid = tl.program_id(0).to(tl.int64)
+    blk = pid % NB
+    bg = pid // NB
+    bi = bg // G
+    gi = bg % G
+    t = blk * T + tl.arange(0, T)
+    mt = t < L
+    orn = tl.arange(0, R)
+    i0, i1, mj = _halves(N, BH)
     jmask = mt[:, None] & (tl.arange(0, BH) < S)[None, :]
-    acc0 = tl.zeros((ROWS, BH), dtype=tl.float32)
-    acc1 = tl.zeros((ROWS, BH), dtype=tl.float32)
+    q0 = tl.zeros((ROWS, BH), dtype=tl.float32)
+    q1 = tl.zeros((ROWS, BH), dtype=tl.float32)
+    k0 = tl.zeros((ROWS, BH), dtype=tl.float32)
+    k1 = tl.zeros((ROWS, BH), dtype=tl.float32)
     for hh in range(HG):
         hi = gi * HG + hh
-        V, _, _ = _values(x_ptr, mx_ptr, bi, hi, t, mt, L, H, T, P, R, MIMO)
-        zg, _, _ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
-        _, _, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
-        cs, cs_last, w, g = _decays(adt_ptr, w_ptr, g_ptr, bi, hi, t, mt, L, H)
-        cs_r = _rows(cs, T, R)
-        w_r = _rows(w, T, R)
         cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
-        q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
-        k0, k1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
-        if PART == PART_DQ:
-            W, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, False)
-            M = tl.dot(dY, tl.trans(V), input_precision=PREC) * W
-            lhs = dY
-            scale = tl.exp(cs_r)
-            own0, own1, other0, other1 = q0, q1, k0, k1
-        else:
-            WT, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, True)
-            M = tl.dot(V, tl.trans(dY), input_precision=PREC) * WT
-            lhs = V
-            scale = tl.exp(tl.minimum(cs_last - cs_r, 0.0)) * w_r
-            own0, own1, other0, other1 = k0, k1, q0, q1
-        d0 = tl.dot(M, other0, input_precision=PREC)
-        d1 = tl.dot(M, other1, input_precision=PREC)
-        if HAS_STATES:
-            S0, S1 = _state_halves(st_ptr + ((bi * H + hi) * NC + c) * 2 * BH * P, BH, P)
-            d0 += scale[:, None] * tl.dot(lhs, tl.trans(S0), input_precision=PREC)
-            d1 += scale[:, None] * tl.dot(lhs, tl.trans(S1), input_precision=PREC)
-        at = dphi_ptr + ((bi * L + t[:, None]) * H + hi) * S + tl.arange(0, BH)[None, :]
-        dphi = _rank_sum(own0 * d1 - own1 * d0, T, R, BH)
-        if PART == PART_DQ:
-            dphi += tl.load(at, mask=jmask, other=0.0)
-        tl.store(at, dphi, mask=jmask)
-        g0 = d0 * cos + d1 * sin
-        g1 = d1 * cos - d0 * sin
-        pbase = part_ptr + ((bi * NC + c) * H + hi) * NPART + R * N * (1 - PART) + orn[:, None] * N
-        tl.store(pbase + i0[None, :], _step_sum(g0, T, R, BH), mask=mj[None, :])
-        tl.store(pbase + i1[None, :], _step_sum(g1, T, R, BH), mask=mj[None, :])
-        acc0 += g0
-        acc1 += g1
-    row = ((((bi * L + tr) * R + orow % R) * G + gi) * N)[:, None]
-    mr = _rows(mt, T, R)[:, None]
-    tl.store(dqk_ptr + row + i0[None, :], acc0, mask=mr & mj[None, :])
-    tl.store(dqk_ptr + row + i1[None, :], acc1, mask=mr & mj[None, :])
+        gq0, gq1, dphi_q = _turned(q_ptr, qb_ptr, ddq_ptr, bi, gi, hi, t, mt, L, H, G, i0, i1, mj, cos, sin,
+                                   T, R, N, BH)
+        gk0, gk1, dphi_k = _turned(k_ptr, kb_ptr, ddk_ptr, bi, gi, hi, t, mt, L, H, G, i0, i1, mj, cos, sin,
+                                   T, R, N, BH)
+        tl.store(dphi_ptr + ((bi * L + t[:, None]) * H + hi) * S + tl.arange(0, BH)[None, :], dphi_q + dphi_k,
+                 mask=jmask)
+        pbase = dbias_ptr + ((bi * NB + blk) * H + hi) * 2 * R * N + orn[:, None] * N
+        tl.store(pbase + i0[None, :], _step_sum(gq0, T, R, BH), mask=mj[None, :])
+        tl.store(pbase + i1[None, :], _step_sum(gq1, T, R, BH), mask=mj[None, :])
+        tl.store(pbase + R * N + i0[None, :], _step_sum(gk0, T, R, BH), mask=mj[None, :])
+        tl.store(pbase + R * N + i1[None, :], _step_sum(gk1, T, R, BH), mask=mj[None, :])
+        q0 += gq0
+        q1 += gq1
+        k0 += gk0
+        k1 += gk1
+    tr = _rows(t, T, R)
+    row = ((((bi * L + tr) * R + tl.arange(0, ROWS) % R) * G + gi) * N)[:, None]
+    m = _rows(mt, T, R)[:, None] & mj[None, :]
+    tl.store(dq_ptr + row + i0[None, :], q0, mask=m)
+    tl.store(dq_ptr + row + i1[None, :], q1, mask=m)
+    tl.store(dk_ptr + row + i0[None, :], k0, mask=m)
+    tl.store(dk_ptr + row + i1[None, :], k1, mask=m)
 
 
 def chunk_steps(rank: int, dtype: torch.dtype, chunk_size: int | None = None) -> int:
@@ -611,22 +667,29 @@ class Mamba3Scan(torch.autograd.Function):
         dz = torch.empty(v.shape, dtype=f32, device=v.device) if z is not None else dummy
         dadt, dw, dg = (torch.empty((b, h, length), dtype=f32, device=v.device) for _ in range(3))
         dphi = torch.empty(phi.shape, dtype=f32, device=v.device)
-        npart = 2 * r * n + 1 + (3 * r * p if mimo else 0)
+        npart = 1 + (3 * r * p if mimo else 0)
         part = torch.zeros((b, nc, h, npart), dtype=f32, device=v.device)
         sizes = (length, h, g, s, nc, npart)
         launch(_chunk_bwd_v, (b * h * nc,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt, dout,
                states, dstates, dx, dz, dadt, dw, dg, part, *sizes, HAS_D=D is not None, HAS_STATES=nc > 1,
                DOT=DOT, **meta)
-        for which, st, grad in ((PART_DK, dstates, dk), (PART_DQ, states, dq)):  # dq adds to dk's dφ
-            launch(_chunk_bwd_qk, (b * g * nc,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt[1:],
-                   dout, st, grad, dphi, part, *sizes, HG=h // g, PART=which.value, HAS_STATES=nc > 1, **meta)
+        # per-head dk̃, dq̃ in the rotated frame, fp32 (b, l, r, h, n) each, for this call only
+        ddk, ddq = (torch.empty((b, length, r, h, n), dtype=f32, device=v.device) for _ in range(2))
+        for which, st, dd in ((PART_DK, dstates, ddk), (PART_DQ, states, ddq)):
+            launch(_chunk_bwd_qk, (b * h * nc,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt[1:],
+                   dout, st, dd, length, h, g, s, nc, PART=which.value, HAS_STATES=nc > 1, **meta)
+        tb = max(1, TURN_ROWS // r)
+        nb = triton.cdiv(length, tb)
+        dbias = torch.empty((b, nb, h, 2, r, n), dtype=f32, device=v.device)
+        launch(_turn_back, (b * g * nb,), q, k, q_bias, k_bias, phi, ddq, ddk, dq, dk, dphi, dbias,
+               length, h, g, s, nb, HG=h // g, N=n, BH=meta["BH"], R=r, T=tb)
+        dqb, dkb = dbias.sum((0, 1)).unbind(1)
         part = part.sum((0, 1))
-        rn, rp = r * n, r * p
-        dqb, dkb = part[:, :rn].view(h, r, n), part[:, rn:2 * rn].view(h, r, n)
-        dD = part[:, 2 * rn] if D is not None else None
-        dmx = part[:, 2 * rn + 1:2 * rn + 1 + rp].view(h, r, p) if mimo else None
-        dmz = part[:, 2 * rn + 1 + rp:2 * rn + 1 + 2 * rp].view(h, r, p) if mimo_z is not None else None
-        dmo = part[:, 2 * rn + 1 + 2 * rp:].view(h, r, p) if mimo_o is not None else None
+        rp = r * p
+        dD = part[:, 0] if D is not None else None
+        dmx = part[:, 1:1 + rp].view(h, r, p) if mimo else None
+        dmz = part[:, 1 + rp:1 + 2 * rp].view(h, r, p) if mimo_z is not None else None
+        dmo = part[:, 1 + 2 * rp:].view(h, r, p) if mimo_o is not None else None
         return (dq.to(q.dtype), dk.to(k.dtype), dx.to(v.dtype), dadt, dw, dg, dqb, dkb, dphi, dD,
                 dz.to(z.dtype) if z is not None else None, dmx, dmz, dmo, None)
 
