@@ -100,6 +100,7 @@ def main_mamba3() -> None:
                 *((f"_chunk_bwd_qk part {part}", mamba3._chunk_bwd_qk,
                    {"PART": part, "HAS_STATES": True})
                   for part in (mamba3.PART_DK.value, mamba3.PART_DQ.value)),
+                ("_rotate", mamba3._rotate, {"T": mamba3.TURN_ROWS // rank}),
                 ("_turn_back", mamba3._turn_back, {"HG": 16, "T": mamba3.TURN_ROWS // rank})):
             for config in kernel.configs:
                 line = report(kernel, {**base, **extra}, config.num_warps, config.num_stages,

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from bsmamba2.ops.triton.common import configs, cumsum_grad, dot_dtype, launch, sigmoid
+from bsmamba2.ops.triton.common import INTERPRET, configs, cumsum_grad, dot_dtype, launch, sigmoid
 from bsmamba2.ops.triton.mamba3_angles import angle_cumsum
 
 CHUNK_ROWS = 64
@@ -59,7 +59,8 @@ FWD_ROWS = 32
 """Rows per chunk of the forward's output pass (at most): as the SSD forward's, smaller tiles
 than the backward's, which keep the pass's registers in bounds."""
 TURN_ROWS = 32
-"""Rows per block of :func:`_turn_back` (at most)."""
+"""Rows per block of :func:`_rotate` and :func:`_turn_back` (at most): passes without products,
+whose blocks need not be chunks."""
 PART_DK, PART_DQ = (tl.constexpr(i) for i in range(2))
 """What a launch of :func:`_chunk_bwd_qk` computes: the per-head dk̃, or dq̃."""
 
@@ -133,6 +134,28 @@ def _rotated(x_ptr, bias_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin,
     x0 = tl.where(m, x0 + _rank_rows(tl.load(bias + i0[None, :], mask=mj[None, :], other=0.0), T, R, BH), 0.0)
     x1 = tl.where(m, x1 + _rank_rows(tl.load(bias + i1[None, :], mask=mj[None, :], other=0.0), T, R, BH), 0.0)
     return x0 * cos - x1 * sin, x0 * sin + x1 * cos
+
+
+@triton.jit
+def _head_halves(ptr, bi, hi, t, mt, L, H, i0, i1, mj, T: tl.constexpr, R: tl.constexpr, N: tl.constexpr):
+    """Head hi's rows of the chunk from a per-head (b, l, r, h, n) tensor as its two halves
+    (T·R, BH), 0 past the end and on missing pairs."""
+    ROWS: tl.constexpr = T * R
+    row = ((((bi * L + _rows(t, T, R)) * R + tl.arange(0, ROWS) % R) * H + hi) * N)[:, None]
+    m = _rows(mt, T, R)[:, None] & mj[None, :]
+    return (tl.load(ptr + row + i0[None, :], mask=m, other=0.0),
+            tl.load(ptr + row + i1[None, :], mask=m, other=0.0))
+
+
+@triton.jit
+def _store_head_halves(ptr, x0, x1, bi, hi, t, mt, L, H, i0, i1, mj, T: tl.constexpr, R: tl.constexpr,
+                       N: tl.constexpr):
+    """Store the two halves (T·R, BH) of head hi's rows into a per-head (b, l, r, h, n) tensor."""
+    ROWS: tl.constexpr = T * R
+    row = ((((bi * L + _rows(t, T, R)) * R + tl.arange(0, ROWS) % R) * H + hi) * N)[:, None]
+    m = _rows(mt, T, R)[:, None] & mj[None, :]
+    tl.store(ptr + row + i0[None, :], x0.to(ptr.dtype.element_ty), mask=m)
+    tl.store(ptr + row + i1[None, :], x1.to(ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -345,18 +368,43 @@ def _state_grads(
             dH1 = tl.dot(tl.trans(q1 * ecs[:, None]), dY, decay * dH1, input_precision=PREC)
 
 
+@triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "N", "R", "T"])
+@triton.jit
+def _rotate(q_ptr, k_ptr, qb_ptr, kb_ptr, phi_ptr, qr_ptr, kr_ptr, L, H, G, S, NB,
+            N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr):
+    """One (sequence, head, block of T steps): the head's rotated q̃ and k̃, R(φ)·(x + bias),
+    stored per head ((b, l, r, h, n), their pointers' dtype) for :func:`_chunk_bwd_v`, which
+    takes them as dot operands only: in the dot dtype they are what it rounded in registers
+    before, and its programs hold no cos/sin and no fp32 copies."""
+    pid = tl.program_id(0).to(tl.int64)
+    blk = pid % NB
+    bh = pid // NB
+    bi = bh // H
+    hi = bh % H
+    gi = hi // (H // G)
+    t = blk * T + tl.arange(0, T)
+    mt = t < L
+    i0, i1, mj = _halves(N, BH)
+    cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
+    q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+    _store_head_halves(qr_ptr, q0, q1, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
+    k0, k1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+    _store_head_halves(kr_ptr, k0, k1, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
+
+
 @triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N", "R", "T", "HAS_STATES"])
 @triton.jit
 def _chunk_bwd_v(
-    q_ptr, k_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, qb_ptr, kb_ptr, phi_ptr, D_ptr, z_ptr,
+    qr_ptr, kr_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, D_ptr, z_ptr,
     mx_ptr, mz_ptr, mo_ptr, dout_ptr, states_ptr, dstates_ptr,
     dx_ptr, dz_ptr, dadt_ptr, dw_ptr, dg_ptr, part_ptr,
-    L, H, G, S, NC, NPART,
+    L, H, NC, NPART,
     P: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
     MIMO: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr,
     HAS_STATES: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    """One (sequence, head, chunk): dx and the gradients of A·Δ, ω, γ, z, D and ``mimo_*``.
+    """One (sequence, head, chunk): dx and the gradients of A·Δ, ω, γ, z, D and ``mimo_*``,
+    from the head's rotated q̃, k̃ of :func:`_rotate` (in the dot dtype: no rotation here).
     With HAS_STATES the chunk's entering state and its leaving state's gradient come from
     the serial passes. ``part_ptr`` receives per (sequence, chunk, head) partial sums, NPART
     floats: dD (1), then for MIMO d mimo_x, d mimo_z, d mimo_o (R·P each)."""
@@ -365,7 +413,6 @@ def _chunk_bwd_v(
     bh = pid // NC
     bi = bh // H
     hi = bh % H
-    gi = hi // (H // G)
     ot = tl.arange(0, T)
     op = tl.arange(0, P)
     orn = tl.arange(0, R)
@@ -380,10 +427,8 @@ def _chunk_bwd_v(
     w_r = _rows(w, T, R)
     g_r = _rows(g, T, R)
     Dh = tl.load(D_ptr + hi).to(tl.float32) if HAS_D else 0.0
-    cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
-    q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
-    k0, k1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
-    q0d, q1d, k0d, k1d = q0.to(DOT), q1.to(DOT), k0.to(DOT), k1.to(DOT)
+    q0d, q1d = _head_halves(qr_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
+    k0d, k1d = _head_halves(kr_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
     Sc = tl.dot(q0d, tl.trans(k0d), input_precision=PREC)
     Sc = tl.dot(q1d, tl.trans(k1d), Sc, input_precision=PREC)
     ScT = tl.dot(k0d, tl.trans(q0d), input_precision=PREC)  # its own dot: no transposed result
@@ -474,7 +519,6 @@ def _chunk_bwd_qk(
     Only the other side (k̃ for dq̃, q̃ for dk̃) is rotated here, so a program holds one pair of
     rotated halves, no cos/sin past the rotation and no accumulator over heads. fp32 operands
     throughout (the module docstring says why)."""
-    ROWS: tl.constexpr = T * R
     pid = tl.program_id(0).to(tl.int64)
     c = pid % NC
     bh = pid // NC
@@ -482,7 +526,6 @@ def _chunk_bwd_qk(
     hi = bh % H
     gi = hi // (H // G)
     ot = tl.arange(0, T)
-    orow = tl.arange(0, ROWS)
     t = c * T + ot
     mt = t < L
     tr = _rows(t, T, R)
@@ -514,10 +557,7 @@ def _chunk_bwd_qk(
         S0, S1 = _state_halves(st_ptr + ((bi * H + hi) * NC + c) * 2 * BH * P, BH, P)
         d0 += scale[:, None] * tl.dot(lhs, tl.trans(S0), input_precision=PREC)
         d1 += scale[:, None] * tl.dot(lhs, tl.trans(S1), input_precision=PREC)
-    row = ((((bi * L + tr) * R + orow % R) * H + hi) * N)[:, None]
-    m = _rows(mt, T, R)[:, None] & mj[None, :]
-    tl.store(dd_ptr + row + i0[None, :], d0, mask=m)
-    tl.store(dd_ptr + row + i1[None, :], d1, mask=m)
+    _store_head_halves(dd_ptr, d0, d1, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
 
 
 @triton.jit
@@ -526,12 +566,8 @@ def _turned(x_ptr, bias_ptr, dd_ptr, bi, gi, hi, t, mt, L, H, G, i0, i1, mj, cos
     """Head hi's dq̃ or dk̃ (from ``dd_ptr``, (b, l, r, h, n)) turned back to the unrotated
     frame, as its two halves (T·R, BH), and its share of dφ per step: with x̃₀ = x₀ cos − x₁ sin,
     x̃₁ = x₀ sin + x₁ cos, dφ = x̃₀ dx̃₁ − x̃₁ dx̃₀ and (dx₀, dx₁) = (dx̃₀ cos + dx̃₁ sin, dx̃₁ cos − dx̃₀ sin)."""
-    ROWS: tl.constexpr = T * R
     x0, x1 = _rotated(x_ptr, bias_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
-    row = ((((bi * L + _rows(t, T, R)) * R + tl.arange(0, ROWS) % R) * H + hi) * N)[:, None]
-    m = _rows(mt, T, R)[:, None] & mj[None, :]
-    d0 = tl.load(dd_ptr + row + i0[None, :], mask=m, other=0.0)
-    d1 = tl.load(dd_ptr + row + i1[None, :], mask=m, other=0.0)
+    d0, d1 = _head_halves(dd_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
     return d0 * cos + d1 * sin, d1 * cos - d0 * sin, _rank_sum(x0 * d1 - x1 * d0, T, R, BH)
 
 
@@ -669,17 +705,22 @@ class Mamba3Scan(torch.autograd.Function):
         dphi = torch.empty(phi.shape, dtype=f32, device=v.device)
         npart = 1 + (3 * r * p if mimo else 0)
         part = torch.zeros((b, nc, h, npart), dtype=f32, device=v.device)
-        sizes = (length, h, g, s, nc, npart)
-        launch(_chunk_bwd_v, (b * h * nc,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt, dout,
-               states, dstates, dx, dz, dadt, dw, dg, part, *sizes, HAS_D=D is not None, HAS_STATES=nc > 1,
+        # per-head rotated q̃, k̃ in the dot dtype, (b, l, r, h, n) each, for the dv launch only
+        tb = max(1, TURN_ROWS // r)
+        nb = triton.cdiv(length, tb)
+        rot = dict(dtype=f32 if INTERPRET else v.dtype, device=v.device)  # the dot dtype (fp32 interpreted)
+        qr, kr = (torch.empty((b, length, r, h, n), **rot) for _ in range(2))
+        launch(_rotate, (b * h * nb,), q, k, q_bias, k_bias, phi, qr, kr, length, h, g, s, nb,
+               N=n, BH=meta["BH"], R=r, T=tb)
+        launch(_chunk_bwd_v, (b * h * nc,), qr, kr, v, adt, omega, gamma, *opt, dout, states, dstates,
+               dx, dz, dadt, dw, dg, part, length, h, nc, npart, HAS_D=D is not None, HAS_STATES=nc > 1,
                DOT=DOT, **meta)
+        del qr, kr
         # per-head dk̃, dq̃ in the rotated frame, fp32 (b, l, r, h, n) each, for this call only
         ddk, ddq = (torch.empty((b, length, r, h, n), dtype=f32, device=v.device) for _ in range(2))
         for which, st, dd in ((PART_DK, dstates, ddk), (PART_DQ, states, ddq)):
             launch(_chunk_bwd_qk, (b * h * nc,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt[1:],
                    dout, st, dd, length, h, g, s, nc, PART=which.value, HAS_STATES=nc > 1, **meta)
-        tb = max(1, TURN_ROWS // r)
-        nb = triton.cdiv(length, tb)
         dbias = torch.empty((b, nb, h, 2, r, n), dtype=f32, device=v.device)
         launch(_turn_back, (b * g * nb,), q, k, q_bias, k_bias, phi, ddq, ddk, dq, dk, dphi, dbias,
                length, h, g, s, nb, HG=h // g, N=n, BH=meta["BH"], R=r, T=tb)
