@@ -11,8 +11,8 @@ The kernels are organised as the SSD kernels. The state's N columns are held as 
 layout; SISO's pairs (2j, 2j+1) are brought to it by :func:`halves_first` before the kernels,
 so that each half is a contiguous load: loading every other column cost 40% of the forward):
 q̃, k̃ tiles are loaded as their two halves, biased and rotated in registers with the head's
-cos φ, sin φ (never stored per head), and every product runs at full width as the sum of the
-halves' (q̃·k̃ᵀ = q̃₀k̃₀ᵀ + q̃₁k̃₁ᵀ).
+cos φ, sin φ (the backward's product kernels read them rotated, made once per call by a small
+pass), and every product runs at full width as the sum of the halves' (q̃·k̃ᵀ = q̃₀k̃₀ᵀ + q̃₁k̃₁ᵀ).
 
 * forward — one program per (sequence, head) walks the chunks with the fp32 (N, P) state in
   registers (two (N/2, P) halves): (q̃·k̃ᵀ ⊙ W)·v inside the chunk (W: e^{S_t−S_s} ω_s below
@@ -36,12 +36,12 @@ around the kernels, whose autograd differentiates the sigmoid. sin and cos are T
 accurate ones. No dot accumulator is transposed into another dot: each orientation a product
 needs has its own dot from loaded tiles.
 
-Dot operands are the input dtype (bf16/fp16 on tensor cores) for the scores, y, dv and the
-decay gradients, but fp32 (tf32 on a GPU) for everything the angles' gradient is made of: the
-states, their gradients and the products behind dq̃, dk̃. dφ is a cancelling sum (turning
-every q̃, k̃ of a head by one angle changes nothing, so Σ_t dφ_t = 0) whose tail sums are the
-angles' gradient; with bf16 operands there it missed its tolerance at length 801
-(docs/benchmarks.md).
+Dot operands are the input dtype (bf16/fp16 on tensor cores), fp32 accumulation, except
+where the angles' gradient is made: the states and their gradients are made on fp32 (tf32 on
+a GPU) operands and kept in fp32 (cast to the dot dtype where a product takes them), and the
+turning back and dφ run in fp32 outside the products. dφ is a cancelling sum (turning every
+q̃, k̃ of a head by one angle changes nothing, so Σ_t dφ_t = 0) whose tail sums are the
+angles' gradient; with bf16 states it missed its tolerance at length 801 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -373,9 +373,9 @@ def _state_grads(
 def _rotate(q_ptr, k_ptr, qb_ptr, kb_ptr, phi_ptr, qr_ptr, kr_ptr, L, H, G, S, NB,
             N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr):
     """One (sequence, head, block of T steps): the head's rotated q̃ and k̃, R(φ)·(x + bias),
-    stored per head ((b, l, r, h, n), their pointers' dtype) for :func:`_chunk_bwd_v`, which
-    takes them as dot operands only: in the dot dtype they are what it rounded in registers
-    before, and its programs hold no cos/sin and no fp32 copies."""
+    stored per head ((b, l, r, h, n), their pointers' dtype) for :func:`_chunk_bwd_v` and
+    :func:`_chunk_bwd_qk`, which take them as dot operands only: in the dot dtype they are what
+    those kernels would round in registers, and their programs hold no cos/sin and no fp32 copies."""
     pid = tl.program_id(0).to(tl.int64)
     blk = pid % NB
     bh = pid // NB
@@ -501,12 +501,12 @@ def _chunk_bwd_v(
 @triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N", "R", "T", "HAS_STATES", "PART"])
 @triton.jit
 def _chunk_bwd_qk(
-    q_ptr, k_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, qb_ptr, kb_ptr, phi_ptr, z_ptr,
+    qr_ptr, kr_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, z_ptr,
     mx_ptr, mz_ptr, mo_ptr, dout_ptr, st_ptr, dd_ptr,
-    L, H, G, S, NC,
+    L, H, NC,
     P: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
     MIMO: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr, HAS_STATES: tl.constexpr,
-    PART: tl.constexpr, PREC: tl.constexpr,
+    PART: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
 ):
     """One (sequence, head, chunk): the head's dq̃ (PART_DQ) or dk̃ (PART_DK) of the chunk's
     rows, in the rotated frame, stored per head as its two halves (fp32 (b, l, r, h, n)); the
@@ -516,28 +516,28 @@ def _chunk_bwd_qk(
         dq̃ = (dY·vᵀ ⊙ W)·k̃ + e^{S} dY·Hᵀ          (st_ptr: the entering states H)
         dk̃ = (v·dYᵀ ⊙ Wᵀ)·q̃ + e^{S_last−S} ω v·dHᵀ (st_ptr: the leaving states' gradients dH)
 
-    Only the other side (k̃ for dq̃, q̃ for dk̃) is rotated here, so a program holds one pair of
-    rotated halves, no cos/sin past the rotation and no accumulator over heads. fp32 operands
-    throughout (the module docstring says why)."""
+    The other side (k̃ for dq̃, q̃ for dk̃) comes rotated from :func:`_rotate`, so a program holds
+    no cos/sin and no accumulator over heads; the operands are the dot dtype (fp32 accumulation),
+    the states cast to it at the dot."""
     pid = tl.program_id(0).to(tl.int64)
     c = pid % NC
     bh = pid // NC
     bi = bh // H
     hi = bh % H
-    gi = hi // (H // G)
     ot = tl.arange(0, T)
     t = c * T + ot
     mt = t < L
     tr = _rows(t, T, R)
     i0, i1, mj = _halves(N, BH)
-    cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
     if PART == PART_DQ:
-        o0, o1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+        o0, o1 = _head_halves(kr_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
     else:
-        o0, o1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+        o0, o1 = _head_halves(qr_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
     V, _, _ = _values(x_ptr, mx_ptr, bi, hi, t, mt, L, H, T, P, R, MIMO)
     zg, _, _ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
     _, _, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
+    V = V.to(DOT)
+    dY = dY.to(DOT)
     cs, cs_last, w, g = _decays(adt_ptr, w_ptr, g_ptr, bi, hi, t, mt, L, H)
     cs_r = _rows(cs, T, R)
     w_r = _rows(w, T, R)
@@ -551,12 +551,13 @@ def _chunk_bwd_qk(
         M = tl.dot(V, tl.trans(dY), input_precision=PREC) * WT
         lhs = V
         scale = tl.exp(tl.minimum(cs_last - cs_r, 0.0)) * w_r
+    M = M.to(DOT)
     d0 = tl.dot(M, o0, input_precision=PREC)
     d1 = tl.dot(M, o1, input_precision=PREC)
     if HAS_STATES:
         S0, S1 = _state_halves(st_ptr + ((bi * H + hi) * NC + c) * 2 * BH * P, BH, P)
-        d0 += scale[:, None] * tl.dot(lhs, tl.trans(S0), input_precision=PREC)
-        d1 += scale[:, None] * tl.dot(lhs, tl.trans(S1), input_precision=PREC)
+        d0 += scale[:, None] * tl.dot(lhs, tl.trans(S0.to(DOT)), input_precision=PREC)
+        d1 += scale[:, None] * tl.dot(lhs, tl.trans(S1.to(DOT)), input_precision=PREC)
     _store_head_halves(dd_ptr, d0, d1, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
 
 
@@ -705,7 +706,7 @@ class Mamba3Scan(torch.autograd.Function):
         dphi = torch.empty(phi.shape, dtype=f32, device=v.device)
         npart = 1 + (3 * r * p if mimo else 0)
         part = torch.zeros((b, nc, h, npart), dtype=f32, device=v.device)
-        # per-head rotated q̃, k̃ in the dot dtype, (b, l, r, h, n) each, for the dv launch only
+        # per-head rotated q̃, k̃ in the dot dtype, (b, l, r, h, n) each, for the dv and dq̃/dk̃ launches
         tb = max(1, TURN_ROWS // r)
         nb = triton.cdiv(length, tb)
         rot = dict(dtype=f32 if INTERPRET else v.dtype, device=v.device)  # the dot dtype (fp32 interpreted)
@@ -715,12 +716,12 @@ class Mamba3Scan(torch.autograd.Function):
         launch(_chunk_bwd_v, (b * h * nc,), qr, kr, v, adt, omega, gamma, *opt, dout, states, dstates,
                dx, dz, dadt, dw, dg, part, length, h, nc, npart, HAS_D=D is not None, HAS_STATES=nc > 1,
                DOT=DOT, **meta)
-        del qr, kr
         # per-head dk̃, dq̃ in the rotated frame, fp32 (b, l, r, h, n) each, for this call only
         ddk, ddq = (torch.empty((b, length, r, h, n), dtype=f32, device=v.device) for _ in range(2))
         for which, st, dd in ((PART_DK, dstates, ddk), (PART_DQ, states, ddq)):
-            launch(_chunk_bwd_qk, (b * h * nc,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt[1:],
-                   dout, st, dd, length, h, g, s, nc, PART=which.value, HAS_STATES=nc > 1, **meta)
+            launch(_chunk_bwd_qk, (b * h * nc,), qr, kr, v, adt, omega, gamma, *opt[1:], dout, st, dd,
+                   length, h, nc, PART=which.value, HAS_STATES=nc > 1, DOT=DOT, **meta)
+        del qr, kr
         dbias = torch.empty((b, nb, h, 2, r, n), dtype=f32, device=v.device)
         launch(_turn_back, (b * g * nb,), q, k, q_bias, k_bias, phi, ddq, ddk, dq, dk, dphi, dbias,
                length, h, g, s, nb, HG=h // g, N=n, BH=meta["BH"], R=r, T=tb)
