@@ -93,6 +93,50 @@ def test_official_scan_call(variant):
         assert_close(f"d{name}", g[name], t[f"grad.{name}"].to(DEVICE), torch.float32)
 
 
+def _rotation_inputs(length, rank, groups, s):
+    """q, k (b, l, r, g, n), biases (h, r, n), φ (b, l, h, s) of a few turns: the kernels' layouts."""
+    b, h, n = 2, 4, 16
+    q, k = (torch.randn(b, length, rank, groups, n, dtype=torch.float64, device=DEVICE) for _ in range(2))
+    qb, kb = (1 + 0.1 * torch.randn(h, rank, n, dtype=torch.float64, device=DEVICE) for _ in range(2))
+    phi = torch.randn(b, length, h, s, dtype=torch.float64, device=DEVICE) * 3
+    return q, k, qb, kb, phi
+
+
+def _rotated64(x, bias, phi):
+    """Float64 R(φ)·(x + bias) per head, (b, l, r, h, n), pairs (j, j+N/2)."""
+    h = phi.shape[2]
+    heads_group = torch.arange(h, device=x.device) // (h // x.shape[3])
+    return ref.rotate(x[:, :, :, heads_group] + bias.transpose(0, 1), phi.unsqueeze(2), True)
+
+
+@pytest.mark.parametrize(("length", "rank", "groups", "s"), [(1, 1, 1, 8), (37, 1, 2, 5), (33, 2, 1, 8), (9, 4, 2, 3)])
+def test_rotated_heads(length, rank, groups, s):
+    """The backward's per-head rotated q̃, k̃ against float64 rotations (partial blocks, masked
+    and unrotated pairs, shared groups)."""
+    q, k, qb, kb, phi = _rotation_inputs(length, rank, groups, s)
+    with poisoned_outputs():
+        got = kernels.rotated_heads(q.float(), k.float(), qb.float(), kb.float(), phi.float(), torch.float32)
+    for name, g, x, bias in zip("qk", got, (q, k), (qb, kb), strict=True):
+        assert_close(f"{name} rotated", g, _rotated64(x, bias, phi), torch.float32)
+
+
+@pytest.mark.parametrize(("length", "rank", "groups", "s"), [(1, 1, 1, 8), (37, 1, 2, 5), (33, 2, 1, 8), (9, 4, 2, 3)])
+def test_turned_back(length, rank, groups, s):
+    """The turn-back pass is the rotation's vector-Jacobian product: from per-head gradients of
+    q̃, k̃, those of q, k (the group's heads summed), φ and the biases, against float64 autograd."""
+    leaves = [x.requires_grad_() for x in _rotation_inputs(length, rank, groups, s)]
+    q, k, qb, kb, phi = leaves
+    ddq, ddk = (torch.randn((*q.shape[:3], phi.shape[2], q.shape[-1]), dtype=torch.float64, device=DEVICE)
+                for _ in range(2))
+    loss = (_rotated64(q, qb, phi) * ddq).sum() + (_rotated64(k, kb, phi) * ddk).sum()
+    want = torch.autograd.grad(loss, leaves)
+    with poisoned_outputs():
+        got = kernels.turned_back(*(x.detach().float() for x in leaves), ddq.float(), ddk.float())
+    for name, g, w in zip(("dq", "dk", "dphi", "dq_bias", "dk_bias"), got, (want[0], want[1], want[4], want[2],
+                                                                          want[3]), strict=True):
+        assert_close(name, g, w, torch.float32)
+
+
 @pytest.mark.parametrize(("length", "s"), [(1, 8), (7, 3), (62, 8), (63, 5), (64, 8), (65, 8), (130, 6)])
 def test_angle_cumsum(length, s):
     """The one-pass φ kernels (forward, dθ, dΔ) vs the float64 reference, across the walk's

@@ -698,21 +698,13 @@ class Mamba3Scan(torch.autograd.Function):
                    STATE_DOT=tl.float32, **meta)
             launch(_state_grads, (b * h,), q, adt, q_bias, phi, opt[1], opt[3], opt[4], dout, dstates,
                    length, h, g, s, nc, **meta)
-        dq = torch.empty(q.shape, dtype=f32, device=q.device)
-        dk = torch.empty_like(dq)
         dx = torch.empty(v.shape, dtype=f32, device=v.device)
         dz = torch.empty(v.shape, dtype=f32, device=v.device) if z is not None else dummy
         dadt, dw, dg = (torch.empty((b, h, length), dtype=f32, device=v.device) for _ in range(3))
-        dphi = torch.empty(phi.shape, dtype=f32, device=v.device)
         npart = 1 + (3 * r * p if mimo else 0)
         part = torch.zeros((b, nc, h, npart), dtype=f32, device=v.device)
-        # per-head rotated q̃, k̃ in the dot dtype, (b, l, r, h, n) each, for the dv and dq̃/dk̃ launches
-        tb = max(1, TURN_ROWS // r)
-        nb = triton.cdiv(length, tb)
-        rot = dict(dtype=f32 if INTERPRET else v.dtype, device=v.device)  # the dot dtype (fp32 interpreted)
-        qr, kr = (torch.empty((b, length, r, h, n), **rot) for _ in range(2))
-        launch(_rotate, (b * h * nb,), q, k, q_bias, k_bias, phi, qr, kr, length, h, g, s, nb,
-               N=n, BH=meta["BH"], R=r, T=tb)
+        # per-head rotated q̃, k̃ in the dot dtype (fp32 interpreted), for the product launches only
+        qr, kr = rotated_heads(q, k, q_bias, k_bias, phi, f32 if INTERPRET else v.dtype)
         launch(_chunk_bwd_v, (b * h * nc,), qr, kr, v, adt, omega, gamma, *opt, dout, states, dstates,
                dx, dz, dadt, dw, dg, part, length, h, nc, npart, HAS_D=D is not None, HAS_STATES=nc > 1,
                DOT=DOT, **meta)
@@ -722,10 +714,7 @@ class Mamba3Scan(torch.autograd.Function):
             launch(_chunk_bwd_qk, (b * h * nc,), qr, kr, v, adt, omega, gamma, *opt[1:], dout, st, dd,
                    length, h, nc, PART=which.value, HAS_STATES=nc > 1, DOT=DOT, **meta)
         del qr, kr
-        dbias = torch.empty((b, nb, h, 2, r, n), dtype=f32, device=v.device)
-        launch(_turn_back, (b * g * nb,), q, k, q_bias, k_bias, phi, ddq, ddk, dq, dk, dphi, dbias,
-               length, h, g, s, nb, HG=h // g, N=n, BH=meta["BH"], R=r, T=tb)
-        dqb, dkb = dbias.sum((0, 1)).unbind(1)
+        dq, dk, dphi, dqb, dkb = turned_back(q, k, q_bias, k_bias, phi, ddq, ddk)
         part = part.sum((0, 1))
         rp = r * p
         dD = part[:, 0] if D is not None else None
@@ -734,6 +723,40 @@ class Mamba3Scan(torch.autograd.Function):
         dmo = part[:, 1 + 2 * rp:].view(h, r, p) if mimo_o is not None else None
         return (dq.to(q.dtype), dk.to(k.dtype), dx.to(v.dtype), dadt, dw, dg, dqb, dkb, dphi, dD,
                 dz.to(z.dtype) if z is not None else None, dmx, dmz, dmo, None)
+
+
+def rotated_heads(q: torch.Tensor, k: torch.Tensor, q_bias: torch.Tensor, k_bias: torch.Tensor,
+                  phi: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every head's rotated q̃ = R(φ)·(q + q_bias) and k̃ (b, l, r, h, n) in ``dtype``, from the
+    kernels' layouts (q, k (b, l, r, g, n), biases (h, r, n), φ (b, l, h, s), pairs (j, j+N/2)):
+    :func:`_rotate`. (b, l, r, h, n) in bf16 is 2·b·l·r·h·n bytes each."""
+    b, length, r, g, n = q.shape
+    h, s = phi.shape[2:]
+    steps = max(1, TURN_ROWS // r)
+    blocks = triton.cdiv(length, steps)
+    qr, kr = (torch.empty((b, length, r, h, n), dtype=dtype, device=q.device) for _ in range(2))
+    launch(_rotate, (b * h * blocks,), q, k, q_bias, k_bias, phi, qr, kr, length, h, g, s, blocks,
+           N=n, BH=half_block(n), R=r, T=steps)
+    return qr, kr
+
+
+def turned_back(q: torch.Tensor, k: torch.Tensor, q_bias: torch.Tensor, k_bias: torch.Tensor,
+                phi: torch.Tensor, ddq: torch.Tensor, ddk: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """From every head's gradients with respect to its rotated q̃, k̃ (``ddq``, ``ddk``, fp32
+    (b, l, r, h, n)): the gradients of q, k (fp32, the group's heads summed), φ and the two
+    biases (:func:`rotated_heads`' layouts); :func:`_turn_back`."""
+    b, length, r, g, n = q.shape
+    h, s = phi.shape[2:]
+    steps = max(1, TURN_ROWS // r)
+    blocks = triton.cdiv(length, steps)
+    f32 = torch.float32
+    dq, dk = (torch.empty(q.shape, dtype=f32, device=q.device) for _ in range(2))
+    dphi = torch.empty(phi.shape, dtype=f32, device=q.device)
+    dbias = torch.empty((b, blocks, h, 2, r, n), dtype=f32, device=q.device)
+    launch(_turn_back, (b * g * blocks,), q, k, q_bias, k_bias, phi, ddq, ddk, dq, dk, dphi, dbias,
+           length, h, g, s, blocks, HG=h // g, N=n, BH=half_block(n), R=r, T=steps)
+    dqb, dkb = dbias.sum((0, 1)).unbind(1)
+    return dq, dk, dphi, dqb, dkb
 
 
 def halves_first(x: torch.Tensor) -> torch.Tensor:
