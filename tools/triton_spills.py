@@ -91,6 +91,7 @@ def main_mamba3() -> None:
         base = {"P": 64, "N": 128, "BH": mamba3.half_block(128), "R": rank, "T": steps, "MIMO": rank > 1,
                 "HAS_Z": True, "HAS_O": True, "PREC": "tf32"}
         with_dot = {"HAS_D": True, "DOT": dot}
+        split = {"LOW": dot, "SPLIT": dtype != torch.float32}  # the dq̃/dk̃ products' split operands
         for name, kernel, extra in (
                 ("_fwd", mamba3._fwd, {**with_dot, "HAS_STATES": True, "COMPUTE_Y": True}),
                 ("_fwd states pass", mamba3._fwd, {**with_dot, "HAS_STATES": True, "COMPUTE_Y": False}),
@@ -98,9 +99,9 @@ def main_mamba3() -> None:
                 ("_chunk_bwd_v states", mamba3._chunk_bwd_v, {**with_dot, "HAS_STATES": True}),
                 ("_chunk_bwd_v", mamba3._chunk_bwd_v, {**with_dot, "HAS_STATES": False}),
                 *((f"_chunk_bwd_qk part {part}", mamba3._chunk_bwd_qk,
-                   {"PART": part, "HAS_STATES": True})
+                   {**with_dot, **split, "PART": part, "HAS_STATES": True})
                   for part in (mamba3.PART_DK.value, mamba3.PART_DQ.value)),
-                ("_rotate", mamba3._rotate, {"T": mamba3.TURN_ROWS // rank}),
+                ("_rotate", mamba3._rotate, {**split, "T": mamba3.TURN_ROWS // rank}),
                 ("_turn_back", mamba3._turn_back, {"HG": 16, "T": mamba3.TURN_ROWS // rank})):
             for config in kernel.configs:
                 line = report(kernel, {**base, **extra}, config.num_warps, config.num_stages,

@@ -13,6 +13,7 @@ import torch
 from tests.helpers.kernels import DEVICE, ON_GPU, TOL, assert_close, poisoned_outputs
 from tests.helpers.mamba3 import cast, fixture_op, grads, random_inputs, run
 from tests.helpers.memory import LiveTensors
+from tests.helpers.numerics import rel_err
 
 from bsmamba2 import ops  # isort: skip (after tests.helpers.kernels, which sets TRITON_INTERPRET)
 from bsmamba2.ops.reference import mamba3 as ref
@@ -71,9 +72,10 @@ def test_fp32_wider_state(length, rank, angles):
     _check(length, rank, 1, True, True, torch.float32, shape=(1, 2, 16, 64), angles=angles)
 
 
-@pytest.mark.skipif(not ON_GPU, reason="16-bit dots: GPU only (the interpreter computes them in fp32)")
-@pytest.mark.parametrize(("length", "rank"), [(62, 1), (801, 1), (62, 4), (801, 4)])
+@pytest.mark.parametrize(("length", "rank"), [(62, 1), (801, 1), (62, 4), (801, 4)] if ON_GPU else [(65, 1), (9, 2)])
 def test_bf16(length, rank):
+    """bf16 inputs. The interpreter computes the dots in fp32, but rounds the dq̃/dk̃ products'
+    split operands to bf16 as the GPU does: on a CPU these cases check the split's bookkeeping."""
     _check(length, rank, 1, True, True, torch.bfloat16)
 
 
@@ -112,12 +114,22 @@ def _rotated64(x, bias, phi):
 @pytest.mark.parametrize(("length", "rank", "groups", "s"), [(1, 1, 1, 8), (37, 1, 2, 5), (33, 2, 1, 8), (9, 4, 2, 3)])
 def test_rotated_heads(length, rank, groups, s):
     """The backward's per-head rotated q̃, k̃ against float64 rotations (partial blocks, masked
-    and unrotated pairs, shared groups)."""
+    and unrotated pairs, shared groups): in fp32, and rounded to bf16 with the remainders, which
+    bring them back to about 16 bits."""
     q, k, qb, kb, phi = _rotation_inputs(length, rank, groups, s)
+    want = [_rotated64(x, bias, phi) for x, bias in ((q, qb), (k, kb))]
+    inputs = (q.float(), k.float(), qb.float(), kb.float(), phi.float(), torch.float32)
     with poisoned_outputs():
-        got = kernels.rotated_heads(q.float(), k.float(), qb.float(), kb.float(), phi.float(), torch.float32)
-    for name, g, x, bias in zip("qk", got, (q, k), (qb, kb), strict=True):
-        assert_close(f"{name} rotated", g, _rotated64(x, bias, phi), torch.float32)
+        *got, q_lo, k_lo = kernels.rotated_heads(*inputs)
+    assert q_lo is None and k_lo is None
+    for name, g, w in zip("qk", got, want, strict=True):
+        assert_close(f"{name} rotated", g, w, torch.float32)
+    with poisoned_outputs():
+        hi_q, hi_k, lo_q, lo_k = kernels.rotated_heads(*inputs, torch.bfloat16)
+    for name, hi, lo, w in zip("qk", (hi_q, hi_k), (lo_q, lo_k), want, strict=True):
+        assert torch.equal(hi, hi.bfloat16().float()) and torch.equal(lo, lo.bfloat16().float())
+        assert_close(f"{name} rotated, bf16", hi, w, torch.bfloat16)
+        assert rel_err(hi + lo, w) <= 2e-5  # lo within 2⁻⁸ of itself: 2⁻¹⁶ of the value (bf16: 3e-3)
 
 
 @pytest.mark.parametrize(("length", "rank", "groups", "s"), [(1, 1, 1, 8), (37, 1, 2, 5), (33, 2, 1, 8), (9, 4, 2, 3)])

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from bsmamba2.ops.triton.common import INTERPRET, configs, cumsum_grad, dot_dtype, launch, sigmoid
+from bsmamba2.ops.triton.common import INTERPRET, TL_DTYPES, configs, cumsum_grad, dot_dtype, launch, sigmoid
 from bsmamba2.ops.triton.mamba3_angles import angle_cumsum
 
 CHUNK_ROWS = 64
@@ -156,6 +156,25 @@ def _store_head_halves(ptr, x0, x1, bi, hi, t, mt, L, H, i0, i1, mj, T: tl.const
     m = _rows(mt, T, R)[:, None] & mj[None, :]
     tl.store(ptr + row + i0[None, :], x0.to(ptr.dtype.element_ty), mask=m)
     tl.store(ptr + row + i1[None, :], x1.to(ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _split(x, LOW: tl.constexpr, TO: tl.constexpr):
+    """fp32 x as hi + lo, each rounded to LOW (the inputs' 16-bit dtype) and held as TO: a
+    product taking both carries about 16 significant bits of x instead of LOW's 8 (tf32: 11)."""
+    hi = x.to(LOW).to(tl.float32)
+    return hi.to(TO), (x - hi).to(LOW).to(TO)
+
+
+@triton.jit
+def _split_dot(a, a_lo, b, b_lo, acc, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """acc + a·b from split operands (:func:`_split`): hi·hi + lo·hi + hi·lo, the lo·lo term
+    (2⁻¹⁶ relative) dropped; without SPLIT the one product a·b."""
+    acc = tl.dot(a, b, acc, input_precision=PREC)
+    if SPLIT:
+        acc = tl.dot(a_lo, b, acc, input_precision=PREC)
+        acc = tl.dot(a, b_lo, acc, input_precision=PREC)
+    return acc
 
 
 @triton.jit
@@ -368,14 +387,30 @@ def _state_grads(
             dH1 = tl.dot(tl.trans(q1 * ecs[:, None]), dY, decay * dH1, input_precision=PREC)
 
 
-@triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "N", "R", "T"])
 @triton.jit
-def _rotate(q_ptr, k_ptr, qb_ptr, kb_ptr, phi_ptr, qr_ptr, kr_ptr, L, H, G, S, NB,
-            N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr):
+def _store_rotated(x_ptr, bias_ptr, out_ptr, lo_ptr, bi, gi, hi, t, mt, L, H, G, i0, i1, mj, cos, sin,
+                   T: tl.constexpr, R: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, LOW: tl.constexpr,
+                   SPLIT: tl.constexpr):
+    """:func:`_rotate`'s work for one of q, k."""
+    x0, x1 = _rotated(x_ptr, bias_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+    x0, x0l = _split(x0, LOW, tl.float32)
+    x1, x1l = _split(x1, LOW, tl.float32)
+    _store_head_halves(out_ptr, x0, x1, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
+    if SPLIT:
+        _store_head_halves(lo_ptr, x0l, x1l, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
+
+
+@triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "N", "R", "T", "SPLIT"])
+@triton.jit
+def _rotate(q_ptr, k_ptr, qb_ptr, kb_ptr, phi_ptr, qr_ptr, kr_ptr, qrl_ptr, krl_ptr, L, H, G, S, NB,
+            N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr, LOW: tl.constexpr,
+            SPLIT: tl.constexpr):
     """One (sequence, head, block of T steps): the head's rotated q̃ and k̃, R(φ)·(x + bias),
-    stored per head ((b, l, r, h, n), their pointers' dtype) for :func:`_chunk_bwd_v` and
-    :func:`_chunk_bwd_qk`, which take them as dot operands only: in the dot dtype they are what
-    those kernels would round in registers, and their programs hold no cos/sin and no fp32 copies."""
+    rounded to LOW and stored per head ((b, l, r, h, n), their pointers' dtype) for
+    :func:`_chunk_bwd_v` and :func:`_chunk_bwd_qk`, which take them as dot operands only: in
+    the dot dtype they are what those kernels would round in registers, and their programs hold
+    no cos/sin and no fp32 copies. SPLIT: also the remainders, rounded alike (``qrl_ptr``,
+    ``krl_ptr``; :func:`_split`), for the products that need more than LOW's precision."""
     pid = tl.program_id(0).to(tl.int64)
     blk = pid % NB
     bh = pid // NB
@@ -386,10 +421,10 @@ def _rotate(q_ptr, k_ptr, qb_ptr, kb_ptr, phi_ptr, qr_ptr, kr_ptr, L, H, G, S, N
     mt = t < L
     i0, i1, mj = _halves(N, BH)
     cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
-    q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
-    _store_head_halves(qr_ptr, q0, q1, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
-    k0, k1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
-    _store_head_halves(kr_ptr, k0, k1, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
+    _store_rotated(q_ptr, qb_ptr, qr_ptr, qrl_ptr, bi, gi, hi, t, mt, L, H, G, i0, i1, mj, cos, sin,
+                   T, R, N, BH, LOW, SPLIT)
+    _store_rotated(k_ptr, kb_ptr, kr_ptr, krl_ptr, bi, gi, hi, t, mt, L, H, G, i0, i1, mj, cos, sin,
+                   T, R, N, BH, LOW, SPLIT)
 
 
 @triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N", "R", "T", "HAS_STATES"])
@@ -498,15 +533,29 @@ def _chunk_bwd_v(
         tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dV, mask=mt[:, None])
 
 
-@triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N", "R", "T", "HAS_STATES", "PART"])
+@triton.jit
+def _other_side(hi_ptr, lo_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T: tl.constexpr, R: tl.constexpr,
+                N: tl.constexpr, SPLIT: tl.constexpr):
+    """:func:`_rotate`'s halves of one side and, with SPLIT, their remainders (else the halves
+    again, never used)."""
+    x0, x1 = _head_halves(hi_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
+    if SPLIT:
+        l0, l1 = _head_halves(lo_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
+    else:
+        l0, l1 = x0, x1
+    return x0, x1, l0, l1
+
+
+@triton.autotune(configs=configs((4, 1), (8, 1)),
+                 key=["H", "P", "N", "R", "T", "HAS_STATES", "PART", "SPLIT"])
 @triton.jit
 def _chunk_bwd_qk(
-    qr_ptr, kr_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, z_ptr,
+    qr_ptr, kr_ptr, qrl_ptr, krl_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, z_ptr,
     mx_ptr, mz_ptr, mo_ptr, dout_ptr, st_ptr, dd_ptr,
     L, H, NC,
     P: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
     MIMO: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr, HAS_STATES: tl.constexpr,
-    PART: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+    PART: tl.constexpr, DOT: tl.constexpr, LOW: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
 ):
     """One (sequence, head, chunk): the head's dq̃ (PART_DQ) or dk̃ (PART_DK) of the chunk's
     rows, in the rotated frame, stored per head as its two halves (fp32 (b, l, r, h, n)); the
@@ -517,8 +566,9 @@ def _chunk_bwd_qk(
         dk̃ = (v·dYᵀ ⊙ Wᵀ)·q̃ + e^{S_last−S} ω v·dHᵀ (st_ptr: the leaving states' gradients dH)
 
     The other side (k̃ for dq̃, q̃ for dk̃) comes rotated from :func:`_rotate`, so a program holds
-    no cos/sin and no accumulator over heads; the operands are the dot dtype (fp32 accumulation),
-    the states cast to it at the dot."""
+    no cos/sin and no accumulator over heads. With 16-bit inputs (SPLIT) every product runs on
+    split operands (:func:`_split_dot`: three 16-bit dots, about 16 significant bits, more than
+    tf32's 11): dφ, made of these gradients, needs more than bf16 operands (module docstring)."""
     pid = tl.program_id(0).to(tl.int64)
     c = pid % NC
     bh = pid // NC
@@ -530,34 +580,38 @@ def _chunk_bwd_qk(
     tr = _rows(t, T, R)
     i0, i1, mj = _halves(N, BH)
     if PART == PART_DQ:
-        o0, o1 = _head_halves(kr_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
+        o0, o1, l0, l1 = _other_side(kr_ptr, krl_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N, SPLIT)
     else:
-        o0, o1 = _head_halves(qr_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
+        o0, o1, l0, l1 = _other_side(qr_ptr, qrl_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N, SPLIT)
     V, _, _ = _values(x_ptr, mx_ptr, bi, hi, t, mt, L, H, T, P, R, MIMO)
     zg, _, _ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
     _, _, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
-    V = V.to(DOT)
-    dY = dY.to(DOT)
+    V, V_lo = _split(V, LOW, DOT)
+    dY, dY_lo = _split(dY, LOW, DOT)
     cs, cs_last, w, g = _decays(adt_ptr, w_ptr, g_ptr, bi, hi, t, mt, L, H)
     cs_r = _rows(cs, T, R)
     w_r = _rows(w, T, R)
+    zero = tl.zeros((T * R, T * R), dtype=tl.float32)
     if PART == PART_DQ:
         W, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, False)
-        M = tl.dot(dY, tl.trans(V), input_precision=PREC) * W
-        lhs = dY
+        M = _split_dot(dY, dY_lo, tl.trans(V), tl.trans(V_lo), zero, SPLIT, PREC) * W
+        lhs, lhs_lo = dY, dY_lo
         scale = tl.exp(cs_r)
     else:
         WT, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, True)
-        M = tl.dot(V, tl.trans(dY), input_precision=PREC) * WT
-        lhs = V
+        M = _split_dot(V, V_lo, tl.trans(dY), tl.trans(dY_lo), zero, SPLIT, PREC) * WT
+        lhs, lhs_lo = V, V_lo
         scale = tl.exp(tl.minimum(cs_last - cs_r, 0.0)) * w_r
-    M = M.to(DOT)
-    d0 = tl.dot(M, o0, input_precision=PREC)
-    d1 = tl.dot(M, o1, input_precision=PREC)
+    M, M_lo = _split(M, LOW, DOT)
+    acc = tl.zeros((T * R, BH), dtype=tl.float32)
+    d0 = _split_dot(M, M_lo, o0.to(DOT), l0.to(DOT), acc, SPLIT, PREC)
+    d1 = _split_dot(M, M_lo, o1.to(DOT), l1.to(DOT), acc, SPLIT, PREC)
     if HAS_STATES:
         S0, S1 = _state_halves(st_ptr + ((bi * H + hi) * NC + c) * 2 * BH * P, BH, P)
-        d0 += scale[:, None] * tl.dot(lhs, tl.trans(S0.to(DOT)), input_precision=PREC)
-        d1 += scale[:, None] * tl.dot(lhs, tl.trans(S1.to(DOT)), input_precision=PREC)
+        S0, S0_lo = _split(S0, LOW, DOT)
+        S1, S1_lo = _split(S1, LOW, DOT)
+        d0 += scale[:, None] * _split_dot(lhs, lhs_lo, tl.trans(S0), tl.trans(S0_lo), acc, SPLIT, PREC)
+        d1 += scale[:, None] * _split_dot(lhs, lhs_lo, tl.trans(S1), tl.trans(S1_lo), acc, SPLIT, PREC)
     _store_head_halves(dd_ptr, d0, d1, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
 
 
@@ -703,17 +757,21 @@ class Mamba3Scan(torch.autograd.Function):
         dadt, dw, dg = (torch.empty((b, h, length), dtype=f32, device=v.device) for _ in range(3))
         npart = 1 + (3 * r * p if mimo else 0)
         part = torch.zeros((b, nc, h, npart), dtype=f32, device=v.device)
-        # per-head rotated q̃, k̃ in the dot dtype (fp32 interpreted), for the product launches only
-        qr, kr = rotated_heads(q, k, q_bias, k_bias, phi, f32 if INTERPRET else v.dtype)
+        # per-head rotated q̃, k̃ rounded to the input dtype and held in the dot dtype (fp32
+        # interpreted), with their remainders for 16-bit inputs: for the product launches only
+        qr, kr, qr_lo, kr_lo = rotated_heads(q, k, q_bias, k_bias, phi, f32 if INTERPRET else v.dtype,
+                                             v.dtype)
         launch(_chunk_bwd_v, (b * h * nc,), qr, kr, v, adt, omega, gamma, *opt, dout, states, dstates,
                dx, dz, dadt, dw, dg, part, length, h, nc, npart, HAS_D=D is not None, HAS_STATES=nc > 1,
                DOT=DOT, **meta)
+        lows = (qr_lo, kr_lo) if qr_lo is not None else (qr, kr)  # (never read without a split)
         # per-head dk̃, dq̃ in the rotated frame, fp32 (b, l, r, h, n) each, for this call only
         ddk, ddq = (torch.empty((b, length, r, h, n), dtype=f32, device=v.device) for _ in range(2))
         for which, st, dd in ((PART_DK, dstates, ddk), (PART_DQ, states, ddq)):
-            launch(_chunk_bwd_qk, (b * h * nc,), qr, kr, v, adt, omega, gamma, *opt[1:], dout, st, dd,
-                   length, h, nc, PART=which.value, HAS_STATES=nc > 1, DOT=DOT, **meta)
-        del qr, kr
+            launch(_chunk_bwd_qk, (b * h * nc,), qr, kr, *lows, v, adt, omega, gamma, *opt[1:], dout, st, dd,
+                   length, h, nc, PART=which.value, HAS_STATES=nc > 1, DOT=DOT, LOW=TL_DTYPES[v.dtype],
+                   SPLIT=qr_lo is not None, **meta)
+        del qr, kr, qr_lo, kr_lo, lows
         dq, dk, dphi, dqb, dkb = turned_back(q, k, q_bias, k_bias, phi, ddq, ddk)
         part = part.sum((0, 1))
         rp = r * p
@@ -726,18 +784,24 @@ class Mamba3Scan(torch.autograd.Function):
 
 
 def rotated_heads(q: torch.Tensor, k: torch.Tensor, q_bias: torch.Tensor, k_bias: torch.Tensor,
-                  phi: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every head's rotated q̃ = R(φ)·(q + q_bias) and k̃ (b, l, r, h, n) in ``dtype``, from the
-    kernels' layouts (q, k (b, l, r, g, n), biases (h, r, n), φ (b, l, h, s), pairs (j, j+N/2)):
-    :func:`_rotate`. (b, l, r, h, n) in bf16 is 2·b·l·r·h·n bytes each."""
+                  phi: torch.Tensor, dtype: torch.dtype, low: torch.dtype = torch.float32
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Every head's rotated q̃ = R(φ)·(q + q_bias) and k̃ (b, l, r, h, n), rounded to ``low`` and
+    held in ``dtype``, from the kernels' layouts (q, k (b, l, r, g, n), biases (h, r, n), φ
+    (b, l, h, s), pairs (j, j+N/2)): :func:`_rotate`. With a 16-bit ``low`` also what the
+    rounding left, rounded alike (q̃ ≈ hi + lo to about 16 bits; else None). (b, l, r, h, n) in
+    bf16 is 2·b·l·r·h·n bytes each."""
     b, length, r, g, n = q.shape
     h, s = phi.shape[2:]
     steps = max(1, TURN_ROWS // r)
     blocks = triton.cdiv(length, steps)
-    qr, kr = (torch.empty((b, length, r, h, n), dtype=dtype, device=q.device) for _ in range(2))
-    launch(_rotate, (b * h * blocks,), q, k, q_bias, k_bias, phi, qr, kr, length, h, g, s, blocks,
-           N=n, BH=half_block(n), R=r, T=steps)
-    return qr, kr
+    split = low != torch.float32
+    qr, kr, qr_lo, kr_lo = (torch.empty((b, length, r, h, n), dtype=dtype, device=q.device) if i < 2 or split
+                            else None for i in range(4))
+    launch(_rotate, (b * h * blocks,), q, k, q_bias, k_bias, phi, qr, kr, qr_lo if split else qr,
+           kr_lo if split else kr, length, h, g, s, blocks, N=n, BH=half_block(n), R=r, T=steps,
+           LOW=TL_DTYPES[low], SPLIT=split)
+    return qr, kr, qr_lo, kr_lo
 
 
 def turned_back(q: torch.Tensor, k: torch.Tensor, q_bias: torch.Tensor, k_bias: torch.Tensor,
