@@ -38,10 +38,12 @@ needs has its own dot from loaded tiles.
 
 Dot operands are the input dtype (bf16/fp16 on tensor cores), fp32 accumulation, except
 where the angles' gradient is made: the states and their gradients are made on fp32 (tf32 on
-a GPU) operands and kept in fp32 (cast to the dot dtype where a product takes them), and the
-turning back and dφ run in fp32 outside the products. dφ is a cancelling sum (turning every
-q̃, k̃ of a head by one angle changes nothing, so Σ_t dφ_t = 0) whose tail sums are the
-angles' gradient; with bf16 states it missed its tolerance at length 801 (docs/benchmarks.md).
+a GPU) operands and kept in fp32, the dq̃/dk̃ products take every operand split into two
+16-bit halves (about 16 significant bits, :func:`_split_dot`), and the turning back and dφ run
+in fp32 outside the products. dφ is a cancelling sum (turning every q̃, k̃ of a head by one
+angle changes nothing, so Σ_t dφ_t = 0) whose tail sums are the angles' gradient: the two
+sides of every pair of rows must use the same values, and with the dq̃/dk̃ products on plain
+bf16 operands it missed its tolerance at length 801 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
