@@ -7,6 +7,10 @@ bf16, chunk 64 — 32 for the forward's output pass) to PTX for an H100, and its
 ``ptxas -v`` reports registers and spill bytes. Spills are what made the fused backward slow
 (docs/benchmarks.md), so check them before spending GPU time on a kernel change.
 Register allocation differs between Triton versions: run it with the GPU machine's (3.6).
+The integer arguments are those of the paper's model layout (:func:`ssd_ints`), specialised as
+the JIT specialises them at a launch: the loads are the vector loads and asynchronous copies
+of the kernel that runs (unspecialised, every load is a scalar one and the spills several times
+larger: the counts in docs/benchmarks.md before 2026-12-03 15:30 UTC were made so).
 
 Shared memory over the H100/H200's 227 KB per block (:data:`SHARED_LIMIT`) is a launch error
 on the GPU: the Mamba-3 backward with 64-row fp32 chunks needed 240 KB (docs/benchmarks.md).
@@ -51,12 +55,40 @@ def _ptxas() -> str:
         return nvidia.get_ptxas().path
 
 
+def ssd_ints(seqs: int = 310, length: int = 801) -> dict[str, int]:
+    """The integer arguments of the SSD kernels at the paper's sizes (16 heads × 64, one
+    group, state 128) in the model's layout: x, B, C adjacent slices of one (seqs, length,
+    1280) tensor, as the benchmark and the model pass them, and the gradients in one buffer."""
+    h, p, n = 16, 64, 128
+    row = h * p + 2 * n
+    strides = {"x": (length * row, row, p, 1), "d": (length * h, h, 1), "B": (length * row, row, n, 1),
+               "C": (length * row, row, n, 1), "y": (length * h * p, h * p, p, 1)}
+    axes = {"x": "blhp", "d": "blh", "B": "blgn", "C": "blgn", "y": "blhp"}
+    ints = {f"s{k}{axis}": v for k, vs in strides.items() for axis, v in zip(axes[k], vs, strict=True)}
+    return {**ints, "sgxb": length * row, "sgxl": row, "sgBb": length * row, "sgBl": row,
+            "L": length, "H": h, "HG": h, "P": p, "N": n, "NC": -(-length // 64), "G": 1}
+
+
 def report(kernel, constexprs: dict, num_warps: int, num_stages: int,
-           fp32_pointers: set[str] = FP32_POINTERS, data: str = "*bf16") -> str:
+           fp32_pointers: set[str] = FP32_POINTERS, data: str = "*bf16", ints: dict | None = None) -> str:
     """ptxas's register / spill line and the shared memory of one variant of an autotuned
-    kernel; ``fp32_pointers`` point to float32 tensors, the other pointers to ``data``."""
+    kernel; ``fp32_pointers`` point to float32 tensors, the other pointers to ``data``.
+
+    ``ints``: the values of the integer arguments, specialised as Triton's JIT does at a
+    launch (1 becomes a constant, multiples of 16 and every pointer are marked divisible by
+    16): without them the strides are unknown, every load is a scalar 2-byte load and none
+    is pipelined, which is not the kernel that runs (the spill counts of such a compile are
+    several times the real ones)."""
     fn = kernel.fn  # the JITFunction under the autotuner
     constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
+    attrs = {}
+    for index, name in enumerate(fn.arg_names):
+        if ints is None or name in constexprs:
+            continue
+        if name.endswith("_ptr") or ints[name] % 16 == 0:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif ints[name] == 1:
+            constexprs[name] = 1
     signature = {
         name: "constexpr" if name in constexprs
         else ("*fp32" if name in fp32_pointers else data) if name.endswith("_ptr")
@@ -64,7 +96,7 @@ def report(kernel, constexprs: dict, num_warps: int, num_stages: int,
         for name in fn.arg_names
     }
     source = ASTSource(fn=fn, signature=signature,
-                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
@@ -120,13 +152,19 @@ def main() -> None:
                 ("_state_grads", ssd._state_grads,
                  {"HAS_DFIN": False, "HAS_H0": False, "BLOCK_Q": ssd.CHUNK}),
                 ("_short_fwd", ssd._short_fwd, {"BLOCK_Q": 64})]
+    # as SSDScan.backward launches them: dx one head per program with states (long sequences),
+    # else the group's 16 heads (HEADS is a compile-time trip count)
     variants += [(f"_chunk_bwd part {part}{' states' if states else ''}", ssd._chunk_bwd,
-                  {"HAS_STATES": states, "PART": part, "BLOCK_Q": ssd.CHUNK})
+                  {"HAS_STATES": states, "PART": part, "BLOCK_Q": ssd.CHUNK,
+                   "HEADS": 1 if states and part == ssd.PART_DX.value else 16})
                  for part in (ssd.PART_DX.value, ssd.PART_DB.value, ssd.PART_DC.value)
                  for states in (True, False)]
     for name, kernel, constexprs in variants:
+        # the band axis (4005 × 62) where the kernel runs on short sequences, else the time axis
+        short = kernel is ssd._short_fwd or not constexprs.get("HAS_STATES", True)
+        ints = ssd_ints(4005, 62) if short else ssd_ints()
         for config in kernel.configs:
-            line = report(kernel, {**PAPER, **constexprs}, config.num_warps, config.num_stages)
+            line = report(kernel, {**PAPER, **constexprs}, config.num_warps, config.num_stages, ints=ints)
             print(f"{name:<30} warps {config.num_warps} stages {config.num_stages}: {line}", flush=True)
 
 

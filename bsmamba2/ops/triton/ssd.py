@@ -196,12 +196,18 @@ def _state_grads(
         dH = tl.load(dfin_ptr + pid * P * N + pn_off, mask=pn_mask, other=0.0).to(tl.float32)
     else:
         dH = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    # Each chunk's dt is loaded during the chunk after it (the one before in this walk): Triton
+    # pipelines dy and C here but not these 2-byte strided loads (as in _chunk_bwd's heads).
+    dt_ptrs = dt_ptr + bi * sdb + hi * sdh
+    t = (NC - 1) * BLOCK_Q + oq
+    dt_next = tl.load(dt_ptrs + t * sdl, mask=t < L, other=0.0)
     for cc in range(NC):
         c = NC - 1 - cc
         t = c * BLOCK_Q + oq
         mq = t < L
-        _, _, cs, cs_last = _chunk_decay(dt_ptr + bi * sdb + t * sdl + hi * sdh, mq, A, bias,
-                                         HAS_BIAS, SOFTPLUS)
+        dt = dt_next
+        dt_next = tl.load(dt_ptrs + (t - BLOCK_Q) * sdl, mask=t >= BLOCK_Q, other=0.0)
+        _, _, cs, cs_last = _decay(dt, mq, A, bias, HAS_BIAS, SOFTPLUS)
         tl.store(dstates_ptr + (pid * NC + c) * P * N + pn_off, dH.to(dstates_ptr.dtype.element_ty),
                  mask=pn_mask)
         dY = tl.load(dy_ptr + bi * syb + hi * syh + t[:, None] * syl + op[None, :] * syp,
@@ -216,6 +222,26 @@ def _state_grads(
 
 PART_DX, PART_DB, PART_DC = (tl.constexpr(i) for i in range(3))
 """What a launch of :func:`_chunk_bwd` computes: dx with the dt/dA/dD/dbias gradients, dB, dC."""
+
+
+@triton.jit
+def _head_tiles(x_ptr, dy_ptr, states_ptr, dstates_ptr, bi, hi, c, t, op, qp_mask, pn_off, pn_mask,
+                np_off, np_mask, H, NC, P, N, sxb, sxl, sxh, sxp, syb, syl, syh, syp,
+                PART: tl.constexpr, HAS_STATES: tl.constexpr):
+    """What one head adds to a chunk of :func:`_chunk_bwd`'s ``PART``: x, dy and (``HAS_STATES``)
+    the gradient of the leaving state ((p, n); dx, dB) and the entering state ((n, p); dx, dC).
+    A state the part does not read is returned as x (never read)."""
+    X = tl.load(x_ptr + bi * sxb + hi * sxh + t[:, None] * sxl + op[None, :] * sxp, mask=qp_mask, other=0.0)
+    dY = tl.load(dy_ptr + bi * syb + hi * syh + t[:, None] * syl + op[None, :] * syp, mask=qp_mask, other=0.0)
+    dH = X
+    HinT = X
+    if HAS_STATES:
+        sidx = ((bi * H + hi) * NC + c) * P * N
+        if PART != PART_DC:
+            dH = tl.load(dstates_ptr + sidx + pn_off, mask=pn_mask, other=0.0)
+        if PART != PART_DB:
+            HinT = tl.load(states_ptr + sidx + np_off, mask=np_mask, other=0.0)
+    return X, dY, dH, HinT
 
 
 @triton.autotune(configs=configs((4, 3), (4, 1), (2, 2)),
@@ -267,6 +293,17 @@ def _chunk_bwd(
     np_off = on[:, None] * P + op[None, :]
     np_mask = mn[:, None] & mp[None, :]
     causal = oq[:, None] >= oq[None, :]
+    # Each head's dt is loaded during the head before: Triton pipelines the loop's tiles
+    # (asynchronous copies of x, dy and the states) but not these 2-byte strided loads, whose
+    # latency would open every head's dependency chain (the decays feed every product).
+    dt_ptrs = dt_ptr + bi * sdb + t * sdl
+    dt_next = tl.load(dt_ptrs + h_first * sdh, mask=mq, other=0.0)
+    if HEADS == 1:
+        # No loop to pipeline (one head per program): every tile's load is issued here, before
+        # the first product, so that their latencies overlap instead of adding up.
+        first = _head_tiles(x_ptr, dy_ptr, states_ptr, dstates_ptr, bi, h_first, c, t, op, qp_mask, pn_off,
+                            pn_mask, np_off, np_mask, H, NC, P, N, sxb, sxl, sxh, sxp, syb, syl, syh, syp,
+                            PART, HAS_STATES)
     if PART != PART_DB:
         Bm = tl.load(B_ptr + bi * sBb + gi * sBg + t[:, None] * sBl + on[None, :] * sBn,
                      mask=qn_mask, other=0.0).to(DOT)
@@ -279,35 +316,37 @@ def _chunk_bwd(
         acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
     for j in range(HEADS):  # a compile-time trip count: faster dB/dC than a run-time one
         hi = h_first + j
+        dt = dt_next
+        if HEADS > 1:
+            dt_next = tl.load(dt_ptrs + (hi + 1) * sdh, mask=mq & (j + 1 < HEADS), other=0.0)
         A = tl.load(A_ptr + hi).to(tl.float32)
         bias = tl.load(bias_ptr + hi).to(tl.float32) if HAS_BIAS else 0.0
-        u, delta, cs, cs_last = _chunk_decay(dt_ptr + bi * sdb + t * sdl + hi * sdh, mq, A, bias,
-                                             HAS_BIAS, SOFTPLUS)
-        X = tl.load(x_ptr + bi * sxb + hi * sxh + t[:, None] * sxl + op[None, :] * sxp,
-                    mask=qp_mask, other=0.0)
-        dY = tl.load(dy_ptr + bi * syb + hi * syh + t[:, None] * syl + op[None, :] * syp,
-                     mask=qp_mask, other=0.0)
+        u, delta, cs, cs_last = _decay(dt, mq, A, bias, HAS_BIAS, SOFTPLUS)
+        if HEADS > 1:
+            X, dY, dH, HinT = _head_tiles(x_ptr, dy_ptr, states_ptr, dstates_ptr, bi, hi, c, t, op, qp_mask,
+                                          pn_off, pn_mask, np_off, np_mask, H, NC, P, N, sxb, sxl, sxh, sxp,
+                                          syb, syl, syh, syp, PART, HAS_STATES)
+        else:
+            X, dY, dH, HinT = first
         Xd = X.to(DOT)
         # Δ_s x_s as one operand: scaling the dot's input instead of its [t, s] output
         # avoids a broadcast along columns of the dot's result (much slower dC).
         Xs = (X.to(tl.float32) * delta[:, None]).to(DOT)
         dYd = dY.to(DOT)
         seg = cs[:, None] - cs[None, :]
-        sidx = ((bi * H + hi) * NC + c) * P * N
         if PART == PART_DC:
             # dC_t = Σ_{s≤t} e^{cs_t−cs_s} Δ_s (dy_t·x_s) B_s + e^{cs_t} dy_t·Hin
             dyx = tl.dot(dYd, tl.trans(Xs), input_precision=PREC)  # [t, s] = dy_t·Δ_s x_s
             dG = tl.where(causal, tl.exp(tl.minimum(seg, 0.0)), 0.0) * dyx
             acc = tl.dot(dG.to(DOT), Bm, acc, input_precision=PREC)
             if HAS_STATES:
-                Hin = tl.trans(tl.load(states_ptr + sidx + np_off, mask=np_mask, other=0.0))
+                Hin = tl.trans(HinT)
                 dYs = (dY.to(tl.float32) * tl.exp(cs)[:, None]).to(DOT)
                 acc = tl.dot(dYs, Hin.to(DOT), acc, input_precision=PREC)
         else:
             decay_t = tl.where(tl.trans(causal), tl.exp(tl.minimum(-seg, 0.0)), 0.0)  # [s, t]
             if HAS_STATES:
                 to_end = tl.exp(tl.minimum(cs_last - cs, 0.0))
-                dH = tl.load(dstates_ptr + sidx + pn_off, mask=pn_mask, other=0.0)  # (p, n)
             if PART == PART_DB:
                 # dB_s = Σ_{t≥s} e^{cs_t−cs_s} Δ_s (x_s·dy_t) C_t + e^{cs_last−cs_s} Δ_s x_s·dH
                 dGT = decay_t * tl.dot(Xs, tl.trans(dYd), input_precision=PREC)  # · Δ_s x_s·dy_t
@@ -333,7 +372,6 @@ def _chunk_bwd(
                     R = to_end * delta * xdhb
                     dcs -= R
                     # ... and through the state entering it.
-                    HinT = tl.load(states_ptr + sidx + np_off, mask=np_mask, other=0.0)  # (n, p)
                     dhh = tl.sum(tl.sum(dHT.to(tl.float32) * HinT.to(tl.float32), 1), 0)
                     dcs_last = tl.exp(cs_last) * dhh + tl.sum(R, 0)
                     CH = tl.dot(Cm, HinT.to(DOT), input_precision=PREC)  # (q, p): C_t·Hin[p, :]
