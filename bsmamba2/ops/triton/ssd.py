@@ -224,26 +224,6 @@ PART_DX, PART_DB, PART_DC = (tl.constexpr(i) for i in range(3))
 """What a launch of :func:`_chunk_bwd` computes: dx with the dt/dA/dD/dbias gradients, dB, dC."""
 
 
-@triton.jit
-def _head_tiles(x_ptr, dy_ptr, states_ptr, dstates_ptr, bi, hi, c, t, op, qp_mask, pn_off, pn_mask,
-                np_off, np_mask, H, NC, P, N, sxb, sxl, sxh, sxp, syb, syl, syh, syp,
-                PART: tl.constexpr, HAS_STATES: tl.constexpr):
-    """What one head adds to a chunk of :func:`_chunk_bwd`'s ``PART``: x, dy and (``HAS_STATES``)
-    the gradient of the leaving state ((p, n); dx, dB) and the entering state ((n, p); dx, dC).
-    A state the part does not read is returned as x (never read)."""
-    X = tl.load(x_ptr + bi * sxb + hi * sxh + t[:, None] * sxl + op[None, :] * sxp, mask=qp_mask, other=0.0)
-    dY = tl.load(dy_ptr + bi * syb + hi * syh + t[:, None] * syl + op[None, :] * syp, mask=qp_mask, other=0.0)
-    dH = X
-    HinT = X
-    if HAS_STATES:
-        sidx = ((bi * H + hi) * NC + c) * P * N
-        if PART != PART_DC:
-            dH = tl.load(dstates_ptr + sidx + pn_off, mask=pn_mask, other=0.0)
-        if PART != PART_DB:
-            HinT = tl.load(states_ptr + sidx + np_off, mask=np_mask, other=0.0)
-    return X, dY, dH, HinT
-
-
 @triton.autotune(configs=configs((4, 3), (4, 1), (2, 2)),
                  key=["HG", "P", "N", "BLOCK_Q", "HAS_STATES", "PART", "HEADS"])
 # The configurations that won some part on some axis of the paper model (8 warps never won;
@@ -293,17 +273,6 @@ def _chunk_bwd(
     np_off = on[:, None] * P + op[None, :]
     np_mask = mn[:, None] & mp[None, :]
     causal = oq[:, None] >= oq[None, :]
-    # Each head's dt is loaded during the head before: Triton pipelines the loop's tiles
-    # (asynchronous copies of x, dy and the states) but not these 2-byte strided loads, whose
-    # latency would open every head's dependency chain (the decays feed every product).
-    dt_ptrs = dt_ptr + bi * sdb + t * sdl
-    dt_next = tl.load(dt_ptrs + h_first * sdh, mask=mq, other=0.0)
-    if HEADS == 1:
-        # No loop to pipeline (one head per program): every tile's load is issued here, before
-        # the first product, so that their latencies overlap instead of adding up.
-        first = _head_tiles(x_ptr, dy_ptr, states_ptr, dstates_ptr, bi, h_first, c, t, op, qp_mask, pn_off,
-                            pn_mask, np_off, np_mask, H, NC, P, N, sxb, sxl, sxh, sxp, syb, syl, syh, syp,
-                            PART, HAS_STATES)
     if PART != PART_DB:
         Bm = tl.load(B_ptr + bi * sBb + gi * sBg + t[:, None] * sBl + on[None, :] * sBn,
                      mask=qn_mask, other=0.0).to(DOT)
@@ -314,6 +283,11 @@ def _chunk_bwd(
         GT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)  # [s, t] = B_s·C_t, for every head
     else:
         acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+    # Each head's dt is loaded during the head before: Triton pipelines the loop's tiles
+    # (asynchronous copies of x, dy and the states) but not these 2-byte strided loads, whose
+    # latency would open every head's dependency chain (the decays feed every product).
+    dt_ptrs = dt_ptr + bi * sdb + t * sdl
+    dt_next = tl.load(dt_ptrs + h_first * sdh, mask=mq, other=0.0)
     for j in range(HEADS):  # a compile-time trip count: faster dB/dC than a run-time one
         hi = h_first + j
         dt = dt_next
@@ -322,31 +296,31 @@ def _chunk_bwd(
         A = tl.load(A_ptr + hi).to(tl.float32)
         bias = tl.load(bias_ptr + hi).to(tl.float32) if HAS_BIAS else 0.0
         u, delta, cs, cs_last = _decay(dt, mq, A, bias, HAS_BIAS, SOFTPLUS)
-        if HEADS > 1:
-            X, dY, dH, HinT = _head_tiles(x_ptr, dy_ptr, states_ptr, dstates_ptr, bi, hi, c, t, op, qp_mask,
-                                          pn_off, pn_mask, np_off, np_mask, H, NC, P, N, sxb, sxl, sxh, sxp,
-                                          syb, syl, syh, syp, PART, HAS_STATES)
-        else:
-            X, dY, dH, HinT = first
+        X = tl.load(x_ptr + bi * sxb + hi * sxh + t[:, None] * sxl + op[None, :] * sxp,
+                    mask=qp_mask, other=0.0)
+        dY = tl.load(dy_ptr + bi * syb + hi * syh + t[:, None] * syl + op[None, :] * syp,
+                     mask=qp_mask, other=0.0)
         Xd = X.to(DOT)
         # Δ_s x_s as one operand: scaling the dot's input instead of its [t, s] output
         # avoids a broadcast along columns of the dot's result (much slower dC).
         Xs = (X.to(tl.float32) * delta[:, None]).to(DOT)
         dYd = dY.to(DOT)
         seg = cs[:, None] - cs[None, :]
+        sidx = ((bi * H + hi) * NC + c) * P * N
         if PART == PART_DC:
             # dC_t = Σ_{s≤t} e^{cs_t−cs_s} Δ_s (dy_t·x_s) B_s + e^{cs_t} dy_t·Hin
             dyx = tl.dot(dYd, tl.trans(Xs), input_precision=PREC)  # [t, s] = dy_t·Δ_s x_s
             dG = tl.where(causal, tl.exp(tl.minimum(seg, 0.0)), 0.0) * dyx
             acc = tl.dot(dG.to(DOT), Bm, acc, input_precision=PREC)
             if HAS_STATES:
-                Hin = tl.trans(HinT)
+                Hin = tl.trans(tl.load(states_ptr + sidx + np_off, mask=np_mask, other=0.0))
                 dYs = (dY.to(tl.float32) * tl.exp(cs)[:, None]).to(DOT)
                 acc = tl.dot(dYs, Hin.to(DOT), acc, input_precision=PREC)
         else:
             decay_t = tl.where(tl.trans(causal), tl.exp(tl.minimum(-seg, 0.0)), 0.0)  # [s, t]
             if HAS_STATES:
                 to_end = tl.exp(tl.minimum(cs_last - cs, 0.0))
+                dH = tl.load(dstates_ptr + sidx + pn_off, mask=pn_mask, other=0.0)  # (p, n)
             if PART == PART_DB:
                 # dB_s = Σ_{t≥s} e^{cs_t−cs_s} Δ_s (x_s·dy_t) C_t + e^{cs_last−cs_s} Δ_s x_s·dH
                 dGT = decay_t * tl.dot(Xs, tl.trans(dYd), input_precision=PREC)  # · Δ_s x_s·dy_t
@@ -372,6 +346,7 @@ def _chunk_bwd(
                     R = to_end * delta * xdhb
                     dcs -= R
                     # ... and through the state entering it.
+                    HinT = tl.load(states_ptr + sidx + np_off, mask=np_mask, other=0.0)  # (n, p)
                     dhh = tl.sum(tl.sum(dHT.to(tl.float32) * HinT.to(tl.float32), 1), 0)
                     dcs_last = tl.exp(cs_last) * dhh + tl.sum(R, 0)
                     CH = tl.dot(Cm, HinT.to(DOT), input_precision=PREC)  # (q, p): C_t·Hin[p, :]
