@@ -8,9 +8,9 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from bsmamba2 import ops
+from bsmamba2.model import recompute
 from bsmamba2.model.dt_init import init_dt_bias
 
 _STATE_KEYS = {"A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight",
@@ -73,9 +73,7 @@ class Mamba(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (batch, length, d_model) → (batch, length, d_model)."""
-        if self.recompute == "mixer" and torch.is_grad_enabled():
-            return checkpoint(self._mix, u, use_reentrant=False, preserve_rng_state=False)
-        return self._mix(u)
+        return recompute.checkpointed(self._mix, u, self.recompute)
 
     def unprojected(self, u: torch.Tensor) -> torch.Tensor:
         """The forward without ``out_proj``: (batch, length, d_inner), for a caller that folds

@@ -6,9 +6,9 @@ from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from bsmamba2 import ops
+from bsmamba2.model import recompute
 from bsmamba2.model.dt_init import init_dt_bias
 from bsmamba2.model.norms import GatedRMSNorm
 
@@ -76,9 +76,7 @@ class Mamba2(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (batch, length, d_model) → (batch, length, d_model)."""
-        if self.recompute == "mixer" and torch.is_grad_enabled():
-            return checkpoint(self._mix, u, use_reentrant=False, preserve_rng_state=False)
-        return self._mix(u)
+        return recompute.checkpointed(self._mix, u, self.recompute)
 
     def unprojected(self, u: torch.Tensor) -> torch.Tensor:
         """The forward without ``out_proj``: (batch, length, d_inner), for a caller that folds
@@ -116,11 +114,12 @@ class Mamba2(nn.Module):
         return ops.causal_conv1d(xbc, weight, bias, "silu", reverse=reverse)
 
     def _scan(self, xbc: torch.Tensor, dt: torch.Tensor, reverse: bool) -> torch.Tensor:
-        """The SSD scan of the conv's output: (b, length, heads, headdim)."""
+        """The SSD scan of the conv's output: (b, length, heads, headdim). The mixer's costly
+        call: under ``recompute="cheap"`` its output is kept, not recomputed."""
         b, length, _ = xbc.shape
         gn = self.ngroups * self.d_state
         x, B, C = ops.split_channels(xbc, [self.d_inner, gn, gn])
-        return ops.ssd_scan(
+        return recompute.costly(lambda out: ops.ssd_scan(
             x.reshape(b, length, self.nheads, self.headdim),
             dt,
             -torch.exp(self.A_log.float()),
@@ -130,7 +129,8 @@ class Mamba2(nn.Module):
             dt_bias=self.dt_bias,
             dt_softplus=True,
             reverse=reverse,
-        )
+            out=out,
+        ))
 
     def warm_up_calls(self, u: torch.Tensor) -> dict[str, Callable[[], object]]:
         """The kernel-launching stages of an inference forward on ``u`` (conv, scan, gated

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from bsmamba2 import ops
+from bsmamba2.model import recompute
 from bsmamba2.model.dt_init import init_dt_bias
 
 A_FLOOR = 1e-4
@@ -127,9 +127,7 @@ class Mamba3(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (batch, length, d_model) → (batch, length, d_model)."""
-        if self.recompute == "mixer" and torch.is_grad_enabled():
-            return checkpoint(self._mix, u, use_reentrant=False, preserve_rng_state=False)
-        return self._mix(u)
+        return recompute.checkpointed(self._mix, u, self.recompute)
 
     def _mix(self, u: torch.Tensor) -> torch.Tensor:
         b, length, _ = u.shape

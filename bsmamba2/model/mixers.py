@@ -12,8 +12,9 @@ our checkpoints' metadata, resolved.
 How to add a mixer (say Mamba-1, ``"mamba1"``):
 
 1. ``model/mamba1.py``: the module. Its ``__init__(self, d_model, *, d_state=16, ...)``
-   keywords are its options and defaults. It has a ``recompute`` attribute (``"none"`` or
-   ``"mixer"``, see :func:`set_recompute`) that its ``forward`` honours, and a staticmethod
+   keywords are its options and defaults. It has a ``recompute`` attribute (one of
+   :data:`RECOMPUTE_MODES`, see :func:`set_recompute`) that its ``forward`` honours by
+   calling :func:`bsmamba2.model.recompute.checkpointed`, and a staticmethod
    ``infer_options(state, d_model, ngroups) -> dict | None``: its options from its own
    state-dict tensors (keys relative to the mixer, e.g. ``"in_proj.weight"``), or None when
    the keys are not its own (that is how :func:`infer_mixer` tells mixers apart). And a method
@@ -37,6 +38,7 @@ from torch import nn
 from bsmamba2.model.mamba1 import Mamba1Mixer
 from bsmamba2.model.mamba2 import Mamba2
 from bsmamba2.model.mamba3 import Mamba3Mixer
+from bsmamba2.model.recompute import RECOMPUTE_MODES
 
 MIXERS: dict[str, type[nn.Module]] = {
     "mamba2": Mamba2,
@@ -45,7 +47,6 @@ MIXERS: dict[str, type[nn.Module]] = {
 }
 #: Options several mixers share by name: they are BSMamba2Config fields.
 SHARED_OPTIONS = ("expand", "headdim", "d_state", "ngroups", "d_conv")
-RECOMPUTE_MODES = ("none", "mixer")
 
 
 def mixer_class(name: str) -> type[nn.Module]:
@@ -92,13 +93,18 @@ def infer_mixer(
 
 
 def set_recompute(model: nn.Module, mode: str) -> None:
-    """Recompute every mixer of ``model`` in the backward pass (``mixer``), or not (``none``).
+    """Recompute every mixer of ``model`` in the backward pass (``mixer``), all of it but its
+    costly calls (``cheap``), or nothing (``none``); :mod:`bsmamba2.model.recompute`.
 
     ``mixer`` keeps only each mixer's input for the backward instead of its activations
-    (in_proj's output, the conv output, the scan and norm outputs) and runs the
-    mixer's forward again there: on the paper model, batch 5 × 8 s, the training peak falls
-    from 82 to 15 GB for ~16 % more step time. Only training memory and time change: results
-    and gradients stay the same, and nothing changes without gradients (inference).
+    (in_proj's output, the conv output, the scan and norm outputs) and runs the mixer's
+    forward again there. ``cheap`` keeps the input and the SSD scan's output y of a Mamba-2
+    mixer (a quarter of its activations) and recomputes the rest (in_proj, conv, gated norm):
+    it spares the scan's forward, the costliest part to recompute per byte it frees (the other
+    mixers mark no costly call: for them it is ``mixer``). Measured in docs/benchmarks.md
+    (issue 19). Only training memory and
+    time change: results and gradients stay the same, and nothing changes without gradients
+    (inference).
     """
     if mode not in RECOMPUTE_MODES:
         raise ValueError(f"recompute={mode!r}: expected one of {', '.join(RECOMPUTE_MODES)}")

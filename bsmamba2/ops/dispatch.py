@@ -46,6 +46,7 @@ def ssd_scan(
     initial_state: torch.Tensor | None = None,
     return_final_state: bool = False,
     reverse: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Mamba-2 selective scan; see :func:`bsmamba2.ops.reference.ssd.ssd_scan` for the contract.
 
@@ -53,18 +54,24 @@ def ssd_scan(
     in their own order (= flip(scan(flip(...))) along the steps; the initial state enters at the
     last step, the final state leaves at the first). The kernels walk the sequences backwards;
     the reference is run on flipped copies.
+
+    ``out``: y of an earlier call on these same inputs, for a recompute
+    (:mod:`bsmamba2.model.recompute`): the kernel returns it with this call's backward
+    instead of computing it again; the reference, whose backward is its forward's graph,
+    computes it again.
     """
     impl = implementation("ssd", x)
+    if impl is not reference.ssd:
+        return impl.ssd_scan(x, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                             initial_state=initial_state, return_final_state=return_final_state,
+                             reverse=reverse, out=out)
     if not reverse:
         return impl.ssd_scan(x, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=dt_softplus,
                              initial_state=initial_state, return_final_state=return_final_state)
-    if impl is not reference.ssd:
-        return impl.ssd_scan(x, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                             initial_state=initial_state, return_final_state=return_final_state, reverse=True)
-    out = impl.ssd_scan(x.flip(1), dt.flip(1), A, B.flip(1), C.flip(1), D, dt_bias=dt_bias,
-                        dt_softplus=dt_softplus, initial_state=initial_state,
-                        return_final_state=return_final_state)
-    return (out[0].flip(1), out[1]) if return_final_state else out.flip(1)
+    flipped = impl.ssd_scan(x.flip(1), dt.flip(1), A, B.flip(1), C.flip(1), D, dt_bias=dt_bias,
+                            dt_softplus=dt_softplus, initial_state=initial_state,
+                            return_final_state=return_final_state)
+    return (flipped[0].flip(1), flipped[1]) if return_final_state else flipped.flip(1)
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

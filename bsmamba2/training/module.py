@@ -43,8 +43,9 @@ class BSMamba2Module(pl.LightningModule):
         ema_decay: decay of the weight EMA, updated after every optimizer step.
         max_nonfinite: stop after this many non-finite losses/gradients in a row.
         recompute: ``mixer`` recomputes the Mamba-2 mixers in the backward pass instead of
-            keeping their activations (:func:`bsmamba2.model.mixers.set_recompute`), ``none``
-            keeps them all (the fastest, the most memory).
+            keeping their activations (:func:`bsmamba2.model.mixers.set_recompute`), ``cheap``
+            all of them but the SSD scan (whose output it keeps), ``none`` keeps them all (the
+            fastest, the most memory).
         recompute_layers: recompute the mixers of the first this many of the ``depth``
             layers only (None: all): less time spent, less memory saved.
     """
@@ -57,7 +58,7 @@ class BSMamba2Module(pl.LightningModule):
         weight_decay: float = 0.01,
         ema_decay: float = 0.999,
         max_nonfinite: int = 20,
-        recompute: Literal["none", "mixer"] = "mixer",
+        recompute: Literal["none", "mixer", "cheap"] = "mixer",
         recompute_layers: int | None = None,
     ) -> None:
         super().__init__()

@@ -1,7 +1,9 @@
-"""Activation recompute: same loss and gradients, less memory kept for backward, the option."""
+"""Activation recompute: same loss and gradients, less memory kept for backward, the option;
+``cheap`` on the reference path and with the Triton kernels (the interpreter on a CPU)."""
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import sys
@@ -11,9 +13,10 @@ import pytest
 import torch
 import yaml
 
+from bsmamba2 import ops
 from bsmamba2.cli.main import main
 from bsmamba2.errors import BSMamba2Error
-from bsmamba2.model import BSMamba2, BSMamba2Config, mamba2
+from bsmamba2.model import BSMamba2, BSMamba2Config, recompute
 from bsmamba2.model.mamba2 import Mamba2
 from bsmamba2.model.mixers import set_recompute
 from bsmamba2.training import BSMamba2Module
@@ -67,14 +70,15 @@ def _modes(module: torch.nn.Module) -> list[str]:
     return [m.recompute for m in module.modules() if isinstance(m, Mamba2)]
 
 
+@pytest.mark.parametrize("mode", ["mixer", "cheap"])
 @pytest.mark.parametrize("layers", [None, 1])
-def test_loss_and_gradients_equal_without_recompute(layers, plain_run):
+def test_loss_and_gradients_equal_without_recompute(mode, layers, plain_run):
     reference, spec, target, loss0, grads0 = plain_run
     model = BSMamba2(TINY)
     model.load_state_dict(reference.state_dict())
     for layer in model.layers[:layers]:
-        set_recompute(layer, "mixer")
-    assert _modes(model) == ["mixer"] * 4 * (layers or TINY.depth) + ["none"] * 4 * (TINY.depth - (layers or TINY.depth))
+        set_recompute(layer, mode)
+    assert _modes(model) == [mode] * 4 * (layers or TINY.depth) + ["none"] * 4 * (TINY.depth - (layers or TINY.depth))
     loss, grads = _loss_and_grads(model, spec, target)
     torch.testing.assert_close(loss, loss0, rtol=1e-6, atol=0)
     assert grads.keys() == grads0.keys()
@@ -83,7 +87,8 @@ def test_loss_and_gradients_equal_without_recompute(layers, plain_run):
         torch.testing.assert_close(grads[name], g0, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_recompute_replays_the_autocast_of_the_forward():
+@pytest.mark.parametrize("mode", ["mixer", "cheap"])
+def test_recompute_replays_the_autocast_of_the_forward(mode):
     """Under bf16 autocast (Lightning's bf16-mixed) the recomputed forward is the bf16 one."""
     torch.manual_seed(4)
     reference = BSMamba2(TINY)
@@ -92,7 +97,7 @@ def test_recompute_replays_the_autocast_of_the_forward():
     loss0, grads0 = _loss_and_grads(reference, spec, target, bf16=True)
     model = BSMamba2(TINY)
     model.load_state_dict(reference.state_dict())
-    set_recompute(model, "mixer")
+    set_recompute(model, mode)
     loss, grads = _loss_and_grads(model, spec, target, bf16=True)
     torch.testing.assert_close(loss, loss0, rtol=1e-6, atol=0)
     for name, g0 in grads0.items():
@@ -111,6 +116,87 @@ def test_mixer_keeps_only_its_input():
     assert kept_all > (mixer.in_proj.out_features + mixer.d_inner) / 16 * kept
     out.sum().backward()  # the kept tensors suffice for the backward
     assert u.grad.abs().sum() > 0
+
+
+
+def _holders(ptr: int) -> int:
+    """How many live tensors have their data at ``ptr``."""
+    gc.collect()
+    return sum(issubclass(type(o), torch.Tensor) and o.data_ptr() == ptr for o in gc.get_objects())
+
+
+@pytest.mark.parametrize("backward", [True, False])
+def test_cheap_keeps_the_input_and_the_scan_output(backward, monkeypatch):
+    """Autograd keeps the input, as with ``mixer``; beside the graph the scan's output y lives
+    on (with ``mixer`` it does not) and reaches the recompute's scan as ``out``; nothing is
+    left once the graph is gone, backward run or not."""
+    torch.manual_seed(1)
+    mixer = Mamba2(16, d_state=8, expand=2, headdim=8)
+    u = torch.randn(3, 11, 16, requires_grad=True)
+    scans = []  # (y's data, out's data) of each scan call
+
+    def watched(*args, out=None, **kwargs):
+        y = real_scan(*args, out=out, **kwargs)
+        scans.append((y.data_ptr(), None if out is None else out.data_ptr()))
+        return y
+
+    real_scan = ops.ssd_scan
+    monkeypatch.setattr(ops, "ssd_scan", watched)
+    kept_y = {}
+    for mode in ("mixer", "cheap"):
+        mixer.recompute = mode
+        scans.clear()
+        out, kept = _saved_bytes(mixer.parameters(), lambda: mixer(u))
+        assert kept == u.nbytes, mode
+        y = scans[0][0]
+        kept_y[mode] = _holders(y)
+        if backward:
+            out.sum().backward()
+            assert scans[1][1] == (y if mode == "cheap" else None)  # the recompute's out
+        del out
+        assert _holders(y) == 0, mode
+    assert kept_y == {"mixer": 0, "cheap": 1}
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("length", [11, 70])  # the short and the chunked SSD kernels (CHUNK = 64)
+def test_cheap_with_the_kernels_runs_the_scan_once(length, reverse, monkeypatch):
+    """With the Triton kernels ``cheap`` runs the scan's forward kernel once per step (``mixer``
+    twice) and gives ``none``'s output and gradients bit for bit; a second backward of the same
+    graph (``retain_graph``) computes the scan again and gives them again."""
+    kernels = pytest.importorskip("tests.helpers.kernels")
+    from bsmamba2.ops.triton import ssd
+
+    launched = []
+
+    def counted(kernel, grid, *args, **kwargs):
+        if kernel is ssd._short_fwd or kwargs.get("COMPUTE_Y"):
+            launched.append(kernel)
+        real_launch(kernel, grid, *args, **kwargs)
+
+    real_launch = ssd.launch
+    monkeypatch.setattr(ssd, "launch", counted)
+    torch.manual_seed(5)
+    mixer = Mamba2(16, d_state=8, expand=2, headdim=8).to(kernels.DEVICE)
+    mixer.reverse = reverse
+    u = torch.randn(3, length, 16, device=kernels.DEVICE, requires_grad=True)
+    dy = torch.randn(3, length, 16, device=kernels.DEVICE)
+    runs = {}
+    with ops.use_backend("triton"):
+        for mode in ("none", "mixer", "cheap"):
+            mixer.recompute = mode
+            launched.clear()
+            out = mixer(u)
+            first = torch.autograd.grad(out, [u, *mixer.parameters()], dy, retain_graph=True)
+            second = torch.autograd.grad(out, [u, *mixer.parameters()], dy)
+            runs[mode] = out, first, second, len(launched)
+    assert {mode: run[3] for mode, run in runs.items()} == {"none": 1, "mixer": 3, "cheap": 2}
+    out0, grads0, _, _ = runs["none"]
+    assert all(g.abs().max() > 0 for g in grads0)
+    for mode, (out, first, second, _) in runs.items():
+        assert torch.equal(out, out0), mode
+        for g, g0 in zip([*first, *second], [*grads0, *grads0], strict=True):
+            assert torch.equal(g, g0), mode
 
 
 def test_model_keeps_several_times_less():
@@ -142,14 +228,14 @@ def test_inference_and_layout_unaffected(monkeypatch):
         plain = model(spec)
     keys = [(k, v.shape) for k, v in model.state_dict().items()]
     names = [n for n, _ in model.named_parameters()]
-    set_recompute(model, "mixer")
+    set_recompute(model, "cheap")
     assert [(k, v.shape) for k, v in model.state_dict().items()] == keys
     assert [n for n, _ in model.named_parameters()] == names
 
     def refuse(*args, **kwargs):
         raise AssertionError("checkpoint called without gradients")
 
-    monkeypatch.setattr(mamba2, "checkpoint", refuse)
+    monkeypatch.setattr(recompute, "checkpoint", refuse)
     with torch.no_grad():
         torch.testing.assert_close(model(spec), plain, rtol=0, atol=0)
     with torch.inference_mode():

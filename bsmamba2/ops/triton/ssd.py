@@ -464,12 +464,13 @@ class SSDScan(torch.autograd.Function):
     """y (and the final state) of the SSD scan, with the gradients of every input."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, return_final, reverse):
+    def forward(ctx, x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, return_final, reverse, out):
         _check(x, dt, A, B, C, D, dt_bias, initial_state)
         b, length, h, p = x.shape
         g, n = B.shape[-2:]
         short = length <= CHUNK and initial_state is None and not return_final
-        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        # out: y from an earlier call on these inputs (a recompute): only the backward is recorded
+        y = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
         dummy = A  # any tensor: pointer of an absent optional input (never read)
         common = dict(
             HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
@@ -478,11 +479,11 @@ class SSDScan(torch.autograd.Function):
         )
         (xp, dtp, Bp, Cp, yp), strides = along(reverse, x, dt, B, C, y)
         final = None
-        if short:
+        if out is None and short:
             launch(_short_fwd, (b * g,),
                 xp, dtp, A, Bp, Cp, D if D is not None else dummy, dt_bias if dt_bias is not None else dummy,
                 yp, length, h, h // g, p, n, g, *strides, **common)
-        else:
+        elif out is None:
             final = x.new_empty(b, h, p, n, dtype=torch.float32) if return_final else dummy
             launch(_chunked_fwd, (b * h,),
                 xp, dtp, A, Bp, Cp, D if D is not None else dummy, dt_bias if dt_bias is not None else dummy,
@@ -549,7 +550,7 @@ class SSDScan(torch.autograd.Function):
             dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC,
             dD.to(D.dtype) if D is not None else None,
             dbias.to(dt_bias.dtype) if dt_bias is not None else None,
-            dh0, None, None, None,
+            dh0, None, None, None, None,
         )
 
 
@@ -566,9 +567,16 @@ def ssd_scan(
     initial_state: torch.Tensor | None = None,
     return_final_state: bool = False,
     reverse: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Triton SSD scan with the contract of :func:`bsmamba2.ops.reference.ssd.ssd_scan`; the
     kernels pick their own chunking. ``reverse``: the scan of the reversed sequences, in their
     own order (flip, scan, flip; the state runs from the last step to the first), computed
-    without flipped copies."""
-    return SSDScan.apply(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, return_final_state, reverse)
+    without flipped copies. ``out``: y of an earlier call on these same inputs (a recompute,
+    :mod:`bsmamba2.model.recompute`), returned with this call's backward and not computed
+    again; only without ``return_final_state``."""
+    if out is not None and (return_final_state or out.shape != x.shape or out.dtype != x.dtype
+                            or not out.is_contiguous()):
+        raise ValueError("ssd_scan: out must be a contiguous y like x, without return_final_state")
+    return SSDScan.apply(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, return_final_state, reverse,
+                         out)
