@@ -106,7 +106,7 @@ def measure(cfg: BSMamba2Config, setting: str, args: argparse.Namespace, device:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/bsmamba2.yaml", help="model config (YAML)")
-    parser.add_argument("--modes", default="mixer,mixer:4,none",
+    parser.add_argument("--modes", default="cheap:5,mixer:4,none",
                         help="comma list of recompute settings: MODE, or MODE:K for the first K layers only")
     parser.add_argument("--batch-size", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=8.0, help="segment length")

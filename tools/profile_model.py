@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--file-minutes", type=float, default=1.0, help="length of the file workload")
     parser.add_argument("--train-batch", type=int, default=5, help="training batch (segments)")
     parser.add_argument("--train-seconds", type=float, default=8.0, help="training segment length")
-    parser.add_argument("--recompute", default="mixer:4", help="recompute setting (the recipe's: mixer:4)")
+    parser.add_argument("--recompute", default="cheap:5", help="recompute setting (the recipe's: cheap:5)")
     parser.add_argument("--precision", choices=tuple(DTYPES), default="bf16", help="autocast dtype")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions (compiles in the first)")
     parser.add_argument("--steps", type=int, default=3, help="timed and profiled repetitions")

@@ -256,7 +256,7 @@ def test_option_through_module_and_cli(tmp_path, capsys):
         BSMamba2Module(net=TINY, recompute_layers=-1)
 
     recipe = ROOT / "recipes/musdb18hq/bsmamba2.yaml"
-    assert yaml.safe_load(recipe.read_text())["model"]["recompute"] == "mixer"
+    assert yaml.safe_load(recipe.read_text())["model"]["recompute"] == "cheap"
 
     def printed(*args: str) -> dict:
         with pytest.raises(SystemExit) as exit_info:
@@ -265,7 +265,7 @@ def test_option_through_module_and_cli(tmp_path, capsys):
         return yaml.safe_load(capsys.readouterr().out)
 
     model = printed(str(recipe))["model"]
-    assert (model["recompute"], model["recompute_layers"]) == ("mixer", 4)
+    assert (model["recompute"], model["recompute_layers"]) == ("cheap", 5)
     overridden = printed(str(recipe), "--model.recompute", "none", "--model.recompute_layers", "null")
     assert (overridden["model"]["recompute"], overridden["model"]["recompute_layers"]) == ("none", None)
     saved = tmp_path / "config.yaml"
