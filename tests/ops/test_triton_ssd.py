@@ -189,6 +189,34 @@ def test_model_layout_gradients_share_one_buffer(length, dtype):
     assert_close("d packed", got, want, dtype)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("length", [62, 100])  # the short and the chunked kernels
+def test_out_records_the_backward_without_the_forward(length, reverse):
+    """``out`` (y of an earlier call on the same inputs, a recompute's): returned as it is with
+    no forward kernel launched, and the gradients those of the plain call, bit for bit; an
+    ``out`` unlike y is refused."""
+    from bsmamba2.ops.triton import ssd
+
+    b, h, p, g, n = SHAPE
+    inputs = _inputs(b, length, h, p, g, n, torch.float32, strided=True)
+    kw = dict(dt_bias=inputs[-1], dt_softplus=True, reverse=reverse)
+    y = ssd_scan(*inputs[:-1], **kw)
+    gy = torch.randn_like(y)
+    want = torch.autograd.grad(y, inputs, gy)
+    with mock.patch.object(ssd, "launch", side_effect=ssd.launch) as launched:
+        again = ssd_scan(*inputs[:-1], **kw, out=y.detach())
+        got = torch.autograd.grad(again, inputs, gy)
+    assert again.data_ptr() == y.data_ptr()
+    assert not any(c.kwargs.get("COMPUTE_Y") or c.args[0] is ssd._short_fwd for c in launched.call_args_list)
+    assert launched.call_count > 0  # the backward's kernels ran
+    for g_got, g_want in zip(got, want, strict=True):
+        assert torch.equal(g_got, g_want)
+    strided = y.detach().transpose(2, 3).contiguous().transpose(2, 3)
+    for bad in (y.detach()[:, 1:], y.detach().half(), strided):
+        with pytest.raises(ValueError, match="out must be"):
+            ssd_scan(*inputs[:-1], **kw, out=bad)
+
+
 def _shape_with(length):
     b, h, p, g, n = SHAPE
     if length > 300 and not ON_GPU:
