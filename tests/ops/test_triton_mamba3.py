@@ -65,11 +65,35 @@ def test_fp32(length, rank, groups, with_z, with_o):
     _check(length, rank, groups, with_z, with_o, torch.float32)
 
 
-@pytest.mark.parametrize(("length", "rank", "angles"), [(40, 1, 24), (21, 2, 32)])
+@pytest.mark.parametrize(("length", "rank", "angles"), [(40, 1, 24), (21, 2, 32), (40, 1, 16), (21, 2, 9)])
 def test_fp32_wider_state(length, rank, angles):
     """d_state 64 (halves of 32 pairs, no masked pairs): some pairs rotated, or all of them,
-    over several chunks."""
+    over several chunks; with at most 16 angles the forward's tiles are the rotated and the
+    unrotated quarters (:func:`kernels.rotation_parts`)."""
+    assert kernels.rotation_parts(64, angles)[1] == (angles <= 16)
     _check(length, rank, 1, True, True, torch.float32, shape=(1, 2, 16, 64), angles=angles)
+
+
+def test_strided_inputs():
+    """x and z as slices of one projection output and the angles shared by the heads (a head
+    stride 0), as the layer passes them: the forward reads them in place, with the results
+    and gradients of contiguous copies."""
+    b, length, h, p, n = 1, 40, 2, 16, 64
+    args, _ = random_inputs(b, length, h, p, n, 1, dtype=torch.float32, device=DEVICE, angles=16)
+    proj = torch.randn(b, length, 2 * h * p + 5, device=DEVICE, requires_grad=True)
+    theta = torch.randn(b, length, 1, 16, device=DEVICE, requires_grad=True)
+    w_out = torch.randn(b, length, h, p, device=DEVICE)
+    results = []
+    for copy in (False, True):
+        views = {**args, "V": proj[..., :h * p].unflatten(-1, (h, p)),
+                 "Z": proj[..., h * p:2 * h * p].unflatten(-1, (h, p)), "Angles": theta.expand(-1, -1, h, -1)}
+        if copy:
+            views = {k: v.contiguous() for k, v in views.items()}
+        out = run(kernels.mamba3_scan, views, {})
+        results.append((out, *torch.autograd.grad((out * w_out).sum(), (proj, theta))))
+    assert not results[0][0].eq(0).all()
+    for name, got, want in zip(("out", "dproj", "dtheta"), *results, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.parametrize(("length", "rank"), [(62, 1), (801, 1), (62, 4), (801, 4)] if ON_GPU else [(65, 1), (9, 2)])
@@ -150,23 +174,19 @@ def test_turned_back(length, rank, groups, s):
 
 
 @pytest.mark.parametrize(("length", "s"), [(1, 8), (7, 3), (62, 8), (63, 5), (64, 8), (65, 8), (130, 6)])
-def test_angle_cumsum(length, s):
-    """The one-pass φ kernels (forward, dθ, dΔ) vs the float64 reference, across the walk's
-    blocks and with saturated tanh."""
+def test_angle_grads(length, s):
+    """The one-pass gradient of φ = cumsum(π·tanh(θ)·Δ) (dθ, dΔ) vs float64 autograd through the
+    reference, across the walk's blocks and with saturated tanh."""
     b, h = 2, 3
     angles = (torch.randn(b, length, h, s, dtype=torch.float64, device=DEVICE) * 2).float()
     dt = torch.nn.functional.softplus(torch.randn(b, h, length, dtype=torch.float64, device=DEVICE) - 1).float()
-    w = torch.randn(b, length, h, s, dtype=torch.float64, device=DEVICE)
+    dphi = torch.randn(b, length, h, s, dtype=torch.float64, device=DEVICE)
     leaves64 = [angles.double().requires_grad_(), dt.double().requires_grad_()]
-    want = ref.angle_cumsum(*leaves64, torch.float64)
-    want_g = torch.autograd.grad((want * w).sum(), leaves64)
-    leaves = [angles.requires_grad_(), dt.requires_grad_()]
+    want_g = torch.autograd.grad(ref.angle_cumsum(*leaves64, torch.float64), leaves64, dphi)
     with poisoned_outputs():
-        got = mamba3_angles.angle_cumsum(*leaves)
-        got_g = torch.autograd.grad((got * w.float()).sum(), leaves)
-    assert got.dtype == torch.float32
-    assert_close("phi", got, want, torch.float32)
+        got_g = mamba3_angles.angle_grads(angles, dt, dphi.float())
     for name, g, t in zip(("dangles", "ddt"), got_g, want_g, strict=True):
+        assert g.dtype == torch.float32
         assert_close(name, g, t, torch.float32)
 
 

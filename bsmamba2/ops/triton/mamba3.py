@@ -15,7 +15,8 @@ cos φ, sin φ (the backward's product kernels read them rotated, made once per 
 pass), and every product runs at full width as the sum of the halves' (q̃·k̃ᵀ = q̃₀k̃₀ᵀ + q̃₁k̃₁ᵀ).
 
 * forward — one program per (sequence, head) walks the chunks with the fp32 (N, P) state in
-  registers (two (N/2, P) halves): (q̃·k̃ᵀ ⊙ W)·v inside the chunk (W: e^{S_t−S_s} ω_s below
+  registers (two (N/2, P) halves, or four quarters: :func:`rotation_parts`), each chunk's
+  tiles loaded during the chunk before: (q̃·k̃ᵀ ⊙ W)·v inside the chunk (W: e^{S_t−S_s} ω_s below
   the diagonal, γ_t on it), e^{S_t} q̃·H across chunks, D·v, the gate and the rank contraction.
   The states are never kept for the backward.
 * backward — two cheap serial passes per (sequence, head) store, per chunk, the entering state
@@ -30,11 +31,16 @@ pass), and every product runs at full width as the sum of the halves' (q̃·k̃�
   ``mimo_*`` gradients are per-chunk (per-block) partial sums added up by PyTorch.
   No atomics.
 
-φ (the cumulative angles, (b, l, h, s)) is made in fp32 by the one-pass kernels of
-:mod:`bsmamba2.ops.triton.mamba3_angles`, ω, γ (the trapezoid weights, (b, h, l)) by PyTorch
-around the kernels, whose autograd differentiates the sigmoid. sin and cos are Triton's
-accurate ones. No dot accumulator is transposed into another dot: each orientation a product
-needs has its own dot from loaded tiles.
+φ (the cumulative angles, (b, l, h, s)) is made in fp32 by the forward itself, which walks
+the steps of each (sequence, head) in order anyway, from θ and Δ (θ read in place: the
+layer's angles are shared by the heads), and stored only when a backward follows; its
+gradient is :mod:`bsmamba2.ops.triton.mamba3_angles`' one pass. ω, γ (the trapezoid
+weights, (b, h, l)) are made by PyTorch around the kernels, whose autograd differentiates
+the sigmoid. sin and cos are :func:`bsmamba2.ops.triton.common.sincos` (one reduction for
+both, libdevice's accuracy), in the forward only for the rotated pairs' columns where they
+fill a quarter of the state or less (:func:`rotation_parts`). No dot accumulator is
+transposed into another dot: each orientation a product needs has its own dot from loaded
+tiles.
 
 Dot operands are the input dtype (bf16/fp16 on tensor cores), fp32 accumulation, except
 where the angles' gradient is made: the states and their gradients are made on fp32 (tf32 on
@@ -53,8 +59,18 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from bsmamba2.ops.triton.common import INTERPRET, TL_DTYPES, configs, cumsum_grad, dot_dtype, launch, sigmoid
-from bsmamba2.ops.triton.mamba3_angles import angle_cumsum
+from bsmamba2.ops.triton.common import (
+    INTERPRET,
+    TL_DTYPES,
+    backward_ahead,
+    configs,
+    cumsum_grad,
+    dot_dtype,
+    launch,
+    sigmoid,
+    sincos,
+)
+from bsmamba2.ops.triton.mamba3_angles import PI, angle_grads, tanh
 
 CHUNK_ROWS = 64
 FWD_ROWS = 32
@@ -105,7 +121,8 @@ def _turns(phi_ptr, bi, hi, t, mt, L, H, S, T: tl.constexpr, R: tl.constexpr, BH
     j = tl.arange(0, BH)
     phi = tl.load(phi_ptr + ((bi * L + t[:, None]) * H + hi) * S + j[None, :],
                   mask=mt[:, None] & (j < S)[None, :], other=0.0)
-    return _rows2(tl.cos(phi), T, R, BH), _rows2(tl.sin(phi), T, R, BH)
+    sin, cos = sincos(phi)
+    return _rows2(cos, T, R, BH), _rows2(sin, T, R, BH)
 
 
 @triton.jit
@@ -277,23 +294,136 @@ def _store_halves(ptr, h0, h1, BH: tl.constexpr, P: tl.constexpr):
     tl.store(ptr + BH * P + offs, h1)
 
 
+@triton.jit
+def _qk_parts(ptr, row, mr, Q: tl.constexpr, N: tl.constexpr, SPLIT: tl.constexpr):
+    """One chunk's raw q or k columns (``row``: (rows, 1) offsets of the rows' N columns), as
+    stored: the first and the second columns of the pairs j < Q (the rotated ones) and, with
+    SPLIT, of the pairs Q ≤ j < 2Q (never rotated; without SPLIT the first two again, unused).
+    0 past the end and on missing pairs."""
+    j = tl.arange(0, Q)
+    m = mr[:, None] & (j < N // 2)[None, :]
+    a = tl.load(ptr + row + j[None, :], mask=m, other=0.0)
+    b = tl.load(ptr + row + (N // 2 + j)[None, :], mask=m, other=0.0)
+    if SPLIT:
+        c = tl.load(ptr + row + (Q + j)[None, :], mask=m, other=0.0)
+        d = tl.load(ptr + row + (N // 2 + Q + j)[None, :], mask=m, other=0.0)
+        return a, b, c, d
+    return a, b, a, b
+
+
+@triton.jit
+def _bias_parts(ptr, hi, T: tl.constexpr, R: tl.constexpr, Q: tl.constexpr, N: tl.constexpr,
+                SPLIT: tl.constexpr):
+    """Head hi's (R, N) bias as :func:`_qk_parts`' parts, fp32 (T·R, Q) each."""
+    j = tl.arange(0, Q)
+    base = ptr + ((hi * R + tl.arange(0, R)) * N)[:, None]
+    m = (j < N // 2)[None, :]
+    a = _rank_rows(tl.load(base + j[None, :], mask=m, other=0.0), T, R, Q)
+    b = _rank_rows(tl.load(base + (N // 2 + j)[None, :], mask=m, other=0.0), T, R, Q)
+    if SPLIT:
+        c = _rank_rows(tl.load(base + (Q + j)[None, :], mask=m, other=0.0), T, R, Q)
+        d = _rank_rows(tl.load(base + (N // 2 + Q + j)[None, :], mask=m, other=0.0), T, R, Q)
+        return a, b, c, d
+    return a, b, a, b
+
+
+@triton.jit
+def _turn_parts(a, b, c, d, ba, bb, bc, bd, cos, sin, SPLIT: tl.constexpr):
+    """q̃ or k̃ from :func:`_qk_parts` and :func:`_bias_parts`: x + bias, the rotated pairs
+    turned by (cos, sin) (T·R, Q), fp32."""
+    a = a.to(tl.float32) + ba
+    b = b.to(tl.float32) + bb
+    ra = a * cos - b * sin
+    rb = a * sin + b * cos
+    if SPLIT:
+        return ra, rb, c.to(tl.float32) + bc, d.to(tl.float32) + bd
+    return ra, rb, ra, rb
+
+
+@triton.jit
+def _dots(a0, b0, a1, b1, a2, b2, a3, b3, acc, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """acc + a0·b0 + a1·b1 (+ a2·b2 + a3·b3 with SPLIT): a product over the state's columns as
+    the sum of its parts'."""
+    acc = tl.dot(a0, b0, acc, input_precision=PREC)
+    acc = tl.dot(a1, b1, acc, input_precision=PREC)
+    if SPLIT:
+        acc = tl.dot(a2, b2, acc, input_precision=PREC)
+        acc = tl.dot(a3, b3, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _store_parts(ptr, a, b, c, d, BH: tl.constexpr, Q: tl.constexpr, P: tl.constexpr, SPLIT: tl.constexpr):
+    """A state held as :func:`_qk_parts`' parts ((Q, P) each), stored as (2, BH, P) halves."""
+    offs = tl.arange(0, Q)[:, None] * P + tl.arange(0, P)[None, :]
+    tl.store(ptr + offs, a)
+    tl.store(ptr + BH * P + offs, b)
+    if SPLIT:
+        tl.store(ptr + Q * P + offs, c)
+        tl.store(ptr + (BH + Q) * P + offs, d)
+
+
+@triton.jit
+def _fwd_tiles(q_ptr, k_ptr, x_ptr, z_ptr, adt_ptr, w_ptr, g_ptr, ang_ptr, dt_ptr, bi, gi, hi, t, L, H, G, S,
+               sxb, sxl, szb, szl, sab, sal, sah, sas,
+               T: tl.constexpr, P: tl.constexpr, R: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
+               SPLIT: tl.constexpr, HAS_Z: tl.constexpr, COMPUTE_Y: tl.constexpr, FUSED: tl.constexpr):
+    """Every load of one chunk of :func:`_fwd` (steps t, 0 past the end), as stored: q's and k's
+    parts, x, z (per step), A·Δ, ω, γ, and the angles θ with Δ (FUSED) or φ. What a pass does
+    not use is another tile again (never read)."""
+    ROWS: tl.constexpr = T * R
+    mt = t < L
+    mr = _rows(mt, T, R)
+    row = ((((bi * L + _rows(t, T, R)) * R + tl.arange(0, ROWS) % R) * G + gi) * N)[:, None]
+    ka, kb, kc, kd = _qk_parts(k_ptr, row, mr, Q, N, SPLIT)
+    qa, qb, qc, qd = ka, kb, kc, kd
+    if COMPUTE_Y:
+        qa, qb, qc, qd = _qk_parts(q_ptr, row, mr, Q, N, SPLIT)
+    op = tl.arange(0, P)
+    X = tl.load(x_ptr + bi * sxb + t[:, None] * sxl + hi * P + op[None, :], mask=mt[:, None], other=0.0)
+    Z = X
+    if HAS_Z and COMPUTE_Y:
+        Z = tl.load(z_ptr + bi * szb + t[:, None] * szl + hi * P + op[None, :], mask=mt[:, None], other=0.0)
+    base = (bi * H + hi) * L + t
+    a = tl.load(adt_ptr + base, mask=mt, other=0.0)
+    w = tl.load(w_ptr + base, mask=mt, other=0.0)
+    g = w
+    if COMPUTE_Y:
+        g = tl.load(g_ptr + base, mask=mt, other=0.0)
+    j = tl.arange(0, Q)
+    th = tl.load(ang_ptr + bi * sab + t[:, None] * sal + hi * sah + j[None, :] * sas,
+                 mask=mt[:, None] & (j < S)[None, :], other=0.0)
+    d = a
+    if FUSED:
+        d = tl.load(dt_ptr + base, mask=mt, other=0.0)
+    return qa, qb, qc, qd, ka, kb, kc, kd, X, Z, a, w, g, th, d
+
+
 @triton.autotune(configs=configs((4, 1), (8, 1), (4, 2)),
-                 key=["H", "P", "N", "R", "T", "HAS_STATES", "COMPUTE_Y"])
+                 key=["H", "P", "N", "R", "T", "HAS_STATES", "COMPUTE_Y", "FUSED"])
 @triton.jit
 def _fwd(
-    q_ptr, k_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, qb_ptr, kb_ptr, phi_ptr, D_ptr, z_ptr,
+    q_ptr, k_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, qb_ptr, kb_ptr, ang_ptr, dt_ptr, phi_ptr, D_ptr, z_ptr,
     mx_ptr, mz_ptr, mo_ptr, out_ptr, states_ptr,
-    L, H, G, S, NC,
-    P: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
-    MIMO: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr,
-    HAS_STATES: tl.constexpr, COMPUTE_Y: tl.constexpr, DOT: tl.constexpr, STATE_DOT: tl.constexpr,
-    PREC: tl.constexpr,
+    L, H, G, S, NC, sxb, sxl, szb, szl, sab, sal, sah, sas,
+    P: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, Q: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
+    SPLIT: tl.constexpr, MIMO: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr,
+    HAS_STATES: tl.constexpr, COMPUTE_Y: tl.constexpr, FUSED: tl.constexpr, STORE_PHI: tl.constexpr,
+    DOT: tl.constexpr, STATE_DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    """One (sequence, head) walks its chunks with the state in registers. COMPUTE_Y: the
-    outputs; else (the backward's first pass) the state entering every chunk, stored as
-    (2, BH, P) fp32 per chunk in ``states_ptr``. HAS_STATES False: one chunk, no state.
-    STATE_DOT: the operand dtype of the state update (fp32 for the states the angles' gradient
-    is made of, the input dtype when they only make y)."""
+    """One (sequence, head) walks its chunks with the state in registers, each chunk's tiles
+    loaded during the chunk before (:func:`_fwd_tiles`; the walk is latency bound, as the SSD
+    forward's). COMPUTE_Y: the outputs; else (the backward's first pass) the state entering
+    every chunk, stored as (2, BH, P) fp32 per chunk in ``states_ptr``. HAS_STATES False: one
+    chunk, no state. FUSED: φ made here from θ (``ang_ptr``, strides sab.., a head stride 0
+    for angles shared by the heads) and Δ (``dt_ptr``), as the running sum of π·tanh(θ)·Δ,
+    and with STORE_PHI stored (``phi_ptr``, (b, l, h, s) fp32) for the backward; else φ is read
+    (``ang_ptr``). SPLIT: the state's columns as the rotated pairs' parts and the unrotated
+    ones' (Q = N/4 each, :func:`_qk_parts`), so that only the rotated (T, Q) angles are turned
+    into cos, sin; else the two halves (Q = BH). x, z rows at strides sxl, szl (the (h, p)
+    channels contiguous): slices of the layer's projection, not copies. STATE_DOT: the operand
+    dtype of the state update (fp32 for the states the angles' gradient is made of, the input
+    dtype when they only make y)."""
     ROWS: tl.constexpr = T * R
     pid = tl.program_id(0).to(tl.int64)
     bi = pid // H
@@ -301,56 +431,86 @@ def _fwd(
     gi = hi // (H // G)
     ot = tl.arange(0, T)
     op = tl.arange(0, P)
+    oj = tl.arange(0, Q)
     orow = tl.arange(0, ROWS)
-    i0, i1, mj = _halves(N, BH)
     Dh = tl.load(D_ptr + hi).to(tl.float32) if HAS_D else 0.0
-    H0 = tl.zeros((BH, P), dtype=tl.float32)
-    H1 = tl.zeros((BH, P), dtype=tl.float32)
+    kba, kbb, kbc, kbd = _bias_parts(kb_ptr, hi, T, R, Q, N, SPLIT)
+    qba, qbb, qbc, qbd = kba, kbb, kbc, kbd
+    if COMPUTE_Y:
+        qba, qbb, qbc, qbd = _bias_parts(qb_ptr, hi, T, R, Q, N, SPLIT)
+    Ha = tl.zeros((Q, P), dtype=tl.float32)
+    Hb = tl.zeros((Q, P), dtype=tl.float32)
+    Hc = tl.zeros((Q, P), dtype=tl.float32)
+    Hd = tl.zeros((Q, P), dtype=tl.float32)
+    carry = tl.zeros((Q,), dtype=tl.float32)  # φ at the end of the chunks so far (FUSED)
+    qa_n, qb_n, qc_n, qd_n, ka_n, kb_n, kc_n, kd_n, X_n, Z_n, a_n, w_n, g_n, th_n, d_n = _fwd_tiles(
+        q_ptr, k_ptr, x_ptr, z_ptr, adt_ptr, w_ptr, g_ptr, ang_ptr, dt_ptr, bi, gi, hi, ot, L, H, G, S,
+        sxb, sxl, szb, szl, sab, sal, sah, sas, T, P, R, N, Q, SPLIT, HAS_Z, COMPUTE_Y, FUSED)
     for c in range(NC):
         t = c * T + ot
         mt = t < L
         tr = _rows(t, T, R)
         mr = _rows(mt, T, R)
-        V, _, _ = _values(x_ptr, mx_ptr, bi, hi, t, mt, L, H, T, P, R, MIMO)
-        cs, cs_last, w, g = _decays(adt_ptr, w_ptr, g_ptr, bi, hi, t, mt, L, H)
+        qa, qb, qc, qd, ka, kb, kc, kd = qa_n, qb_n, qc_n, qd_n, ka_n, kb_n, kc_n, kd_n
+        X, Z, a, w, g, th, d = X_n, Z_n, a_n, w_n, g_n, th_n, d_n
+        if HAS_STATES:
+            qa_n, qb_n, qc_n, qd_n, ka_n, kb_n, kc_n, kd_n, X_n, Z_n, a_n, w_n, g_n, th_n, d_n = _fwd_tiles(
+                q_ptr, k_ptr, x_ptr, z_ptr, adt_ptr, w_ptr, g_ptr, ang_ptr, dt_ptr, bi, gi, hi, t + T, L, H,
+                G, S, sxb, sxl, szb, szl, sab, sal, sah, sas, T, P, R, N, Q, SPLIT, HAS_Z, COMPUTE_Y, FUSED)
+        V = _rows2(X.to(tl.float32), T, R, P)
+        if MIMO:
+            V = V * _rank_weight(mx_ptr, hi, T, P, R)
+        cs = tl.cumsum(a, 0)
+        cs_last = tl.sum(a, 0)
         cs_r = _rows(cs, T, R)
         w_r = _rows(w, T, R)
-        cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
-        k0, k1 = _rotated(k_ptr, kb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
+        phi = th
+        if FUSED:
+            inc = PI * tanh(th.to(tl.float32)) * d[:, None]
+            phi = tl.cumsum(inc, 0) + carry[None, :]
+            carry += tl.sum(inc, 0)
+            if STORE_PHI:
+                tl.store(phi_ptr + ((bi * L + t[:, None]) * H + hi) * S + oj[None, :], phi,
+                         mask=mt[:, None] & (oj < S)[None, :])
+        sin, cos = sincos(phi)
+        cos = _rows2(cos, T, R, Q)
+        sin = _rows2(sin, T, R, Q)
+        ka, kb, kc, kd = _turn_parts(ka, kb, kc, kd, kba, kbb, kbc, kbd, cos, sin, SPLIT)
         if not COMPUTE_Y:
-            _store_halves(states_ptr + (pid * NC + c) * 2 * BH * P, H0, H1, BH, P)
+            _store_parts(states_ptr + (pid * NC + c) * 2 * BH * P, Ha, Hb, Hc, Hd, BH, Q, P, SPLIT)
         else:
-            q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
-            q0d, q1d = q0.to(DOT), q1.to(DOT)
-            Sc = tl.dot(q0d, tl.trans(k0.to(DOT)), input_precision=PREC)
-            Sc = tl.dot(q1d, tl.trans(k1.to(DOT)), Sc, input_precision=PREC)
+            qa, qb, qc, qd = _turn_parts(qa, qb, qc, qd, qba, qbb, qbc, qbd, cos, sin, SPLIT)
+            qa, qb, qc, qd = qa.to(DOT), qb.to(DOT), qc.to(DOT), qd.to(DOT)
+            Sc = _dots(qa, tl.trans(ka.to(DOT)), qb, tl.trans(kb.to(DOT)), qc, tl.trans(kc.to(DOT)), qd,
+                       tl.trans(kd.to(DOT)), tl.zeros((ROWS, ROWS), dtype=tl.float32), SPLIT, PREC)
             W, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, False)
             y = tl.dot((Sc * W).to(DOT), V.to(DOT), input_precision=PREC) + Dh * V
             if HAS_STATES:
-                y_in = tl.dot(q0d, H0.to(DOT), input_precision=PREC)
-                y_in = tl.dot(q1d, H1.to(DOT), y_in, input_precision=PREC)
+                y_in = _dots(qa, Ha.to(DOT), qb, Hb.to(DOT), qc, Hc.to(DOT), qd, Hd.to(DOT),
+                             tl.zeros((ROWS, P), dtype=tl.float32), SPLIT, PREC)
                 y += tl.exp(cs_r)[:, None] * y_in
-            zg, _, _ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
             if HAS_Z:
+                zg = _rows2(Z.to(tl.float32), T, R, P)
+                if MIMO:
+                    zg = zg * _rank_weight(mz_ptr, hi, T, P, R)
                 y = y * zg * sigmoid(zg)
             if HAS_O:
-                if MIMO:
-                    mo = _rank_weight(mo_ptr, hi, T, P, R)
-                    out = _rank_sum(y * mo, T, R, P)
-                else:
-                    out = y
+                out = _rank_sum(y * _rank_weight(mo_ptr, hi, T, P, R), T, R, P) if MIMO else y
                 tl.store(out_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
                          out.to(out_ptr.dtype.element_ty), mask=mt[:, None])
             else:
                 rows = ((bi * L + tr[:, None]) * R + (orow % R)[:, None]) * H + hi
                 tl.store(out_ptr + rows * P + op[None, :], y.to(out_ptr.dtype.element_ty), mask=mr[:, None])
         if HAS_STATES:
-            # H ← e^{S_last} H + Σ_s e^{S_last−S_s} ω_s k̃_s v_sᵀ
+            # H ← e^{S_last} H + Σ_s e^{S_last−S_s} ω_s k̃_s v_sᵀ, part by part
             u = (tl.exp(tl.minimum(cs_last - cs_r, 0.0)) * w_r)[:, None]
             decay = tl.exp(cs_last)
             Vs = V.to(STATE_DOT)
-            H0 = tl.dot(tl.trans((k0 * u).to(STATE_DOT)), Vs, decay * H0, input_precision=PREC)
-            H1 = tl.dot(tl.trans((k1 * u).to(STATE_DOT)), Vs, decay * H1, input_precision=PREC)
+            Ha = tl.dot(tl.trans((ka * u).to(STATE_DOT)), Vs, decay * Ha, input_precision=PREC)
+            Hb = tl.dot(tl.trans((kb * u).to(STATE_DOT)), Vs, decay * Hb, input_precision=PREC)
+            if SPLIT:
+                Hc = tl.dot(tl.trans((kc * u).to(STATE_DOT)), Vs, decay * Hc, input_precision=PREC)
+                Hd = tl.dot(tl.trans((kd * u).to(STATE_DOT)), Vs, decay * Hd, input_precision=PREC)
 
 
 @triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N", "R", "T"])
@@ -699,15 +859,35 @@ def half_block(n: int) -> int:
     return max(16, n // 2)
 
 
+def rotation_parts(n: int, s: int) -> tuple[int, bool]:
+    """Width Q of the forward's tiles of q̃, k̃ columns, and whether they are split (SPLIT): the
+    rotated pairs j < Q apart from the unrotated Q ≤ j < N/2, Q = N/4 (when the S rotated pairs
+    fit a quarter and it is a dot's width: cos and sin of the angles' own columns only), or
+    the halves (Q = :func:`half_block`)."""
+    if n >= 64 and triton.next_power_of_2(s) <= n // 4:
+        return n // 4, True
+    return half_block(n), False
+
+
+def channel_rows(x: torch.Tensor) -> torch.Tensor:
+    """x (b, l, h, p) itself when its (h, p) channels are contiguous (a slice of a projection's
+    output: the forward reads its rows at their stride), else a contiguous copy."""
+    p = x.shape[-1]
+    return x if x.stride(-1) == 1 and x.stride(-2) == p else x.contiguous()
+
+
 class Mamba3Scan(torch.autograd.Function):
-    """The kernels on prepared inputs: q, k (b, l, r, g, n); v, z (b, l, h, p); adt, ω, γ (b, h, l)
-    fp32; biases (h, r, n) fp32; φ (b, l, h, s) fp32; D (h); mimo_* (h, r, p) fp32 or None."""
+    """The kernels on prepared inputs: q, k (b, l, r, g, n); v, z (b, l, h, p), (h, p) contiguous;
+    adt, ω, γ, Δ (b, h, l) fp32; biases (h, r, n) fp32; the angles θ (b, l, h, s) at any strides;
+    D (h); mimo_* (h, r, p) fp32 or None. ``store_phi``: a backward will follow (the forward
+    keeps φ, (b, l, h, s) fp32, for it)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, adt, omega, gamma, q_bias, k_bias, phi, D, z, mimo_x, mimo_z, mimo_o,
-                chunk_size):
+    def forward(ctx, q, k, v, adt, omega, gamma, q_bias, k_bias, angles, delta, D, z, mimo_x, mimo_z, mimo_o,
+                chunk_size, store_phi):
         b, length, r, g, n = q.shape
         h, p = v.shape[2:]
+        s = angles.shape[-1]
         mimo = mimo_x is not None
         T = chunk_steps(r, v.dtype, chunk_size)
         has_o = mimo_o is not None or not mimo
@@ -719,19 +899,29 @@ class Mamba3Scan(torch.autograd.Function):
         meta = dict(P=p, N=n, BH=half_block(n), R=r, T=T, MIMO=mimo, HAS_Z=z is not None, HAS_O=has_o,
                     PREC="tf32")
         dummy = adt  # any tensor: pointer of an absent optional input (never read)
+        zz = z if z is not None else v
+        phi = torch.empty((b, length, h, s), dtype=torch.float32, device=v.device) if store_phi else dummy
         opt = (D if D is not None else dummy, z if z is not None else dummy, mimo_x if mimo else dummy,
                mimo_z if mimo_z is not None else dummy, mimo_o if mimo_o is not None else dummy)
-        launch(_fwd, (b * h,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt, out, dummy,
-               length, h, g, phi.shape[-1], fwd_chunks, HAS_D=D is not None, HAS_STATES=fwd_chunks > 1,
-               COMPUTE_Y=True, DOT=dot_dtype(v.dtype), STATE_DOT=dot_dtype(v.dtype),
+        Q, split = rotation_parts(n, s)
+        launch(_fwd, (b * h,), q, k, v, adt, omega, gamma, q_bias, k_bias, angles, delta, phi, *opt, out,
+               dummy, length, h, g, s, fwd_chunks, v.stride(0), v.stride(1), zz.stride(0), zz.stride(1),
+               *angles.stride(), HAS_D=D is not None, HAS_STATES=fwd_chunks > 1, COMPUTE_Y=True, FUSED=True,
+               STORE_PHI=store_phi, DOT=dot_dtype(v.dtype), STATE_DOT=dot_dtype(v.dtype), Q=Q, SPLIT=split,
                **{**meta, "T": fwd_steps})
         ctx.meta = meta
-        ctx.save_for_backward(q, k, v, adt, omega, gamma, q_bias, k_bias, phi, D, z, mimo_x, mimo_z, mimo_o)
+        ctx.save_for_backward(q, k, v, adt, omega, gamma, q_bias, k_bias, angles, delta,
+                              phi if store_phi else None, D, z, mimo_x, mimo_z, mimo_o)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        (q, k, v, adt, omega, gamma, q_bias, k_bias, phi, D, z, mimo_x, mimo_z, mimo_o) = ctx.saved_tensors
+        (q, k, v, adt, omega, gamma, q_bias, k_bias, angles, delta, phi, D, z, mimo_x, mimo_z,
+         mimo_o) = ctx.saved_tensors
+        if phi is None:
+            raise RuntimeError("Mamba3Scan: a backward through a forward called without store_phi")
+        v = v.contiguous()
+        z = z.contiguous() if z is not None else None
         meta = ctx.meta
         b, length, r, g, n = q.shape
         h, p = v.shape[2:]
@@ -749,9 +939,11 @@ class Mamba3Scan(torch.autograd.Function):
             # leaving states' gradients (reverse), fp32 (2, BH, p) per chunk, for this call only
             states = torch.empty((b * h, nc, 2 * meta["BH"], p), dtype=f32, device=v.device)
             dstates = torch.empty_like(states)
-            launch(_fwd, (b * h,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, *opt, dummy, states,
-                   length, h, g, s, nc, HAS_D=D is not None, HAS_STATES=True, COMPUTE_Y=False, DOT=DOT,
-                   STATE_DOT=tl.float32, **meta)
+            Q, split = rotation_parts(n, s)
+            launch(_fwd, (b * h,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, delta, dummy, *opt,
+                   dummy, states, length, h, g, s, nc, v.stride(0), v.stride(1), v.stride(0), v.stride(1),
+                   *phi.stride(), HAS_D=D is not None, HAS_STATES=True, COMPUTE_Y=False, FUSED=False,
+                   STORE_PHI=False, DOT=DOT, STATE_DOT=tl.float32, Q=Q, SPLIT=split, **meta)
             launch(_state_grads, (b * h,), q, adt, q_bias, phi, opt[1], opt[3], opt[4], dout, dstates,
                    length, h, g, s, nc, **meta)
         dx = torch.empty(v.shape, dtype=f32, device=v.device)
@@ -775,14 +967,15 @@ class Mamba3Scan(torch.autograd.Function):
                    SPLIT=qr_lo is not None, **meta)
         del qr, kr, qr_lo, kr_lo, lows
         dq, dk, dphi, dqb, dkb = turned_back(q, k, q_bias, k_bias, phi, ddq, ddk)
+        dangles, ddelta = angle_grads(angles, delta, dphi)
         part = part.sum((0, 1))
         rp = r * p
         dD = part[:, 0] if D is not None else None
         dmx = part[:, 1:1 + rp].view(h, r, p) if mimo else None
         dmz = part[:, 1 + rp:1 + 2 * rp].view(h, r, p) if mimo_z is not None else None
         dmo = part[:, 1 + 2 * rp:].view(h, r, p) if mimo_o is not None else None
-        return (dq.to(q.dtype), dk.to(k.dtype), dx.to(v.dtype), dadt, dw, dg, dqb, dkb, dphi, dD,
-                dz.to(z.dtype) if z is not None else None, dmx, dmz, dmo, None)
+        return (dq.to(q.dtype), dk.to(k.dtype), dx.to(v.dtype), dadt, dw, dg, dqb, dkb, dangles, ddelta, dD,
+                dz.to(z.dtype) if z is not None else None, dmx, dmz, dmo, None, None)
 
 
 def rotated_heads(q: torch.Tensor, k: torch.Tensor, q_bias: torch.Tensor, k_bias: torch.Tensor,
@@ -872,11 +1065,10 @@ def mamba3_scan(
     lam = torch.sigmoid(trap.to(f32))
     gamma = lam * delta
     omega = gamma + F.pad(((1 - lam) * delta)[..., 1:], (0, 1))
-    phi = angle_cumsum(angles, delta)
     if z is None:  # no gate: mimo_z takes no part in the scan and gets no gradient (the oracle's)
         mimo_z = None
     opt = [None if t is None else t.to(f32).contiguous() for t in (mimo_x, mimo_z, mimo_o)]
-    inputs = (q.contiguous(), k.contiguous(), v.contiguous(), adt.to(f32).contiguous(), omega.contiguous(),
-              gamma.contiguous(), q_bias.to(f32).contiguous(), k_bias.to(f32).contiguous(), phi.contiguous(),
-              D, None if z is None else z.contiguous(), *opt)
-    return Mamba3Scan.apply(*inputs, chunk_size)
+    inputs = (q.contiguous(), k.contiguous(), channel_rows(v), adt.to(f32).contiguous(), omega.contiguous(),
+              gamma.contiguous(), q_bias.to(f32).contiguous(), k_bias.to(f32).contiguous(), angles,
+              delta.contiguous(), D, None if z is None else channel_rows(z), *opt)
+    return Mamba3Scan.apply(*inputs, chunk_size, backward_ahead(*inputs))
