@@ -19,7 +19,7 @@ no kernel runs: launch gaps and host work. On a CPU the leaf operators stand for
 (there is no idle row). Prints a table and writes JSON (``--json``).
 
 GPU, paper model: ``python tools/profile_model.py --json profile.json`` (with Mamba-1 mixers:
-``--config configs/bsmamba2-mamba1.yaml``);
+``--config configs/bsmamba2-mamba1.yaml``, Mamba-3: ``configs/bsmamba2-mamba3.yaml``);
 CPU smoke run: ``--config configs/bsmamba2-small.yaml --device cpu --seconds 2 --train-batch 1``.
 """
 
@@ -53,14 +53,14 @@ from bench_separate import write_input
 from gpu_train_memory import DTYPES, training_step
 
 FAMILIES = (
-    "SSD scan", "selective scan (Mamba-1)", "causal conv1d", "norms", "GEMMs (mixers, merge)",
+    "SSD scan", "selective scan (Mamba-1)", "Mamba-3 scan", "causal conv1d", "norms", "GEMMs (mixers, merge)",
     "band split + mask estimators", "STFT / iSTFT", "copies, flips, transposes", "element-wise (other)",
     "loss", "optimizer + EMA",
 )
 HOST_EVENTS = ("cpu_op", "user_annotation", "cuda_runtime", "cuda_driver")
 DEVICE_EVENTS = ("kernel", "gpu_memcpy", "gpu_memset")
 IDLE = "GPU idle (launch gaps, host)"
-OPS = {"ssd_scan": "SSD scan", "selective_scan": "selective scan (Mamba-1)", "mamba3_scan": "SSD scan",
+OPS = {"ssd_scan": "SSD scan", "selective_scan": "selective scan (Mamba-1)", "mamba3_scan": "Mamba-3 scan",
        "causal_conv1d": "causal conv1d", "gated_rms_norm": "norms"}
 """The mixer's ops, each wrapped in a scope ``op:<name>``, and their families."""
 SCOPES = {"band_split": "band split + mask estimators", "mask_estimator": "band split + mask estimators",
