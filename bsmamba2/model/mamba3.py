@@ -136,8 +136,10 @@ class Mamba3(nn.Module):
         A = -heavy_tail(dd_A.to(self.dt_bias.dtype)).clamp_min(A_FLOOR)
         dt = F.softplus(dd_dt + self.dt_bias)
         qk_shape = (b, length, r, g, n) if self.mimo else (b, length, g, n)
-        q = F.rms_norm(C.reshape(qk_shape), (n,), self.C_norm.weight, 1e-5)
-        k = F.rms_norm(B.reshape(qk_shape), (n,), self.B_norm.weight, 1e-5)
+        # RMSNorm per n-vector, read in place from in_proj's output (the norm op: one pass, its
+        # own backward; F.rms_norm with a bf16 input and an fp32 weight runs unfused, in ~6 passes)
+        q = ops.gated_rms_norm(C, None, self.C_norm.weight.repeat(r * g), 1e-5, n).view(qk_shape)
+        k = ops.gated_rms_norm(B, None, self.B_norm.weight.repeat(r * g), 1e-5, n).view(qk_shape)
         biases = (self.C_bias, self.B_bias) if self.mimo else (self.C_bias[:, 0], self.B_bias[:, 0])
         z = z.reshape(b, length, h, p)
         gate_in_scan = not self.outproj_norm

@@ -434,10 +434,6 @@ def _fwd(
     oj = tl.arange(0, Q)
     orow = tl.arange(0, ROWS)
     Dh = tl.load(D_ptr + hi).to(tl.float32) if HAS_D else 0.0
-    kba, kbb, kbc, kbd = _bias_parts(kb_ptr, hi, T, R, Q, N, SPLIT)
-    qba, qbb, qbc, qbd = kba, kbb, kbc, kbd
-    if COMPUTE_Y:
-        qba, qbb, qbc, qbd = _bias_parts(qb_ptr, hi, T, R, Q, N, SPLIT)
     Ha = tl.zeros((Q, P), dtype=tl.float32)
     Hb = tl.zeros((Q, P), dtype=tl.float32)
     Hc = tl.zeros((Q, P), dtype=tl.float32)
@@ -475,10 +471,14 @@ def _fwd(
         sin, cos = sincos(phi)
         cos = _rows2(cos, T, R, Q)
         sin = _rows2(sin, T, R, Q)
+        # the biases are loaded where they are added (cached loads): held across the loop they
+        # would take as many registers as the tiles
+        kba, kbb, kbc, kbd = _bias_parts(kb_ptr, hi, T, R, Q, N, SPLIT)
         ka, kb, kc, kd = _turn_parts(ka, kb, kc, kd, kba, kbb, kbc, kbd, cos, sin, SPLIT)
         if not COMPUTE_Y:
             _store_parts(states_ptr + (pid * NC + c) * 2 * BH * P, Ha, Hb, Hc, Hd, BH, Q, P, SPLIT)
         else:
+            qba, qbb, qbc, qbd = _bias_parts(qb_ptr, hi, T, R, Q, N, SPLIT)
             qa, qb, qc, qd = _turn_parts(qa, qb, qc, qd, qba, qbb, qbc, qbd, cos, sin, SPLIT)
             qa, qb, qc, qd = qa.to(DOT), qb.to(DOT), qc.to(DOT), qd.to(DOT)
             Sc = _dots(qa, tl.trans(ka.to(DOT)), qb, tl.trans(kb.to(DOT)), qc, tl.trans(kc.to(DOT)), qd,
