@@ -42,7 +42,7 @@ MAMBA3_FP32_POINTERS = {
     "adt_ptr", "w_ptr", "g_ptr", "qb_ptr", "kb_ptr", "phi_ptr", "D_ptr", "mx_ptr", "mz_ptr", "mo_ptr",
     "states_ptr", "dstates_ptr", "st_ptr", "dd_ptr", "ddq_ptr", "ddk_ptr", "dq_ptr", "dk_ptr",
     "dx_ptr", "dz_ptr", "dadt_ptr", "dw_ptr", "dg_ptr",
-    "dphi_ptr", "part_ptr", "dbias_ptr",
+    "dphi_ptr", "part_ptr", "dbias_ptr", "dt_ptr",
 }
 PAPER = {"HAS_D": True, "HAS_BIAS": True, "SOFTPLUS": True, "BLOCK_P": 64, "BLOCK_N": 128,
          "DOT": tl.bfloat16, "PREC": "tf32"}
@@ -67,6 +67,15 @@ def ssd_ints(seqs: int = 310, length: int = 801) -> dict[str, int]:
     ints = {f"s{k}{axis}": v for k, vs in strides.items() for axis, v in zip(axes[k], vs, strict=True)}
     return {**ints, "sgxb": length * row, "sgxl": row, "sgBb": length * row, "sgBl": row,
             "L": length, "H": h, "HG": h, "P": p, "N": n, "NC": -(-length // 64), "G": 1}
+
+
+def mamba3_fwd_ints(seqs: int = 310, length: int = 801, steps: int = 32) -> dict[str, int]:
+    """The integer arguments of the Mamba-3 forward (``_fwd``) at the paper's sizes (16 heads ×
+    64, one group, state 128, 32 angles) in the layer's layout: x, z and θ slices of in_proj's
+    (seqs, length, 2384) output, θ shared by the heads (head stride 0)."""
+    row = 2 * 16 * 64 + 2 * 128 + 3 * 16 + 32
+    return {"L": length, "H": 16, "G": 1, "S": 32, "NC": -(-length // steps), "sxb": length * row, "sxl": row,
+            "szb": length * row, "szl": row, "sab": length * row, "sal": row, "sah": 0, "sas": 1}
 
 
 def report(kernel, constexprs: dict, num_warps: int, num_stages: int,
@@ -124,9 +133,14 @@ def main_mamba3() -> None:
                 "HAS_Z": True, "HAS_O": True, "PREC": "tf32"}
         with_dot = {"HAS_D": True, "DOT": dot}
         split = {"LOW": dot, "SPLIT": dtype != torch.float32}  # the dq̃/dk̃ products' split operands
+        width, quarters = mamba3.rotation_parts(128, 32)
+        fwd = {**with_dot, "Q": width, "SPLIT": quarters, "STORE_PHI": False, "HAS_STATES": True}
+        out_pass = {"COMPUTE_Y": True, "FUSED": True, "STATE_DOT": dot,
+                    "T": min(steps, mamba3.FWD_ROWS // rank)}
         for name, kernel, extra in (
-                ("_fwd", mamba3._fwd, {**with_dot, "HAS_STATES": True, "COMPUTE_Y": True}),
-                ("_fwd states pass", mamba3._fwd, {**with_dot, "HAS_STATES": True, "COMPUTE_Y": False}),
+                ("_fwd", mamba3._fwd, {**fwd, **out_pass}),
+                ("_fwd states pass", mamba3._fwd, {**fwd, "COMPUTE_Y": False, "FUSED": False,
+                                                    "STATE_DOT": tl.float32}),
                 ("_state_grads", mamba3._state_grads, {}),
                 ("_chunk_bwd_v states", mamba3._chunk_bwd_v, {**with_dot, "HAS_STATES": True}),
                 ("_chunk_bwd_v", mamba3._chunk_bwd_v, {**with_dot, "HAS_STATES": False}),
@@ -135,10 +149,15 @@ def main_mamba3() -> None:
                   for part in (mamba3.PART_DK.value, mamba3.PART_DQ.value)),
                 ("_rotate", mamba3._rotate, {**split, "T": mamba3.TURN_ROWS // rank}),
                 ("_turn_back", mamba3._turn_back, {"HG": 16, "T": mamba3.TURN_ROWS // rank})):
+            fp32_pointers, ints = MAMBA3_FP32_POINTERS, None
+            if kernel is mamba3._fwd:  # specialised as launched (θ in place, φ read by the states pass)
+                ints = mamba3_fwd_ints(steps=extra.get("T", steps))
+                fp32_pointers = fp32_pointers | ({"ang_ptr"} if not extra["FUSED"] else set())
             for config in kernel.configs:
                 line = report(kernel, {**base, **extra}, config.num_warps, config.num_stages,
-                              MAMBA3_FP32_POINTERS, "*fp32" if data == "fp32" else "*bf16")
-                print(f"{data} R={rank} T={steps} {name:<22} warps {config.num_warps}: {line}", flush=True)
+                              fp32_pointers, "*fp32" if data == "fp32" else "*bf16", ints=ints)
+                t = extra.get("T", steps)
+                print(f"{data} R={rank} T={t} {name:<22} warps {config.num_warps}: {line}", flush=True)
 
 
 def main() -> None:
