@@ -68,7 +68,11 @@ def checkpointed(fn: Callable[[torch.Tensor], torch.Tensor], u: torch.Tensor, mo
 def costly(call: Callable[[torch.Tensor | None], torch.Tensor]) -> torch.Tensor:
     """``call(None)``, a computation whose output is kept for the recompute under ``cheap``:
     in such a forward its output is recorded, in the recompute ``call(recorded output)`` must
-    record its backward without computing (calls are matched in their order)."""
+    record its backward without computing (calls are matched in their order). Without
+    gradients, or while torch.compile traces (Dynamo cannot trace a ``ContextVar``), it is
+    the plain call: nothing is recorded, and a recompute that finds nothing computes again."""
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return call(None)
     running = _running.get()
     if running is None:
         return call(None)
