@@ -69,13 +69,21 @@ def ssd_ints(seqs: int = 310, length: int = 801) -> dict[str, int]:
             "L": length, "H": h, "HG": h, "P": p, "N": n, "NC": -(-length // 64), "G": 1}
 
 
-def mamba3_fwd_ints(seqs: int = 310, length: int = 801, steps: int = 32) -> dict[str, int]:
+def mamba3_fwd_ints(seqs: int = 310, length: int = 801, steps: int = 32,
+                    gates: bool = True) -> dict[str, int]:
     """The integer arguments of the Mamba-3 forward (``_fwd``) at the paper's sizes (16 heads ×
     64, one group, state 128, 32 angles) in the layer's layout: x, z and θ slices of in_proj's
-    (seqs, length, 2384) output, θ shared by the heads (head stride 0)."""
+    (seqs, length, 2384) output, θ shared by the heads (head stride 0); with ``gates`` (the output
+    pass in inference) A·Δ and Δ (b, l, h) tensors seen as (b, h, l) and the trapezoid gate a
+    slice of in_proj's output, else (the states pass) A·Δ, Δ, ω, γ (b, h, l) contiguous."""
     row = 2 * 16 * 64 + 2 * 128 + 3 * 16 + 32
-    return {"L": length, "H": 16, "G": 1, "S": 32, "NC": -(-length // steps), "sxb": length * row, "sxl": row,
-            "szb": length * row, "szl": row, "sab": length * row, "sal": row, "sah": 0, "sas": 1}
+    h = 16
+    if gates:
+        per_step = {"svb": length * h, "svh": 1, "svl": h, "swb": length * row, "swh": 1, "swl": row}
+    else:
+        per_step = {"svb": length * h, "svh": length, "svl": 1, "swb": length * h, "swh": length, "swl": 1}
+    return {"L": length, "H": h, "G": 1, "S": 32, "NC": -(-length // steps), "sxb": length * row, "sxl": row,
+            "szb": length * row, "szl": row, "sab": length * row, "sal": row, "sah": 0, "sas": 1, **per_step}
 
 
 def report(kernel, constexprs: dict, num_warps: int, num_stages: int,
@@ -135,12 +143,12 @@ def main_mamba3() -> None:
         split = {"LOW": dot, "SPLIT": dtype != torch.float32}  # the dq̃/dk̃ products' split operands
         width, quarters = mamba3.rotation_parts(128, 32)
         fwd = {**with_dot, "Q": width, "SPLIT": quarters, "STORE_PHI": False, "HAS_STATES": True}
-        out_pass = {"COMPUTE_Y": True, "FUSED": True, "STATE_DOT": dot,
+        out_pass = {"COMPUTE_Y": True, "FUSED": True, "GATES": True, "REVERSE": False, "STATE_DOT": dot,
                     "T": min(steps, mamba3.FWD_ROWS // rank)}
         for name, kernel, extra in (
                 ("_fwd", mamba3._fwd, {**fwd, **out_pass}),
-                ("_fwd states pass", mamba3._fwd, {**fwd, "COMPUTE_Y": False, "FUSED": False,
-                                                    "STATE_DOT": tl.float32}),
+                ("_fwd states pass", mamba3._fwd, {**fwd, "COMPUTE_Y": False, "FUSED": False, "GATES": False,
+                                                    "REVERSE": False, "STATE_DOT": tl.float32}),
                 ("_state_grads", mamba3._state_grads, {}),
                 ("_chunk_bwd_v states", mamba3._chunk_bwd_v, {**with_dot, "HAS_STATES": True}),
                 ("_chunk_bwd_v", mamba3._chunk_bwd_v, {**with_dot, "HAS_STATES": False}),
@@ -151,8 +159,9 @@ def main_mamba3() -> None:
                 ("_turn_back", mamba3._turn_back, {"HG": 16, "T": mamba3.TURN_ROWS // rank})):
             fp32_pointers, ints = MAMBA3_FP32_POINTERS, None
             if kernel is mamba3._fwd:  # specialised as launched (θ in place, φ read by the states pass)
-                ints = mamba3_fwd_ints(steps=extra.get("T", steps))
+                ints = mamba3_fwd_ints(steps=extra.get("T", steps), gates=extra["GATES"])
                 fp32_pointers = fp32_pointers | ({"ang_ptr"} if not extra["FUSED"] else set())
+                fp32_pointers = fp32_pointers - ({"w_ptr"} if extra["GATES"] else set())  # the gate, bf16
             for config in kernel.configs:
                 line = report(kernel, {**base, **extra}, config.num_warps, config.num_stages,
                               fp32_pointers, "*fp32" if data == "fp32" else "*bf16", ints=ints)

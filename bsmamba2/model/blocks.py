@@ -32,8 +32,8 @@ class BidirectionalMamba(nn.Module):
     """x + merge([fwd(x), flip(bwd(flip(x)))]) over the sequence axis of (batch, length, dim).
 
     The merge is the official 1×1 ConvTranspose1d (weight [2·dim, dim, 1]), applied as a
-    matrix product. A mixer with a ``reverse`` attribute (Mamba-2, Mamba-1) is made the mixer
-    of the reversed sequence instead: the backward block then needs no flipped copies (every
+    matrix product. A mixer with a ``reverse`` attribute (Mamba-2, Mamba-1, Mamba-3) is made the
+    mixer of the reversed sequence instead: the backward block then needs no flipped copies (every
     part of a block but the mixer works step by step).
 
     The blocks' residuals and the merge are one sum of products, with merge weight
@@ -78,7 +78,7 @@ class BidirectionalMamba(nn.Module):
 
     def folds_out_proj(self, x: torch.Tensor) -> bool:
         """Whether the mixers' ``out_proj`` goes into the merge's product: in inference with the
-        kernels (Mamba-2 and Mamba-1 mixers). Not with gradients: a recomputed mixer would then keep its
-        4× wider output for the backward; not on the reference path: the CPU would compute
-        the weight products on each call."""
+        kernels (Mamba-2, Mamba-1 and Mamba-3 mixers). Not with gradients: a recomputed mixer
+        would then keep its 4× wider output for the backward; not on the reference path: the CPU
+        would compute the weight products on each call."""
         return self.reverses and not torch.is_grad_enabled() and ops.reverses_in_kernels(x)

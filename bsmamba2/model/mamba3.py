@@ -20,6 +20,7 @@ from torch import nn
 from bsmamba2 import ops
 from bsmamba2.model import recompute
 from bsmamba2.model.dt_init import init_dt_bias
+from bsmamba2.ops.reference.mamba3 import halves_first
 
 A_FLOOR = 1e-4
 
@@ -100,6 +101,12 @@ class Mamba3(nn.Module):
             self.norm = _Weight(self.d_inner)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
         self.recompute = "none"
+        self.reverse = False
+        if not self.mimo:  # in_proj's rows with B's and C's rotation pairs as (j, j + N/2): _mix
+            rows = torch.arange(sum(self.sizes))
+            start = 2 * self.d_inner
+            rows[start:start + 2 * bc] = halves_first(rows[start:start + 2 * bc].view(-1, d_state)).flatten()
+            self.register_buffer("halved_rows", rows, persistent=False)
 
     @staticmethod
     def infer_options(state: Mapping[str, torch.Tensor], d_model: int,
@@ -129,18 +136,39 @@ class Mamba3(nn.Module):
         """u (batch, length, d_model) → (batch, length, d_model)."""
         return recompute.checkpointed(self._mix, u, self.recompute)
 
-    def _mix(self, u: torch.Tensor) -> torch.Tensor:
+    def unprojected(self, u: torch.Tensor) -> torch.Tensor:
+        """The forward without ``out_proj``: (batch, length, d_inner) in the scan's dtype, for a
+        caller that folds ``out_proj`` into its own product (:class:`bsmamba2.model.blocks.
+        BidirectionalMamba` in inference). No recompute: that is for training."""
+        return self._mix(u, project=False)
+
+    def _mix(self, u: torch.Tensor, project: bool = True) -> torch.Tensor:
+        """``reverse``: the mixer of the reversed sequence, in its own order. Every part but the
+        scan works step by step, so the scan's ``reverse`` makes it where its kernels walk
+        backwards (inference); else u and the output are flipped (the scan's own reverse would
+        flip its eight inputs)."""
+        if self.reverse and (torch.is_grad_enabled() or not ops.reverses_in_kernels(u, "mamba3")):
+            return self._mix_along(u.flip(1), False, project).flip(1)
+        return self._mix_along(u, self.reverse, project)
+
+    def _mix_along(self, u: torch.Tensor, reverse: bool, project: bool) -> torch.Tensor:
         b, length, _ = u.shape
         h, p, r, g, n = self.nheads, self.headdim, self.mimo_rank, self.ngroups, self.d_state
-        z, x, B, C, dd_dt, dd_A, trap, theta = self.in_proj(u).split(self.sizes, -1)
+        # SISO: B's and C's rotation pairs (2j, 2j+1) made (j, j + N/2), the kernels' layout, by
+        # in_proj's rows (a gather of the weight, not copies of q and k; the RMSNorm of an
+        # n-vector is blind to the order of its columns): the scan's ``halved_pairs``
+        weight = self.in_proj.weight if self.mimo else self.in_proj.weight[self.halved_rows]
+        z, x, B, C, dd_dt, dd_A, trap, theta = F.linear(u, weight).split(self.sizes, -1)
         A = -heavy_tail(dd_A.to(self.dt_bias.dtype)).clamp_min(A_FLOOR)
         dt = F.softplus(dd_dt + self.dt_bias)
         qk_shape = (b, length, r, g, n) if self.mimo else (b, length, g, n)
+        pairs = (lambda w: w) if self.mimo else halves_first
         # RMSNorm per n-vector, read in place from in_proj's output (the norm op: one pass, its
         # own backward; F.rms_norm with a bf16 input and an fp32 weight runs unfused, in ~6 passes)
-        q = ops.gated_rms_norm(C, None, self.C_norm.weight.repeat(r * g), 1e-5, n).view(qk_shape)
-        k = ops.gated_rms_norm(B, None, self.B_norm.weight.repeat(r * g), 1e-5, n).view(qk_shape)
-        biases = (self.C_bias, self.B_bias) if self.mimo else (self.C_bias[:, 0], self.B_bias[:, 0])
+        q = ops.gated_rms_norm(C, None, pairs(self.C_norm.weight).repeat(r * g), 1e-5, n).view(qk_shape)
+        k = ops.gated_rms_norm(B, None, pairs(self.B_norm.weight).repeat(r * g), 1e-5, n).view(qk_shape)
+        biases = (self.C_bias, self.B_bias) if self.mimo else (pairs(self.C_bias[:, 0]),
+                                                                pairs(self.B_bias[:, 0]))
         z = z.reshape(b, length, h, p)
         gate_in_scan = not self.outproj_norm
         mimo = {"mimo_x": self.mimo_x, "mimo_z": self.mimo_z if gate_in_scan else None,
@@ -149,7 +177,7 @@ class Mamba3(nn.Module):
             q, k, x.reshape(b, length, h, p),
             (A * dt).transpose(1, 2), dt.transpose(1, 2), trap.transpose(1, 2), *biases,
             theta.unsqueeze(2).expand(-1, -1, h, -1), self.D, z if gate_in_scan else None, **mimo,
-            chunk_size=self.chunk_size,
+            chunk_size=self.chunk_size, reverse=reverse, halved_pairs=not self.mimo,
         )
         if self.outproj_norm:  # RMSNorm per head, then the gate (per rank for MIMO)
             y = F.rms_norm(y, (p,), eps=1e-5) * self.norm.weight.view(h, p)
@@ -158,7 +186,8 @@ class Mamba3(nn.Module):
                 y = (y * self.mimo_o.transpose(0, 1)).sum(2)
             else:
                 y = y * F.silu(z)
-        return self.out_proj(y.reshape(b, length, self.d_inner).to(u.dtype))
+        y = y.reshape(b, length, self.d_inner)
+        return self.out_proj(y.to(u.dtype)) if project else y
 
 
 class Mamba3Mixer(Mamba3):

@@ -93,9 +93,12 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def reverses_in_kernels(t: torch.Tensor, scan: str = "ssd") -> bool:
-    """Whether the scan (``"ssd"``, Mamba-2's, or ``"selective"``, Mamba-1's) and the conv walk
-    sequences like ``t`` backwards themselves (``reverse=True`` without flipped copies): the
-    Triton kernels do, the reference flips."""
+    """Whether the scan (``"ssd"``, Mamba-2's, or ``"selective"``, Mamba-1's, with the conv;
+    ``"mamba3"``, whose mixer has none, without a backward ahead) walks sequences like ``t``
+    backwards itself (``reverse=True`` without flipped copies): the Triton kernels do, the
+    reference flips."""
+    if scan == "mamba3":
+        return implementation(scan, t) is not reference.mamba3
     return (implementation(scan, t) is not getattr(reference, scan)
             and implementation("conv", t) is not reference.conv)
 
@@ -123,9 +126,14 @@ def mamba3_scan(
     mimo_z: torch.Tensor | None = None,
     mimo_o: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    reverse: bool = False,
+    halved_pairs: bool = False,
 ) -> torch.Tensor:
     """Mamba-3 scan, SISO or MIMO; see :func:`bsmamba2.ops.reference.mamba3.mamba3_scan`.
     ``chunk_size`` (steps; None: 64 rows, 64 / R steps) is a speed knob of both implementations.
+    ``reverse``: the reversed sequences' scan in their own order (the kernels walk the steps
+    backwards without a backward ahead, :func:`reverses_in_kernels`; else flipped copies).
+    ``halved_pairs``: SISO's q, k and biases with their rotation pairs as (j, j + N/2).
 
     ``auto`` serves CUDA tensors by the Triton kernels in the dtypes and shapes they are tested
     in on a GPU (fp32 and bf16; power-of-two rank, d_state and headdim, as
@@ -138,7 +146,8 @@ def mamba3_scan(
             v.dtype in (torch.float32, torch.bfloat16) and impl.supports(q, v, mimo_x)):
         impl = reference.mamba3
     return impl.mamba3_scan(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, mimo_x=mimo_x,
-                            mimo_z=mimo_z, mimo_o=mimo_o, chunk_size=chunk_size)
+                            mimo_z=mimo_z, mimo_o=mimo_o, chunk_size=chunk_size, reverse=reverse,
+                            halved_pairs=halved_pairs)
 
 
 def selective_scan(

@@ -1,6 +1,6 @@
 """The bidirectional module: the backward direction as the official flip → block → flip, and
-with a Mamba-2 or Mamba-1 mixer as a mixer that walks the sequence backwards (no flipped
-copies)."""
+with a Mamba-2, Mamba-1 or Mamba-3 mixer as a mixer that walks the sequence backwards (no
+flipped copies)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from tests.helpers.kernels import DEVICE, assert_close
 from tests.helpers.numerics import rel_err
 
 CFG = BSMamba2Config(dim=16, expand=2, headdim=8, d_state=8)
-CFGS = {"mamba2": CFG, "mamba": BSMamba2Config(dim=16, mixer="mamba", expand=1, d_state=4)}
-STEPS = {"mamba2": (70, 37), "mamba": (11, 10)}
+CFGS = {"mamba2": CFG, "mamba": BSMamba2Config(dim=16, mixer="mamba", expand=1, d_state=4),
+        "mamba3": BSMamba2Config(dim=16, mixer="mamba3", expand=2, headdim=16, d_state=16)}
+STEPS = {"mamba2": (70, 37), "mamba": (11, 10), "mamba3": (70, 37)}
 """Sequence lengths of the kernel tests (Triton's interpreter runs the selective scan step by
 step: short sequences, still several 4-step chunks with a ragged end)."""
 
@@ -41,11 +42,10 @@ def randomised(module: torch.nn.Module) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("mixer", ["mamba2", "mamba", "mamba3"])
-def test_which_backward_mixers_reverse(mixer):
+def test_backward_mixers_reverse(mixer):
     module = BidirectionalMamba(BSMamba2Config(dim=16, mixer=mixer))
-    assert module.reverses == (mixer in ("mamba2", "mamba"))
-    if module.reverses:
-        assert module.backward_blocks[0].mixer.reverse and not module.forward_blocks[0].mixer.reverse
+    assert module.reverses
+    assert module.backward_blocks[0].mixer.reverse and not module.forward_blocks[0].mixer.reverse
 
 
 @pytest.mark.parametrize("mixer", list(CFGS))
@@ -72,7 +72,7 @@ def test_reverse_mixer_in_the_kernels_matches_float64(mixer):
     module = randomised(BidirectionalMamba(CFGS[mixer])).to(DEVICE)
     x = torch.randn(2, STEPS[mixer][0], 16, device=DEVICE, requires_grad=True)
     with ops.use_backend("triton"):
-        assert ops.reverses_in_kernels(x, "ssd" if mixer == "mamba2" else "selective")
+        assert ops.reverses_in_kernels(x, {"mamba2": "ssd", "mamba": "selective"}.get(mixer, mixer))
         out = module(x)
         dy = torch.randn_like(out)
         got = torch.autograd.grad(out, [x, *module.parameters()], dy)

@@ -63,6 +63,35 @@ def test_matches_the_official_layer_through_the_kernels(variant, monkeypatch):
         assert rel_err(param.grad.cpu(), t[f"grad.{name}"]) <= tol, name
 
 
+@pytest.mark.parametrize("rank", [1, 2])
+def test_reverse_layer_is_the_flipped_layer(rank, monkeypatch):
+    """``reverse`` (the backward direction's mixer): the layer on the flipped sequence, flipped
+    back. Float64 on the reference path, with gradients; through the kernels without a
+    backward (the scan walks the steps backwards) against that float64 result."""
+    torch.manual_seed(3)
+    layer = Mamba3(16, d_state=16, expand=2, headdim=16, mimo_rank=rank).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    u = torch.randn(2, 37, 16, dtype=torch.float64, requires_grad=True)
+    want = layer(u.flip(1)).flip(1)
+    want_g = torch.autograd.grad(want.square().sum(), [u, *layer.parameters()])
+    layer.reverse = True
+    got = layer(u)
+    got_g = torch.autograd.grad(got.square().sum(), [u, *layer.parameters()])
+    assert rel_err(got, want) <= 1e-13
+    for g, w in zip(got_g, want_g, strict=True):
+        assert rel_err(g, w) <= 1e-12
+    monkeypatch.setenv("BSMAMBA2_KERNELS", "triton")
+    layer32 = layer.float().to(DEVICE)
+    with torch.no_grad():
+        got32 = layer32(u.detach().float().to(DEVICE))
+        unprojected = layer32.unprojected(u.detach().float().to(DEVICE))
+    tol = 5e-3 if DEVICE == "cuda" else 1e-4  # tf32 dots on a GPU
+    assert rel_err(got32.cpu(), want) <= tol
+    torch.testing.assert_close(layer32.out_proj(unprojected), got32, rtol=0, atol=0)
+
+
 def test_layout_and_init_at_bsmamba2_size():
     """Keys, shapes and sizes of params.tsv (the official module at d_model 256); the official init."""
     rows = [line.split("\t") for line in (FIXTURES / "params.tsv").read_text().splitlines()[1:]]

@@ -55,6 +55,31 @@ def test_chunked_reference_matches_oracle(length, rank, chunk):
         assert (got_g[name] - g).norm() <= 1e-11 * g.norm() + 1e-14, name
 
 
+@pytest.mark.parametrize("rank", [1, 2])
+def test_reverse_and_halved_pairs(rank):
+    """``reverse``: the float64 oracle on the flipped sequences, outputs and gradients;
+    ``halved_pairs`` (SISO; MIMO's pairs are (j, j + N/2) already and it changes nothing): the
+    same scan of q, k and biases given with their pairs as (j, j + N/2)."""
+    args, weights = random_inputs(2, 37, 4, 8, 16, rank)
+    w_out = torch.randn(2, 37, 4, 8, dtype=torch.float64)
+
+    def flipped_oracle(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D=None, z=None, **kw):
+        return ref.mamba3_scan_sequential(q.flip(1), k.flip(1), v.flip(1), adt.flip(2), dt.flip(2), trap.flip(2),
+                                          q_bias, k_bias, angles.flip(1), D, z.flip(1), **kw).flip(1)
+
+    want, want_g = grads(flipped_oracle, args, weights, w_out)
+    got, got_g = grads(ref.mamba3_scan, args, weights, w_out, chunk_size=16, reverse=True)
+    assert rel_err(got, want) <= 1e-12
+    for name, g in want_g.items():
+        assert (got_g[name] - g).norm() <= 1e-11 * g.norm(), name
+    if rank == 1:
+        halved = {**args, **{k: ref.halves_first(args[k]) for k in ("Q", "K", "q_bias", "k_bias")}}
+        assert not torch.equal(halved["Q"], args["Q"])
+        torch.testing.assert_close(run(ref.mamba3_scan, halved, weights, halved_pairs=True),
+                                   run(ref.mamba3_scan, args, weights), rtol=0, atol=0)
+    torch.testing.assert_close(ref.adjacent_pairs(ref.halves_first(args["Q"])), args["Q"], rtol=0, atol=0)
+
+
 def test_chunked_reference_float32_and_per_rank_outputs():
     args, weights = random_inputs(1, 40, 2, 8, 16, 2)
     want = run(ref.mamba3_scan_sequential, args, weights)

@@ -34,7 +34,16 @@ CASES = (
 )
 
 
-def _check(length, rank, groups, with_z, with_o, dtype, slack=0.0, shape=SHAPE, angles=None):
+def reversed_scan(fn):
+    """fn on the flipped sequences, its output flipped back: what ``reverse=True`` must equal."""
+    def scan(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D=None, z=None, **kw):
+        flip = [None if x is None else x.flip(1) for x in (q, k, v, angles, z)]
+        return fn(*flip[:3], adt.flip(2), dt.flip(2), trap.flip(2), q_bias, k_bias, flip[3], D, flip[4],
+                  **kw).flip(1)
+    return scan
+
+
+def _check(length, rank, groups, with_z, with_o, dtype, slack=0.0, shape=SHAPE, angles=None, reverse=False):
     b, h, p, n = shape
     args, weights = random_inputs(b, length, h, p, n, rank, dtype=torch.float64, g=groups, with_z=with_z,
                                   device=DEVICE, angles=angles)
@@ -46,10 +55,10 @@ def _check(length, rank, groups, with_z, with_o, dtype, slack=0.0, shape=SHAPE, 
     low_weights = cast(weights, torch.float32)
     shape = (b, length, h, p) if with_o or rank == 1 else (b, length, rank, h, p)
     w_out = torch.randn(shape, dtype=torch.float64, device=DEVICE).to(dtype)
-    want, want_g = grads(ref.mamba3_scan_sequential, cast(low, torch.float64), cast(low_weights, torch.float64),
-                         w_out.double())
+    oracle = reversed_scan(ref.mamba3_scan_sequential) if reverse else ref.mamba3_scan_sequential
+    want, want_g = grads(oracle, cast(low, torch.float64), cast(low_weights, torch.float64), w_out.double())
     with poisoned_outputs():
-        got, got_g = grads(kernels.mamba3_scan, low, low_weights, w_out)
+        got, got_g = grads(kernels.mamba3_scan, low, low_weights, w_out, reverse=reverse)
     assert got.dtype == dtype
     assert_close("out", got, want, dtype, slack)
     assert set(got_g) == set(want_g)
@@ -63,6 +72,68 @@ def _check(length, rank, groups, with_z, with_o, dtype, slack=0.0, shape=SHAPE, 
 @pytest.mark.parametrize(("length", "rank", "groups", "with_z", "with_o"), CASES)
 def test_fp32(length, rank, groups, with_z, with_o):
     _check(length, rank, groups, with_z, with_o, torch.float32)
+
+
+@pytest.mark.parametrize(("length", "rank"), [(801, 1), (62, 4)] if ON_GPU else [(65, 1), (9, 2)])
+def test_reverse_with_gradients(length, rank):
+    """``reverse`` with a backward ahead (flipped copies around the kernels): outputs and every
+    gradient against the float64 oracle on the flipped sequences."""
+    _check(length, rank, 1, True, True, torch.float32, reverse=True)
+
+
+# (length, rank, groups, z, mimo_o, dtype) of the output pass alone
+INFERENCE_CASES = (
+    [(1, 1, 1, True, True, torch.float32), (62, 1, 1, True, True, torch.bfloat16),
+     (801, 1, 1, True, True, torch.bfloat16), (801, 1, 1, True, True, torch.float32),
+     (62, 4, 1, True, True, torch.bfloat16), (801, 4, 1, True, False, torch.bfloat16),
+     (801, 2, 2, False, True, torch.float32)]
+    if ON_GPU
+    else [(1, 1, 1, True, True, torch.float32), (65, 1, 2, False, True, torch.float32),
+          (33, 2, 1, True, False, torch.float32), (40, 1, 1, True, True, torch.bfloat16)]
+)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize(("length", "rank", "groups", "with_z", "with_o", "dtype"), INFERENCE_CASES)
+def test_forward_without_backward(length, rank, groups, with_z, with_o, dtype, reverse):
+    """No backward ahead: the output pass alone, with ω and γ made in the kernel from Δ and the
+    trapezoid gate read at the layer's strides (A·Δ and Δ (b, l, h) tensors seen as (b, h, l),
+    the gate a slice of a wider projection), and with ``reverse`` the steps walked backwards:
+    against the float64 oracle (on the flipped sequences)."""
+    b, h, p, n = SHAPE
+    args, weights = random_inputs(b, length, h, p, n, rank, dtype=torch.float64, g=groups, with_z=with_z,
+                                  device=DEVICE)
+    if rank > 1 and not with_o:
+        weights["mimo_o"] = None
+    low = {k: None if v is None else v.float() if k == "D" else v.to(dtype) for k, v in args.items()}
+    proj = torch.randn(b, length, h + 3, device=DEVICE, dtype=dtype)
+    proj[..., 1:h + 1] = low["Trap"].transpose(1, 2)
+    low["Trap"] = proj[..., 1:h + 1].transpose(1, 2)
+    low["ADT"], low["DT"] = (low[k].float().transpose(1, 2).contiguous().transpose(1, 2) for k in ("ADT", "DT"))
+    low_weights = cast(weights, torch.float32)
+    oracle = reversed_scan(ref.mamba3_scan_sequential) if reverse else ref.mamba3_scan_sequential
+    want = run(oracle, cast(low, torch.float64), cast(low_weights, torch.float64))
+    with poisoned_outputs():
+        got = run(kernels.mamba3_scan, low, low_weights, reverse=reverse)
+    assert got.dtype == dtype
+    assert_close("out", got, want, dtype)
+
+
+def test_halved_pairs():
+    """SISO q, k and biases handed over with their rotation pairs as (j, j + N/2) (the layer's
+    in_proj rows make them so): the outputs and gradients of the adjacent pairs, bit for bit,
+    with and without a backward."""
+    args, _ = random_inputs(1, 40, 2, 16, 32, 1, dtype=torch.float32, device=DEVICE)
+    w_out = torch.randn(1, 40, 2, 16, device=DEVICE)
+    halved = {**args, **{k: ref.halves_first(args[k]) for k in ("Q", "K", "q_bias", "k_bias")}}
+    out, g = grads(kernels.mamba3_scan, args, {}, w_out)
+    out_h, g_h = grads(kernels.mamba3_scan, halved, {}, w_out, halved_pairs=True)
+    torch.testing.assert_close(out_h, out, rtol=0, atol=0)
+    for name, grad in g.items():
+        want = ref.halves_first(grad) if name in ("Q", "K", "q_bias", "k_bias") else grad
+        torch.testing.assert_close(g_h[name], want, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(run(kernels.mamba3_scan, halved, {}, halved_pairs=True),
+                               run(kernels.mamba3_scan, args, {}), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("length", "rank", "angles"), [(40, 1, 24), (21, 2, 32), (40, 1, 16), (21, 2, 9)])

@@ -51,6 +51,17 @@ def rotate(x: torch.Tensor, phi: torch.Tensor, mimo: bool) -> torch.Tensor:
     return out.index_copy(-1, i1, (x0 * sin + x1 * cos).expand_as(x1))
 
 
+def halves_first(x: torch.Tensor) -> torch.Tensor:
+    """The last axis's even columns, then its odd ones: SISO rotation pairs (2j, 2j+1) become
+    (j, j+N/2), the layout the Triton kernels take."""
+    return x.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
+
+
+def adjacent_pairs(x: torch.Tensor) -> torch.Tensor:
+    """The last axis's pairs (j, j + N/2) as (2j, 2j+1): the inverse of :func:`halves_first`."""
+    return x.unflatten(-1, (2, -1)).transpose(-1, -2).flatten(-2)
+
+
 def angle_cumsum(angles: torch.Tensor, dt: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """φ_t = Σ_{u≤t} Δ_u·π·tanh(θ_u): angles (b, l, h, s), dt (b, h, l) → (b, l, h, s)."""
     return (math.pi * torch.tanh(angles.to(dtype)) * dt.to(dtype).transpose(1, 2).unsqueeze(-1)).cumsum(1)
@@ -132,8 +143,15 @@ def mamba3_scan(
     mimo_z: torch.Tensor | None = None,
     mimo_o: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    reverse: bool = False,
+    halved_pairs: bool = False,
 ) -> torch.Tensor:
     """The Mamba-3 scan in chunked matrix form (layouts in the module docstring).
+
+    ``reverse``: the scan of the sequences read from their last step to their first, returned
+    in their own order (here by flipped copies). ``halved_pairs`` (SISO): q, k and their biases
+    hold the rotation pairs (2j, 2j+1) as (j, j + N/2), as the Triton kernels take them (a
+    caller that makes them so saves the kernels' copy); here they are put back.
 
     Within a chunk of T steps every row (t, r) sees the columns (s, r') through
     (q̃_{t,r}·k̃_{s,r'}) times exp(S_t − S_s)·ω_s for s < t and γ_t for s = t (S = cumulative
@@ -142,6 +160,13 @@ def mamba3_scan(
     ``chunk_size`` (steps; default 64 / R, i.e. 64 rows) changes speed and memory, not results.
     """
     mimo = _check(q, v, mimo_x, mimo_o, mimo_z)
+    if halved_pairs and not mimo:
+        q, k, q_bias, k_bias = (adjacent_pairs(x) for x in (q, k, q_bias, k_bias))
+    if reverse:
+        q, k, v, angles, z = (None if x is None else x.flip(1) for x in (q, k, v, angles, z))
+        adt, dt, trap = (x.flip(2) for x in (adt, dt, trap))
+        return mamba3_scan(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, mimo_x=mimo_x, mimo_z=mimo_z,
+                           mimo_o=mimo_o, chunk_size=chunk_size).flip(1)
     cdt = compute_dtype(v)
     qr, kr, vs, adt_, gamma, omega = _inputs(q, k, v, adt, dt, trap, q_bias, k_bias, angles, mimo_x, cdt)
     b, length, r, h, n = qr.shape

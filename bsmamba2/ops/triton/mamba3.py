@@ -9,7 +9,8 @@ through the same products, so MIMO is SISO with R times the rows and a rank redu
 The kernels are organised as the SSD kernels. The state's N columns are held as two
 (·, N/2) halves, the first and the second column of every rotation pair (j, j+N/2) (MIMO's
 layout; SISO's pairs (2j, 2j+1) are brought to it by :func:`halves_first` before the kernels,
-so that each half is a contiguous load: loading every other column cost 40% of the forward):
+or by the caller (``halved_pairs``: the layer permutes in_proj's rows), so that each half is a
+contiguous load: loading every other column cost 40% of the forward):
 q̃, k̃ tiles are loaded as their two halves, biased and rotated in registers with the head's
 cos φ, sin φ (the backward's product kernels read them rotated, made once per call by a small
 pass), and every product runs at full width as the sum of the halves' (q̃·k̃ᵀ = q̃₀k̃₀ᵀ + q̃₁k̃₁ᵀ).
@@ -35,8 +36,13 @@ pass), and every product runs at full width as the sum of the halves' (q̃·k̃�
 the steps of each (sequence, head) in order anyway, from θ and Δ (θ read in place: the
 layer's angles are shared by the heads), and stored only when a backward follows; its
 gradient is :mod:`bsmamba2.ops.triton.mamba3_angles`' one pass. ω, γ (the trapezoid
-weights, (b, h, l)) are made by PyTorch around the kernels, whose autograd differentiates
-the sigmoid. sin and cos are :func:`bsmamba2.ops.triton.common.sincos` (one reduction for
+weights, (b, h, l)) are made by PyTorch around the kernels when a backward follows (its
+autograd differentiates the sigmoid), else by the forward from Δ and the gate as it loads
+them (no passes around the kernel: A·Δ, Δ and the gate read at the layer's strides).
+``reverse`` without a backward: the forward walks each sequence from its last step (the
+bidirectional block's backward mixer, no flipped copies); with one, flipped copies (the
+backward kernels walk forwards only). sin and cos are
+:func:`bsmamba2.ops.triton.common.sincos` (one reduction for
 both, libdevice's accuracy), in the forward only for the rotated pairs' columns where they
 fill a quarter of the state or less (:func:`rotation_parts`). No dot accumulator is
 transposed into another dot: each orientation a product needs has its own dot from loaded
@@ -59,6 +65,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from bsmamba2.ops.reference.mamba3 import halves_first
 from bsmamba2.ops.triton.common import (
     INTERPRET,
     TL_DTYPES,
@@ -365,51 +372,82 @@ def _store_parts(ptr, a, b, c, d, BH: tl.constexpr, Q: tl.constexpr, P: tl.const
 
 @triton.jit
 def _fwd_tiles(q_ptr, k_ptr, x_ptr, z_ptr, adt_ptr, w_ptr, g_ptr, ang_ptr, dt_ptr, bi, gi, hi, t, L, H, G, S,
-               sxb, sxl, szb, szl, sab, sal, sah, sas,
+               sxb, sxl, szb, szl, sab, sal, sah, sas, svb, svh, svl, swb, swh, swl,
                T: tl.constexpr, P: tl.constexpr, R: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
-               SPLIT: tl.constexpr, HAS_Z: tl.constexpr, COMPUTE_Y: tl.constexpr, FUSED: tl.constexpr):
-    """Every load of one chunk of :func:`_fwd` (steps t, 0 past the end), as stored: q's and k's
-    parts, x, z (per step), A·Δ, ω, γ, and the angles θ with Δ (FUSED) or φ. What a pass does
-    not use is another tile again (never read)."""
+               SPLIT: tl.constexpr, HAS_Z: tl.constexpr, COMPUTE_Y: tl.constexpr, FUSED: tl.constexpr,
+               GATES: tl.constexpr, REVERSE: tl.constexpr):
+    """Every load of one chunk of :func:`_fwd` (steps t, 0 past the end; with REVERSE step t
+    is the stored step L − 1 − t), as stored: q's and k's parts, x, z (per step), A·Δ, ω, γ
+    (GATES: made here from Δ and the trapezoid gate, :func:`_gates`), and the angles θ with Δ
+    (FUSED) or φ. What a pass does not use is another tile again (never read)."""
     ROWS: tl.constexpr = T * R
     mt = t < L
     mr = _rows(mt, T, R)
-    row = ((((bi * L + _rows(t, T, R)) * R + tl.arange(0, ROWS) % R) * G + gi) * N)[:, None]
+    m = _stored(t, L, REVERSE)
+    row = ((((bi * L + _rows(m, T, R)) * R + tl.arange(0, ROWS) % R) * G + gi) * N)[:, None]
     ka, kb, kc, kd = _qk_parts(k_ptr, row, mr, Q, N, SPLIT)
     qa, qb, qc, qd = ka, kb, kc, kd
     if COMPUTE_Y:
         qa, qb, qc, qd = _qk_parts(q_ptr, row, mr, Q, N, SPLIT)
     op = tl.arange(0, P)
-    X = tl.load(x_ptr + bi * sxb + t[:, None] * sxl + hi * P + op[None, :], mask=mt[:, None], other=0.0)
+    X = tl.load(x_ptr + bi * sxb + m[:, None] * sxl + hi * P + op[None, :], mask=mt[:, None], other=0.0)
     Z = X
     if HAS_Z and COMPUTE_Y:
-        Z = tl.load(z_ptr + bi * szb + t[:, None] * szl + hi * P + op[None, :], mask=mt[:, None], other=0.0)
-    base = (bi * H + hi) * L + t
-    a = tl.load(adt_ptr + base, mask=mt, other=0.0)
-    w = tl.load(w_ptr + base, mask=mt, other=0.0)
-    g = w
-    if COMPUTE_Y:
-        g = tl.load(g_ptr + base, mask=mt, other=0.0)
-    j = tl.arange(0, Q)
-    th = tl.load(ang_ptr + bi * sab + t[:, None] * sal + hi * sah + j[None, :] * sas,
-                 mask=mt[:, None] & (j < S)[None, :], other=0.0)
+        Z = tl.load(z_ptr + bi * szb + m[:, None] * szl + hi * P + op[None, :], mask=mt[:, None], other=0.0)
+    base = bi * svb + hi * svh + m * svl
+    a = tl.load(adt_ptr + base, mask=mt, other=0.0).to(tl.float32)
     d = a
     if FUSED:
-        d = tl.load(dt_ptr + base, mask=mt, other=0.0)
+        d = tl.load(dt_ptr + base, mask=mt, other=0.0).to(tl.float32)
+    if GATES:
+        w, g = _gates(w_ptr, dt_ptr, bi * swb + hi * swh, bi * svb + hi * svh, t, d, L, swl, svl, REVERSE)
+    else:
+        w = tl.load(w_ptr + base, mask=mt, other=0.0)
+        g = w
+        if COMPUTE_Y:
+            g = tl.load(g_ptr + base, mask=mt, other=0.0)
+    j = tl.arange(0, Q)
+    th = tl.load(ang_ptr + bi * sab + m[:, None] * sal + hi * sah + j[None, :] * sas,
+                 mask=mt[:, None] & (j < S)[None, :], other=0.0)
     return qa, qb, qc, qd, ka, kb, kc, kd, X, Z, a, w, g, th, d
 
 
+@triton.jit
+def _stored(t, L, REVERSE: tl.constexpr):
+    """The stored step of the walk's step t: t, or L − 1 − t when the walk runs backwards."""
+    if REVERSE:
+        return L - 1 - t
+    return t
+
+
+@triton.jit
+def _gates(trap_ptr, dt_ptr, trap_base, dt_base, t, d, L, stl, sdl, REVERSE: tl.constexpr):
+    """ω_t = λ_t Δ_t + (1 − λ_{t+1}) Δ_{t+1} (no second term at the last step) and γ_t = λ_t Δ_t,
+    λ = sigmoid(trap), in the walk's order, from the steps t (Δ_t given: ``d``) and t + 1."""
+    mt = t < L
+    lam = tl.load(trap_ptr + trap_base + _stored(t, L, REVERSE) * stl, mask=mt, other=0.0)
+    lam = sigmoid(lam.to(tl.float32))
+    nt = t + 1
+    mn = nt < L
+    nm = _stored(nt, L, REVERSE)
+    lam_n = sigmoid(tl.load(trap_ptr + trap_base + nm * stl, mask=mn, other=0.0).to(tl.float32))
+    d_n = tl.load(dt_ptr + dt_base + nm * sdl, mask=mn, other=0.0).to(tl.float32)
+    g = lam * d
+    return g + tl.where(mn, (1.0 - lam_n) * d_n, 0.0), g
+
+
 @triton.autotune(configs=configs((4, 1), (8, 1), (4, 2)),
-                 key=["H", "P", "N", "R", "T", "HAS_STATES", "COMPUTE_Y", "FUSED"])
+                 key=["H", "P", "N", "R", "T", "HAS_STATES", "COMPUTE_Y", "FUSED", "GATES"])
 @triton.jit
 def _fwd(
     q_ptr, k_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, qb_ptr, kb_ptr, ang_ptr, dt_ptr, phi_ptr, D_ptr, z_ptr,
     mx_ptr, mz_ptr, mo_ptr, out_ptr, states_ptr,
-    L, H, G, S, NC, sxb, sxl, szb, szl, sab, sal, sah, sas,
+    L, H, G, S, NC, sxb, sxl, szb, szl, sab, sal, sah, sas, svb, svh, svl, swb, swh, swl,
     P: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, Q: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
     SPLIT: tl.constexpr, MIMO: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr,
     HAS_STATES: tl.constexpr, COMPUTE_Y: tl.constexpr, FUSED: tl.constexpr, STORE_PHI: tl.constexpr,
-    DOT: tl.constexpr, STATE_DOT: tl.constexpr, PREC: tl.constexpr,
+    GATES: tl.constexpr, REVERSE: tl.constexpr, DOT: tl.constexpr, STATE_DOT: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """One (sequence, head) walks its chunks with the state in registers, each chunk's tiles
     loaded during the chunk before (:func:`_fwd_tiles`; the walk is latency bound, as the SSD
@@ -423,7 +461,10 @@ def _fwd(
     into cos, sin; else the two halves (Q = BH). x, z rows at strides sxl, szl (the (h, p)
     channels contiguous): slices of the layer's projection, not copies. STATE_DOT: the operand
     dtype of the state update (fp32 for the states the angles' gradient is made of, the input
-    dtype when they only make y)."""
+    dtype when they only make y). A·Δ, Δ (and ω, γ) at strides svb, svh, svl; GATES (the outputs
+    without a backward): ω, γ made here from Δ and the trapezoid gate (``w_ptr``, strides swb,
+    swh, swl). REVERSE (the outputs without STORE_PHI): the sequences walked from their last step
+    to their first, read and written at their own steps (no flipped copies)."""
     ROWS: tl.constexpr = T * R
     pid = tl.program_id(0).to(tl.int64)
     bi = pid // H
@@ -441,7 +482,8 @@ def _fwd(
     carry = tl.zeros((Q,), dtype=tl.float32)  # φ at the end of the chunks so far (FUSED)
     qa_n, qb_n, qc_n, qd_n, ka_n, kb_n, kc_n, kd_n, X_n, Z_n, a_n, w_n, g_n, th_n, d_n = _fwd_tiles(
         q_ptr, k_ptr, x_ptr, z_ptr, adt_ptr, w_ptr, g_ptr, ang_ptr, dt_ptr, bi, gi, hi, ot, L, H, G, S,
-        sxb, sxl, szb, szl, sab, sal, sah, sas, T, P, R, N, Q, SPLIT, HAS_Z, COMPUTE_Y, FUSED)
+        sxb, sxl, szb, szl, sab, sal, sah, sas, svb, svh, svl, swb, swh, swl, T, P, R, N, Q, SPLIT, HAS_Z,
+        COMPUTE_Y, FUSED, GATES, REVERSE)
     for c in range(NC):
         t = c * T + ot
         mt = t < L
@@ -452,7 +494,8 @@ def _fwd(
         if HAS_STATES:
             qa_n, qb_n, qc_n, qd_n, ka_n, kb_n, kc_n, kd_n, X_n, Z_n, a_n, w_n, g_n, th_n, d_n = _fwd_tiles(
                 q_ptr, k_ptr, x_ptr, z_ptr, adt_ptr, w_ptr, g_ptr, ang_ptr, dt_ptr, bi, gi, hi, t + T, L, H,
-                G, S, sxb, sxl, szb, szl, sab, sal, sah, sas, T, P, R, N, Q, SPLIT, HAS_Z, COMPUTE_Y, FUSED)
+                G, S, sxb, sxl, szb, szl, sab, sal, sah, sas, svb, svh, svl, swb, swh, swl, T, P, R, N, Q,
+                SPLIT, HAS_Z, COMPUTE_Y, FUSED, GATES, REVERSE)
         V = _rows2(X.to(tl.float32), T, R, P)
         if MIMO:
             V = V * _rank_weight(mx_ptr, hi, T, P, R)
@@ -496,10 +539,11 @@ def _fwd(
                 y = y * zg * sigmoid(zg)
             if HAS_O:
                 out = _rank_sum(y * _rank_weight(mo_ptr, hi, T, P, R), T, R, P) if MIMO else y
-                tl.store(out_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
+                tl.store(out_ptr + ((bi * L + _stored(t, L, REVERSE)[:, None]) * H + hi) * P + op[None, :],
                          out.to(out_ptr.dtype.element_ty), mask=mt[:, None])
             else:
-                rows = ((bi * L + tr[:, None]) * R + (orow % R)[:, None]) * H + hi
+                m_r = _rows(_stored(t, L, REVERSE), T, R)
+                rows = ((bi * L + m_r[:, None]) * R + (orow % R)[:, None]) * H + hi
                 tl.store(out_ptr + rows * P + op[None, :], y.to(out_ptr.dtype.element_ty), mask=mr[:, None])
         if HAS_STATES:
             # H ← e^{S_last} H + Σ_s e^{S_last−S_s} ω_s k̃_s v_sᵀ, part by part
@@ -876,42 +920,69 @@ def channel_rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 and x.stride(-2) == p else x.contiguous()
 
 
+def _forward(q, k, v, adt, omega, gamma, q_bias, k_bias, angles, delta, D, z, mimo_x, mimo_z, mimo_o,
+             chunk_size, store_phi, gates=False, reverse=False):
+    """The output pass (:func:`_fwd`): the scan's output, and φ ((b, l, h, s) fp32) with
+    ``store_phi``, else None. Layouts as :class:`Mamba3Scan` takes them; with ``gates`` ``omega``
+    is the trapezoid gate (pre-sigmoid) and ``gamma`` unused, and A·Δ, Δ and the gate are read at
+    their strides, in any float dtype; ``reverse`` (not with ``store_phi``): the reversed sequences'
+    scan, in their own order."""
+    b, length, r, g, n = q.shape
+    h, p = v.shape[2:]
+    s = angles.shape[-1]
+    mimo = mimo_x is not None
+    T = chunk_steps(r, v.dtype, chunk_size)
+    has_o = mimo_o is not None or not mimo
+    # the forward's chunks: the whole sequence if it fits one, else at most FWD_ROWS rows
+    fwd_steps = T if length <= T else min(T, FWD_ROWS // r)
+    fwd_chunks = triton.cdiv(length, fwd_steps)
+    out = v.new_empty((b, length, h, p) if has_o else (b, length, r, h, p))
+    dummy = adt  # any tensor: pointer of an absent optional input (never read)
+    zz = z if z is not None else v
+    phi = torch.empty((b, length, h, s), dtype=torch.float32, device=v.device) if store_phi else dummy
+    Q, split = rotation_parts(n, s)
+    launch(_fwd, (b * h,), q, k, v, adt, omega, gamma, q_bias, k_bias, angles, delta, phi,
+           *_optional(D, z, mimo_x, mimo_z, mimo_o, dummy), out, dummy, length, h, g, s, fwd_chunks,
+           v.stride(0), v.stride(1), zz.stride(0), zz.stride(1), *angles.stride(), *_steps(adt, delta),
+           *omega.stride(), HAS_D=D is not None, HAS_STATES=fwd_chunks > 1, COMPUTE_Y=True, FUSED=True,
+           STORE_PHI=store_phi, GATES=gates, REVERSE=reverse, DOT=dot_dtype(v.dtype),
+           STATE_DOT=dot_dtype(v.dtype), Q=Q, SPLIT=split, **_meta(q, v, mimo_x, mimo_o, z, fwd_steps))
+    return out, phi if store_phi else None
+
+
+def _meta(q: torch.Tensor, v: torch.Tensor, mimo_x, mimo_o, z, T: int) -> dict:
+    """The constexprs every kernel takes."""
+    mimo = mimo_x is not None
+    return dict(P=v.shape[-1], N=q.shape[-1], BH=half_block(q.shape[-1]), R=q.shape[2], T=T, MIMO=mimo,
+                HAS_Z=z is not None, HAS_O=mimo_o is not None or not mimo, PREC="tf32")
+
+
+def _optional(D, z, mimo_x, mimo_z, mimo_o, dummy) -> tuple[torch.Tensor, ...]:
+    """The optional inputs, ``dummy`` (never read) for the absent ones."""
+    return tuple(dummy if t is None else t for t in (D, z, mimo_x, mimo_z, mimo_o))
+
+
+def _steps(adt: torch.Tensor, delta: torch.Tensor) -> tuple[int, int, int]:
+    """The (b, h, l) strides :func:`_fwd` reads A·Δ and Δ at (one set: they must agree)."""
+    if adt.stride() != delta.stride():
+        raise ValueError(f"A·Δ and Δ at different strides: {adt.stride()}, {delta.stride()}")
+    return adt.stride()
+
+
 class Mamba3Scan(torch.autograd.Function):
     """The kernels on prepared inputs: q, k (b, l, r, g, n); v, z (b, l, h, p), (h, p) contiguous;
-    adt, ω, γ, Δ (b, h, l) fp32; biases (h, r, n) fp32; the angles θ (b, l, h, s) at any strides;
-    D (h); mimo_* (h, r, p) fp32 or None. ``store_phi``: a backward will follow (the forward
-    keeps φ, (b, l, h, s) fp32, for it)."""
+    adt, ω, γ, Δ (b, h, l) fp32 contiguous; biases (h, r, n) fp32; the angles θ (b, l, h, s) at
+    any strides; D (h); mimo_* (h, r, p) fp32 or None. ``store_phi``: a backward will follow (the
+    forward keeps φ, (b, l, h, s) fp32, for it)."""
 
     @staticmethod
     def forward(ctx, q, k, v, adt, omega, gamma, q_bias, k_bias, angles, delta, D, z, mimo_x, mimo_z, mimo_o,
                 chunk_size, store_phi):
-        b, length, r, g, n = q.shape
-        h, p = v.shape[2:]
-        s = angles.shape[-1]
-        mimo = mimo_x is not None
-        T = chunk_steps(r, v.dtype, chunk_size)
-        has_o = mimo_o is not None or not mimo
-        # the forward's chunks: the whole sequence if it fits one, else at most FWD_ROWS rows
-        fwd_steps = T if length <= T else min(T, FWD_ROWS // r)
-        fwd_chunks = triton.cdiv(length, fwd_steps)
-        out = v.new_empty((b, length, h, p) if has_o else (b, length, r, h, p))
-        # the constexprs every kernel takes
-        meta = dict(P=p, N=n, BH=half_block(n), R=r, T=T, MIMO=mimo, HAS_Z=z is not None, HAS_O=has_o,
-                    PREC="tf32")
-        dummy = adt  # any tensor: pointer of an absent optional input (never read)
-        zz = z if z is not None else v
-        phi = torch.empty((b, length, h, s), dtype=torch.float32, device=v.device) if store_phi else dummy
-        opt = (D if D is not None else dummy, z if z is not None else dummy, mimo_x if mimo else dummy,
-               mimo_z if mimo_z is not None else dummy, mimo_o if mimo_o is not None else dummy)
-        Q, split = rotation_parts(n, s)
-        launch(_fwd, (b * h,), q, k, v, adt, omega, gamma, q_bias, k_bias, angles, delta, phi, *opt, out,
-               dummy, length, h, g, s, fwd_chunks, v.stride(0), v.stride(1), zz.stride(0), zz.stride(1),
-               *angles.stride(), HAS_D=D is not None, HAS_STATES=fwd_chunks > 1, COMPUTE_Y=True, FUSED=True,
-               STORE_PHI=store_phi, DOT=dot_dtype(v.dtype), STATE_DOT=dot_dtype(v.dtype), Q=Q, SPLIT=split,
-               **{**meta, "T": fwd_steps})
-        ctx.meta = meta
-        ctx.save_for_backward(q, k, v, adt, omega, gamma, q_bias, k_bias, angles, delta,
-                              phi if store_phi else None, D, z, mimo_x, mimo_z, mimo_o)
+        out, phi = _forward(q, k, v, adt, omega, gamma, q_bias, k_bias, angles, delta, D, z, mimo_x, mimo_z,
+                            mimo_o, chunk_size, store_phi)
+        ctx.meta = _meta(q, v, mimo_x, mimo_o, z, chunk_steps(q.shape[2], v.dtype, chunk_size))
+        ctx.save_for_backward(q, k, v, adt, omega, gamma, q_bias, k_bias, angles, delta, phi, D, z, mimo_x,
+                              mimo_z, mimo_o)
         return out
 
     @staticmethod
@@ -929,8 +1000,7 @@ class Mamba3Scan(torch.autograd.Function):
         nc = triton.cdiv(length, T)
         dout = dout.contiguous()
         dummy = adt
-        opt = (D if D is not None else dummy, z if z is not None else dummy, mimo_x if mimo else dummy,
-               mimo_z if mimo_z is not None else dummy, mimo_o if mimo_o is not None else dummy)
+        opt = _optional(D, z, mimo_x, mimo_z, mimo_o, dummy)
         f32 = torch.float32
         DOT = dot_dtype(v.dtype)
         states = dstates = dummy
@@ -942,8 +1012,9 @@ class Mamba3Scan(torch.autograd.Function):
             Q, split = rotation_parts(n, s)
             launch(_fwd, (b * h,), q, k, v, adt, omega, gamma, q_bias, k_bias, phi, delta, dummy, *opt,
                    dummy, states, length, h, g, s, nc, v.stride(0), v.stride(1), v.stride(0), v.stride(1),
-                   *phi.stride(), HAS_D=D is not None, HAS_STATES=True, COMPUTE_Y=False, FUSED=False,
-                   STORE_PHI=False, DOT=DOT, STATE_DOT=tl.float32, Q=Q, SPLIT=split, **meta)
+                   *phi.stride(), *adt.stride(), *omega.stride(), HAS_D=D is not None, HAS_STATES=True,
+                   COMPUTE_Y=False, FUSED=False, STORE_PHI=False, GATES=False, REVERSE=False, DOT=DOT,
+                   STATE_DOT=tl.float32, Q=Q, SPLIT=split, **meta)
             launch(_state_grads, (b * h,), q, adt, q_bias, phi, opt[1], opt[3], opt[4], dout, dstates,
                    length, h, g, s, nc, **meta)
         dx = torch.empty(v.shape, dtype=f32, device=v.device)
@@ -1018,12 +1089,6 @@ def turned_back(q: torch.Tensor, k: torch.Tensor, q_bias: torch.Tensor, k_bias: 
     return dq, dk, dphi, dqb, dkb
 
 
-def halves_first(x: torch.Tensor) -> torch.Tensor:
-    """The last axis's even columns, then its odd ones: SISO rotation pairs (2j, 2j+1) become
-    (j, j+N/2), the layout the kernels take."""
-    return x.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
-
-
 def supports(q: torch.Tensor, v: torch.Tensor, mimo_x: torch.Tensor | None) -> bool:
     """Whether the kernels take these shapes: power-of-two rank ≤ 16, d_state and headdim ≥ 16."""
     r = q.shape[2] if mimo_x is not None else 1
@@ -1048,27 +1113,48 @@ def mamba3_scan(
     mimo_z: torch.Tensor | None = None,
     mimo_o: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    reverse: bool = False,
+    halved_pairs: bool = False,
 ) -> torch.Tensor:
     """The Mamba-3 scan on CUDA tensors (or CPU ones under TRITON_INTERPRET=1); the contract
     of :func:`bsmamba2.ops.reference.mamba3.mamba3_scan`. ``chunk_size`` in steps, as
-    :func:`chunk_steps` fits it to the tiles."""
+    :func:`chunk_steps` fits it to the tiles.
+
+    Without a backward ahead the output pass alone runs, on the inputs as they are: A·Δ, Δ and
+    the trapezoid gate read at their strides (ω, γ made in the kernel), ``reverse`` by walking the
+    steps backwards. With one, ω and γ are made here (autograd differentiates them) and
+    ``reverse`` flips the inputs and the output (the backward kernels walk forwards only)."""
     if not supports(q, v, mimo_x):
         raise ValueError(f"the Mamba-3 kernels need a power-of-two rank ≤ 16, d_state and headdim ≥ 16; "
                          f"got q {tuple(q.shape)}, v {tuple(v.shape)}")
     if mimo_x is None:
         # SISO pairs (2j, 2j+1) as the MIMO ones (j, j+N/2): whole-row loads of each half in the
-        # kernels instead of every other column (autograd puts the gradients' columns back)
-        q, k, q_bias, k_bias = (halves_first(x) for x in (q.unsqueeze(2), k.unsqueeze(2), q_bias.unsqueeze(1),
-                                                          k_bias.unsqueeze(1)))
+        # kernels instead of every other column (autograd puts the gradients' columns back);
+        # ``halved_pairs``: the caller's layout already
+        if not halved_pairs:
+            q, k, q_bias, k_bias = (halves_first(x) for x in (q, k, q_bias, k_bias))
+        q, k, q_bias, k_bias = q.unsqueeze(2), k.unsqueeze(2), q_bias.unsqueeze(1), k_bias.unsqueeze(1)
     f32 = torch.float32
+    if z is None:  # no gate: mimo_z takes no part in the scan and gets no gradient (the oracle's)
+        mimo_z = None
+    opt = [None if t is None else t.to(f32).contiguous() for t in (mimo_x, mimo_z, mimo_o)]
+    q, k, v, q_bias, k_bias = q.contiguous(), k.contiguous(), channel_rows(v), q_bias.to(f32), k_bias.to(f32)
+    z = None if z is None else channel_rows(z)
+    if not backward_ahead(q, k, v, adt, dt, trap, q_bias, k_bias, angles, D, z, *opt):
+        if adt.stride() != dt.stride():
+            adt, dt = adt.contiguous(), dt.contiguous()
+        out, _ = _forward(q, k, v, adt, trap, adt, q_bias.contiguous(), k_bias.contiguous(), angles, dt, D, z,
+                          *opt, chunk_size, False, gates=True, reverse=reverse)
+        return out
+    if reverse:
+        q, k, v, angles, z = (None if x is None else x.flip(1) for x in (q, k, v, angles, z))
+        adt, dt, trap = (x.flip(2) for x in (adt, dt, trap))
     delta = dt.to(f32)
     lam = torch.sigmoid(trap.to(f32))
     gamma = lam * delta
     omega = gamma + F.pad(((1 - lam) * delta)[..., 1:], (0, 1))
-    if z is None:  # no gate: mimo_z takes no part in the scan and gets no gradient (the oracle's)
-        mimo_z = None
-    opt = [None if t is None else t.to(f32).contiguous() for t in (mimo_x, mimo_z, mimo_o)]
     inputs = (q.contiguous(), k.contiguous(), channel_rows(v), adt.to(f32).contiguous(), omega.contiguous(),
-              gamma.contiguous(), q_bias.to(f32).contiguous(), k_bias.to(f32).contiguous(), angles,
-              delta.contiguous(), D, None if z is None else channel_rows(z), *opt)
-    return Mamba3Scan.apply(*inputs, chunk_size, backward_ahead(*inputs))
+              gamma.contiguous(), q_bias.contiguous(), k_bias.contiguous(), angles, delta.contiguous(), D,
+              None if z is None else channel_rows(z), *opt)
+    out = Mamba3Scan.apply(*inputs, chunk_size, True)
+    return out.flip(1) if reverse else out
