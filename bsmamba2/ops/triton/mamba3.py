@@ -378,8 +378,8 @@ def _fwd_tiles(q_ptr, k_ptr, x_ptr, z_ptr, adt_ptr, w_ptr, g_ptr, ang_ptr, dt_pt
                GATES: tl.constexpr, REVERSE: tl.constexpr):
     """Every load of one chunk of :func:`_fwd` (steps t, 0 past the end; with REVERSE step t
     is the stored step L − 1 − t), as stored: q's and k's parts, x, z (per step), A·Δ, ω, γ
-    (GATES: made here from Δ and the trapezoid gate, :func:`_gates`), and the angles θ with Δ
-    (FUSED) or φ. What a pass does not use is another tile again (never read)."""
+    (GATES: the gate at t and t + 1 and Δ at t + 1 instead, for :func:`_gates`), and the angles
+    θ with Δ (FUSED) or φ. What a pass does not use is another tile again (never read)."""
     ROWS: tl.constexpr = T * R
     mt = t < L
     mr = _rows(mt, T, R)
@@ -399,8 +399,13 @@ def _fwd_tiles(q_ptr, k_ptr, x_ptr, z_ptr, adt_ptr, w_ptr, g_ptr, ang_ptr, dt_pt
     d = a
     if FUSED:
         d = tl.load(dt_ptr + base, mask=mt, other=0.0).to(tl.float32)
-    if GATES:
-        w, g = _gates(w_ptr, dt_ptr, bi * swb + hi * swh, bi * svb + hi * svh, t, d, L, swl, svl, REVERSE)
+    dn = d
+    if GATES:  # the gate at t and t + 1 and Δ at t + 1 as loaded: :func:`_gates` makes ω, γ at their use
+        nm = _stored(t + 1, L, REVERSE)
+        mn = t + 1 < L
+        w = tl.load(w_ptr + bi * swb + hi * swh + m * swl, mask=mt, other=0.0)
+        g = tl.load(w_ptr + bi * swb + hi * swh + nm * swl, mask=mn, other=0.0)
+        dn = tl.load(dt_ptr + bi * svb + hi * svh + nm * svl, mask=mn, other=0.0)
     else:
         w = tl.load(w_ptr + base, mask=mt, other=0.0)
         g = w
@@ -409,7 +414,7 @@ def _fwd_tiles(q_ptr, k_ptr, x_ptr, z_ptr, adt_ptr, w_ptr, g_ptr, ang_ptr, dt_pt
     j = tl.arange(0, Q)
     th = tl.load(ang_ptr + bi * sab + m[:, None] * sal + hi * sah + j[None, :] * sas,
                  mask=mt[:, None] & (j < S)[None, :], other=0.0)
-    return qa, qb, qc, qd, ka, kb, kc, kd, X, Z, a, w, g, th, d
+    return qa, qb, qc, qd, ka, kb, kc, kd, X, Z, a, w, g, th, d, dn
 
 
 @triton.jit
@@ -421,19 +426,14 @@ def _stored(t, L, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def _gates(trap_ptr, dt_ptr, trap_base, dt_base, t, d, L, stl, sdl, REVERSE: tl.constexpr):
-    """ω_t = λ_t Δ_t + (1 − λ_{t+1}) Δ_{t+1} (no second term at the last step) and γ_t = λ_t Δ_t,
-    λ = sigmoid(trap), in the walk's order, from the steps t (Δ_t given: ``d``) and t + 1."""
-    mt = t < L
-    lam = tl.load(trap_ptr + trap_base + _stored(t, L, REVERSE) * stl, mask=mt, other=0.0)
-    lam = sigmoid(lam.to(tl.float32))
-    nt = t + 1
-    mn = nt < L
-    nm = _stored(nt, L, REVERSE)
-    lam_n = sigmoid(tl.load(trap_ptr + trap_base + nm * stl, mask=mn, other=0.0).to(tl.float32))
-    d_n = tl.load(dt_ptr + dt_base + nm * sdl, mask=mn, other=0.0).to(tl.float32)
+def _gates(trap, trap_next, d, d_next):
+    """ω_t = λ_t Δ_t + (1 − λ_{t+1}) Δ_{t+1} and γ_t = λ_t Δ_t, λ = sigmoid(trap), from the gate
+    and Δ at the walk's steps t and t + 1 (Δ_{t+1} 0 past the end: no second term at the last
+    step). Made where they are used, not where their loads are issued: the loads of the next
+    chunk are then waited for only in the next chunk."""
+    lam = sigmoid(trap.to(tl.float32))
     g = lam * d
-    return g + tl.where(mn, (1.0 - lam_n) * d_n, 0.0), g
+    return g + (1.0 - sigmoid(trap_next.to(tl.float32))) * d_next.to(tl.float32), g
 
 
 @triton.autotune(configs=configs((4, 1), (8, 1), (4, 2)),
@@ -480,7 +480,7 @@ def _fwd(
     Hc = tl.zeros((Q, P), dtype=tl.float32)
     Hd = tl.zeros((Q, P), dtype=tl.float32)
     carry = tl.zeros((Q,), dtype=tl.float32)  # φ at the end of the chunks so far (FUSED)
-    qa_n, qb_n, qc_n, qd_n, ka_n, kb_n, kc_n, kd_n, X_n, Z_n, a_n, w_n, g_n, th_n, d_n = _fwd_tiles(
+    qa_n, qb_n, qc_n, qd_n, ka_n, kb_n, kc_n, kd_n, X_n, Z_n, a_n, w_n, g_n, th_n, d_n, dn_n = _fwd_tiles(
         q_ptr, k_ptr, x_ptr, z_ptr, adt_ptr, w_ptr, g_ptr, ang_ptr, dt_ptr, bi, gi, hi, ot, L, H, G, S,
         sxb, sxl, szb, szl, sab, sal, sah, sas, svb, svh, svl, swb, swh, swl, T, P, R, N, Q, SPLIT, HAS_Z,
         COMPUTE_Y, FUSED, GATES, REVERSE)
@@ -490,15 +490,18 @@ def _fwd(
         tr = _rows(t, T, R)
         mr = _rows(mt, T, R)
         qa, qb, qc, qd, ka, kb, kc, kd = qa_n, qb_n, qc_n, qd_n, ka_n, kb_n, kc_n, kd_n
-        X, Z, a, w, g, th, d = X_n, Z_n, a_n, w_n, g_n, th_n, d_n
+        X, Z, a, w, g, th, d, dn = X_n, Z_n, a_n, w_n, g_n, th_n, d_n, dn_n
         if HAS_STATES:
-            qa_n, qb_n, qc_n, qd_n, ka_n, kb_n, kc_n, kd_n, X_n, Z_n, a_n, w_n, g_n, th_n, d_n = _fwd_tiles(
+            (qa_n, qb_n, qc_n, qd_n, ka_n, kb_n, kc_n, kd_n, X_n, Z_n, a_n, w_n, g_n, th_n, d_n,
+             dn_n) = _fwd_tiles(
                 q_ptr, k_ptr, x_ptr, z_ptr, adt_ptr, w_ptr, g_ptr, ang_ptr, dt_ptr, bi, gi, hi, t + T, L, H,
                 G, S, sxb, sxl, szb, szl, sab, sal, sah, sas, svb, svh, svl, swb, swh, swl, T, P, R, N, Q,
                 SPLIT, HAS_Z, COMPUTE_Y, FUSED, GATES, REVERSE)
         V = _rows2(X.to(tl.float32), T, R, P)
         if MIMO:
             V = V * _rank_weight(mx_ptr, hi, T, P, R)
+        if GATES:
+            w, g = _gates(w, g, d, dn)
         cs = tl.cumsum(a, 0)
         cs_last = tl.sum(a, 0)
         cs_r = _rows(cs, T, R)
