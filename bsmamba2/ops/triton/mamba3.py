@@ -22,9 +22,10 @@ pass), and every product runs at full width as the sum of the halves' (q̃·k̃�
   The states are never kept for the backward.
 * backward — two cheap serial passes per (sequence, head) store, per chunk, the entering state
   (the forward without outputs) and the gradient of the leaving state (a reverse pass); then
-  every chunk in parallel: dv with the decay, ω, γ, z, D and ``mimo_*`` gradients, and each
-  head's dk̃ and then dq̃ in the rotated frame (three launches, one program per (sequence,
-  head, chunk), storing per-head fp32 dq̃, dk̃ for this call only); then one pass per
+  every chunk in parallel: dv, then the decay, ω, γ, z, D and ``mimo_*`` gradients (two
+  launches, each making one orientation of q̃·k̃ᵀ ⊙ W), and each head's dk̃ and then dq̃ in the
+  rotated frame (two more; one program per (sequence, head, chunk) each, storing per-head fp32
+  dq̃, dk̃ for this call only); then one pass per
   (sequence, group, block of steps) turns every head's dq̃, dk̃ back by its angles, makes its
   dφ and bias gradients and adds up the group's heads, which share q and k. Keeping the
   rotation's gradient out of the product kernels is what keeps their live set in registers
@@ -86,8 +87,17 @@ than the backward's, which keep the pass's registers in bounds."""
 TURN_ROWS = 32
 """Rows per block of :func:`_rotate` and :func:`_turn_back` (at most): passes without products,
 whose blocks need not be chunks."""
+BWD_CONFIGS = configs((4, 1), (8, 1))
+"""Autotune candidates of the chunk-parallel backward launches; on a GPU also 8 warps capped at
+128 registers (two programs per SM: offline, sm_90a, :func:`_chunk_bwd_v`'s PART_VX fits unspilled,
+:func:`_turn_back` and :func:`_chunk_bwd_qk` spill 50–470 B)."""
+if not INTERPRET:
+    BWD_CONFIGS += [triton.Config({}, num_warps=8, num_stages=1, maxnreg=128)]
 PART_DK, PART_DQ = (tl.constexpr(i) for i in range(2))
 """What a launch of :func:`_chunk_bwd_qk` computes: the per-head dk̃, or dq̃."""
+PART_VX, PART_VS = (tl.constexpr(i) for i in range(2))
+"""What a launch of :func:`_chunk_bwd_v` computes: dx (and the states' share of dadt, dω), or
+the rest (dz, dadt, dω, dγ)."""
 
 
 @triton.jit
@@ -636,22 +646,30 @@ def _rotate(q_ptr, k_ptr, qb_ptr, kb_ptr, phi_ptr, qr_ptr, kr_ptr, qrl_ptr, krl_
                    T, R, N, BH, LOW, SPLIT)
 
 
-@triton.autotune(configs=configs((4, 1), (8, 1)), key=["H", "P", "N", "R", "T", "HAS_STATES"])
+@triton.autotune(configs=BWD_CONFIGS, key=["H", "P", "N", "R", "T", "HAS_STATES", "PART"])
 @triton.jit
 def _chunk_bwd_v(
     qr_ptr, kr_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, D_ptr, z_ptr,
     mx_ptr, mz_ptr, mo_ptr, dout_ptr, states_ptr, dstates_ptr,
-    dx_ptr, dz_ptr, dadt_ptr, dw_ptr, dg_ptr, part_ptr,
+    dx_ptr, dz_ptr, dadt_ptr, dw_ptr, dg_ptr, sdadt_ptr, sdw_ptr, part_ptr,
     L, H, NC, NPART,
     P: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
     MIMO: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_O: tl.constexpr,
-    HAS_STATES: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+    HAS_STATES: tl.constexpr, PART: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    """One (sequence, head, chunk): dx and the gradients of A·Δ, ω, γ, z, D and ``mimo_*``,
-    from the head's rotated q̃, k̃ of :func:`_rotate` (in the dot dtype: no rotation here).
-    With HAS_STATES the chunk's entering state and its leaving state's gradient come from
-    the serial passes. ``part_ptr`` receives per (sequence, chunk, head) partial sums, NPART
-    floats: dD (1), then for MIMO d mimo_x, d mimo_z, d mimo_o (R·P each)."""
+    """One (sequence, head, chunk) of the value side's gradients, from the head's rotated q̃, k̃
+    of :func:`_rotate` (in the dot dtype: no rotation here), in two launches that share no
+    product (each makes one orientation of q̃·k̃ᵀ ⊙ W), so that each holds about half of what
+    one program holding both did (docs/benchmarks.md):
+
+    * PART_VX: dx, and with HAS_STATES what reaches A·Δ and ω through the chunk's states (the
+      leaving state's gradient dH: k̃·dH, ⟨dH, H⟩) into ``sdadt_ptr``, ``sdw_ptr`` ((b, h, l));
+    * PART_VS: the pre-gate y (recomputed), dz, and the gradients of A·Δ, ω and γ inside the
+      chunk and through the entering state H (e^{S} q̃·H), plus PART_VX's share: dadt, dω, dγ.
+
+    With HAS_STATES the entering state and the leaving state's gradient come from the serial
+    passes. ``part_ptr`` receives per (sequence, chunk, head) partial sums, NPART floats: dD
+    (1), then for MIMO d mimo_x (PART_VX), d mimo_z, d mimo_o (PART_VS) (R·P each)."""
     pid = tl.program_id(0).to(tl.int64)
     c = pid % NC
     bh = pid // NC
@@ -673,73 +691,83 @@ def _chunk_bwd_v(
     Dh = tl.load(D_ptr + hi).to(tl.float32) if HAS_D else 0.0
     q0d, q1d = _head_halves(qr_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
     k0d, k1d = _head_halves(kr_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
-    Sc = tl.dot(q0d, tl.trans(k0d), input_precision=PREC)
-    Sc = tl.dot(q1d, tl.trans(k1d), Sc, input_precision=PREC)
-    ScT = tl.dot(k0d, tl.trans(q0d), input_precision=PREC)  # its own dot: no transposed result
-    ScT = tl.dot(k1d, tl.trans(q1d), ScT, input_precision=PREC)
-    W, E = _weights(cs_r, w_r, g_r, tr, False)
-    WT, _ = _weights(cs_r, w_r, g_r, tr, True)
-    y = tl.dot((Sc * W).to(DOT), Vd, input_precision=PREC) + Dh * V  # the pre-gate y, recomputed
-    if HAS_STATES:
-        sidx = (bh * NC + c) * 2 * BH * P
-        H0, H1 = _state_halves(states_ptr + sidx, BH, P)
-        dH0, dH1 = _state_halves(dstates_ptr + sidx, BH, P)
-        y_in = tl.dot(q0d, H0.to(DOT), input_precision=PREC)
-        y_in = tl.exp(cs_r)[:, None] * tl.dot(q1d, H1.to(DOT), y_in, input_precision=PREC)
-        y += y_in
-        KdH = tl.dot(k0d, dH0.to(DOT), input_precision=PREC)
-        KdH = tl.dot(k1d, dH1.to(DOT), KdH, input_precision=PREC)
-        hdh = tl.sum(tl.sum(dH0 * H0, 1), 0) + tl.sum(tl.sum(dH1 * H1, 1), 0)
-    zg, z, MZ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
-    do, mo, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
     pbase = ((bi * NC + c) * H + hi) * NPART
-    if HAS_Z:
-        sg = sigmoid(zg)
-        dzg = do * mo * y * sg * (1 + zg * (1 - sg))
-        if MIMO:
-            tl.store(dz_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
-                     _rank_sum(dzg * MZ, T, R, P), mask=mt[:, None])
-            tl.store(part_ptr + pbase + 1 + R * P + orn[:, None] * P + op[None, :],
-                     _step_sum(dzg * z, T, R, P))
-        else:
-            tl.store(dz_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dzg, mask=mt[:, None])
-    if MIMO and HAS_O:
-        gate = zg * sigmoid(zg) if HAS_Z else 1.0
-        tl.store(part_ptr + pbase + 1 + 2 * R * P + orn[:, None] * P + op[None, :],
-                 _step_sum(do * y * gate, T, R, P))
-    if HAS_D:
-        tl.store(part_ptr + pbase, tl.sum(tl.sum(dY * V, 1), 0))
-    dYd = dY.to(DOT)
-    # the weights' gradient dW = (q̃·k̃ᵀ) ⊙ (dY·vᵀ), to S (both sides of each entry), ω and γ
-    dW = Sc * tl.dot(dYd, tl.trans(Vd), input_precision=PREC)
-    dWE = dW * E
-    dWW = dWE * w_r[None, :]
-    dcs_r = tl.sum(dWW, 1) - tl.sum(dWW, 0)
-    dw_r = tl.sum(dWE, 0)
-    dg_r = tl.sum(tl.where(tr[:, None] == tr[None, :], dW, 0.0), 1)
-    dV = tl.dot((ScT * WT).to(DOT), dYd, input_precision=PREC) + Dh * dY
-    dcs_last = 0.0
-    if HAS_STATES:
-        # y_in = e^{S_t} q̃·H; the leaving state e^{S_last} H + Σ_s e^{S_last−S_s} ω_s k̃_s v_sᵀ
-        dcs_r += tl.sum(dY * y_in, 1)
-        u_dec = tl.exp(tl.minimum(cs_last - cs_r, 0.0))
-        u = u_dec * w_r
-        dV += u[:, None] * KdH
-        du = tl.sum(V * KdH, 1)
-        dw_r += du * u_dec
-        dcs_r -= du * u
-        dcs_last = tl.sum(du * u, 0) + tl.exp(cs_last) * hdh
     bhl = (bi * H + hi) * L + t
-    tl.store(dadt_ptr + bhl, cumsum_grad(tl.sum(tl.reshape(dcs_r, (T, R)), 1), dcs_last), mask=mt)
-    tl.store(dw_ptr + bhl, tl.sum(tl.reshape(dw_r, (T, R)), 1), mask=mt)
-    tl.store(dg_ptr + bhl, tl.sum(tl.reshape(dg_r, (T, R)), 1), mask=mt)
-    if MIMO:  # v = x ⊙ mimo_x
-        tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
-                 _rank_sum(dV * MX, T, R, P), mask=mt[:, None])
-        tl.store(part_ptr + pbase + 1 + orn[:, None] * P + op[None, :],
-                 _step_sum(dV * X, T, R, P))
+    if PART == PART_VX:
+        ScT = tl.dot(k0d, tl.trans(q0d), input_precision=PREC)
+        ScT = tl.dot(k1d, tl.trans(q1d), ScT, input_precision=PREC)
+        WT, _ = _weights(cs_r, w_r, g_r, tr, True)
+        zg, _, _ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
+        _, _, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
+        dV = tl.dot((ScT * WT).to(DOT), dY.to(DOT), input_precision=PREC) + Dh * dY
+        if HAS_STATES:
+            # the leaving state e^{S_last} H + Σ_s e^{S_last−S_s} ω_s k̃_s v_sᵀ
+            sidx = (bh * NC + c) * 2 * BH * P
+            dH0, dH1 = _state_halves(dstates_ptr + sidx, BH, P)
+            H0, H1 = _state_halves(states_ptr + sidx, BH, P)
+            hdh = tl.sum(tl.sum(dH0 * H0, 1), 0) + tl.sum(tl.sum(dH1 * H1, 1), 0)
+            KdH = tl.dot(k0d, dH0.to(DOT), input_precision=PREC)
+            KdH = tl.dot(k1d, dH1.to(DOT), KdH, input_precision=PREC)
+            u_dec = tl.exp(tl.minimum(cs_last - cs_r, 0.0))
+            u = u_dec * w_r
+            dV += u[:, None] * KdH
+            du = tl.sum(V * KdH, 1)
+            dcs_last = tl.sum(du * u, 0) + tl.exp(cs_last) * hdh
+            tl.store(sdadt_ptr + bhl, cumsum_grad(tl.sum(tl.reshape(-du * u, (T, R)), 1), dcs_last), mask=mt)
+            tl.store(sdw_ptr + bhl, tl.sum(tl.reshape(du * u_dec, (T, R)), 1), mask=mt)
+        if MIMO:  # v = x ⊙ mimo_x
+            tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
+                     _rank_sum(dV * MX, T, R, P), mask=mt[:, None])
+            tl.store(part_ptr + pbase + 1 + orn[:, None] * P + op[None, :],
+                     _step_sum(dV * X, T, R, P))
+        else:
+            tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dV, mask=mt[:, None])
     else:
-        tl.store(dx_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dV, mask=mt[:, None])
+        Sc = tl.dot(q0d, tl.trans(k0d), input_precision=PREC)
+        Sc = tl.dot(q1d, tl.trans(k1d), Sc, input_precision=PREC)
+        W, E = _weights(cs_r, w_r, g_r, tr, False)
+        Pd = (Sc * W).to(DOT)
+        zg, z, MZ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
+        do, mo, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
+        # the weights' gradient dW = (q̃·k̃ᵀ) ⊙ (dY·vᵀ), to S (both sides of each entry), ω and γ,
+        # first: q̃·k̃ᵀ is not held past it
+        dW = Sc * tl.dot(dY.to(DOT), tl.trans(Vd), input_precision=PREC)
+        dWE = dW * E
+        dWW = dWE * w_r[None, :]
+        dcs_r = tl.sum(dWW, 1) - tl.sum(dWW, 0)
+        dw_r = tl.sum(dWE, 0)
+        dg_r = tl.sum(tl.where(tr[:, None] == tr[None, :], dW, 0.0), 1)
+        y = tl.dot(Pd, Vd, input_precision=PREC) + Dh * V  # the pre-gate y, recomputed
+        if HAS_STATES:
+            H0, H1 = _state_halves(states_ptr + (bh * NC + c) * 2 * BH * P, BH, P)
+            y_in = tl.dot(q0d, H0.to(DOT), input_precision=PREC)
+            y_in = tl.exp(cs_r)[:, None] * tl.dot(q1d, H1.to(DOT), y_in, input_precision=PREC)  # e^{S_t} q̃·H
+            y += y_in
+            dcs_r += tl.sum(dY * y_in, 1)
+        if HAS_Z:
+            sg = sigmoid(zg)
+            dzg = do * mo * y * sg * (1 + zg * (1 - sg))
+            if MIMO:
+                tl.store(dz_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :],
+                         _rank_sum(dzg * MZ, T, R, P), mask=mt[:, None])
+                tl.store(part_ptr + pbase + 1 + R * P + orn[:, None] * P + op[None, :],
+                         _step_sum(dzg * z, T, R, P))
+            else:
+                tl.store(dz_ptr + ((bi * L + t[:, None]) * H + hi) * P + op[None, :], dzg, mask=mt[:, None])
+        if MIMO and HAS_O:
+            gate = zg * sigmoid(zg) if HAS_Z else 1.0
+            tl.store(part_ptr + pbase + 1 + 2 * R * P + orn[:, None] * P + op[None, :],
+                     _step_sum(do * y * gate, T, R, P))
+        if HAS_D:
+            tl.store(part_ptr + pbase, tl.sum(tl.sum(dY * V, 1), 0))
+        dadt = cumsum_grad(tl.sum(tl.reshape(dcs_r, (T, R)), 1), 0.0)
+        dw = tl.sum(tl.reshape(dw_r, (T, R)), 1)
+        if HAS_STATES:  # PART_VX's share, through the leaving state
+            dadt += tl.load(sdadt_ptr + bhl, mask=mt, other=0.0)
+            dw += tl.load(sdw_ptr + bhl, mask=mt, other=0.0)
+        tl.store(dadt_ptr + bhl, dadt, mask=mt)
+        tl.store(dw_ptr + bhl, dw, mask=mt)
+        tl.store(dg_ptr + bhl, tl.sum(tl.reshape(dg_r, (T, R)), 1), mask=mt)
 
 
 @triton.jit
@@ -755,8 +783,7 @@ def _other_side(hi_ptr, lo_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T: tl.constexpr
     return x0, x1, l0, l1
 
 
-@triton.autotune(configs=configs((4, 1), (8, 1)),
-                 key=["H", "P", "N", "R", "T", "HAS_STATES", "PART", "SPLIT"])
+@triton.autotune(configs=BWD_CONFIGS, key=["H", "P", "N", "R", "T", "HAS_STATES", "PART", "SPLIT"])
 @triton.jit
 def _chunk_bwd_qk(
     qr_ptr, kr_ptr, qrl_ptr, krl_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, z_ptr,
@@ -835,7 +862,7 @@ def _turned(x_ptr, bias_ptr, dd_ptr, bi, gi, hi, t, mt, L, H, G, i0, i1, mj, cos
     return d0 * cos + d1 * sin, d1 * cos - d0 * sin, _rank_sum(x0 * d1 - x1 * d0, T, R, BH)
 
 
-@triton.autotune(configs=configs((4, 1), (8, 1)), key=["HG", "N", "R", "T"])
+@triton.autotune(configs=BWD_CONFIGS, key=["HG", "N", "R", "T"])
 @triton.jit
 def _turn_back(
     q_ptr, k_ptr, qb_ptr, kb_ptr, phi_ptr, ddq_ptr, ddk_ptr, dq_ptr, dk_ptr, dphi_ptr, dbias_ptr,
@@ -1029,9 +1056,13 @@ class Mamba3Scan(torch.autograd.Function):
         # interpreted), with their remainders for 16-bit inputs: for the product launches only
         qr, kr, qr_lo, kr_lo = rotated_heads(q, k, q_bias, k_bias, phi, f32 if INTERPRET else v.dtype,
                                              v.dtype)
-        launch(_chunk_bwd_v, (b * h * nc,), qr, kr, v, adt, omega, gamma, *opt, dout, states, dstates,
-               dx, dz, dadt, dw, dg, part, length, h, nc, npart, HAS_D=D is not None, HAS_STATES=nc > 1,
-               DOT=DOT, **meta)
+        # the states' share of dadt, dω (PART_VX), added by PART_VS
+        sdadt, sdw = (torch.empty_like(dadt) for _ in range(2)) if nc > 1 else (dummy, dummy)
+        for which in (PART_VX, PART_VS):
+            launch(_chunk_bwd_v, (b * h * nc,), qr, kr, v, adt, omega, gamma, *opt, dout, states, dstates,
+                   dx, dz, dadt, dw, dg, sdadt, sdw, part, length, h, nc, npart, HAS_D=D is not None,
+                   HAS_STATES=nc > 1, PART=which.value, DOT=DOT, **meta)
+        del sdadt, sdw
         lows = (qr_lo, kr_lo) if qr_lo is not None else (qr, kr)  # (never read without a split)
         # per-head dk̃, dq̃ in the rotated frame, fp32 (b, l, r, h, n) each, for this call only
         ddk, ddq = (torch.empty((b, length, r, h, n), dtype=f32, device=v.device) for _ in range(2))
