@@ -22,10 +22,9 @@ pass), and every product runs at full width as the sum of the halves' (q̃·k̃�
   The states are never kept for the backward.
 * backward — two cheap serial passes per (sequence, head) store, per chunk, the entering state
   (the forward without outputs) and the gradient of the leaving state (a reverse pass); then
-  every chunk in parallel: dv, then the decay, ω, γ, z, D and ``mimo_*`` gradients (two
-  launches, each making one orientation of q̃·k̃ᵀ ⊙ W), and each head's dk̃ and then dq̃ in the
-  rotated frame (two more; one program per (sequence, head, chunk) each, storing per-head fp32
-  dq̃, dk̃ for this call only); then one pass per
+  every chunk in parallel: dv with the decay, ω, γ, z, D and ``mimo_*`` gradients, and each
+  head's dk̃ and then dq̃ in the rotated frame (three launches, one program per (sequence,
+  head, chunk), storing per-head fp32 dq̃, dk̃ for this call only); then one pass per
   (sequence, group, block of steps) turns every head's dq̃, dk̃ back by its angles, makes its
   dφ and bias gradients and adds up the group's heads, which share q and k. Keeping the
   rotation's gradient out of the product kernels is what keeps their live set in registers
@@ -87,12 +86,12 @@ than the backward's, which keep the pass's registers in bounds."""
 TURN_ROWS = 32
 """Rows per block of :func:`_rotate` and :func:`_turn_back` (at most): passes without products,
 whose blocks need not be chunks."""
-BWD_CONFIGS = configs((4, 1), (8, 1))
-"""Autotune candidates of the chunk-parallel backward launches; on a GPU also 8 warps capped at
-128 registers (two programs per SM: offline, sm_90a, :func:`_chunk_bwd_v`'s PART_VX fits unspilled,
-:func:`_turn_back` and :func:`_chunk_bwd_qk` spill 50–470 B)."""
+V_CONFIGS = configs((4, 1), (8, 1))
+"""Autotune candidates of :func:`_chunk_bwd_v`; on a GPU also 8 warps capped at 128 registers (two
+programs per SM: offline, sm_90a, its PART_VX fits them unspilled). The same cap on
+:func:`_chunk_bwd_qk` and :func:`_turn_back` changed nothing on the H200 (docs/benchmarks.md)."""
 if not INTERPRET:
-    BWD_CONFIGS += [triton.Config({}, num_warps=8, num_stages=1, maxnreg=128)]
+    V_CONFIGS += [triton.Config({}, num_warps=8, num_stages=1, maxnreg=128)]
 PART_DK, PART_DQ = (tl.constexpr(i) for i in range(2))
 """What a launch of :func:`_chunk_bwd_qk` computes: the per-head dk̃, or dq̃."""
 PART_VX, PART_VS = (tl.constexpr(i) for i in range(2))
@@ -646,7 +645,7 @@ def _rotate(q_ptr, k_ptr, qb_ptr, kb_ptr, phi_ptr, qr_ptr, kr_ptr, qrl_ptr, krl_
                    T, R, N, BH, LOW, SPLIT)
 
 
-@triton.autotune(configs=BWD_CONFIGS, key=["H", "P", "N", "R", "T", "HAS_STATES", "PART"])
+@triton.autotune(configs=V_CONFIGS, key=["H", "P", "N", "R", "T", "HAS_STATES", "PART"])
 @triton.jit
 def _chunk_bwd_v(
     qr_ptr, kr_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, D_ptr, z_ptr,
@@ -726,24 +725,15 @@ def _chunk_bwd_v(
         Sc = tl.dot(q0d, tl.trans(k0d), input_precision=PREC)
         Sc = tl.dot(q1d, tl.trans(k1d), Sc, input_precision=PREC)
         W, E = _weights(cs_r, w_r, g_r, tr, False)
-        Pd = (Sc * W).to(DOT)
-        zg, z, MZ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
-        do, mo, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
-        # the weights' gradient dW = (q̃·k̃ᵀ) ⊙ (dY·vᵀ), to S (both sides of each entry), ω and γ,
-        # first: q̃·k̃ᵀ is not held past it
-        dW = Sc * tl.dot(dY.to(DOT), tl.trans(Vd), input_precision=PREC)
-        dWE = dW * E
-        dWW = dWE * w_r[None, :]
-        dcs_r = tl.sum(dWW, 1) - tl.sum(dWW, 0)
-        dw_r = tl.sum(dWE, 0)
-        dg_r = tl.sum(tl.where(tr[:, None] == tr[None, :], dW, 0.0), 1)
-        y = tl.dot(Pd, Vd, input_precision=PREC) + Dh * V  # the pre-gate y, recomputed
+        y = tl.dot((Sc * W).to(DOT), Vd, input_precision=PREC) + Dh * V  # the pre-gate y, recomputed
         if HAS_STATES:
             H0, H1 = _state_halves(states_ptr + (bh * NC + c) * 2 * BH * P, BH, P)
             y_in = tl.dot(q0d, H0.to(DOT), input_precision=PREC)
             y_in = tl.exp(cs_r)[:, None] * tl.dot(q1d, H1.to(DOT), y_in, input_precision=PREC)  # e^{S_t} q̃·H
             y += y_in
-            dcs_r += tl.sum(dY * y_in, 1)
+        # dY only now: its loads and tiles are not held across the products above
+        zg, z, MZ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
+        do, mo, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
         if HAS_Z:
             sg = sigmoid(zg)
             dzg = do * mo * y * sg * (1 + zg * (1 - sg))
@@ -760,6 +750,15 @@ def _chunk_bwd_v(
                      _step_sum(do * y * gate, T, R, P))
         if HAS_D:
             tl.store(part_ptr + pbase, tl.sum(tl.sum(dY * V, 1), 0))
+        # the weights' gradient dW = (q̃·k̃ᵀ) ⊙ (dY·vᵀ), to S (both sides of each entry), ω and γ
+        dW = Sc * tl.dot(dY.to(DOT), tl.trans(Vd), input_precision=PREC)
+        dWE = dW * E
+        dWW = dWE * w_r[None, :]
+        dcs_r = tl.sum(dWW, 1) - tl.sum(dWW, 0)
+        dw_r = tl.sum(dWE, 0)
+        dg_r = tl.sum(tl.where(tr[:, None] == tr[None, :], dW, 0.0), 1)
+        if HAS_STATES:
+            dcs_r += tl.sum(dY * y_in, 1)
         dadt = cumsum_grad(tl.sum(tl.reshape(dcs_r, (T, R)), 1), 0.0)
         dw = tl.sum(tl.reshape(dw_r, (T, R)), 1)
         if HAS_STATES:  # PART_VX's share, through the leaving state
@@ -783,7 +782,8 @@ def _other_side(hi_ptr, lo_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T: tl.constexpr
     return x0, x1, l0, l1
 
 
-@triton.autotune(configs=BWD_CONFIGS, key=["H", "P", "N", "R", "T", "HAS_STATES", "PART", "SPLIT"])
+@triton.autotune(configs=configs((4, 1), (8, 1)),
+                 key=["H", "P", "N", "R", "T", "HAS_STATES", "PART", "SPLIT"])
 @triton.jit
 def _chunk_bwd_qk(
     qr_ptr, kr_ptr, qrl_ptr, krl_ptr, x_ptr, adt_ptr, w_ptr, g_ptr, z_ptr,
@@ -862,7 +862,7 @@ def _turned(x_ptr, bias_ptr, dd_ptr, bi, gi, hi, t, mt, L, H, G, i0, i1, mj, cos
     return d0 * cos + d1 * sin, d1 * cos - d0 * sin, _rank_sum(x0 * d1 - x1 * d0, T, R, BH)
 
 
-@triton.autotune(configs=BWD_CONFIGS, key=["HG", "N", "R", "T"])
+@triton.autotune(configs=configs((4, 1), (8, 1)), key=["HG", "N", "R", "T"])
 @triton.jit
 def _turn_back(
     q_ptr, k_ptr, qb_ptr, kb_ptr, phi_ptr, ddq_ptr, ddk_ptr, dq_ptr, dk_ptr, dphi_ptr, dbias_ptr,
