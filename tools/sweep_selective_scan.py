@@ -9,6 +9,11 @@ benchmark_mamba_ssm.py). Prints a table and writes JSON; the fastest variant is 
 ``_bwd_config`` / ``CHUNK`` should say.
 
     python tools/sweep_selective_scan.py --json sweep.json
+
+``--forward "r0 p0,r2 p0,r2 p4"`` times the inference forward instead (no gradients recorded,
+as in a separation) for settings of ``ROUGH_16BIT`` (r) and ``POLY_STATES`` (p), each
+twice, in the order given and then reversed (drift shows as a difference between the two);
+outputs are checked against the first setting's.
 """
 
 from __future__ import annotations
@@ -37,15 +42,48 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
+def forward_settings(spec: str, axes: list[str], timer: Timer) -> dict:
+    """The inference forward for each "rR pP" setting of ``spec`` on each axis: median ms of
+    its two timings (in order, then reversed) and the output's error against the first's."""
+    results = {}
+    settings = spec.split(",")
+    for axis in axes:
+        inputs, _ = selective_scan_inputs(*SHAPES["paper"][axis], 1024, 16, "cuda", torch.bfloat16, False)
+        times, first = {s: [] for s in settings}, None
+        for name in settings + settings[::-1]:
+            rough, poly = (int(part[1:]) for part in name.split())
+            selective.ROUGH_16BIT, selective.POLY_STATES = rough, poly
+
+            def fwd(inputs=inputs):
+                return selective.selective_scan(*inputs, delta_softplus=True)
+
+            out = fwd()
+            first = out if first is None else first
+            times[name].append(timer(fwd))
+            row = {"fwd_ms": [round(t, 3) for t in times[name]],
+                   "out_rel_vs_first": float(f"{rel(out, first):.2e}"),
+                   "fwd_config": str(selective._fwd.best_config)}
+            results[f"{axis} {name}"] = row
+            print(f"{axis:<5} {name:<8} fwd {times[name][-1]:8.3f} ms  "
+                  f"out vs first {row['out_rel_vs_first']:.1e}  fwd: {row['fwd_config']}", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--forward", default=None, help='settings "rR pP" of the inference forward')
     parser.add_argument("--axes", default="time,band")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     shapes = SHAPES["paper"]
     d, n = 1024, 16
     timer = Timer(torch.device("cuda"), quick=False)
+    if args.forward:
+        results = forward_settings(args.forward, args.axes.split(","), timer)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return
     results, reference = {}, {}
     for axis in args.axes.split(","):
         inputs, leaves = selective_scan_inputs(*shapes[axis], d, n, "cuda", torch.bfloat16, True)

@@ -76,6 +76,51 @@ def _exp2(x):
         return tl.exp2(x)
 
 
+EXP2_POLY = (0.6931368112564087, 0.24023249745368958, 0.05583742633461952, 0.009618224576115608)
+"""q's coefficients (f⁰ first) of 2^f ≈ 1 + f·q(f) on f ∈ [−½, ½]: the minimax fit of q to
+(2^f − 1)/f by relative error (1.5·10⁻⁵), so both the decay and 1 − decay (what a
+recurrence with decays near 1 keeps) are relative-accurate; evaluated in fp32 the decay is
+within 6.3·10⁻⁶ of 2^f (tests/ops/test_triton_selective_scan.py measures it)."""
+EXP2_ROUND = tl.constexpr(12582912.0)  # 1.5·2^23: x + it rounds x to an integer in the low mantissa bits
+Q0 = tl.constexpr(EXP2_POLY[0])
+Q1 = tl.constexpr(EXP2_POLY[1])
+Q2 = tl.constexpr(EXP2_POLY[2])
+Q3 = tl.constexpr(EXP2_POLY[3])
+
+
+@triton.jit
+def _exp2_fma(x):
+    """2^x in fp32 on the FMA and integer pipes, not the SFU (the MUFU unit that ``_exp2``
+    uses does 16 results per cycle and SM, the FMA pipes 128): the split of x into an
+    integer n and f = x − n ∈ [−½, ½] by the rounding of x + 1.5·2^23 (Cody and Waite's
+    reduction), the polynomial 1 + f·q(f) of ``EXP2_POLY`` for 2^f, and n added to its
+    exponent field as an integer (the rounded sum's low bits are n: shifted by 23 they are
+    n·2^23). The trick of Dao et al.'s FlashAttention-4 for Blackwell, where the MUFU limits
+    attention's softmax. x is clamped at −126 (2^−126 ≈ 1.2·10⁻³⁸ stands for smaller decays,
+    which the MUFU's flush-to-zero makes 0); x above 127 (a growth past fp32's range, never
+    a decay) gives a wrong finite value where the MUFU gives inf."""
+    x = tl.maximum(x, -126.0)
+    t = x + EXP2_ROUND
+    f = x - (t - EXP2_ROUND)
+    q = Q3 * f + Q2
+    q = q * f + Q1
+    q = q * f + Q0
+    p = q * f + 1.0
+    bits = p.to(tl.uint32, bitcast=True) + (t.to(tl.uint32, bitcast=True) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _decay(x, on, POLY: tl.constexpr):
+    """2^x of a (channel, state) tile: the first POLY states by ``_exp2_fma``, the others by
+    the MUFU (``_exp2``). Each thread holds all the states of its channels, so the choice is
+    known per register at compile time and only one form is compiled for each."""
+    if POLY == 0:
+        return _exp2(x)
+    else:
+        return tl.where(on[None, :] < POLY, _exp2_fma(x), _exp2(x))
+
+
 @triton.jit
 def _rcp(x):
     """1/x in fp32; on a GPU one MUFU.RCP (``rcp.approx.ftz``, within 1 ulp: the IEEE division
@@ -112,6 +157,51 @@ def _softplus(x):
     p = p * s2 + 2.0 / 3.0
     p = p * s2 + 2.0
     return tl.maximum(x, 0.0) + s * p, tl.where(x >= 0.0, 1.0, v) * _rcp(w)
+
+
+@triton.jit
+def _log2(x):
+    """log2(x) in fp32; on a GPU one MUFU.LG2 (``lg2.approx.ftz``: absolute error ~2^−22)."""
+    if FAST:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _tanh(x):
+    """tanh(x) in fp32; on a GPU one MUFU.TANH (``tanh.approx``: relative error ~2^−11)."""
+    if FAST:
+        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _silu(z, ROUGH: tl.constexpr):
+    """z·sigmoid(z); ROUGH 2 (16-bit outputs): as h + h·tanh(h), h = z/2, one MUFU where the
+    exponential and reciprocal take two. tanh.approx's error (~2^−11 of tanh) makes it
+    absolute: ~|z|·2^−12, so a gate far below 0 (z < −4, silu(z) > −0.08) loses its relative
+    precision, as its own small share of the output."""
+    if ROUGH == 2:
+        hz = 0.5 * z
+        return hz + hz * _tanh(hz)
+    else:
+        return z * _sigmoid(z)
+
+
+@triton.jit
+def _softplus_value(x, ROUGH: tl.constexpr):
+    """softplus(x) without its slope (the forward); ROUGH ≥ 1 (16-bit inputs): log(1 + v) as
+    lg2(1 + v)·ln 2 (one MUFU for the reciprocal and series of ``_softplus``, ~9
+    instructions fewer; its absolute error ~10⁻⁷ is below the 16-bit Δ's own rounding for Δ
+    down to ~10⁻⁴, relative)."""
+    if ROUGH >= 1:
+        return tl.maximum(x, 0.0) + _log2(1.0 + _exp2(tl.abs(x) * -LOG2E)) * LN2
+    else:
+        return _softplus(x)[0]
 
 
 @triton.jit
@@ -214,13 +304,15 @@ def _to_fp32(x):
 @triton.jit
 def _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mn, L, bi, dch, on,
           sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-          EVEN_N: tl.constexpr):
-    """A step's dΔ/d(pre-softplus Δ) (1 without softplus), Δ (0 on masked channels and
-    steps), u and B."""
+          EVEN_N: tl.constexpr, ROUGH: tl.constexpr):
+    """A step's dΔ/d(pre-softplus Δ) (1 without softplus; not made with ROUGH ≥ 1, the forward's
+    ``_softplus_value``), Δ (0 on masked channels and steps), u and B."""
     raw = _row(delta_ptr, bi, sdb, dch, sdd, t, sdl, m)
     if HAS_BIAS:
         raw += bias
-    if SOFTPLUS:
+    if SOFTPLUS and ROUGH >= 1:
+        dl, slope = _softplus_value(raw, ROUGH), 1.0
+    elif SOFTPLUS:
         dl, slope = _softplus(raw)
     else:
         dl, slope = raw, 1.0
@@ -279,7 +371,8 @@ if not INTERPRET:  # fewer registers (fewer of a chunk's loads in flight), more 
     FWD_CONFIGS += [triton.Config({"BLOCK_D": 128}, num_warps=4, num_stages=1, maxnreg=r) for r in (96, 128)]
 
 
-@triton.autotune(configs=FWD_CONFIGS, key=["DG", "N", "BLOCK_N", "HAS_Z", "STORE_STATES", "K"])
+@triton.autotune(configs=FWD_CONFIGS,
+                 key=["DG", "N", "BLOCK_N", "HAS_Z", "STORE_STATES", "K", "POLY", "ROUGH"])
 @triton.jit(do_not_specialize=STRIDES_FWD)
 def _fwd(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, states_ptr, final_ptr,
@@ -288,7 +381,7 @@ def _fwd(
     szb, szd, szl, sob, sod, sol, ssb, ssc, ssn, ssd,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr, STORE_FINAL: tl.constexpr, EVEN_N: tl.constexpr,
-    K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    K: tl.constexpr, POLY: tl.constexpr, ROUGH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     NBLK = tl.cdiv(DG, BLOCK_D)
@@ -315,16 +408,17 @@ def _fwd(
             t = c * K + k
             m = _live(md, t, L)
             _, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mn, L, bi, dch, on,
-                                  sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS, EVEN_N)
+                                  sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS, EVEN_N,
+                                  ROUGH)
             Ct = _bc_row(C_ptr, bi, sCb, on, sCn, t, sCl, L, mn, EVEN_N)
             # Masked steps keep the state: Δ = 0 makes the decay 1 and the input 0.
-            h = _exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
+            h = _decay(dl[:, None] * A2, on, POLY) * h + (dl * uu)[:, None] * Bt[None, :]
             y = tl.sum(h * Ct[None, :], 1)
             if HAS_D:
                 y += Dv * uu
             if HAS_Z:
                 zz = _row(z_ptr, bi, szb, dch, szd, t, szl, m)
-                y *= zz * _sigmoid(zz)
+                y *= _silu(zz, ROUGH)
             Y = _put(Y, y[:, None], kcol == k)
         _store_steps(out_ptr + bi * sob, Y, dch, sod, c * K + kcol, sol, md[:, None], L)
     if STORE_FINAL:
@@ -390,7 +484,7 @@ def _bwd(
                 t = c * K + k
                 _, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, _live(md, t, L), mn, L, bi, dch,
                                       on, sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS,
-                                      EVEN_N)
+                                      EVEN_N, 0)
                 h = _exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
             # The sub-chunk's states again: each step's entering state, Δ, softplus slope and u
             # kept in register rings (its outputs are stored at its end, so nothing is loaded
@@ -404,7 +498,7 @@ def _bwd(
                 m = _live(md, t, L)
                 slope, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mn, L, bi, dch, on,
                                         sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS,
-                                        EVEN_N)
+                                        EVEN_N, 0)
                 ring = _put(ring, tl.trans(h)[None, :, :], ring_at == k)
                 DL = _put(DL, dl[:, None], kcol == k)
                 if SOFTPLUS:
@@ -538,6 +632,15 @@ cap, with 2 the stored states double (+49 GB in a training step); tools/sweep_se
 measured them (H200: docs/benchmarks.md)."""
 
 
+POLY_STATES = 0
+"""States per channel whose decays the forward computes on the FMA pipes (``_exp2_fma``)
+instead of the SFU; docs/benchmarks.md has the sweep."""
+
+ROUGH_16BIT = 2
+"""16-bit inputs: the forward's softplus by ``lg2.approx`` (1, ``_softplus_value``) and its
+gate too by ``tanh.approx`` (2, ``_silu``); 0: as for fp32."""
+
+
 def _bwd_config(n: int) -> dict:
     """Launch settings of the backward. Fixed, not autotuned: B and C's partial sums are per
     channel group. One warp of 32 channels, a thread each; the chunk's steps in sub-chunks
@@ -580,7 +683,8 @@ class SelectiveScan(torch.autograd.Function):
             initial_state if initial_state is not None else dummy, op,
             states, final if final is not None else dummy,
             length, n, dg, g, nc, 1, *su, *sd, *A.stride(), *sB, *sC, *sz, *so, *_state_strides(states),
-            STORE_STATES=store_states, STORE_FINAL=return_final, **common)
+            STORE_STATES=store_states, STORE_FINAL=return_final, POLY=min(POLY_STATES, n),
+            ROUGH=ROUGH_16BIT if u.dtype != torch.float32 else 0, **common)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
         ctx.common, ctx.reverse = common, reverse
         ctx.set_materialize_grads(False)
