@@ -107,8 +107,6 @@ def longest_loop(sass: str) -> collections.Counter:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bc", choices=("bf16", "fp32"), default="bf16", help="B and C's dtype")
-    parser.add_argument("--poly", type=int, default=selective.POLY_STATES,
-                        help="states per channel whose decays the forward takes on the FMA pipes")
     parser.add_argument("--rough", type=int, default=selective.ROUGH_16BIT,
                         help="the forward's ROUGH (0: gate and softplus as for fp32)")
     args = parser.parse_args()
@@ -117,14 +115,12 @@ def main() -> None:
     bwd = selective._bwd_config(N)
     variants = [
         (f"_fwd{' states' if states else ''}", selective._fwd,
-         {**flags, "STORE_STATES": states, "STORE_FINAL": False, "POLY": args.poly,
-          "ROUGH": args.rough, "BLOCK_D": 128}, 4)
+         {**flags, "STORE_STATES": states, "STORE_FINAL": False, "ROUGH": args.rough, "BLOCK_D": 128}, 4)
         for states in (False, True)]
     lanes = min(bwd["BLOCK_D"], 32)
     variants.append(("_bwd", selective._bwd, {**flags, "HAS_DFIN": False, "LANES": lanes, "SUB": bwd["SUB"],
                                               "BLOCK_D": bwd["BLOCK_D"]}, bwd["num_warps"]))
     print(f"triton {triton.__version__}, sm_90a, time axis ({BATCH} × {LENGTH}), B/C {args.bc}, "
-          f"{args.poly} of {N} decays by the FMA pipes, "
           f"ROUGH {args.rough}; "
           f"SASS per thread and {selective.CHUNK}-step chunk")
     for name, kernel, constexprs, warps in variants:

@@ -10,10 +10,10 @@ benchmark_mamba_ssm.py). Prints a table and writes JSON; the fastest variant is 
 
     python tools/sweep_selective_scan.py --json sweep.json
 
-``--forward "r0 p0,r2 p0,r2 p4"`` times the inference forward instead (no gradients recorded,
-as in a separation) for settings of ``ROUGH_16BIT`` (r) and ``POLY_STATES`` (p), each
-twice, in the order given and then reversed (drift shows as a difference between the two);
-outputs are checked against the first setting's.
+``--forward 0,1,2`` times the inference forward instead (no gradients recorded, as in a
+separation) for settings of ``ROUGH_16BIT``, each twice, in the order given and then
+reversed (drift shows as a difference between the two); outputs are checked against the
+first setting's.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def forward_settings(spec: str, axes: list[str], timer: Timer) -> dict:
-    """The inference forward for each "rR pP" setting of ``spec`` on each axis: median ms of
+    """The inference forward for each ``ROUGH_16BIT`` of ``spec`` on each axis: median ms of
     its two timings (in order, then reversed) and the output's error against the first's."""
     results = {}
     settings = spec.split(",")
@@ -51,8 +51,7 @@ def forward_settings(spec: str, axes: list[str], timer: Timer) -> dict:
         inputs, _ = selective_scan_inputs(*SHAPES["paper"][axis], 1024, 16, "cuda", torch.bfloat16, False)
         times, first = {s: [] for s in settings}, None
         for name in settings + settings[::-1]:
-            rough, poly = (int(part[1:]) for part in name.split())
-            selective.ROUGH_16BIT, selective.POLY_STATES = rough, poly
+            selective.ROUGH_16BIT = int(name)
 
             def fwd(inputs=inputs):
                 return selective.selective_scan(*inputs, delta_softplus=True)
@@ -72,7 +71,7 @@ def forward_settings(spec: str, axes: list[str], timer: Timer) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--forward", default=None, help='settings "rR pP" of the inference forward')
+    parser.add_argument("--forward", default=None, help="ROUGH_16BIT settings of the forward, e.g. 0,2")
     parser.add_argument("--axes", default="time,band")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()

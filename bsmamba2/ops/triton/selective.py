@@ -26,7 +26,9 @@ Forward: the steps run in chunks of ``K`` (unrolled), the chunk's outputs kept i
 and stored at its end: the compiler moves no load past a store (the pointers may alias), so
 a per-step store would make every step wait for its loads; this way a chunk's loads are in
 flight together. With gradients recorded the state entering every chunk but the first is
-stored.
+stored. With 16-bit inputs (``ROUGH_16BIT``) the softplus takes ``lg2.approx`` and
+the SiLU gate ``tanh.approx``, one MUFU each where the exact forms take two plus a series:
+within the 16-bit outputs' rounding, 7 % faster on the H200 (docs/benchmarks.md).
 
 Backward: the chunks run in reverse, each in sub-chunks of ``SUB`` steps, the last first.
 A sub-chunk restarts from the chunk's stored state (recomputing the steps before it), then
@@ -74,51 +76,6 @@ def _exp2(x):
                                          is_pure=True, pack=1)
     else:
         return tl.exp2(x)
-
-
-EXP2_POLY = (0.6931368112564087, 0.24023249745368958, 0.05583742633461952, 0.009618224576115608)
-"""q's coefficients (f⁰ first) of 2^f ≈ 1 + f·q(f) on f ∈ [−½, ½]: the minimax fit of q to
-(2^f − 1)/f by relative error (1.5·10⁻⁵), so both the decay and 1 − decay (what a
-recurrence with decays near 1 keeps) are relative-accurate; evaluated in fp32 the decay is
-within 6.3·10⁻⁶ of 2^f (tests/ops/test_triton_selective_scan.py measures it)."""
-EXP2_ROUND = tl.constexpr(12582912.0)  # 1.5·2^23: x + it rounds x to an integer in the low mantissa bits
-Q0 = tl.constexpr(EXP2_POLY[0])
-Q1 = tl.constexpr(EXP2_POLY[1])
-Q2 = tl.constexpr(EXP2_POLY[2])
-Q3 = tl.constexpr(EXP2_POLY[3])
-
-
-@triton.jit
-def _exp2_fma(x):
-    """2^x in fp32 on the FMA and integer pipes, not the SFU (the MUFU unit that ``_exp2``
-    uses does 16 results per cycle and SM, the FMA pipes 128): the split of x into an
-    integer n and f = x − n ∈ [−½, ½] by the rounding of x + 1.5·2^23 (Cody and Waite's
-    reduction), the polynomial 1 + f·q(f) of ``EXP2_POLY`` for 2^f, and n added to its
-    exponent field as an integer (the rounded sum's low bits are n: shifted by 23 they are
-    n·2^23). The trick of Dao et al.'s FlashAttention-4 for Blackwell, where the MUFU limits
-    attention's softmax. x is clamped at −126 (2^−126 ≈ 1.2·10⁻³⁸ stands for smaller decays,
-    which the MUFU's flush-to-zero makes 0); x above 127 (a growth past fp32's range, never
-    a decay) gives a wrong finite value where the MUFU gives inf."""
-    x = tl.maximum(x, -126.0)
-    t = x + EXP2_ROUND
-    f = x - (t - EXP2_ROUND)
-    q = Q3 * f + Q2
-    q = q * f + Q1
-    q = q * f + Q0
-    p = q * f + 1.0
-    bits = p.to(tl.uint32, bitcast=True) + (t.to(tl.uint32, bitcast=True) << 23)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _decay(x, on, POLY: tl.constexpr):
-    """2^x of a (channel, state) tile: the first POLY states by ``_exp2_fma``, the others by
-    the MUFU (``_exp2``). Each thread holds all the states of its channels, so the choice is
-    known per register at compile time and only one form is compiled for each."""
-    if POLY == 0:
-        return _exp2(x)
-    else:
-        return tl.where(on[None, :] < POLY, _exp2_fma(x), _exp2(x))
 
 
 @triton.jit
@@ -372,7 +329,7 @@ if not INTERPRET:  # fewer registers (fewer of a chunk's loads in flight), more 
 
 
 @triton.autotune(configs=FWD_CONFIGS,
-                 key=["DG", "N", "BLOCK_N", "HAS_Z", "STORE_STATES", "K", "POLY", "ROUGH"])
+                 key=["DG", "N", "BLOCK_N", "HAS_Z", "STORE_STATES", "K", "ROUGH"])
 @triton.jit(do_not_specialize=STRIDES_FWD)
 def _fwd(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, states_ptr, final_ptr,
@@ -381,7 +338,7 @@ def _fwd(
     szb, szd, szl, sob, sod, sol, ssb, ssc, ssn, ssd,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr, STORE_FINAL: tl.constexpr, EVEN_N: tl.constexpr,
-    K: tl.constexpr, POLY: tl.constexpr, ROUGH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    K: tl.constexpr, ROUGH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     NBLK = tl.cdiv(DG, BLOCK_D)
@@ -412,7 +369,7 @@ def _fwd(
                                   ROUGH)
             Ct = _bc_row(C_ptr, bi, sCb, on, sCn, t, sCl, L, mn, EVEN_N)
             # Masked steps keep the state: Δ = 0 makes the decay 1 and the input 0.
-            h = _decay(dl[:, None] * A2, on, POLY) * h + (dl * uu)[:, None] * Bt[None, :]
+            h = _exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
             y = tl.sum(h * Ct[None, :], 1)
             if HAS_D:
                 y += Dv * uu
@@ -632,13 +589,10 @@ cap, with 2 the stored states double (+49 GB in a training step); tools/sweep_se
 measured them (H200: docs/benchmarks.md)."""
 
 
-POLY_STATES = 0
-"""States per channel whose decays the forward computes on the FMA pipes (``_exp2_fma``)
-instead of the SFU; docs/benchmarks.md has the sweep."""
-
 ROUGH_16BIT = 2
 """16-bit inputs: the forward's softplus by ``lg2.approx`` (1, ``_softplus_value``) and its
-gate too by ``tanh.approx`` (2, ``_silu``); 0: as for fp32."""
+gate too by ``tanh.approx`` (2, ``_silu``); 0: as for fp32. On the H200 the time axis's
+inference forward takes 1.948 / 1.872 / 1.816 ms at 0 / 1 / 2 (docs/benchmarks.md)."""
 
 
 def _bwd_config(n: int) -> dict:
@@ -683,7 +637,7 @@ class SelectiveScan(torch.autograd.Function):
             initial_state if initial_state is not None else dummy, op,
             states, final if final is not None else dummy,
             length, n, dg, g, nc, 1, *su, *sd, *A.stride(), *sB, *sC, *sz, *so, *_state_strides(states),
-            STORE_STATES=store_states, STORE_FINAL=return_final, POLY=min(POLY_STATES, n),
+            STORE_STATES=store_states, STORE_FINAL=return_final,
             ROUGH=ROUGH_16BIT if u.dtype != torch.float32 else 0, **common)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
         ctx.common, ctx.reverse = common, reverse
