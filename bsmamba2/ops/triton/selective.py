@@ -26,9 +26,9 @@ Forward: the steps run in chunks of ``K`` (unrolled), the chunk's outputs kept i
 and stored at its end: the compiler moves no load past a store (the pointers may alias), so
 a per-step store would make every step wait for its loads; this way a chunk's loads are in
 flight together. With gradients recorded the state entering every chunk but the first is
-stored. With 16-bit inputs (``ROUGH_16BIT``) the softplus takes ``lg2.approx`` and
-the SiLU gate ``tanh.approx``, one MUFU each where the exact forms take two plus a series:
-within the 16-bit outputs' rounding, 7 % faster on the H200 (docs/benchmarks.md).
+stored. With 16-bit inputs (``ROUGH_16BIT``) the softplus's log is one ``lg2.approx``
+in place of a reciprocal and a 7-term series, and the SiLU gate one ``tanh.approx`` in
+place of an exponential and a reciprocal: 7 % faster on the H200 (docs/benchmarks.md).
 
 Backward: the chunks run in reverse, each in sub-chunks of ``SUB`` steps, the last first.
 A sub-chunk restarts from the chunk's stored state (recomputing the steps before it), then
