@@ -190,9 +190,9 @@ def test_official_scan_call(variant):
         assert_close(f"d{name}", g[name], t[f"grad.{name}"].to(DEVICE), torch.float32)
 
 
-def _rotation_inputs(length, rank, groups, s):
+def _rotation_inputs(length, rank, groups, s, n=16):
     """q, k (b, l, r, g, n), biases (h, r, n), φ (b, l, h, s) of a few turns: the kernels' layouts."""
-    b, h, n = 2, 4, 16
+    b, h = 2, 4
     q, k = (torch.randn(b, length, rank, groups, n, dtype=torch.float64, device=DEVICE) for _ in range(2))
     qb, kb = (1 + 0.1 * torch.randn(h, rank, n, dtype=torch.float64, device=DEVICE) for _ in range(2))
     phi = torch.randn(b, length, h, s, dtype=torch.float64, device=DEVICE) * 3
@@ -227,21 +227,46 @@ def test_rotated_heads(length, rank, groups, s):
         assert rel_err(hi + lo, w) <= 2e-5  # lo within 2⁻⁸ of itself: 2⁻¹⁶ of the value (bf16: 3e-3)
 
 
-@pytest.mark.parametrize(("length", "rank", "groups", "s"), [(1, 1, 1, 8), (37, 1, 2, 5), (33, 2, 1, 8), (9, 4, 2, 3)])
-def test_turned_back(length, rank, groups, s):
+# (length, rank, groups, n, s, dtype of q and k): partial blocks, masked pairs (n 16), the paper's
+# state (128: 32 rotated pairs, 32 unrotated) at the lengths of every block edge, a narrow rotated
+# part beside a wide masked unrotated one (64, 5), and none unrotated (16, 8)
+TURN_BACK_CASES = [
+    (1, 1, 1, 16, 8, torch.float32), (37, 1, 2, 16, 5, torch.float32), (33, 2, 1, 16, 8, torch.float32),
+    (9, 4, 2, 16, 3, torch.float32), (1, 1, 1, 128, 32, torch.float32), (7, 2, 1, 128, 32, torch.float32),
+    (62, 4, 1, 128, 32, torch.bfloat16), (63, 1, 2, 128, 32, torch.float32),
+    (64, 2, 1, 128, 32, torch.bfloat16), (65, 4, 2, 128, 32, torch.float32),
+    (801, 1, 1, 128, 32, torch.bfloat16), (37, 1, 2, 64, 5, torch.float32), (17, 4, 1, 16, 8, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize(("length", "rank", "groups", "n", "s", "dtype"), TURN_BACK_CASES)
+def test_turned_back(length, rank, groups, n, s, dtype):
     """The turn-back pass is the rotation's vector-Jacobian product: from per-head gradients of
-    q̃, k̃, those of q, k (the group's heads summed), φ and the biases, against float64 autograd."""
-    leaves = [x.requires_grad_() for x in _rotation_inputs(length, rank, groups, s)]
-    q, k, qb, kb, phi = leaves
+    q̃, k̃, those of q, k (the group's heads summed), φ and the biases, against float64 autograd
+    on the kernel's q, k values (bf16 ones too: the layer's). No products: fp32 throughout, so
+    the tolerance is fp32's rounding, on a GPU too."""
+    q, k, qb, kb, phi = _rotation_inputs(length, rank, groups, s, n)
+    q, k = (x.to(dtype).double() for x in (q, k))
+    leaves = [x.requires_grad_() for x in (q, k, qb, kb, phi)]
     ddq, ddk = (torch.randn((*q.shape[:3], phi.shape[2], q.shape[-1]), dtype=torch.float64, device=DEVICE)
                 for _ in range(2))
     loss = (_rotated64(q, qb, phi) * ddq).sum() + (_rotated64(k, kb, phi) * ddk).sum()
     want = torch.autograd.grad(loss, leaves)
+    inputs = (q.detach().to(dtype), k.detach().to(dtype), qb.detach().float(), kb.detach().float(),
+              phi.detach().float(), ddq.float(), ddk.float())
     with poisoned_outputs():
-        got = kernels.turned_back(*(x.detach().float() for x in leaves), ddq.float(), ddk.float())
+        got = kernels.turned_back(*inputs)
     for name, g, w in zip(("dq", "dk", "dphi", "dq_bias", "dk_bias"), got, (want[0], want[1], want[4], want[2],
                                                                           want[3]), strict=True):
-        assert_close(name, g, w, torch.float32)
+        assert g.shape == w.shape and torch.isfinite(g).all(), name
+        assert rel_err(g, w) <= 1e-5, f"{name}: relative error {rel_err(g, w):.2e}"
+
+
+@pytest.mark.parametrize(("n", "s", "parts"), [(128, 32, (32, 32)), (16, 8, (8, 0)), (64, 5, (8, 32)),
+                                               (16, 3, (4, 4)), (128, 64, (64, 0)), (256, 1, (1, 128))])
+def test_turn_back_parts(n, s, parts):
+    """The turn-back tiles: the rotated pairs' width covers s, the unrotated one the rest of n/2."""
+    assert kernels.turn_back_parts(n, s) == parts
 
 
 @pytest.mark.parametrize(("length", "s"), [(1, 8), (7, 3), (62, 8), (63, 5), (64, 8), (65, 8), (130, 6)])

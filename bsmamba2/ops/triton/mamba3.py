@@ -25,8 +25,9 @@ pass), and every product runs at full width as the sum of the halves' (q̃·k̃�
   every chunk in parallel: dv with the decay, ω, γ, z, D and ``mimo_*`` gradients, and each
   head's dk̃ and then dq̃ in the rotated frame (three launches, one program per (sequence,
   head, chunk), storing per-head fp32 dq̃, dk̃ for this call only); then one pass per
-  (sequence, group, block of steps) turns every head's dq̃, dk̃ back by its angles, makes its
-  dφ and bias gradients and adds up the group's heads, which share q and k. Keeping the
+  (sequence, group, block of steps) turns every head's dq̃, dk̃ back by its angles (on the
+  rotated pairs only: the unrotated ones pass through), makes its dφ and bias gradients and
+  adds up the group's heads, which share q and k. Keeping the
   rotation's gradient out of the product kernels is what keeps their live set in registers
   (docs/benchmarks.md). Short sequences (one chunk) skip the serial passes. Bias, D and
   ``mimo_*`` gradients are per-chunk (per-block) partial sums added up by PyTorch.
@@ -84,8 +85,11 @@ FWD_ROWS = 32
 """Rows per chunk of the forward's output pass (at most): as the SSD forward's, smaller tiles
 than the backward's, which keep the pass's registers in bounds."""
 TURN_ROWS = 32
-"""Rows per block of :func:`_rotate` and :func:`_turn_back` (at most): passes without products,
-whose blocks need not be chunks."""
+"""Rows per block of :func:`_rotate` (at most): a pass without products, whose blocks need not
+be chunks."""
+TURN_BACK_ROWS = 16
+"""Rows per block of :func:`_turn_back` (at most): its program holds one head's tiles, the next
+head's (loaded ahead) and the group's sums, which 16 rows keep in registers at 4 warps."""
 V_CONFIGS = configs((4, 1), (8, 1))
 """Autotune candidates of :func:`_chunk_bwd_v`; on a GPU also 8 warps capped at 128 registers (two
 programs per SM: offline, sm_90a, its PART_VX fits them unspilled). The same cap on
@@ -852,29 +856,88 @@ def _chunk_bwd_qk(
 
 
 @triton.jit
-def _turned(x_ptr, bias_ptr, dd_ptr, bi, gi, hi, t, mt, L, H, G, i0, i1, mj, cos, sin,
-            T: tl.constexpr, R: tl.constexpr, N: tl.constexpr, BH: tl.constexpr):
-    """Head hi's dq̃ or dk̃ (from ``dd_ptr``, (b, l, r, h, n)) turned back to the unrotated
-    frame, as its two halves (T·R, BH), and its share of dφ per step: with x̃₀ = x₀ cos − x₁ sin,
-    x̃₁ = x₀ sin + x₁ cos, dφ = x̃₀ dx̃₁ − x̃₁ dx̃₀ and (dx₀, dx₁) = (dx̃₀ cos + dx̃₁ sin, dx̃₁ cos − dx̃₀ sin)."""
-    x0, x1 = _rotated(x_ptr, bias_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
-    d0, d1 = _head_halves(dd_ptr, bi, hi, t, mt, L, H, i0, i1, mj, T, R, N)
-    return d0 * cos + d1 * sin, d1 * cos - d0 * sin, _rank_sum(x0 * d1 - x1 * d0, T, R, BH)
+def _turn_tiles(phi_ptr, ddq_ptr, ddk_ptr, bi, hi, t, mt, more, L, H, S, T: tl.constexpr, R: tl.constexpr,
+                N: tl.constexpr, QR: tl.constexpr, QU: tl.constexpr, HAS_U: tl.constexpr):
+    """Every load of head hi in :func:`_turn_back` (none where ``more`` is false: past the group's
+    last head): φ of the rotated pairs (T, QR), and the head's dq̃, dk̃ (rotated frame, (b, l, r, h, n))
+    as the two halves of the rotated pairs j < QR (T·R, QR each) and, with HAS_U, of the unrotated
+    pairs QR ≤ j < N/2 (T·R, QU each; else the rotated ones again, never used). 0 past the end."""
+    ROWS: tl.constexpr = T * R
+    row = ((((bi * L + _rows(t, T, R)) * R + tl.arange(0, ROWS) % R) * H + hi) * N)[:, None]
+    mr = _rows(mt, T, R)[:, None] & more
+    jr = tl.arange(0, QR)
+    phi = tl.load(phi_ptr + ((bi * L + t[:, None]) * H + hi) * S + jr[None, :],
+                  mask=(mt[:, None] & more) & (jr < S)[None, :], other=0.0)
+    m = mr & (jr < N // 2)[None, :]
+    q0 = tl.load(ddq_ptr + row + jr[None, :], mask=m, other=0.0)
+    q1 = tl.load(ddq_ptr + row + (N // 2 + jr)[None, :], mask=m, other=0.0)
+    k0 = tl.load(ddk_ptr + row + jr[None, :], mask=m, other=0.0)
+    k1 = tl.load(ddk_ptr + row + (N // 2 + jr)[None, :], mask=m, other=0.0)
+    if HAS_U:
+        ju = QR + tl.arange(0, QU)
+        mu = mr & (ju < N // 2)[None, :]
+        uq0 = tl.load(ddq_ptr + row + ju[None, :], mask=mu, other=0.0)
+        uq1 = tl.load(ddq_ptr + row + (N // 2 + ju)[None, :], mask=mu, other=0.0)
+        uk0 = tl.load(ddk_ptr + row + ju[None, :], mask=mu, other=0.0)
+        uk1 = tl.load(ddk_ptr + row + (N // 2 + ju)[None, :], mask=mu, other=0.0)
+        return phi, q0, q1, k0, k1, uq0, uq1, uk0, uk1
+    return phi, q0, q1, k0, k1, q0, q1, k0, k1
 
 
-@triton.autotune(configs=configs((4, 1), (8, 1)), key=["HG", "N", "R", "T"])
+@triton.jit
+def _turned(x0, x1, bias_ptr, hi, d0, d1, cos, sin, T: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
+            QR: tl.constexpr):
+    """Head hi's dq̃ or dk̃ on the rotated pairs (d0, d1: the pairs' halves, rotated frame) turned
+    back to the unrotated frame, g = R(φ)ᵀ d, and its share of dφ per step. With x = x_raw + bias
+    (x0, x1: the group's raw q or k) and x̃ = R(φ) x: dφ = x̃₀ d₁ − x̃₁ d₀ = x₀ g₁ − x₁ g₀, with
+    (g₀, g₁) = (d₀ cos + d₁ sin, d₁ cos − d₀ sin): x̃ itself is never made."""
+    j = tl.arange(0, QR)
+    m = (j < N // 2)[None, :]
+    base = bias_ptr + ((hi * R + tl.arange(0, R)) * N)[:, None]  # (R, 1): the head's rows
+    b0 = _rank_rows(tl.load(base + j[None, :], mask=m, other=0.0), T, R, QR)
+    b1 = _rank_rows(tl.load(base + (N // 2 + j)[None, :], mask=m, other=0.0), T, R, QR)
+    g0 = d0 * cos + d1 * sin
+    g1 = d1 * cos - d0 * sin
+    return g0, g1, _rank_sum((x0 + b0) * g1 - (x1 + b1) * g0, T, R, QR)
+
+
+@triton.jit
+def _store_bias_sums(ptr, g0, g1, cols, mc, T: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
+                     C: tl.constexpr):
+    """The step sums (R, C) of the two halves (T·R, C) of one head's gradient at columns ``cols``
+    and N/2 + ``cols`` of its (R, N) bias partials at ``ptr``."""
+    base = ptr + (tl.arange(0, R) * N)[:, None]
+    tl.store(base + cols[None, :], _step_sum(g0, T, R, C), mask=mc[None, :])
+    tl.store(base + (N // 2 + cols)[None, :], _step_sum(g1, T, R, C), mask=mc[None, :])
+
+
+@triton.jit
+def _store_group(ptr, x0, x1, row, mr, cols, mc, N: tl.constexpr):
+    """The group's gradient's two halves (rows, C) at columns ``cols`` and N/2 + ``cols`` of the
+    rows ``row`` ((rows, 1) offsets of their N columns; ``mr`` (rows, 1) and ``mc`` (C,) masks)."""
+    m = mr & mc[None, :]
+    tl.store(ptr + row + cols[None, :], x0, mask=m)
+    tl.store(ptr + row + (N // 2 + cols)[None, :], x1, mask=m)
+
+
+@triton.autotune(configs=configs((4, 1), (8, 1)), key=["HG", "N", "R", "T", "QR", "QU"])
 @triton.jit
 def _turn_back(
     q_ptr, k_ptr, qb_ptr, kb_ptr, phi_ptr, ddq_ptr, ddk_ptr, dq_ptr, dk_ptr, dphi_ptr, dbias_ptr,
     L, H, G, S, NB,
-    HG: tl.constexpr, N: tl.constexpr, BH: tl.constexpr, R: tl.constexpr, T: tl.constexpr,
+    HG: tl.constexpr, N: tl.constexpr, R: tl.constexpr, T: tl.constexpr, QR: tl.constexpr, QU: tl.constexpr,
+    HAS_U: tl.constexpr,
 ):
     """One (sequence, group, block of T steps): every head's dq̃, dk̃ of :func:`_chunk_bwd_qk`
     turned back by its angles and summed over the group's HG heads (which share q and k) into
     dq, dk; each head's dφ (from both) and its bias gradients summed over the block
     (``dbias_ptr``: (b, NB, h, 2, R, N), d q_bias then d k_bias). No products: a pass over
-    memory in fp32, in blocks of its own (TURN_ROWS rows: the ten tiles it holds fit the
-    registers)."""
+    memory in fp32, in blocks of its own (:data:`TURN_BACK_ROWS` rows).
+
+    Only the rotated pairs j < QR (QR ≥ S, :func:`turn_back_parts`) are turned, their sin/cos made
+    and the group's raw q, k read (once, for every head); the unrotated pairs QR ≤ j < N/2 (HAS_U,
+    tiles of QU) pass through: their gradients are dq̃, dk̃ themselves, summed. Each head's
+    tiles are loaded during the head before (:func:`_turn_tiles`)."""
     ROWS: tl.constexpr = T * R
     pid = tl.program_id(0).to(tl.int64)
     blk = pid % NB
@@ -883,38 +946,58 @@ def _turn_back(
     gi = bg % G
     t = blk * T + tl.arange(0, T)
     mt = t < L
-    orn = tl.arange(0, R)
-    i0, i1, mj = _halves(N, BH)
-    jmask = mt[:, None] & (tl.arange(0, BH) < S)[None, :]
-    q0 = tl.zeros((ROWS, BH), dtype=tl.float32)
-    q1 = tl.zeros((ROWS, BH), dtype=tl.float32)
-    k0 = tl.zeros((ROWS, BH), dtype=tl.float32)
-    k1 = tl.zeros((ROWS, BH), dtype=tl.float32)
+    jr = tl.arange(0, QR)
+    mjr = jr < N // 2
+    ju = QR + tl.arange(0, QU)
+    mju = ju < N // 2
+    row = ((((bi * L + _rows(t, T, R)) * R + tl.arange(0, ROWS) % R) * G + gi) * N)[:, None]
+    mr = _rows(mt, T, R)[:, None]
+    m = mr & mjr[None, :]
+    # the group's raw q, k on the rotated pairs, shared by its heads
+    xq0 = tl.load(q_ptr + row + jr[None, :], mask=m, other=0.0).to(tl.float32)
+    xq1 = tl.load(q_ptr + row + (N // 2 + jr)[None, :], mask=m, other=0.0).to(tl.float32)
+    xk0 = tl.load(k_ptr + row + jr[None, :], mask=m, other=0.0).to(tl.float32)
+    xk1 = tl.load(k_ptr + row + (N // 2 + jr)[None, :], mask=m, other=0.0).to(tl.float32)
+    aq0 = tl.zeros((ROWS, QR), dtype=tl.float32)
+    aq1 = tl.zeros((ROWS, QR), dtype=tl.float32)
+    ak0 = tl.zeros((ROWS, QR), dtype=tl.float32)
+    ak1 = tl.zeros((ROWS, QR), dtype=tl.float32)
+    uq0 = tl.zeros((ROWS, QU), dtype=tl.float32)
+    uq1 = tl.zeros((ROWS, QU), dtype=tl.float32)
+    uk0 = tl.zeros((ROWS, QU), dtype=tl.float32)
+    uk1 = tl.zeros((ROWS, QU), dtype=tl.float32)
+    nxt = _turn_tiles(phi_ptr, ddq_ptr, ddk_ptr, bi, gi * HG, t, mt, True, L, H, S, T, R, N, QR, QU, HAS_U)
     for hh in range(HG):
         hi = gi * HG + hh
-        cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
-        gq0, gq1, dphi_q = _turned(q_ptr, qb_ptr, ddq_ptr, bi, gi, hi, t, mt, L, H, G, i0, i1, mj, cos, sin,
-                                   T, R, N, BH)
-        gk0, gk1, dphi_k = _turned(k_ptr, kb_ptr, ddk_ptr, bi, gi, hi, t, mt, L, H, G, i0, i1, mj, cos, sin,
-                                   T, R, N, BH)
-        tl.store(dphi_ptr + ((bi * L + t[:, None]) * H + hi) * S + tl.arange(0, BH)[None, :], dphi_q + dphi_k,
-                 mask=jmask)
-        pbase = dbias_ptr + ((bi * NB + blk) * H + hi) * 2 * R * N + orn[:, None] * N
-        tl.store(pbase + i0[None, :], _step_sum(gq0, T, R, BH), mask=mj[None, :])
-        tl.store(pbase + i1[None, :], _step_sum(gq1, T, R, BH), mask=mj[None, :])
-        tl.store(pbase + R * N + i0[None, :], _step_sum(gk0, T, R, BH), mask=mj[None, :])
-        tl.store(pbase + R * N + i1[None, :], _step_sum(gk1, T, R, BH), mask=mj[None, :])
-        q0 += gq0
-        q1 += gq1
-        k0 += gk0
-        k1 += gk1
-    tr = _rows(t, T, R)
-    row = ((((bi * L + tr) * R + tl.arange(0, ROWS) % R) * G + gi) * N)[:, None]
-    m = _rows(mt, T, R)[:, None] & mj[None, :]
-    tl.store(dq_ptr + row + i0[None, :], q0, mask=m)
-    tl.store(dq_ptr + row + i1[None, :], q1, mask=m)
-    tl.store(dk_ptr + row + i0[None, :], k0, mask=m)
-    tl.store(dk_ptr + row + i1[None, :], k1, mask=m)
+        phi, dq0, dq1, dk0, dk1, eq0, eq1, ek0, ek1 = nxt
+        nxt = _turn_tiles(phi_ptr, ddq_ptr, ddk_ptr, bi, hi + 1, t, mt, hh + 1 < HG, L, H, S, T, R, N, QR, QU,
+                          HAS_U)
+        sin, cos = sincos(phi)
+        cos = _rows2(cos, T, R, QR)
+        sin = _rows2(sin, T, R, QR)
+        gq0, gq1, dphi_q = _turned(xq0, xq1, qb_ptr, hi, dq0, dq1, cos, sin, T, R, N, QR)
+        gk0, gk1, dphi_k = _turned(xk0, xk1, kb_ptr, hi, dk0, dk1, cos, sin, T, R, N, QR)
+        tl.store(dphi_ptr + ((bi * L + t[:, None]) * H + hi) * S + jr[None, :], dphi_q + dphi_k,
+                 mask=mt[:, None] & (jr < S)[None, :])
+        pq = dbias_ptr + ((bi * NB + blk) * H + hi) * 2 * R * N
+        _store_bias_sums(pq, gq0, gq1, jr, mjr, T, R, N, QR)
+        _store_bias_sums(pq + R * N, gk0, gk1, jr, mjr, T, R, N, QR)
+        aq0 += gq0
+        aq1 += gq1
+        ak0 += gk0
+        ak1 += gk1
+        if HAS_U:
+            _store_bias_sums(pq, eq0, eq1, ju, mju, T, R, N, QU)
+            _store_bias_sums(pq + R * N, ek0, ek1, ju, mju, T, R, N, QU)
+            uq0 += eq0
+            uq1 += eq1
+            uk0 += ek0
+            uk1 += ek1
+    _store_group(dq_ptr, aq0, aq1, row, mr, jr, mjr, N)
+    _store_group(dk_ptr, ak0, ak1, row, mr, jr, mjr, N)
+    if HAS_U:
+        _store_group(dq_ptr, uq0, uq1, row, mr, ju, mju, N)
+        _store_group(dk_ptr, uk0, uk1, row, mr, ju, mju, N)
 
 
 def chunk_steps(rank: int, dtype: torch.dtype, chunk_size: int | None = None) -> int:
@@ -1104,6 +1187,15 @@ def rotated_heads(q: torch.Tensor, k: torch.Tensor, q_bias: torch.Tensor, k_bias
     return qr, kr, qr_lo, kr_lo
 
 
+def turn_back_parts(n: int, s: int) -> tuple[int, int]:
+    """Widths of :func:`_turn_back`'s tiles of one half of the pairs: QR for the rotated pairs
+    j < s (the power of two ≥ s, at most n/2) and QU for the unrotated QR ≤ j < n/2 (the power of
+    two ≥ their count, masked past n/2; 0: there are none)."""
+    half = n // 2
+    qr = min(triton.next_power_of_2(max(s, 1)), half)
+    return qr, triton.next_power_of_2(half - qr) if half > qr else 0
+
+
 def turned_back(q: torch.Tensor, k: torch.Tensor, q_bias: torch.Tensor, k_bias: torch.Tensor,
                 phi: torch.Tensor, ddq: torch.Tensor, ddk: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """From every head's gradients with respect to its rotated q̃, k̃ (``ddq``, ``ddk``, fp32
@@ -1111,14 +1203,15 @@ def turned_back(q: torch.Tensor, k: torch.Tensor, q_bias: torch.Tensor, k_bias: 
     biases (:func:`rotated_heads`' layouts); :func:`_turn_back`."""
     b, length, r, g, n = q.shape
     h, s = phi.shape[2:]
-    steps = max(1, TURN_ROWS // r)
+    steps = max(1, TURN_BACK_ROWS // r)
     blocks = triton.cdiv(length, steps)
     f32 = torch.float32
     dq, dk = (torch.empty(q.shape, dtype=f32, device=q.device) for _ in range(2))
     dphi = torch.empty(phi.shape, dtype=f32, device=q.device)
     dbias = torch.empty((b, blocks, h, 2, r, n), dtype=f32, device=q.device)
+    qr, qu = turn_back_parts(n, s)
     launch(_turn_back, (b * g * blocks,), q, k, q_bias, k_bias, phi, ddq, ddk, dq, dk, dphi, dbias,
-           length, h, g, s, blocks, HG=h // g, N=n, BH=half_block(n), R=r, T=steps)
+           length, h, g, s, blocks, HG=h // g, N=n, R=r, T=steps, QR=qr, QU=max(qu, 1), HAS_U=qu > 0)
     dqb, dkb = dbias.sum((0, 1)).unbind(1)
     return dq, dk, dphi, dqb, dkb
 
