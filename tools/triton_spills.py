@@ -86,6 +86,12 @@ def mamba3_fwd_ints(seqs: int = 310, length: int = 801, steps: int = 32,
             "szb": length * row, "szl": row, "sab": length * row, "sal": row, "sah": 0, "sas": 1, **per_step}
 
 
+def turn_back_ints(seqs: int = 310, length: int = 801, steps: int = 16) -> dict[str, int]:
+    """The integer arguments of ``_turn_back`` at the paper's sizes (16 heads of one group, 32
+    angles), as the backward launches it."""
+    return {"L": length, "H": 16, "G": 1, "S": 32, "NB": -(-length // steps)}
+
+
 def report(kernel, constexprs: dict, num_warps: int, num_stages: int,
            fp32_pointers: set[str] = FP32_POINTERS, data: str = "*bf16", ints: dict | None = None) -> str:
     """ptxas's register / spill line and the shared memory of one variant of an autotuned
@@ -145,6 +151,9 @@ def main_mamba3() -> None:
         fwd = {**with_dot, "Q": width, "SPLIT": quarters, "STORE_PHI": False, "HAS_STATES": True}
         out_pass = {"COMPUTE_Y": True, "FUSED": True, "GATES": True, "REVERSE": False, "STATE_DOT": dot,
                     "T": min(steps, mamba3.FWD_ROWS // rank)}
+        qr, qu = mamba3.turn_back_parts(128, 32)
+        turn_back = {"HG": 16, "T": mamba3.TURN_BACK_ROWS // rank, "QR": qr, "QU": max(qu, 1),
+                     "HAS_U": qu > 0}
         for name, kernel, extra in (
                 ("_fwd", mamba3._fwd, {**fwd, **out_pass}),
                 ("_fwd states pass", mamba3._fwd, {**fwd, "COMPUTE_Y": False, "FUSED": False, "GATES": False,
@@ -156,8 +165,10 @@ def main_mamba3() -> None:
                    {**with_dot, **split, "PART": part, "HAS_STATES": True})
                   for part in (mamba3.PART_DK.value, mamba3.PART_DQ.value)),
                 ("_rotate", mamba3._rotate, {**split, "T": mamba3.TURN_ROWS // rank}),
-                ("_turn_back", mamba3._turn_back, {"HG": 16, "T": mamba3.TURN_ROWS // rank})):
+                ("_turn_back", mamba3._turn_back, turn_back)):
             fp32_pointers, ints = MAMBA3_FP32_POINTERS, None
+            if kernel is mamba3._turn_back:
+                ints = turn_back_ints(steps=turn_back["T"])
             if kernel is mamba3._fwd:  # specialised as launched (θ in place, φ read by the states pass)
                 ints = mamba3_fwd_ints(steps=extra.get("T", steps), gates=extra["GATES"])
                 fp32_pointers = fp32_pointers | ({"ang_ptr"} if not extra["FUSED"] else set())
