@@ -7,6 +7,11 @@ sizes (16 heads × 64, state 128) and the lengths of both BSMamba2 axes.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +24,8 @@ from bsmamba2 import ops  # isort: skip (after tests.helpers.kernels, which sets
 from bsmamba2.ops.reference import mamba3 as ref
 from bsmamba2.ops.triton import mamba3 as kernels
 from bsmamba2.ops.triton import mamba3_angles
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # (batch, heads, headdim, state): small for the interpreter, the paper's on a GPU.
 SHAPE = (2, 16, 64, 128) if ON_GPU else (1, 2, 16, 16)
@@ -237,6 +244,31 @@ TURN_BACK_CASES = [
     (64, 2, 1, 128, 32, torch.bfloat16), (65, 4, 2, 128, 32, torch.float32),
     (801, 1, 1, 128, 32, torch.bfloat16), (37, 1, 2, 64, 5, torch.float32), (17, 4, 1, 16, 8, torch.bfloat16),
 ]
+
+
+TURN_BACK_COMPILE = """
+import sys
+from tools.triton_spills import MAMBA3_FP32_POINTERS, report
+from bsmamba2.ops.triton import mamba3
+for n, s, rank in {cases}:
+    qr, qu = mamba3.turn_back_parts(n, s)
+    constexprs = {{"HG": 2, "T": mamba3.TURN_BACK_ROWS // rank, "R": rank, "N": n, "S": s, "QR": qr,
+                  "QU": max(qu, 1), "HAS_U": qu > 0}}
+    print(n, s, rank, report(mamba3._turn_back, constexprs, 4, 1, MAMBA3_FP32_POINTERS, "*fp32"))
+"""
+
+
+def test_turn_back_compiles_for_hopper():
+    """``_turn_back`` compiled for sm_90 (no GPU needed: Triton's compiler and ptxas) at every
+    turn-back case's widths. The interpreter runs what the compiler rejects: once, the unrotated
+    pairs' tiles (T·R, QU) and the rotated ones (T·R, QR) as two returns of one function passed
+    every CPU test and failed on the GPU wherever QU ≠ QR (n 64, 5 angles)."""
+    cases = sorted({(n, s, rank) for _, rank, _, n, s, _ in TURN_BACK_CASES})
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", TURN_BACK_COMPILE.format(cases=cases)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(done.stdout.splitlines()) == len(cases) and "registers" in done.stdout, done.stdout
 
 
 @pytest.mark.parametrize(("length", "rank", "groups", "n", "s", "dtype"), TURN_BACK_CASES)

@@ -880,8 +880,9 @@ def _turn_tiles(phi_ptr, ddq_ptr, ddk_ptr, bi, hi, t, mt, more, L, H, S, T: tl.c
         uq1 = tl.load(ddq_ptr + row + (N // 2 + ju)[None, :], mask=mu, other=0.0)
         uk0 = tl.load(ddk_ptr + row + ju[None, :], mask=mu, other=0.0)
         uk1 = tl.load(ddk_ptr + row + (N // 2 + ju)[None, :], mask=mu, other=0.0)
-        return phi, q0, q1, k0, k1, uq0, uq1, uk0, uk1
-    return phi, q0, q1, k0, k1, q0, q1, k0, k1
+    else:  # one return for both: the compiler checks every return's types, (T·R, QU) ≠ (T·R, QR)
+        uq0, uq1, uk0, uk1 = q0, q1, k0, k1
+    return phi, q0, q1, k0, k1, uq0, uq1, uk0, uk1
 
 
 @triton.jit
