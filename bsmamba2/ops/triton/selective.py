@@ -57,8 +57,12 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 STRIDES_FWD = ["sxn", "sud", "sdd", "sAd", "sAn", "szd", "sod", "sol", "ssn", "ssd"]
-STRIDES_BWD = ["sxn", "sud", "sdd", "sAd", "sAn", "szd", "ssn", "ssd", "syd", "sgud", "sgul",
-               "sgdd", "sgdl", "sgzd", "sgzl"]
+# The backward loads a chunk's steps as (channel, step) tiles: a step stride of 1 specialised
+# (a contiguous (b, d, L) input) would make Triton lay the steps over the lanes, and with them
+# every tile of the kernel, while _sum_channels sums over the lanes as channels (measured on the
+# GPU: dB off by 140 % for contiguous inputs; the interpreter has no lanes).
+STRIDES_BWD = ["sxn", "sud", "sul", "sdd", "sdl", "sAd", "sAn", "szd", "szl", "ssn", "ssd", "syd", "syl",
+               "sgud", "sgul", "sgdd", "sgdl", "sgzd", "sgzl"]
 
 
 FAST = tl.constexpr(not INTERPRET)
@@ -225,6 +229,29 @@ def _store_steps(ptr, tile, dch, sd, ts, sl, mask, L):
     """Store a chunk's (channel, step) tile of a (batch, d, length) tensor at once: after its
     loads, so that the compiler may issue those together (it moves no load past a store)."""
     tl.store(ptr + dch[:, None] * sd + ts * sl, tile.to(ptr.dtype.element_ty), mask=mask & (ts < L))
+
+
+@triton.jit
+def _steps(ptr, dch, sd, ts, sl, mask):
+    """A chunk of a (batch, d, length) tensor (ptr at the sequence) as a (channel, step) tile
+    in fp32, 0 where masked: the chunk's loads in one operation, so that they are in flight
+    together."""
+    return tl.load(ptr + dch[:, None] * sd + ts * sl, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _chunk_state(states_ptr, h0_ptr, c, bi, D_all, N, dch, on, sxn, ssb, ssc, ssn, ssd, dn_mask,
+                 HAS_H0: tl.constexpr):
+    """The state entering chunk c, (channel, state) in fp32: the forward's stored state, the
+    initial state (or 0) for the first chunk. Masked loads, no branch: behind a branch the
+    compiler waited for the state before issuing the chunk's other loads."""
+    prev = tl.maximum(c - 1, 0)
+    chunk = dch[:, None] * 0 + c  # c as a tensor, so that the masks below are boolean tensors
+    h = tl.load(states_ptr + bi * ssb + prev * ssc + on[None, :] * ssn + dch[:, None] * ssd,
+                mask=dn_mask & (chunk > 0), other=0.0).to(tl.float32)
+    if HAS_H0:
+        h += tl.load(_state_ptrs(h0_ptr, bi, D_all, N, dch, on, sxn), mask=dn_mask & (chunk == 0), other=0.0)
+    return h
 
 
 @triton.jit
@@ -426,42 +453,44 @@ def _bwd(
     part = (pid % (G * NBLK)) * (BLOCK_D // LANES) + tl.arange(0, BLOCK_D) // LANES
     part_ptr = dBC_ptr + ((bi * G * NBLK * (BLOCK_D // LANES) + part) * L)[:, None] * (2 * BLOCK_N) + j
     k3 = tl.arange(0, SUB)[None, :, None]  # the step of a sub-chunk along the middle axis
+    kK = tl.arange(0, K)[None, :]  # the step of a chunk as a column
     for cc in range(NC):
         c = NC - 1 - cc
+        # The chunk's per-(channel, step) inputs as (channel, step) tiles, loaded at once: one
+        # memory round trip per chunk. Loaded step by step, each step's loads were issued after
+        # the previous step's math had waited for its own (~5 round trips per chunk).
+        ts = c * K + kK
+        mt = md[:, None] & (ts < L)
+        raw = _steps(delta_ptr + bi * sdb, dch, sdd, ts, sdl, mt)
+        UT = _steps(u_ptr + bi * sub, dch, sud, ts, sul, mt)
+        DYT = _steps(dout_ptr + bi * syb, dch, syd, ts, syl, mt)
+        if HAS_Z:
+            ZT = _steps(z_ptr + bi * szb, dch, szd, ts, szl, mt)
+        if HAS_BIAS:
+            raw += bias[:, None]
+        if SOFTPLUS:  # once per chunk (the sub-chunks' recomputes took it up to 3 times a step)
+            DLT, SLOPE = _softplus(raw)
+        else:
+            DLT, SLOPE = raw, 1.0
+        DLT = tl.where(mt, DLT, 0.0)
         for s0 in tl.static_range(K - SUB, -1, -SUB):  # the first steps of the sub-chunks, the last first
-            if c > 0:
-                h = tl.load(states_ptr + bi * ssb + (c - 1) * ssc + on[None, :] * ssn + dch[:, None] * ssd,
-                            mask=dn_mask, other=0.0).to(tl.float32)
-            elif HAS_H0:
-                h = tl.load(_state_ptrs(h0_ptr, bi, D_all, N, dch, on, sxn), mask=dn_mask, other=0.0)
-            else:
-                h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+            h = _chunk_state(states_ptr, h0_ptr, c, bi, D_all, N, dch, on, sxn, ssb, ssc, ssn, ssd, dn_mask,
+                             HAS_H0)
             # The steps of the chunk before the sub-chunk: its entering state only.
             for k in tl.static_range(s0):
                 t = c * K + k
-                _, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, _live(md, t, L), mn, L, bi, dch,
-                                      on, sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS,
-                                      EVEN_N, 0)
-                h = _exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
-            # The sub-chunk's states again: each step's entering state, Δ, softplus slope and u
-            # kept in register rings (its outputs are stored at its end, so nothing is loaded
-            # twice and the compiler may issue its loads together).
+                dl = _take(DLT, kK == k, 1)
+                Bt = _bc_row(B_ptr, bi, sBb, on, sBn, t, sBl, L, mn, EVEN_N)
+                h = _exp2(dl[:, None] * A2) * h + (dl * _take(UT, kK == k, 1))[:, None] * Bt[None, :]
+            # The sub-chunk's entering states again, in a register ring (its outputs are stored
+            # at its end, so that nothing is loaded twice).
             ring = tl.zeros((SUB, BLOCK_N, BLOCK_D), dtype=tl.float32)  # (state, channel), as tl.trans gives
-            DL = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
-            SLOPE = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
-            UU = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
             for k in tl.static_range(SUB):
                 t = c * K + s0 + k
-                m = _live(md, t, L)
-                slope, dl, uu, Bt = _step(u_ptr, delta_ptr, B_ptr, bias, t, m, mn, L, bi, dch, on,
-                                        sub, sud, sul, sdb, sdd, sdl, sBb, sBn, sBl, HAS_BIAS, SOFTPLUS,
-                                        EVEN_N, 0)
+                dl = _take(DLT, kK == s0 + k, 1)
+                Bt = _bc_row(B_ptr, bi, sBb, on, sBn, t, sBl, L, mn, EVEN_N)
                 ring = _put(ring, tl.trans(h)[None, :, :], ring_at == k)
-                DL = _put(DL, dl[:, None], kcol == k)
-                if SOFTPLUS:
-                    SLOPE = _put(SLOPE, slope[:, None], kcol == k)
-                UU = _put(UU, uu[:, None], kcol == k)
-                h = _exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
+                h = _exp2(dl[:, None] * A2) * h + (dl * _take(UT, kK == s0 + k, 1))[:, None] * Bt[None, :]
             DU = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
             DDL = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
             DZ = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
@@ -469,18 +498,19 @@ def _bwd(
             for kk in tl.static_range(SUB):
                 k = SUB - 1 - kk
                 t = c * K + s0 + k
+                at = kK == s0 + k
                 m = _live(md, t, L)
-                dl = _take(DL, kcol == k, 1)
-                uu = _take(UU, kcol == k, 1)
+                dl = _take(DLT, at, 1)
+                uu = _take(UT, at, 1)
                 Bt = _bc_row(B_ptr, bi, sBb, on, sBn, t, sBl, L, mn, EVEN_N)
                 Ct = _bc_row(C_ptr, bi, sCb, on, sCn, t, sCl, L, mn, EVEN_N)
                 a = _exp2(dl[:, None] * A2)
                 dlu = dl * uu
                 ahp = a * tl.trans(_take(ring, ring_at == k, 0))  # a_t h_{t−1}
                 ht = ahp + dlu[:, None] * Bt[None, :]
-                dy = _row(dout_ptr, bi, syb, dch, syd, t, syl, m)
+                dy = _take(DYT, at, 1)
                 if HAS_Z:
-                    zz = _row(z_ptr, bi, szb, dch, szd, t, szl, m)
+                    zz = _take(ZT, at, 1)
                     y = tl.sum(ht * Ct[None, :], 1)
                     if HAS_D:
                         y += Dv * uu
@@ -501,15 +531,15 @@ def _bwd(
                     dD += dy * uu
                 DU = _put(DU, du[:, None], kcol == k)
                 if SOFTPLUS:
-                    ddl *= _take(SLOPE, kcol == k, 1)
+                    ddl *= _take(SLOPE, at, 1)
                 ddl = tl.where(m, ddl, 0.0)
                 dbias += ddl
                 DDL = _put(DDL, ddl[:, None], kcol == k)
-            ts = c * K + s0 + kcol
-            _store_steps(du_ptr + bi * sgub, DU, dch, sgud, ts, sgul, md[:, None], L)
-            _store_steps(ddelta_ptr + bi * sgdb, DDL, dch, sgdd, ts, sgdl, md[:, None], L)
+            tsub = c * K + s0 + kcol
+            _store_steps(du_ptr + bi * sgub, DU, dch, sgud, tsub, sgul, md[:, None], L)
+            _store_steps(ddelta_ptr + bi * sgdb, DDL, dch, sgdd, tsub, sgdl, md[:, None], L)
             if HAS_Z:
-                _store_steps(dz_ptr + bi * sgzb, DZ, dch, sgzd, ts, sgzl, md[:, None], L)
+                _store_steps(dz_ptr + bi * sgzb, DZ, dch, sgzd, tsub, sgzl, md[:, None], L)
             for k in tl.static_range(SUB):
                 t = c * K + s0 + k
                 tl.store(part_ptr + t * (2 * BLOCK_N), _take(DBC, k3 == k, 1), mask=_live(j_mask, t, L))
