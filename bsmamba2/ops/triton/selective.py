@@ -220,8 +220,12 @@ def _put(tile, value, at):
 @triton.jit
 def _take(tile, at, axis: tl.constexpr):
     """The entry of a register ring along ``axis`` where ``at``: −0.0 elsewhere, which adding
-    leaves unchanged, so the compiler reads the register instead of summing."""
-    return tl.sum(tl.where(at, tile, -0.0), axis)
+    leaves unchanged, so the compiler reads the register instead of summing. The −0.0 is made
+    from its bits: a ``-0.0`` literal reached the code as +0.0 (equal to it as a Python float),
+    and x + 0.0 is not x (for x = −0.0), so every take of the backward's channel sums kept an
+    addition: 152 of a 4-step chunk's 2,583 instructions (offline sm_90a, Triton 3.6)."""
+    negative_zero = tl.full(tile.shape, -2147483648, tl.int32).to(tl.float32, bitcast=True)
+    return tl.sum(tl.where(at, tile, negative_zero), axis)
 
 
 @triton.jit
