@@ -544,7 +544,10 @@ def main(argv: list[str] | None = None) -> int:
     for be in args.backends:
         if be == "triton":
             with ops.use_backend("triton"):
-                ops.active_backend(device, dtype)  # a clear error instead of a silent fallback
+                try:  # a clear error instead of a silent fallback
+                    ops.active_backend(device, dtype)
+                except ops.KernelBackendError as error:
+                    parser.error(str(error))
         elif be not in ("torch", "mamba_ssm"):
             parser.error(f"unknown backend {be!r}")
     cfg = shapes["cfg"]

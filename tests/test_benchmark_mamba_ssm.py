@@ -45,3 +45,20 @@ def test_mamba3_chunk_option(tmp_path, monkeypatch):
     args = bench.argparse.Namespace(mixers=["mamba3", "mamba2"], mamba3_chunk=8)
     (label, m3), (_, m2) = bench.mixer_configs(args, bench.SHAPES["tiny"]["cfg"])
     assert m3.mixer_options["chunk_size"] == 8 and "chunk 8" in label and m2.mixer == "mamba2"
+
+
+def test_triton_backend_without_a_gpu_is_a_usage_error(capsys, monkeypatch):
+    """Asking for the Triton kernels on CPU tensors (no interpreter) exits 2 with one line."""
+    spec = importlib.util.spec_from_file_location("benchmark_mamba_ssm", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # read at the check: the suite's interpreter is off here
+    try:
+        bench.main(["--device", "cpu", "--levels", "op", "--backends", "triton"])
+    except SystemExit as stop:
+        assert stop.code == 2
+    else:
+        raise AssertionError("no error")
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: use_backend('triton') needs CUDA tensors" in err, err
