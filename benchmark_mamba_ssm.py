@@ -326,11 +326,18 @@ def run_ops(args, shapes, cfg, device, dtype, timer, peaks) -> list[Row]:
     return rows
 
 
+def failure_note(exc: Exception) -> str:
+    """A row's note for a step that raised: the exception's type and the first line of its
+    message (an out-of-memory and a kernel error read differently)."""
+    first_line = (str(exc).splitlines() or [""])[0]
+    return f"failed: {type(exc).__name__}: {first_line[:80]}"
+
+
 def timed(row: Row, step, timer: Timer, cost, peaks) -> Row:
     try:
         row.ms = timer(step)
     except Exception as exc:  # one failing backend must not hide the others' numbers
-        row.note = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+        row.note = failure_note(exc)
     else:
         if cost:
             row.gbps = cost[0] / row.ms / 1e6
@@ -443,7 +450,7 @@ def model_rows(args, shapes, cfg, suffix, device, dtype, timer, peaks) -> list[R
                     step()
                     timer.sync()
                 except Exception as exc:
-                    rows.append(Row("model", name, be, note=f"failed: {type(exc).__name__}"))
+                    rows.append(Row("model", name, be, note=failure_note(exc)))
                     continue
                 first = time.perf_counter() - first
                 print(f"  model {name} [{be}]: first call {first:.2f} s", flush=True)  # kept by a killed run

@@ -7,14 +7,22 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmark_mamba_ssm.py"
 
 
-def test_benchmark_runs_and_writes_json(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def bench(monkeypatch):
+    """The script as a module (it is not a package module)."""
     spec = importlib.util.spec_from_file_location("benchmark_mamba_ssm", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_runs_and_writes_json(bench, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench.main(["--device", "cpu", "--quick", "--shapes", "tiny", "--backends", "torch",
                        "--mixers", "mamba2,mamba", "--json", str(out)]) == 0
@@ -29,12 +37,8 @@ def test_benchmark_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     assert len(model_rows) == 4 and sum("[mamba]" in name for name in model_rows) == 2
 
 
-def test_mamba3_chunk_option(tmp_path, monkeypatch):
+def test_mamba3_chunk_option(bench, tmp_path, monkeypatch):
     """--mamba3-chunk reaches the op rows' scan calls and the mamba3 mixers' config."""
-    spec = importlib.util.spec_from_file_location("benchmark_mamba_ssm", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)
-    spec.loader.exec_module(bench)
     seen, original = [], bench.ops.mamba3_scan
     monkeypatch.setattr(bench.ops, "mamba3_scan", lambda *a, **kw: seen.append(kw.get("chunk_size")) or original(*a, **kw))
     out = tmp_path / "bench.json"
@@ -47,12 +51,8 @@ def test_mamba3_chunk_option(tmp_path, monkeypatch):
     assert m3.mixer_options["chunk_size"] == 8 and "chunk 8" in label and m2.mixer == "mamba2"
 
 
-def test_triton_backend_without_a_gpu_is_a_usage_error(capsys, monkeypatch):
+def test_triton_backend_without_a_gpu_is_a_usage_error(bench, capsys, monkeypatch):
     """Asking for the Triton kernels on CPU tensors (no interpreter) exits 2 with one line."""
-    spec = importlib.util.spec_from_file_location("benchmark_mamba_ssm", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)
-    spec.loader.exec_module(bench)
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # read at the check: the suite's interpreter is off here
     try:
         bench.main(["--device", "cpu", "--levels", "op", "--backends", "triton"])
@@ -62,3 +62,18 @@ def test_triton_backend_without_a_gpu_is_a_usage_error(capsys, monkeypatch):
         raise AssertionError("no error")
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "error: use_backend('triton') needs CUDA tensors" in err, err
+
+
+def test_a_failing_first_call_keeps_its_message(bench, tmp_path, monkeypatch):
+    """A model step that raises on its first call is a row whose note names the error and its
+    first line (a kernel error and an out-of-memory must read differently), and the run goes on."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("Triton Error [CUDA]: out of memory\nsecond line")
+
+    monkeypatch.setattr(bench, "istft", fail)  # only the separation step calls it
+    out = tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--quick", "--shapes", "tiny", "--backends", "torch",
+                       "--levels", "model", "--json", str(out)]) == 0
+    separate, training = json.loads(out.read_text())["rows"]
+    assert separate["ms"] is None and separate["note"] == "failed: RuntimeError: Triton Error [CUDA]: out of memory"
+    assert training["ms"] > 0 and not training["note"]
