@@ -17,6 +17,11 @@ INTERPRET = triton_interpreter()
 
 TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
+FAST = tl.constexpr(not INTERPRET)
+"""Compiled for a GPU: PTX for the exponential, the reciprocal and the lane exchanges (the
+interpreter runs Triton's own operations instead)."""
+LOG2E = tl.constexpr(1.4426950408889634)
+
 
 def dot_dtype(dtype: torch.dtype):
     """Operand dtype of tl.dot: the input dtype on a GPU (tensor cores, fp32 accumulation);
@@ -90,11 +95,46 @@ def block(n: int, least: int = 16) -> int:
 
 
 @triton.jit
+def exp2(x):
+    """2^x in fp32; on a GPU the flush-to-zero form (one MUFU.EX2: the default ex2 scales
+    denormal inputs and outputs around it, three instructions more per exponential; results
+    below 1.2e-38, decays and gates that vanish anyway, become 0)."""
+    if FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def exp(x):
+    """e^x in fp32: ``tl.exp``'s own 2^{x·log2 e}, without its denormal scaling (:func:`exp2`)."""
+    return exp2(x * LOG2E)
+
+
+@triton.jit
+def rcp(x):
+    """1/x in fp32; on a GPU one MUFU.RCP (``rcp.approx.ftz``, within 1 ulp: Triton's division
+    adds range checks and scaling, about six instructions more)."""
+    if FAST:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def sigmoid(u):
+    """1 / (1 + e^−u) by :func:`exp` and :func:`rcp` (e^−u = inf gives 0)."""
+    return rcp(1.0 + exp(-u))
+
+
+@triton.jit
 def softplus(u):
     """log(1 + e^u), accurate for every u (log1p through the (1+v)-1 correction)."""
-    v = tl.exp(-tl.abs(u))
+    v = exp(-tl.abs(u))
     w = 1.0 + v
-    log1p = tl.where(w == 1.0, v, tl.log(w) * (v / (w - 1.0)))
+    log1p = tl.where(w == 1.0, v, tl.log(w) * (v * rcp(w - 1.0)))
     return tl.maximum(u, 0.0) + log1p
 
 
@@ -103,11 +143,6 @@ def cumsum_grad(dcs, dcs_last):
     """The gradient of the terms a_k of a chunk's cumulative sums cs_t = Σ_{k≤t} a_k and of
     its total cs_last = Σ_k a_k, from theirs: da_k = Σ_{t≥k} dcs_t + dcs_last."""
     return tl.sum(dcs, 0) - tl.cumsum(dcs, 0) + dcs + dcs_last
-
-
-@triton.jit
-def sigmoid(u):
-    return 1.0 / (1.0 + tl.exp(-u))
 
 
 _PIO2_HI = tl.constexpr(torch.tensor(math.pi / 2, dtype=torch.float32).item())

@@ -74,6 +74,7 @@ from bsmamba2.ops.triton.common import (
     configs,
     cumsum_grad,
     dot_dtype,
+    exp,
     launch,
     sigmoid,
     sincos,
@@ -248,12 +249,12 @@ def _weights(cs_r, w_r, g_r, tr, TRANSPOSED: tl.constexpr):
     if TRANSPOSED:
         seg = cs_r[None, :] - cs_r[:, None]
         lower = tr[None, :] > tr[:, None]
-        E = tl.where(lower, tl.exp(tl.minimum(seg, 0.0)), 0.0)
+        E = tl.where(lower, exp(tl.minimum(seg, 0.0)), 0.0)
         W = tl.where(tr[None, :] == tr[:, None], g_r[:, None], E * w_r[:, None])
     else:
         seg = cs_r[:, None] - cs_r[None, :]
         lower = tr[:, None] > tr[None, :]
-        E = tl.where(lower, tl.exp(tl.minimum(seg, 0.0)), 0.0)
+        E = tl.where(lower, exp(tl.minimum(seg, 0.0)), 0.0)
         W = tl.where(tr[:, None] == tr[None, :], g_r[:, None], E * w_r[None, :])
     return W, E
 
@@ -547,7 +548,7 @@ def _fwd(
             if HAS_STATES:
                 y_in = _dots(qa, Ha.to(DOT), qb, Hb.to(DOT), qc, Hc.to(DOT), qd, Hd.to(DOT),
                              tl.zeros((ROWS, P), dtype=tl.float32), SPLIT, PREC)
-                y += tl.exp(cs_r)[:, None] * y_in
+                y += exp(cs_r)[:, None] * y_in
             if HAS_Z:
                 zg = _rows2(Z.to(tl.float32), T, R, P)
                 if MIMO:
@@ -563,8 +564,8 @@ def _fwd(
                 tl.store(out_ptr + rows * P + op[None, :], y.to(out_ptr.dtype.element_ty), mask=mr[:, None])
         if HAS_STATES:
             # H ← e^{S_last} H + Σ_s e^{S_last−S_s} ω_s k̃_s v_sᵀ, part by part
-            u = (tl.exp(tl.minimum(cs_last - cs_r, 0.0)) * w_r)[:, None]
-            decay = tl.exp(cs_last)
+            u = (exp(tl.minimum(cs_last - cs_r, 0.0)) * w_r)[:, None]
+            decay = exp(cs_last)
             Vs = V.to(STATE_DOT)
             Ha = tl.dot(tl.trans((ka * u).to(STATE_DOT)), Vs, decay * Ha, input_precision=PREC)
             Hb = tl.dot(tl.trans((kb * u).to(STATE_DOT)), Vs, decay * Hb, input_precision=PREC)
@@ -599,12 +600,12 @@ def _state_grads(
             t = c * T + ot
             mt = t < L
             a = tl.load(adt_ptr + (bi * H + hi) * L + t, mask=mt, other=0.0)
-            ecs = tl.exp(_rows(tl.cumsum(a, 0), T, R))
+            ecs = exp(_rows(tl.cumsum(a, 0), T, R))
             zg, _, _ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
             _, _, dY = _out_grad(dout_ptr, mo_ptr, zg, bi, hi, t, mt, L, H, T, P, R, MIMO, HAS_Z, HAS_O)
             cos, sin = _turns(phi_ptr, bi, hi, t, mt, L, H, S, T, R, BH)
             q0, q1 = _rotated(q_ptr, qb_ptr, bi, gi, hi, t, mt, L, G, i0, i1, mj, cos, sin, T, R, N, BH)
-            decay = tl.exp(tl.sum(a, 0))
+            decay = exp(tl.sum(a, 0))
             dH0 = tl.dot(tl.trans(q0 * ecs[:, None]), dY, decay * dH0, input_precision=PREC)
             dH1 = tl.dot(tl.trans(q1 * ecs[:, None]), dY, decay * dH1, input_precision=PREC)
 
@@ -711,11 +712,11 @@ def _chunk_bwd_v(
             hdh = tl.sum(tl.sum(dH0 * H0, 1), 0) + tl.sum(tl.sum(dH1 * H1, 1), 0)
             KdH = tl.dot(k0d, dH0.to(DOT), input_precision=PREC)
             KdH = tl.dot(k1d, dH1.to(DOT), KdH, input_precision=PREC)
-            u_dec = tl.exp(tl.minimum(cs_last - cs_r, 0.0))
+            u_dec = exp(tl.minimum(cs_last - cs_r, 0.0))
             u = u_dec * w_r
             dV += u[:, None] * KdH
             du = tl.sum(V * KdH, 1)
-            dcs_last = tl.sum(du * u, 0) + tl.exp(cs_last) * hdh
+            dcs_last = tl.sum(du * u, 0) + exp(cs_last) * hdh
             tl.store(sdadt_ptr + bhl, cumsum_grad(tl.sum(tl.reshape(-du * u, (T, R)), 1), dcs_last), mask=mt)
             tl.store(sdw_ptr + bhl, tl.sum(tl.reshape(du * u_dec, (T, R)), 1), mask=mt)
         if MIMO:  # v = x ⊙ mimo_x
@@ -733,7 +734,7 @@ def _chunk_bwd_v(
         if HAS_STATES:
             H0, H1 = _state_halves(states_ptr + (bh * NC + c) * 2 * BH * P, BH, P)
             y_in = tl.dot(q0d, H0.to(DOT), input_precision=PREC)
-            y_in = tl.exp(cs_r)[:, None] * tl.dot(q1d, H1.to(DOT), y_in, input_precision=PREC)  # e^{S_t} q̃·H
+            y_in = exp(cs_r)[:, None] * tl.dot(q1d, H1.to(DOT), y_in, input_precision=PREC)  # e^{S_t} q̃·H
             y += y_in
         # dY only now: its loads and tiles are not held across the products above
         zg, z, MZ = _gate(z_ptr, mz_ptr, bi, hi, t, mt, L, H, T, P, R, HAS_Z, MIMO)
@@ -836,12 +837,12 @@ def _chunk_bwd_qk(
         W, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, False)
         M = _split_dot(dY, dY_lo, tl.trans(V), tl.trans(V_lo), zero, SPLIT, PREC) * W
         lhs, lhs_lo = dY, dY_lo
-        scale = tl.exp(cs_r)
+        scale = exp(cs_r)
     else:
         WT, _ = _weights(cs_r, w_r, _rows(g, T, R), tr, True)
         M = _split_dot(V, V_lo, tl.trans(dY), tl.trans(dY_lo), zero, SPLIT, PREC) * WT
         lhs, lhs_lo = V, V_lo
-        scale = tl.exp(tl.minimum(cs_last - cs_r, 0.0)) * w_r
+        scale = exp(tl.minimum(cs_last - cs_r, 0.0)) * w_r
     M, M_lo = _split(M, LOW, DOT)
     acc = tl.zeros((T * R, BH), dtype=tl.float32)
     d0 = _split_dot(M, M_lo, o0.to(DOT), l0.to(DOT), acc, SPLIT, PREC)

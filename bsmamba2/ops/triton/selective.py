@@ -51,9 +51,18 @@ import torch
 import triton
 import triton.language as tl
 
-from bsmamba2.ops.triton.common import INTERPRET, backward_ahead, block, configs
+from bsmamba2.ops.triton.common import (
+    FAST,
+    INTERPRET,
+    LOG2E,
+    backward_ahead,
+    block,
+    configs,
+    exp2,
+    rcp,
+    sigmoid,
+)
 
-LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 STRIDES_FWD = ["sxn", "sud", "sdd", "sAd", "sAn", "szd", "sod", "sol", "ssn", "ssd"]
@@ -65,40 +74,6 @@ STRIDES_BWD = ["sxn", "sud", "sul", "sdd", "sdl", "sAd", "sAn", "szd", "szl", "s
                "sgud", "sgul", "sgdd", "sgdl", "sgzd", "sgzl"]
 
 
-FAST = tl.constexpr(not INTERPRET)
-"""Compiled for a GPU: PTX for the exponential and the lane exchanges (the interpreter runs
-Triton's own operations instead)."""
-
-
-@triton.jit
-def _exp2(x):
-    """2^x in fp32; on a GPU the flush-to-zero form (one MUFU.EX2: the default ex2 scales
-    denormal inputs and outputs around it, three instructions more per exponential; the
-    decays it flushes, below 1e-38, vanish anyway)."""
-    if FAST:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return tl.exp2(x)
-
-
-@triton.jit
-def _rcp(x):
-    """1/x in fp32; on a GPU one MUFU.RCP (``rcp.approx.ftz``, within 1 ulp: the IEEE division
-    adds a Newton step and range checks, about ten instructions)."""
-    if FAST:
-        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return 1.0 / x
-
-
-@triton.jit
-def _sigmoid(x):
-    """1 / (1 + e^−x), by the fast exponential and reciprocal (e^−x = inf gives 0)."""
-    return _rcp(1.0 + _exp2(-x * LOG2E))
-
-
 @triton.jit
 def _softplus(x):
     """(log(1 + e^x), sigmoid(x)) in fp32, to a few ulp for every x, in ~20 instructions where
@@ -106,9 +81,9 @@ def _softplus(x):
     forward's loop. With v = e^−|x| ∈ (0, 1] and s = v / (2 + v) ∈ [0, 1/3],
     log(1 + v) = 2 atanh(s) = 2 (s + s³/3 + … + s¹³/13) (the next term is below 2·10⁻⁸
     relative), softplus(x) = max(x, 0) + log(1 + v), and sigmoid(x) = (1 or v) / (1 + v)."""
-    v = _exp2(tl.abs(x) * -LOG2E)
+    v = exp2(tl.abs(x) * -LOG2E)
     w = 1.0 + v
-    s = v * _rcp(w + 1.0)
+    s = v * rcp(w + 1.0)
     s2 = s * s
     p = 2.0 / 13.0
     p = p * s2 + 2.0 / 11.0
@@ -117,7 +92,7 @@ def _softplus(x):
     p = p * s2 + 2.0 / 5.0
     p = p * s2 + 2.0 / 3.0
     p = p * s2 + 2.0
-    return tl.maximum(x, 0.0) + s * p, tl.where(x >= 0.0, 1.0, v) * _rcp(w)
+    return tl.maximum(x, 0.0) + s * p, tl.where(x >= 0.0, 1.0, v) * rcp(w)
 
 
 @triton.jit
@@ -150,7 +125,7 @@ def _silu(z, ROUGH: tl.constexpr):
         hz = 0.5 * z
         return hz + hz * _tanh(hz)
     else:
-        return z * _sigmoid(z)
+        return z * sigmoid(z)
 
 
 @triton.jit
@@ -160,7 +135,7 @@ def _softplus_value(x, ROUGH: tl.constexpr):
     instructions fewer; its absolute error ~10⁻⁷ is below the 16-bit Δ's own rounding for Δ
     down to ~10⁻⁴, relative)."""
     if ROUGH >= 1:
-        return tl.maximum(x, 0.0) + _log2(1.0 + _exp2(tl.abs(x) * -LOG2E)) * LN2
+        return tl.maximum(x, 0.0) + _log2(1.0 + exp2(tl.abs(x) * -LOG2E)) * LN2
     else:
         return _softplus(x)[0]
 
@@ -400,7 +375,7 @@ def _fwd(
                                   ROUGH)
             Ct = _bc_row(C_ptr, bi, sCb, on, sCn, t, sCl, L, mn, EVEN_N)
             # Masked steps keep the state: Δ = 0 makes the decay 1 and the input 0.
-            h = _exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
+            h = exp2(dl[:, None] * A2) * h + (dl * uu)[:, None] * Bt[None, :]
             y = tl.sum(h * Ct[None, :], 1)
             if HAS_D:
                 y += Dv * uu
@@ -485,7 +460,7 @@ def _bwd(
                 t = c * K + k
                 dl = _take(DLT, kK == k, 1)
                 Bt = _bc_row(B_ptr, bi, sBb, on, sBn, t, sBl, L, mn, EVEN_N)
-                h = _exp2(dl[:, None] * A2) * h + (dl * _take(UT, kK == k, 1))[:, None] * Bt[None, :]
+                h = exp2(dl[:, None] * A2) * h + (dl * _take(UT, kK == k, 1))[:, None] * Bt[None, :]
             # The sub-chunk's entering states again, in a register ring (its outputs are stored
             # at its end, so that nothing is loaded twice).
             ring = tl.zeros((SUB, BLOCK_N, BLOCK_D), dtype=tl.float32)  # (state, channel), as tl.trans gives
@@ -494,7 +469,7 @@ def _bwd(
                 dl = _take(DLT, kK == s0 + k, 1)
                 Bt = _bc_row(B_ptr, bi, sBb, on, sBn, t, sBl, L, mn, EVEN_N)
                 ring = _put(ring, tl.trans(h)[None, :, :], ring_at == k)
-                h = _exp2(dl[:, None] * A2) * h + (dl * _take(UT, kK == s0 + k, 1))[:, None] * Bt[None, :]
+                h = exp2(dl[:, None] * A2) * h + (dl * _take(UT, kK == s0 + k, 1))[:, None] * Bt[None, :]
             DU = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
             DDL = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
             DZ = tl.zeros((BLOCK_D, SUB), dtype=tl.float32)
@@ -508,7 +483,7 @@ def _bwd(
                 uu = _take(UT, at, 1)
                 Bt = _bc_row(B_ptr, bi, sBb, on, sBn, t, sBl, L, mn, EVEN_N)
                 Ct = _bc_row(C_ptr, bi, sCb, on, sCn, t, sCl, L, mn, EVEN_N)
-                a = _exp2(dl[:, None] * A2)
+                a = exp2(dl[:, None] * A2)
                 dlu = dl * uu
                 ahp = a * tl.trans(_take(ring, ring_at == k, 0))  # a_t h_{t−1}
                 ht = ahp + dlu[:, None] * Bt[None, :]
@@ -518,7 +493,7 @@ def _bwd(
                     y = tl.sum(ht * Ct[None, :], 1)
                     if HAS_D:
                         y += Dv * uu
-                    sg = _sigmoid(zz)
+                    sg = sigmoid(zz)
                     DZ = _put(DZ, (dy * y * sg * (1.0 + zz * (1.0 - sg)))[:, None], kcol == k)
                     dy = dy * zz * sg
                 r = x + Ct[None, :] * dy[:, None]  # the gradient of h_t

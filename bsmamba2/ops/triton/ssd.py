@@ -36,6 +36,7 @@ from bsmamba2.ops.triton.common import (
     configs,
     cumsum_grad,
     dot_dtype,
+    exp,
     launch,
     sigmoid,
     softplus,
@@ -66,7 +67,7 @@ def _decay(dt, mask, A, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 def _intra_fwd(G, cs, delta, X, causal, DOT: tl.constexpr, PREC: tl.constexpr):
     """Σ_{s≤t} (C_t·B_s) e^{cs_t−cs_s} Δ_s x_s for the rows t of one chunk."""
     seg = cs[:, None] - cs[None, :]
-    M = tl.where(causal, G * tl.exp(tl.minimum(seg, 0.0)), 0.0) * delta[None, :]
+    M = tl.where(causal, G * exp(tl.minimum(seg, 0.0)), 0.0) * delta[None, :]
     return tl.dot(M.to(DOT), X.to(DOT), input_precision=PREC)
 
 
@@ -155,14 +156,14 @@ def _chunked_fwd(
                      HT.to(states_ptr.dtype.element_ty), mask=nt_mask)
         if COMPUTE_Y:
             y = _intra_fwd(G, cs, delta, X, causal, DOT, PREC)
-            y += tl.exp(cs)[:, None] * tl.dot(Cm, HT.to(DOT), input_precision=PREC)
+            y += exp(cs)[:, None] * tl.dot(Cm, HT.to(DOT), input_precision=PREC)
             if HAS_D:
                 y += Dh * X.to(tl.float32)
             tl.store(y_ptr + bi * syb + hi * syh + t[:, None] * syl + op[None, :] * syp,
                      y.to(y_ptr.dtype.element_ty), mask=mq[:, None] & mp[None, :])
-        w = tl.exp(tl.minimum(cs_last - cs, 0.0)) * delta
+        w = exp(tl.minimum(cs_last - cs, 0.0)) * delta
         Xw = (X.to(tl.float32) * w[:, None]).to(DOT)
-        HT = tl.dot(tl.trans(Bm), Xw, tl.exp(cs_last) * HT, input_precision=PREC)
+        HT = tl.dot(tl.trans(Bm), Xw, exp(cs_last) * HT, input_precision=PREC)
     if STORE_FINAL:
         tl.store(hout_ptr + state_off + nt_off, HT, mask=nt_mask)
 
@@ -214,8 +215,8 @@ def _state_grads(
                      mask=mq[:, None] & mp[None, :], other=0.0).to(tl.float32)
         Cm = tl.load(C_ptr + bi * sCb + gi * sCg + t[:, None] * sCl + on[None, :] * sCn,
                      mask=mq[:, None] & mn[None, :], other=0.0).to(DOT)
-        dYs = (dY * tl.exp(cs)[:, None]).to(DOT)
-        dH = tl.exp(cs_last) * dH + tl.dot(tl.trans(dYs), Cm, input_precision=PREC)
+        dYs = (dY * exp(cs)[:, None]).to(DOT)
+        dH = exp(cs_last) * dH + tl.dot(tl.trans(dYs), Cm, input_precision=PREC)
     if HAS_H0:
         tl.store(dh0_ptr + pid * P * N + pn_off, dH, mask=pn_mask)
 
@@ -310,16 +311,16 @@ def _chunk_bwd(
         if PART == PART_DC:
             # dC_t = Σ_{s≤t} e^{cs_t−cs_s} Δ_s (dy_t·x_s) B_s + e^{cs_t} dy_t·Hin
             dyx = tl.dot(dYd, tl.trans(Xs), input_precision=PREC)  # [t, s] = dy_t·Δ_s x_s
-            dG = tl.where(causal, tl.exp(tl.minimum(seg, 0.0)), 0.0) * dyx
+            dG = tl.where(causal, exp(tl.minimum(seg, 0.0)), 0.0) * dyx
             acc = tl.dot(dG.to(DOT), Bm, acc, input_precision=PREC)
             if HAS_STATES:
                 Hin = tl.trans(tl.load(states_ptr + sidx + np_off, mask=np_mask, other=0.0))
-                dYs = (dY.to(tl.float32) * tl.exp(cs)[:, None]).to(DOT)
+                dYs = (dY.to(tl.float32) * exp(cs)[:, None]).to(DOT)
                 acc = tl.dot(dYs, Hin.to(DOT), acc, input_precision=PREC)
         else:
-            decay_t = tl.where(tl.trans(causal), tl.exp(tl.minimum(-seg, 0.0)), 0.0)  # [s, t]
+            decay_t = tl.where(tl.trans(causal), exp(tl.minimum(-seg, 0.0)), 0.0)  # [s, t]
             if HAS_STATES:
-                to_end = tl.exp(tl.minimum(cs_last - cs, 0.0))
+                to_end = exp(tl.minimum(cs_last - cs, 0.0))
                 dH = tl.load(dstates_ptr + sidx + pn_off, mask=pn_mask, other=0.0)  # (p, n)
             if PART == PART_DB:
                 # dB_s = Σ_{t≥s} e^{cs_t−cs_s} Δ_s (x_s·dy_t) C_t + e^{cs_last−cs_s} Δ_s x_s·dH
@@ -348,9 +349,9 @@ def _chunk_bwd(
                     # ... and through the state entering it.
                     HinT = tl.load(states_ptr + sidx + np_off, mask=np_mask, other=0.0)  # (n, p)
                     dhh = tl.sum(tl.sum(dHT.to(tl.float32) * HinT.to(tl.float32), 1), 0)
-                    dcs_last = tl.exp(cs_last) * dhh + tl.sum(R, 0)
+                    dcs_last = exp(cs_last) * dhh + tl.sum(R, 0)
                     CH = tl.dot(Cm, HinT.to(DOT), input_precision=PREC)  # (q, p): C_t·Hin[p, :]
-                    dcs += tl.exp(cs) * tl.sum(dY.to(tl.float32) * CH, 1)
+                    dcs += exp(cs) * tl.sum(dY.to(tl.float32) * CH, 1)
                 dD_part = tl.zeros((), dtype=tl.float32)
                 if HAS_D:
                     dYf = dY.to(tl.float32)
