@@ -10,6 +10,7 @@ from unittest import mock
 
 import pytest
 import torch
+import triton
 
 from bsmamba2.ops import reference, split_channels
 from bsmamba2.ops.triton import ssd_scan
@@ -244,3 +245,17 @@ def test_offsets_past_int32():
     (dxs,) = torch.autograd.grad(ys, xs, torch.ones_like(ys))
     assert torch.equal(y[tail], ys)
     assert torch.equal(dx[tail], dxs)
+
+
+def test_dx_part_never_tunes_on_two_warps():
+    """The backward's dx launches leave out the 2-warp candidate (it spills kilobytes per
+    thread, whose local memory outlives the tuning); dB and dC keep it, where it wins."""
+    from bsmamba2.ops.triton import ssd
+
+    assert ssd._chunk_bwd.early_config_prune is ssd.chunk_bwd_candidates
+    candidates = [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 3), (4, 1), (2, 2))]
+    for part, warps in ((ssd.PART_DX, [4, 4]), (ssd.PART_DB, [4, 4, 2]), (ssd.PART_DC, [4, 4, 2])):
+        kept = ssd.chunk_bwd_candidates(candidates, {"x_ptr": None}, PART=part.value, HEADS=1)
+        assert [c.num_warps for c in kept] == warps
+    only_two = candidates[2:]
+    assert ssd.chunk_bwd_candidates(only_two, {}, PART=ssd.PART_DX.value) == only_two  # never none

@@ -225,8 +225,20 @@ PART_DX, PART_DB, PART_DC = (tl.constexpr(i) for i in range(3))
 """What a launch of :func:`_chunk_bwd` computes: dx with the dt/dA/dD/dbias gradients, dB, dC."""
 
 
+def chunk_bwd_candidates(candidates: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The autotune candidates of one :func:`_chunk_bwd` launch: PART_DX never on 2 warps.
+    There it spills 1.4-8 KB per thread (tools/triton_spills.py), and the local memory that
+    CUDA then reserves for every thread the GPU can hold (0.4-2.2 GB on an H100) outlives the
+    tuning: enough to run the recipe's training step out of memory on an 80 GB card."""
+    part = {**named_args, **kwargs}["PART"]
+    if getattr(part, "value", part) != PART_DX.value:
+        return candidates
+    return [c for c in candidates if c.num_warps > 2] or candidates
+
+
 @triton.autotune(configs=configs((4, 3), (4, 1), (2, 2)),
-                 key=["HG", "P", "N", "BLOCK_Q", "HAS_STATES", "PART", "HEADS"])
+                 key=["HG", "P", "N", "BLOCK_Q", "HAS_STATES", "PART", "HEADS"],
+                 prune_configs_by={"early_config_prune": chunk_bwd_candidates})
 # The configurations that won some part on some axis of the paper model (8 warps never won;
 # 2 warps win dB and dC on the band axis): docs/benchmarks.md, "Kernel design measurements".
 @triton.jit
