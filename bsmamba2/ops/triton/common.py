@@ -95,13 +95,19 @@ def block(n: int, least: int = 16) -> int:
 
 
 @triton.jit
+def mufu(x, PTX: tl.constexpr):
+    """One fp32 PTX instruction ``PTX`` (``"op $0, $1;"``) on each element of ``x``: the GPU's
+    special-function unit without the range handling Triton's own functions wrap around it."""
+    return tl.inline_asm_elementwise(PTX, "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
 def exp2(x):
     """2^x in fp32; on a GPU the flush-to-zero form (one MUFU.EX2: the default ex2 scales
     denormal inputs and outputs around it, three instructions more per exponential; results
     below 1.2e-38, decays and gates that vanish anyway, become 0)."""
     if FAST:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return mufu(x, "ex2.approx.ftz.f32 $0, $1;")
     else:
         return tl.exp2(x)
 
@@ -117,8 +123,7 @@ def rcp(x):
     """1/x in fp32; on a GPU one MUFU.RCP (``rcp.approx.ftz``, within 1 ulp: Triton's division
     adds range checks and scaling, about six instructions more)."""
     if FAST:
-        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return mufu(x, "rcp.approx.ftz.f32 $0, $1;")
     else:
         return 1.0 / x
 

@@ -59,6 +59,7 @@ from bsmamba2.ops.triton.common import (
     block,
     configs,
     exp2,
+    mufu,
     rcp,
     sigmoid,
 )
@@ -99,8 +100,7 @@ def _softplus(x):
 def _log2(x):
     """log2(x) in fp32; on a GPU one MUFU.LG2 (``lg2.approx.ftz``: absolute error ~2^−22)."""
     if FAST:
-        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return mufu(x, "lg2.approx.ftz.f32 $0, $1;")
     else:
         return tl.log2(x)
 
@@ -109,8 +109,7 @@ def _log2(x):
 def _tanh(x):
     """tanh(x) in fp32; on a GPU one MUFU.TANH (``tanh.approx``: relative error ~2^−11)."""
     if FAST:
-        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return mufu(x, "tanh.approx.f32 $0, $1;")
     else:
         return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
 
