@@ -3,6 +3,8 @@ must give what the autograd path gives, and both the float64 truth, for every dt
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -114,3 +116,72 @@ def test_ssd_scan_under_autocast_paths_agree():
     assert rel_err(infer, train.detach()) <= 1e-5
     ref, _ = ssd_scan_sequential(*args, dt_bias=t["dt_bias"], dt_softplus=True)
     assert rel_err(infer, ref) <= 2e-2
+
+
+def compiled_ssd_scan(backend, graphs: list | None = None):
+    """ssd_scan through torch.compile (one graph), recording the traced graphs when asked."""
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    return torch.compile(ssd_scan, backend=recording if graphs is not None else backend, fullgraph=True)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("length,chunk,g,with_state", [(130, 64, 2, True), (200, 32, 1, False), (63, 16, 1, True)])
+def test_compiled_ssd_scan_in_inference_matches_float64_truth(backend, mode, length, chunk, g, with_state):
+    """Compiled inference passes the states between chunks in one opaque op
+    (``bsmamba2::ssd_pass_states``): the float64 truth, with and without an initial state."""
+    if backend == "inductor" and os.environ.get("BSMAMBA2_TEST_INDUCTOR") != "1":
+        pytest.skip("builds C++ (~1 minute on 2 cores); set BSMAMBA2_TEST_INDUCTOR=1")
+    t = ssd_inputs(2, length, 4, 8, 6, g)
+    args = [t[k] for k in ("x", "dt", "A", "B", "C", "D")]
+    kw = {"dt_bias": t["dt_bias"], "initial_state": t["initial_state"] if with_state else None}
+    y, state = run(mode, compiled_ssd_scan(backend), *args, dt_softplus=True, return_final_state=True,
+                   chunk_size=chunk, **kw)
+    y_ref, state_ref = ssd_scan_sequential(*args, dt_softplus=True, **kw)
+    assert rel_err(y, y_ref) <= 1e-10 and rel_err(state, state_ref) <= 1e-10
+
+
+def test_compiled_ssd_scan_under_autocast_equals_eager():
+    """Under CPU bf16 autocast the opaque op casts its products' operands as autocast would
+    (explicitly): the compiled inference gives the eager inference's roundings."""
+    t = {k: v.float() for k, v in ssd_inputs(2, 300, 4, 8, 16, 1).items()}
+    args = [t[k] for k in ("x", "dt", "A", "B", "C", "D")]
+    kw = {"dt_bias": t["dt_bias"], "dt_softplus": True, "initial_state": t["initial_state"],
+          "return_final_state": True}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = run("inference_mode", ssd_scan, *args, **kw)
+        compiled = run("inference_mode", compiled_ssd_scan("aot_eager"), *args, **kw)
+    for got, want in zip(compiled, eager, strict=True):
+        assert got.dtype == want.dtype and rel_err(got, want) <= 1e-6
+
+
+def test_compiled_inference_graph_does_not_grow_with_the_chunks():
+    """Unrolled, the loop over chunks put every chunk's slices in the graph (and each became a
+    C++ kernel of its own under inductor); as one op, 3 and 13 chunks trace the same graph."""
+    sizes = []
+    for length in (130, 801):
+        t = ssd_inputs(1, length, 4, 8, 6, 1, dtype=torch.float32)
+        graphs: list = []
+        with torch.inference_mode():
+            compiled_ssd_scan(None, graphs)(*(t[k] for k in ("x", "dt", "A", "B", "C", "D")), dt_softplus=True)
+        (graph,) = graphs
+        calls = [n for n in graph.graph.nodes if n.target is torch.ops.bsmamba2.ssd_pass_states.default
+                 or n.target is torch.ops.bsmamba2.ssd_pass_states]
+        assert len(calls) == 1
+        sizes.append(len(graph.graph.nodes))
+    assert sizes[0] == sizes[1]
+
+
+def test_pass_states_op_registration():
+    """Schema, fake (meta) implementation and the declared mutation of ``y`` agree with the
+    op's eager behaviour (torch.library.opcheck)."""
+    b, g, hg, nc, q, p, n = 2, 2, 2, 3, 5, 4, 6
+    args = (torch.randn(b, g, hg, nc, q, p), torch.randn(b, nc, q, g, hg * p), torch.rand(b, nc, g, hg, 1, 1),
+            torch.rand(b, g, hg, nc, q, 1), torch.randn(b, g, nc, q, n), torch.randn(b, g, nc, q, n),
+            torch.randn(b, g, hg * p, n), torch.float32)
+    torch.library.opcheck(torch.ops.bsmamba2.ssd_pass_states, args,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))

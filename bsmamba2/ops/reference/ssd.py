@@ -99,7 +99,7 @@ def ssd_scan(
 
     final = None
     if nc > 1 or initial_state is not None or return_final_state:
-        y, final = _inter_chunk(y, xs, delta, a_cs, Bc, Cc, initial_state)
+        y, final = _inter_chunk(y, xs, delta, a_cs, Bc, Cc, initial_state, inplace)
     y = y.permute(0, 2, 3, 1, 4).reshape(b, nc * q, h, p)[:, :length]
     if inplace:  # the skip term, the (b,l,h,p) layout and the cast in one pass
         out = x.new_empty(b, length, h, p)
@@ -122,31 +122,88 @@ def _inter_chunk(
     Bc: torch.Tensor,
     Cc: torch.Tensor,
     initial_state: torch.Tensor | None,
+    inplace: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``y`` plus what the state entering each chunk adds to its outputs, and the final state.
 
     y (b,h,nc,q,p), xs (b,nc,q,h,p), delta and a_cs (b,nc,q,h), Bc/Cc (b,g,nc,q,n). The
-    state is kept as (b, g, heads_per_group·p, n) so that both products per chunk are plain
-    batched matmuls; each chunk's contribution is added to ``y`` as soon as it is known.
+    chunk-local factors are made here for all chunks at once (one fused kernel each under
+    torch.compile); the states then travel through :func:`_pass_states`.
     """
     b, nc, q, h, p = xs.shape
     g, n = Bc.shape[1], Bc.shape[-1]
     hg = h // g
-    to_end = torch.exp(a_cs[:, :, -1:] - a_cs)  # exp(S_end − S_s)
-    xw = (xs * (delta * to_end).unsqueeze(-1)).view(b, nc, q, g, hg * p)
+    mm_dtype = _matmul_dtype(xs.device.type, xs.dtype)
+    weight = (delta * torch.exp(a_cs[:, :, -1:] - a_cs)).unsqueeze(-1)  # Δ_s exp(S_end − S_s)
+    if inplace:  # written once, in the dtype of the state products
+        xw = torch.mul(xs, weight, out=xs.new_empty(xs.shape, dtype=mm_dtype))
+    else:
+        xw = (xs * weight).to(mm_dtype)
+    xw = xw.view(b, nc, q, g, hg * p)
     chunk_decay = torch.exp(a_cs[:, :, -1]).view(b, nc, g, hg, 1, 1)
     from_start = torch.exp(a_cs).permute(0, 3, 1, 2).reshape(b, g, hg, nc, q, 1)  # exp(S_t)
     y = y.view(b, g, hg, nc, q, p)  # updated in place (autograd too: its product saved no output)
     state = None if initial_state is None else initial_state.to(xs.dtype).reshape(b, g, hg * p, n)
-    for c in range(nc):
-        if state is not None:
-            off = (Cc[:, :, c] @ state.transpose(-1, -2)).view(b, g, q, hg, p).transpose(2, 3)
-            y[:, :, :, c].addcmul_(off, from_start[:, :, :, c])
-            state = (state.view(b, g, hg, p, n) * chunk_decay[:, c]).view(b, g, hg * p, n)
-            state = state + xw[:, c].permute(0, 2, 3, 1) @ Bc[:, :, c]
-        else:
-            state = xw[:, c].permute(0, 2, 3, 1) @ Bc[:, :, c]
+    if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+        # One opaque op instead of the loop unrolled into the graph: unrolled, every chunk's
+        # slices become kernels of their own (20 of the paper model's 46 C++ files on the CPU,
+        # ~40 s of a cold compile, docs/benchmarks.md), the same code at other offsets.
+        state = torch.ops.bsmamba2.ssd_pass_states(y, xw, chunk_decay, from_start, Bc, Cc, state, mm_dtype)
+    else:
+        state = _pass_states(y, xw, chunk_decay, from_start, Bc, Cc, state, mm_dtype)
     return y.view(b, h, nc, q, p), state.view(b, h, p, n)
+
+
+def _pass_states(
+    y: torch.Tensor,
+    xw: torch.Tensor,
+    chunk_decay: torch.Tensor,
+    from_start: torch.Tensor,
+    Bc: torch.Tensor,
+    Cc: torch.Tensor,
+    state: torch.Tensor | None,
+    mm_dtype: torch.dtype,
+) -> torch.Tensor:
+    """The chunks in order: each adds C_t·H (H the state entering it) times exp(S_t) to its
+    outputs in ``y`` (b,g,hg,nc,q,p), in place, then passes H·exp(S_end) + its own state on.
+    Returns the state leaving the last chunk, (b, g, hg·p, n), in the decays' dtype.
+
+    The state is kept as (b, g, heads_per_group·p, n) so that both products per chunk are
+    plain batched matmuls, with operands in ``mm_dtype`` (what autocast would cast them to;
+    explicit, so that the op gives the same under torch.compile's opaque call); never more
+    than one state per sequence is held.
+    """
+    b, g, hg, nc, q, p = y.shape
+    n = Bc.shape[-1]
+    for c in range(nc):
+        new = (xw[:, c].permute(0, 2, 3, 1) @ Bc[:, :, c].to(mm_dtype)).to(chunk_decay.dtype)
+        if state is not None:
+            off = (Cc[:, :, c].to(mm_dtype) @ state.transpose(-1, -2).to(mm_dtype)).view(b, g, q, hg, p)
+            y[:, :, :, c].addcmul_(off.transpose(2, 3), from_start[:, :, :, c])
+            new = (state.view(b, g, hg, p, n) * chunk_decay[:, c]).view(b, g, hg * p, n) + new
+        state = new
+    return state
+
+
+@torch.library.custom_op("bsmamba2::ssd_pass_states", mutates_args=("y",))
+def _pass_states_op(
+    y: torch.Tensor,
+    xw: torch.Tensor,
+    chunk_decay: torch.Tensor,
+    from_start: torch.Tensor,
+    Bc: torch.Tensor,
+    Cc: torch.Tensor,
+    state: torch.Tensor | None,
+    mm_dtype: torch.dtype,
+) -> torch.Tensor:
+    """:func:`_pass_states` as one op for torch.compile (inference only: no autograd formula)."""
+    return _pass_states(y, xw, chunk_decay, from_start, Bc, Cc, state, mm_dtype)
+
+
+@_pass_states_op.register_fake
+def _(y, xw, chunk_decay, from_start, Bc, Cc, state, mm_dtype):
+    b, g, hg, _, _, p = y.shape
+    return y.new_empty((b, g, hg * p, Bc.shape[-1]), dtype=chunk_decay.dtype)
 
 
 def ssd_scan_sequential(
