@@ -176,13 +176,13 @@ def _pass_states(
     b, g, hg, nc, q, p = y.shape
     n = Bc.shape[-1]
     for c in range(nc):
-        new = (xw[:, c].permute(0, 2, 3, 1) @ Bc[:, :, c].to(mm_dtype)).to(chunk_decay.dtype)
+        new = xw[:, c].permute(0, 2, 3, 1) @ Bc[:, :, c].to(mm_dtype)
         if state is not None:
             off = (Cc[:, :, c].to(mm_dtype) @ state.transpose(-1, -2).to(mm_dtype)).view(b, g, q, hg, p)
             y[:, :, :, c].addcmul_(off.transpose(2, 3), from_start[:, :, :, c])
-            new = (state.view(b, g, hg, p, n) * chunk_decay[:, c]).view(b, g, hg * p, n) + new
+            new = (state.view(b, g, hg, p, n) * chunk_decay[:, c]).view(b, g, hg * p, n) + new  # promotes
         state = new
-    return state
+    return state.to(chunk_decay.dtype)  # a copy only when one chunk's product is all there is
 
 
 @torch.library.custom_op("bsmamba2::ssd_pass_states", mutates_args=("y",))
