@@ -99,7 +99,7 @@ def ssd_scan(
 
     final = None
     if nc > 1 or initial_state is not None or return_final_state:
-        y, final = _inter_chunk(y, xs, delta, a_cs, Bc, Cc, initial_state, inplace)
+        y, final = _inter_chunk(y, xs, delta, a_cs, Bc, Cc, initial_state)
     y = y.permute(0, 2, 3, 1, 4).reshape(b, nc * q, h, p)[:, :length]
     if inplace:  # the skip term, the (b,l,h,p) layout and the cast in one pass
         out = x.new_empty(b, length, h, p)
@@ -122,7 +122,6 @@ def _inter_chunk(
     Bc: torch.Tensor,
     Cc: torch.Tensor,
     initial_state: torch.Tensor | None,
-    inplace: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``y`` plus what the state entering each chunk adds to its outputs, and the final state.
 
@@ -134,12 +133,8 @@ def _inter_chunk(
     g, n = Bc.shape[1], Bc.shape[-1]
     hg = h // g
     mm_dtype = _matmul_dtype(xs.device.type, xs.dtype)
-    weight = (delta * torch.exp(a_cs[:, :, -1:] - a_cs)).unsqueeze(-1)  # Δ_s exp(S_end − S_s)
-    if inplace:  # written once, in the dtype of the state products
-        xw = torch.mul(xs, weight, out=xs.new_empty(xs.shape, dtype=mm_dtype))
-    else:
-        xw = (xs * weight).to(mm_dtype)
-    xw = xw.view(b, nc, q, g, hg * p)
+    to_end = torch.exp(a_cs[:, :, -1:] - a_cs)  # exp(S_end − S_s)
+    xw = (xs * (delta * to_end).unsqueeze(-1)).view(b, nc, q, g, hg * p)
     chunk_decay = torch.exp(a_cs[:, :, -1]).view(b, nc, g, hg, 1, 1)
     from_start = torch.exp(a_cs).permute(0, 3, 1, 2).reshape(b, g, hg, nc, q, 1)  # exp(S_t)
     y = y.view(b, g, hg, nc, q, p)  # updated in place (autograd too: its product saved no output)
@@ -165,8 +160,10 @@ def _pass_states(
     mm_dtype: torch.dtype,
 ) -> torch.Tensor:
     """The chunks in order: each adds C_t·H (H the state entering it) times exp(S_t) to its
-    outputs in ``y`` (b,g,hg,nc,q,p), in place, then passes H·exp(S_end) + its own state on.
-    Returns the state leaving the last chunk, (b, g, hg·p, n), in the decays' dtype.
+    outputs in ``y`` (b,g,hg,nc,q,p), in place, then passes H·exp(S_end) + its own state,
+    the sum of Δ_s x_s exp(S_end − S_s) ⊗ B_s over its steps (``xw`` (b,nc,q,g,hg·p) holds the
+    first factor), on. Returns the state leaving the last chunk, (b, g, hg·p, n), in the
+    decays' dtype.
 
     The state is kept as (b, g, heads_per_group·p, n) so that both products per chunk are
     plain batched matmuls, with operands in ``mm_dtype`` (what autocast would cast them to;
@@ -176,7 +173,7 @@ def _pass_states(
     b, g, hg, nc, q, p = y.shape
     n = Bc.shape[-1]
     for c in range(nc):
-        new = xw[:, c].permute(0, 2, 3, 1) @ Bc[:, :, c].to(mm_dtype)
+        new = xw[:, c].permute(0, 2, 3, 1).to(mm_dtype) @ Bc[:, :, c].to(mm_dtype)
         if state is not None:
             off = (Cc[:, :, c].to(mm_dtype) @ state.transpose(-1, -2).to(mm_dtype)).view(b, g, q, hg, p)
             y[:, :, :, c].addcmul_(off.transpose(2, 3), from_start[:, :, :, c])
